@@ -1,0 +1,148 @@
+"""Run several nodes in one process (no launch framework needed): the CLI's record and
+demo commands use this.
+
+Simulation runs made by the CLI are fenced off from any robot on the network: they use
+their own ROS context on a private domain id with localhost-only discovery, so a
+simulated excitation can never reach a real arm's ``/effort_controller/commands``.
+"""
+from __future__ import annotations
+
+import os
+import random
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import rclpy
+from rclpy.executors import MultiThreadedExecutor
+from rclpy.parameter import Parameter
+
+from mbrl_ros.ros.data_logger import DataLogger
+from mbrl_ros.ros.excitation_node import ExcitationNode
+from mbrl_ros.ros.sim_node import SimNode
+
+
+class InProcessSystem:
+    """Nodes sharing one private context and a multi-threaded executor."""
+
+    def __init__(self, domain_id: int | None = None, threads: int = 3):
+        # Read by the middleware at init: keep discovery on this machine.
+        os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
+        self.domain_id = domain_id if domain_id is not None else random.randint(150, 230)
+        self.context = rclpy.Context()
+        rclpy.init(context=self.context, domain_id=self.domain_id)
+        self.executor = MultiThreadedExecutor(num_threads=threads, context=self.context)
+        self.nodes: list[Any] = []
+
+    def add(self, cls: type, params: dict[str, Any] | None = None):
+        overrides = [Parameter(k, value=list(v) if isinstance(v, tuple) else v)
+                     for k, v in (params or {}).items()]
+        node = cls(context=self.context, parameter_overrides=overrides)
+        self.executor.add_node(node)
+        self.nodes.append(node)
+        return node
+
+    def spin_until(self, done: Callable[[], bool], timeout: float,
+                   tick: Callable[[], None] | None = None) -> bool:
+        """Spin until ``done()`` or ``timeout`` wall seconds; ``tick`` runs every pass."""
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            self.executor.spin_once(timeout_sec=0.05)
+            if tick is not None:
+                tick()
+            if done():
+                return True
+        return False
+
+    def close(self) -> None:
+        for node in reversed(self.nodes):
+            finish = getattr(node, "finish", None)
+            if finish is not None:
+                finish(self.executor)
+        for node in self.nodes:
+            self.executor.remove_node(node)
+            node.destroy_node()
+        self.executor.shutdown(timeout_sec=1.0)
+        rclpy.try_shutdown(context=self.context)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def record(robot: str, seconds: float, out: Path, *, rate: float = 100.0, episodes: int = 1,
+           seed: int = 0, initial_noise: float = 0.05, bag_name: str = "excitation",
+           progress: bool = True, timeout_factor: float = 20.0) -> list[Path]:
+    """Simulate ``robot`` under the excitation controller in lockstep and record a bag.
+
+    Args:
+        robot: shipped model name or MJCF path.
+        seconds: simulated interaction time in total, split evenly over ``episodes``.
+        out: directory the bag directory is written under.
+        rate: control rate [Hz].
+        episodes: number of episodes (each starts from the home pose plus noise).
+        initial_noise: std of the initial-state noise [rad or m].
+        timeout_factor: give up if wall time exceeds ``timeout_factor * seconds + 30``.
+
+    Returns:
+        The bag directories written.
+
+    Raises:
+        RuntimeError: the nodes did not connect or the run did not finish in time.
+    """
+    from tqdm import tqdm
+
+    out = Path(out)
+    with InProcessSystem() as system:
+        sim = system.add(SimNode, {"model": robot, "publish_rate": rate, "lockstep": True,
+                                   "seed": seed, "initial_noise": initial_noise,
+                                   "diagnostics_rate": 0.0})
+        system.add(ExcitationNode, {"model": robot, "seed": seed,
+                                    "control_period": 1.0 / rate})
+        logger = system.add(DataLogger, {"output_dir": str(out), "bag_name": bag_name,
+                                         "diagnostics_rate": 0.0})
+        connected = system.spin_until(
+            lambda: sim.state_pub.get_subscription_count() >= 2
+            and sim.command_subscription_count() >= 1 and not logger.pending_topics(),
+            timeout=15.0)
+        if not connected:
+            raise RuntimeError("simulation, excitation and logger nodes did not connect "
+                               "within 15 s (is discovery blocked on localhost?)")
+        per_episode = seconds / episodes
+        bar = tqdm(total=round(seconds, 3), unit="sim s", disable=not progress,
+                   desc=f"record {Path(robot).stem}", leave=False)
+        deadline = time.monotonic() + timeout_factor * seconds + 30.0
+        for ep in range(episodes):
+            start = sim.sim_time()
+            if ep > 0:
+                # Stop the lockstep chain and let in-flight commands land before the reset,
+                # so no command computed for the old episode steps the new one.
+                sim.pause()
+                system.spin_until(lambda: False, timeout=0.1)
+                sim.reset_episode()
+                sim.resume()
+            else:
+                sim.publish_state()   # first state: the excitation answers, lockstep runs
+            last = [sim.sim_time(), time.monotonic()]
+
+            def tick():
+                t = sim.sim_time()
+                if t != last[0]:
+                    bar.update(round(t - last[0], 6))
+                    last[:] = [t, time.monotonic()]
+                elif time.monotonic() - last[1] > 1.0:   # a lost message stalled lockstep
+                    sim.publish_state()
+                    last[1] = time.monotonic()
+            ok = system.spin_until(lambda: sim.sim_time() - start >= per_episode - 1e-9,
+                                   timeout=max(1.0, deadline - time.monotonic()), tick=tick)
+            if not ok:
+                bar.close()
+                raise RuntimeError(f"recording stalled at {sim.sim_time():.2f} s of "
+                                   f"simulated time")
+        bar.close()
+        sim.pause()
+        logger.finish(system.executor)
+        paths = list(logger.last_bag_paths)
+    return paths

@@ -1,0 +1,247 @@
+"""Records joint states, commands and any listed topics to rosbag2 bags (MCAP).
+
+Each message is written with the bytes DDS delivered (``raw=True``) and its DDS receive
+time as log time, as ``ros2 bag record`` does, so bags open in rosbag2 (Iron+), rosbags
+and the mcap tools. Bags are split by size or duration into ``<output_dir>/<bag_name>_NNNN``
+(each a complete bag). Episode starts announced on ``episode_topic`` (the sim's
+``/sim/episode``) or requested with ``~/mark_episode`` are written as std_msgs/UInt32 on
+``/data_logger/episode``, which dataset conversion splits on.
+
+Nothing is lost on shutdown: SIGINT/SIGTERM and ``~/stop`` drain what DDS has delivered,
+then close the bag; the final line printed says received == written per topic.
+Services (std_srvs/Trigger): ``~/start``, ``~/stop``, ``~/split``, ``~/mark_episode``.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.node import Node
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+from rclpy.subscription import Subscription
+from std_msgs.msg import UInt32
+from std_srvs.srv import Trigger
+
+from mbrl_ros.core.data.bag import BagWriter
+from mbrl_ros.core.settings import setting
+from mbrl_ros.ros.node_main import run_node
+from mbrl_ros.ros.params import declare_settings
+
+EPISODE_MARKER_TOPIC = "/data_logger/episode"
+_KNOWN_TYPES = {"/joint_states": "sensor_msgs/msg/JointState"}
+
+
+@dataclass(frozen=True)
+class LoggerSettings:
+    output_dir: str = setting("bags", "directory the bags are written under (created)")
+    bag_name: str = setting("", "bag name prefix (empty: mbrl_YYYYmmdd_HHMMSS)")
+    topics: tuple[str, ...] = setting(("/joint_states", "/effort_controller/commands"),
+                                      "topics to record; 'topic' (type from the ROS graph) or "
+                                      "'topic:pkg/msg/Type'")
+    episode_topic: str = setting("/sim/episode", "std_msgs/UInt32 topic announcing episode "
+                                 "starts (empty: none)")
+    max_bag_size: float = setting(0.0, "split when a bag exceeds this size (0: never)",
+                                  unit="MB", low=0.0, high=1e6)
+    max_bag_duration: float = setting(0.0, "split when a bag spans this long (0: never)",
+                                      unit="s", low=0.0, high=1e7)
+    qos_depth: int = setting(1000, "subscription queue depth (reliable)", low=1, high=100000)
+    autostart: bool = setting(True, "start recording at launch (else on ~/start)")
+    diagnostics_rate: float = setting(1.0, "rate of /diagnostics status", unit="Hz",
+                                      low=0.0, high=100.0)
+
+
+def _topic_type(entry: str) -> tuple[str, str | None]:
+    """'topic' -> (topic, known type or None); 'topic:pkg/msg/T' -> (topic, type)."""
+    if ":" in entry:
+        topic, msgtype = entry.split(":", 1)
+        return topic, msgtype
+    if entry in _KNOWN_TYPES:
+        return entry, _KNOWN_TYPES[entry]
+    if entry.endswith("/commands"):  # ros2_controllers forward command controllers
+        return entry, "std_msgs/msg/Float64MultiArray"
+    return entry, None
+
+
+def _import_type(msgtype: str):
+    """'sensor_msgs/msg/JointState' -> the generated rclpy class."""
+    pkg, kind, name = msgtype.split("/")
+    module = __import__(f"{pkg}.{kind}", fromlist=[name])
+    return getattr(module, name)
+
+
+class DataLogger(Node):
+    def __init__(self, **kwargs):
+        super().__init__("data_logger", **kwargs)
+        self.settings = s = declare_settings(self, LoggerSettings)
+        self.writer: BagWriter | None = None
+        self.received: dict[str, int] = {}
+        self.written_total = 0
+        self._subs: dict[str, Subscription] = {}
+        self._pending: dict[str, str | None] = {}
+        self._episodes = 0
+        self.last_bag_paths: list[Path] = []
+        self._group = MutuallyExclusiveCallbackGroup()   # everything touching the writer
+        self._qos = QoSProfile(depth=s.qos_depth, reliability=ReliabilityPolicy.RELIABLE)
+        for entry in s.topics:
+            topic, msgtype = _topic_type(entry)
+            self._pending[topic] = msgtype
+            self.received[topic] = 0
+        if s.episode_topic:
+            latched = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE,
+                                 durability=DurabilityPolicy.TRANSIENT_LOCAL)
+            self.create_subscription(UInt32, s.episode_topic, self._on_episode, latched,
+                                     callback_group=self._group)
+        for name, cb in (("~/start", self._srv_start), ("~/stop", self._srv_stop),
+                         ("~/split", self._srv_split), ("~/mark_episode", self._srv_mark)):
+            self.create_service(Trigger, name, cb, callback_group=self._group)
+        self._resolve_topics()
+        if self._pending:
+            self.create_timer(0.2, self._resolve_topics, callback_group=self._group)
+        if s.diagnostics_rate > 0:
+            self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+            self.create_timer(1.0 / s.diagnostics_rate, self._publish_diagnostics,
+                              callback_group=self._group)
+        if s.autostart:
+            self.start()
+
+    # ----------------------------------------------------------------- recording
+    def start(self) -> str:
+        if self.writer is not None:
+            return f"already recording to {self.writer.bag_paths[-1]}"
+        s = self.settings
+        name = s.bag_name or datetime.now().strftime("mbrl_%Y%m%d_%H%M%S")
+        root = Path(s.output_dir).expanduser()
+        index = 0
+        while (root / f"{name}_{index:04d}").exists():   # never overwrite an earlier bag
+            index += 1
+        prefix = name if index == 0 else f"{name}_{index:04d}"
+        self.writer = BagWriter(root, name=prefix, max_bytes=int(s.max_bag_size * 1e6),
+                                max_duration_s=s.max_bag_duration)
+        for topic, sub in self._subs.items():
+            self.writer.add_topic(topic, self._types[topic])
+        self.writer.add_topic(EPISODE_MARKER_TOPIC, "std_msgs/msg/UInt32")
+        self.get_logger().info(f"recording {sorted(self.received)} to {self.writer.bag_paths[-1]}")
+        return f"recording to {self.writer.bag_paths[-1]}"
+
+    def stop(self) -> str:
+        if self.writer is None:
+            return "not recording"
+        self.writer.close()
+        self.last_bag_paths = list(self.writer.bag_paths)
+        paths = [str(p) for p in self.writer.bag_paths]
+        counts = dict(self.writer.counts)
+        self.writer = None
+        summary = (f"closed {', '.join(paths)}: " + ", ".join(
+            f"{t} received {self.received.get(t, 0)} written {counts.get(t, 0)}"
+            for t in sorted(self.received)))
+        self.get_logger().info(summary)
+        print(f"data_logger: {summary}", flush=True)
+        return summary
+
+    _types: dict[str, str]
+
+    def pending_topics(self) -> list[str]:
+        """Listed topics not yet subscribed (their type is not known yet)."""
+        return list(self._pending)
+
+    def _resolve_topics(self) -> None:
+        """Subscribe to listed topics, looking up unknown types in the ROS graph."""
+        if not hasattr(self, "_types"):
+            self._types = {}
+        graph = None
+        for topic, msgtype in list(self._pending.items()):
+            if msgtype is None:
+                graph = graph if graph is not None else dict(self.get_topic_names_and_types())
+                types = graph.get(topic)
+                if not types:
+                    continue   # not advertised yet: try again on the next timer tick
+                msgtype = types[0]
+            try:
+                cls = _import_type(msgtype)
+            except (ImportError, AttributeError, ValueError):
+                self.get_logger().error(f"cannot record {topic}: message type {msgtype!r} "
+                                        "is not installed")
+                del self._pending[topic]
+                continue
+            self._types[topic] = msgtype
+            if self.writer is not None:
+                self.writer.add_topic(topic, msgtype)
+            self._subs[topic] = self.create_subscription(
+                cls, topic, self._make_callback(topic), self._qos, raw=True,
+                callback_group=self._group)
+            del self._pending[topic]
+
+    def _make_callback(self, topic: str):
+        def _cb(data: bytes, info) -> None:
+            self.received[topic] += 1
+            if self.writer is not None:
+                self.writer.write_raw(topic, int(info["received_timestamp"]), data)
+                self.written_total += 1
+        return _cb
+
+    def _write_marker(self, episode: int, t_ns: int) -> None:
+        if self.writer is not None:
+            self.writer.write(EPISODE_MARKER_TOPIC, t_ns, self.writer.make("std_msgs/msg/UInt32",
+                                                                           data=int(episode)))
+        self._episodes += 1
+
+    def _on_episode(self, msg: UInt32, info) -> None:
+        # DDS receive time, the same clock as every other message's log time.
+        self._write_marker(msg.data, int(info["received_timestamp"]))
+
+    # ----------------------------------------------------------------- services
+    def _srv_start(self, req, res):
+        res.message, res.success = self.start(), True
+        return res
+
+    def _srv_stop(self, req, res):
+        res.message, res.success = self.stop(), True
+        return res
+
+    def _srv_split(self, req, res):
+        self.stop()
+        res.message, res.success = self.start(), True
+        return res
+
+    def _srv_mark(self, req, res):
+        self._write_marker(self._episodes, time.time_ns())
+        res.message, res.success = f"episode marker {self._episodes - 1} written", True
+        return res
+
+    def _publish_diagnostics(self) -> None:
+        arr = DiagnosticArray()
+        arr.header.stamp = self.get_clock().now().to_msg()
+        st = DiagnosticStatus(name="mbrl_ros/data_logger", level=DiagnosticStatus.OK)
+        st.message = (f"recording to {self.writer.bag_paths[-1]}" if self.writer is not None
+                      else "idle")
+        st.values = [KeyValue(key=f"received {t}", value=str(n))
+                     for t, n in sorted(self.received.items())]
+        st.values.append(KeyValue(key="written", value=str(self.written_total)))
+        st.values.append(KeyValue(key="pending topics", value=",".join(self._pending)))
+        arr.status = [st]
+        self.diag_pub.publish(arr)
+
+    # ----------------------------------------------------------------- shutdown
+    def finish(self, executor) -> None:
+        """Drain messages DDS already delivered, then close the bag (no data lost)."""
+        deadline = time.monotonic() + 2.0
+        idle_since = time.monotonic()
+        before = sum(self.received.values())
+        while time.monotonic() < deadline and time.monotonic() - idle_since < 0.1:
+            executor.spin_once(timeout_sec=0.02)
+            now_total = sum(self.received.values())
+            if now_total != before:
+                before, idle_since = now_total, time.monotonic()
+        self.stop()
+
+
+def main(args=None) -> None:
+    run_node(DataLogger, args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,71 @@
+"""Excitation controller for data collection: answers every joint state with an effort
+command from :class:`mbrl_ros.core.policies.excitation.ExcitationPolicy` (PD toward random
+in-range targets plus coloured noise). Joint names and limits come from the MJCF given
+in ``model``, so the same node drives the sim or a real arm described by that file.
+
+On a real arm start with small ``noise_std`` and ``kp``: this node has no model of the
+robot and relies on the driver's own limits.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from rclpy.node import Node
+from rclpy.qos import QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import JointState
+from std_msgs.msg import Float64MultiArray
+
+from mbrl_ros.core.policies.excitation import ExcitationPolicy, ExcitationSettings
+from mbrl_ros.core.settings import setting
+from mbrl_ros.ros.conversions import JointStateReader, MessageError, command_msg, time_to_ns
+from mbrl_ros.ros.node_main import run_node
+from mbrl_ros.ros.params import declare_settings
+from mbrl_ros.sim.env import MujocoSim
+
+
+@dataclass(frozen=True)
+class ExcitationNodeSettings:
+    model: str = setting("arm2", "MJCF (shipped name or path) giving joint names and limits")
+    controller_name: str = setting("effort_controller", "commands go to "
+                                   "/<controller_name>/commands")
+    seed: int = setting(0, "random seed of targets and noise", low=0)
+    control_period: float = setting(0.01, "nominal control period (noise discretisation)",
+                                    unit="s", low=1e-4, high=1.0)
+
+
+class ExcitationNode(Node):
+    def __init__(self, **kwargs):
+        super().__init__("excitation", **kwargs)
+        s = declare_settings(self, ExcitationNodeSettings)
+        ex = declare_settings(self, ExcitationSettings, prefix="excitation.")
+        sim = MujocoSim(s.model, control_period=s.control_period)   # metadata only
+        self.reader = JointStateReader(sim.joint_names)
+        cmd_index = np.array([sim.joint_names.index(n) for n in sim.command_names])
+        self.policy = ExcitationPolicy(ex, sim.position_limits[cmd_index], sim.effort_limits,
+                                       cmd_index, sim.n_joints, seed=s.seed,
+                                       dt=s.control_period)
+        qos = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+        self.pub = self.create_publisher(Float64MultiArray,
+                                         f"/{s.controller_name}/commands", qos)
+        self.create_subscription(JointState, "/joint_states", self._on_state, qos)
+        self.commands_sent = 0
+
+    def _on_state(self, msg: JointState) -> None:
+        try:
+            q, qd = self.reader.read(msg)
+        except MessageError as e:
+            self.get_logger().warn(f"joint state ignored: {e}", throttle_duration_sec=1.0)
+            return
+        t = time_to_ns(msg.header.stamp) * 1e-9
+        u = self.policy.action(np.concatenate([q, qd]), t)
+        self.pub.publish(command_msg(u))
+        self.commands_sent += 1
+
+
+def main(args=None) -> None:
+    run_node(ExcitationNode, args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,57 @@
+"""Process entry shared by every node: init, spin, clean shutdown on SIGINT/SIGTERM.
+
+rclpy's own signal handling would tear the context down while callbacks may still hold
+data (the logger's open bag). Instead we take SIGINT/SIGTERM ourselves, stop spinning,
+let the node drain and finish (``node.finish()``), then shut down, so a signal never
+loses data. An invalid parameter makes the node exit with status 2 and one clear line.
+"""
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+from typing import Callable
+
+import rclpy
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.signals import SignalHandlerOptions
+
+from mbrl_ros.core.settings import SettingsError
+
+
+def run_node(factory: Callable[[], "rclpy.node.Node"], args=None, threads: int = 2) -> None:
+    """Create the node, spin it until SIGINT/SIGTERM or context shutdown, then finish it."""
+    argv = sys.argv if args is None else args
+    rclpy.init(args=argv, signal_handler_options=SignalHandlerOptions.NO)
+    stop = threading.Event()
+
+    def _on_signal(signum, frame):
+        stop.set()
+
+    signal.signal(signal.SIGINT, _on_signal)
+    signal.signal(signal.SIGTERM, _on_signal)
+    node = None
+    code = 0
+    try:
+        node = factory()
+    except (SettingsError, ValueError, FileNotFoundError) as e:
+        print(f"[ERROR] {factory.__name__}: invalid configuration: {e}", file=sys.stderr,
+              flush=True)
+        code = 2
+    if node is not None:
+        executor = MultiThreadedExecutor(num_threads=threads)
+        executor.add_node(node)
+        try:
+            while not stop.is_set() and rclpy.ok():
+                executor.spin_once(timeout_sec=0.1)
+        except (KeyboardInterrupt, ExternalShutdownException):
+            pass
+        finish = getattr(node, "finish", None)
+        if finish is not None:
+            finish(executor)
+        executor.remove_node(node)
+        node.destroy_node()
+        executor.shutdown(timeout_sec=1.0)
+    rclpy.try_shutdown()
+    if code:
+        sys.exit(code)

@@ -1,0 +1,301 @@
+"""MuJoCo simulation behind the topics a real arm driver uses.
+
+Publishes ``/joint_states`` (sensor_msgs/JointState) and, with ``publish_clock``,
+``/clock``; takes effort commands on ``/<controller_name>/commands``
+(std_msgs/Float64MultiArray ordered as ``command_joints``, the ros2_controllers forward
+command convention). Services: ``~/reset`` (std_srvs/Trigger) starts a new episode from
+the initial state; ``~/set_state`` (topic, sensor_msgs/JointState) starts one from a
+given state. Each episode start is announced on ``~/episode`` (std_msgs/UInt32).
+
+Stepping modes:
+- real time (``realtime_factor`` > 0): a physics thread advances one control period per
+  tick at ``publish_rate * realtime_factor`` ticks per wall second, holding the latest
+  command (zero after ``command_timeout`` without one, as a driver's watchdog does);
+- as fast as possible (``realtime_factor`` = 0): the same without sleeping;
+- ``lockstep``: exactly one control period per received command, then publish. This is
+  deterministic for a seed and as fast as the controller, for tests and data collection.
+
+Bad commands (wrong length, NaN/inf) are rejected, over-limit ones clamped; both with a
+throttled warning and counters on ``/diagnostics``. The simulation never applies NaN.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.node import Node
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+from rosgraph_msgs.msg import Clock
+from sensor_msgs.msg import JointState
+from std_msgs.msg import Float64MultiArray, UInt32
+from std_srvs.srv import Trigger
+
+from mbrl_ros.core.settings import setting
+from mbrl_ros.ros.conversions import (JointStateReader, MessageError, clock_msg,
+                                      command_values, joint_state_msg, time_msg)
+from mbrl_ros.ros.node_main import run_node
+from mbrl_ros.ros.params import declare_settings
+from mbrl_ros.sim.env import CommandError, MujocoSim, Randomization
+
+
+@dataclass(frozen=True)
+class SimSettings:
+    model: str = setting("arm2", "shipped model name (arm2, arm7, cartpole) or an MJCF file path")
+    joints: tuple[str, ...] = setting((), "joints published in /joint_states, in order "
+                                          "(empty: all hinge/slide joints)")
+    command_joints: tuple[str, ...] = setting((), "joints the effort command drives, in order "
+                                                  "(empty: all actuated joints)")
+    controller_name: str = setting("effort_controller", "forward command controller name: "
+                                   "commands are read from /<controller_name>/commands")
+    publish_rate: float = setting(100.0, "control rate: joint states per simulated second "
+                                  "(control period = 1/publish_rate)", unit="Hz",
+                                  low=1.0, high=5000.0)
+    timestep: float = setting(0.0, "physics timestep (0: the MJCF's); the control period "
+                              "must be a multiple of it", unit="s", low=0.0, high=0.1)
+    realtime_factor: float = setting(1.0, "simulated seconds per wall second (0: as fast "
+                                     "as possible); ignored in lockstep", low=0.0, high=100.0)
+    lockstep: bool = setting(False, "advance exactly one control period per received command")
+    publish_clock: bool = setting(True, "publish /clock and stamp joint states with "
+                                  "simulated time (consumers set use_sim_time)")
+    command_timeout: float = setting(0.5, "apply zero effort when no command arrived for "
+                                     "this long (real-time modes; 0 disables)", unit="s",
+                                     low=0.0, high=60.0)
+    initial_positions: tuple[float, ...] = setting((), "initial joint positions (empty: the "
+                                                   "MJCF 'home' keyframe)", unit="rad|m",
+                                                   dynamic=True)
+    initial_velocities: tuple[float, ...] = setting((), "initial joint velocities (empty: "
+                                                    "home keyframe)", unit="rad/s|m/s",
+                                                    dynamic=True)
+    initial_noise: float = setting(0.0, "std of Gaussian noise added to the initial state "
+                                   "at each reset", unit="rad|m", low=0.0, high=10.0,
+                                   dynamic=True)
+    seed: int = setting(0, "random seed (initial noise, domain randomisation)", low=0)
+    randomize_mass: float = setting(0.0, "relative spread of body masses, resampled per "
+                                    "episode", low=0.0, high=0.9)
+    randomize_damping: float = setting(0.0, "relative spread of joint damping", low=0.0,
+                                       high=0.9)
+    randomize_friction: float = setting(0.0, "max added joint friction loss", unit="N·m",
+                                        low=0.0, high=100.0)
+    diagnostics_rate: float = setting(1.0, "rate of /diagnostics status", unit="Hz",
+                                      low=0.0, high=100.0)
+
+
+class SimNode(Node):
+    """ROS adapter around :class:`mbrl_ros.sim.env.MujocoSim`."""
+
+    def __init__(self, **kwargs):
+        super().__init__("sim", **kwargs)
+        self.settings = s = declare_settings(self, SimSettings, on_change=self._on_settings)
+        self.sim = MujocoSim(
+            s.model, joints=s.joints or None, command_joints=s.command_joints or None,
+            control_period=1.0 / s.publish_rate, timestep=s.timestep or None, seed=s.seed,
+            initial_positions=s.initial_positions or None,
+            initial_velocities=s.initial_velocities or None, initial_noise=s.initial_noise,
+            randomization=Randomization(s.randomize_mass, s.randomize_damping,
+                                        s.randomize_friction))
+        self._lock = threading.Lock()          # guards self.sim and the held command
+        self._command = np.zeros(self.sim.n_commands)
+        self._command_time = -np.inf           # wall time of the last accepted command
+        self.counters = {"steps": 0, "commands": 0, "rejected_length": 0,
+                         "rejected_nonfinite": 0, "clamped": 0, "command_timeouts": 0,
+                         "overruns": 0, "resets": 0, "ignored_paused": 0}
+        self._paused = False
+        self._set_state_reader = JointStateReader(self.sim.joint_names)
+
+        reliable = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+        self.state_pub = self.create_publisher(JointState, "/joint_states", reliable)
+        self.clock_pub = (self.create_publisher(Clock, "/clock", reliable)
+                          if s.publish_clock else None)
+        latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
+                             durability=DurabilityPolicy.TRANSIENT_LOCAL)
+        self.episode_pub = self.create_publisher(UInt32, "~/episode", latched)
+        self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+
+        cmd_topic = f"/{s.controller_name}/commands"
+        group = MutuallyExclusiveCallbackGroup()
+        self.command_sub = self.create_subscription(Float64MultiArray, cmd_topic, self._on_command,
+                                 QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE),
+                                 callback_group=group)
+        self.create_subscription(JointState, "~/set_state", self._on_set_state, 10,
+                                 callback_group=group)
+        self.create_service(Trigger, "~/reset", self._on_reset, callback_group=group)
+        if s.diagnostics_rate > 0:
+            self.create_timer(1.0 / s.diagnostics_rate, self._publish_diagnostics)
+
+        self._stop = threading.Event()
+        self._thread = None
+        self._announce_episode()
+        self.publish_state()
+        if s.lockstep:
+            # A controller that starts after us still needs a first state to answer.
+            self._idle_since = time.monotonic()
+            self.create_timer(1.0, self._republish_if_idle, callback_group=group)
+        else:
+            self._thread = threading.Thread(target=self._run, name="physics", daemon=True)
+            self._thread.start()
+        self.get_logger().info(
+            f"simulating {self.sim.model_path.name}: joints {list(self.sim.joint_names)}, "
+            f"commands on {cmd_topic} for {list(self.sim.command_names)}, "
+            f"{s.publish_rate:g} Hz, "
+            + ("lockstep" if s.lockstep else f"realtime_factor {s.realtime_factor:g}"))
+
+    # ----------------------------------------------------------------- commands and state
+    def _on_command(self, msg: Float64MultiArray) -> None:
+        values = command_values(msg)
+        try:
+            effort, clamped = self.sim.sanitize_command(values)
+        except CommandError as e:
+            key = "rejected_nonfinite" if len(values) == self.sim.n_commands else "rejected_length"
+            self.counters[key] += 1
+            self.get_logger().warn(f"command rejected: {e}", throttle_duration_sec=1.0)
+            return
+        if clamped:
+            self.counters["clamped"] += 1
+            self.get_logger().warn(
+                f"command {np.array2string(values, precision=3)} over the effort limits "
+                f"{np.array2string(self.sim.effort_limits, precision=3)}: clamped",
+                throttle_duration_sec=1.0)
+        if self._paused:
+            self.counters["ignored_paused"] += 1
+            return
+        self.counters["commands"] += 1
+        if self.settings.lockstep:
+            with self._lock:
+                self.sim.step(effort)
+                self.counters["steps"] += 1
+            self._idle_since = time.monotonic()
+            self.publish_state()
+        else:
+            with self._lock:
+                self._command = effort
+                self._command_time = time.monotonic()
+
+    def _run(self) -> None:
+        """Physics thread for the real-time and as-fast-as-possible modes."""
+        s = self.settings
+        period = (self.sim.control_period / s.realtime_factor) if s.realtime_factor > 0 else 0.0
+        next_t = time.monotonic() + period
+        while not self._stop.is_set() and rclpy.ok(context=self.context):
+            now = time.monotonic()
+            with self._lock:
+                effort = self._command
+                if s.command_timeout > 0 and now - self._command_time > s.command_timeout:
+                    if np.any(effort):
+                        self.counters["command_timeouts"] += 1
+                        self.get_logger().warn("no command for "
+                                               f"{s.command_timeout:g} s: applying zero effort",
+                                               throttle_duration_sec=5.0)
+                    effort = self._command = np.zeros(self.sim.n_commands)
+                self.sim.step(effort)
+                self.counters["steps"] += 1
+            self.publish_state()
+            if period > 0:
+                delay = next_t - time.monotonic()
+                if delay > 0:
+                    time.sleep(delay)
+                    next_t += period
+                else:
+                    self.counters["overruns"] += 1
+                    # Fell behind: resynchronise instead of bursting to catch up.
+                    next_t = time.monotonic() + period if delay < -period else next_t + period
+
+    # ----------------------------------------------------------------- public API
+    def sim_time(self) -> float:
+        """Simulated time [s] since start."""
+        return self.sim.time
+
+    def command_subscription_count(self) -> int:
+        return self.command_sub.get_publisher_count()
+
+    def pause(self) -> None:
+        """Ignore commands until :meth:`resume`: physics holds still in lockstep, and in
+        real time the held command is zeroed."""
+        with self._lock:
+            self._paused = True
+            self._command = np.zeros(self.sim.n_commands)
+
+    def resume(self) -> None:
+        with self._lock:
+            self._paused = False
+        self.publish_state()
+
+    def reset_episode(self, positions=None, velocities=None) -> None:
+        """Start a new episode from the initial state (or the one given) and announce it."""
+        with self._lock:
+            self.sim.reset(positions=positions, velocities=velocities)
+            self._command = np.zeros(self.sim.n_commands)
+            self.counters["resets"] += 1
+        self._announce_episode()
+        self.publish_state()
+
+    def publish_state(self) -> None:
+        with self._lock:
+            q, qd, tau = self.sim.positions(), self.sim.velocities(), self.sim.efforts()
+            t_sim = self.sim.time
+        if self.clock_pub is not None:
+            stamp = time_msg(t_sim)
+            self.clock_pub.publish(clock_msg(t_sim))
+        else:
+            stamp = self.get_clock().now().to_msg()
+        self.state_pub.publish(joint_state_msg(self.sim.joint_names, q, qd, tau, stamp))
+
+    def _republish_if_idle(self) -> None:
+        if time.monotonic() - self._idle_since > 1.0:
+            self.publish_state()   # same stamp: dataset conversion drops the duplicate
+
+    # ----------------------------------------------------------------- episodes
+    def _announce_episode(self) -> None:
+        self.episode_pub.publish(UInt32(data=int(self.sim.episode)))
+
+    def _on_reset(self, request, response):
+        self.reset_episode()
+        response.success = True
+        response.message = f"episode {self.sim.episode} started"
+        return response
+
+    def _on_set_state(self, msg: JointState) -> None:
+        try:
+            q, qd = self._set_state_reader.read(msg)
+        except MessageError as e:
+            self.get_logger().error(f"~/set_state ignored: {e}")
+            return
+        self.reset_episode(positions=q, velocities=qd)
+
+    def _on_settings(self, s: SimSettings) -> None:
+        with self._lock:
+            self.sim.set_initial_state(s.initial_positions or None,
+                                       s.initial_velocities or None, s.initial_noise)
+        self.settings = s
+
+    # ----------------------------------------------------------------- diagnostics
+    def _publish_diagnostics(self) -> None:
+        arr = DiagnosticArray()
+        arr.header.stamp = self.get_clock().now().to_msg()
+        st = DiagnosticStatus(name="mbrl_ros/sim", hardware_id=self.sim.model_path.name)
+        bad = self.counters["rejected_length"] + self.counters["rejected_nonfinite"]
+        st.level = DiagnosticStatus.WARN if bad or self.counters["overruns"] else DiagnosticStatus.OK
+        st.message = "running" if not bad else f"{bad} command(s) rejected"
+        st.values = [KeyValue(key=k, value=str(v)) for k, v in self.counters.items()]
+        st.values.append(KeyValue(key="sim_time", value=f"{self.sim.time:.6f}"))
+        st.values.append(KeyValue(key="episode", value=str(self.sim.episode)))
+        arr.status = [st]
+        self.diag_pub.publish(arr)
+
+    def destroy_node(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=2.0)
+        super().destroy_node()
+
+
+def main(args=None) -> None:
+    run_node(SimNode, args)
+
+
+if __name__ == "__main__":
+    main()

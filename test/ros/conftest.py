@@ -1,0 +1,154 @@
+"""Fixtures for tests that run real nodes over real DDS.
+
+Every test gets its own ROS_DOMAIN_ID and localhost-only discovery, node processes start
+in their own process group (ended in teardown, SIGKILL if they do not stop), and the test
+talks to them through a probe node in its own rclpy context. Waits are on conditions
+(message received, service answered), never fixed sleeps.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import zlib
+from pathlib import Path
+
+import pytest
+
+os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
+
+import rclpy  # noqa: E402
+from rclpy.executors import SingleThreadedExecutor  # noqa: E402
+
+BIN = Path(sys.executable).parent
+
+
+def _domain_for(nodeid: str) -> int:
+    # 1..100 (valid on Linux with default ports); distinct per test and per run.
+    return 1 + (zlib.crc32(f"{nodeid}:{os.getpid()}".encode()) % 100)
+
+
+@pytest.fixture
+def domain_id(request) -> int:
+    return _domain_for(request.node.nodeid)
+
+
+@pytest.fixture
+def ros_env(domain_id) -> dict:
+    env = dict(os.environ)
+    env.update(ROS_DOMAIN_ID=str(domain_id), ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST",
+               PYTHONUNBUFFERED="1", RCUTILS_COLORIZED_OUTPUT="0")
+    return env
+
+
+class NodeProcess:
+    def __init__(self, cmd: list[str], env: dict, log: Path):
+        self.cmd, self.log_path = cmd, log
+        self._log = open(log, "wb")
+        self.proc = subprocess.Popen(cmd, env=env, stdout=self._log, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+
+    def signal(self, sig: int) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, sig)
+
+    def wait(self, timeout: float) -> int:
+        return self.proc.wait(timeout=timeout)
+
+    def output(self) -> str:
+        self._log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.signal(signal.SIGKILL)
+                self.proc.wait(timeout=5)
+        self._log.close()
+
+
+@pytest.fixture
+def start_node(ros_env, tmp_path):
+    """start_node('sim_node', {'model': 'arm2'}) -> NodeProcess; all stopped at teardown."""
+    procs: list[NodeProcess] = []
+
+    def _start(executable: str, params: dict | None = None, params_file: str | None = None,
+               name: str | None = None) -> NodeProcess:
+        cmd = [str(BIN / executable), "--ros-args"]
+        if params_file:
+            cmd += ["--params-file", str(params_file)]
+        for k, v in (params or {}).items():
+            if isinstance(v, bool):
+                v = "true" if v else "false"
+            elif isinstance(v, (list, tuple)):
+                v = "[" + ",".join(repr(x) if isinstance(x, str) else str(x) for x in v) + "]"
+            cmd += ["-p", f"{k}:={v}"]
+        p = NodeProcess(cmd, ros_env, tmp_path / f"{name or executable}_{len(procs)}.log")
+        procs.append(p)
+        return p
+
+    yield _start
+    for p in procs:
+        p.stop()
+
+
+class Probe:
+    """A test-side node: subscribe, publish, call services, wait on conditions."""
+
+    def __init__(self, domain_id: int):
+        self.context = rclpy.Context()
+        rclpy.init(context=self.context, domain_id=domain_id)
+        self.node = rclpy.create_node("probe", context=self.context)
+        self.executor = SingleThreadedExecutor(context=self.context)
+        self.executor.add_node(self.node)
+
+    def spin_until(self, cond, timeout: float, what: str = "condition") -> None:
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            self.executor.spin_once(timeout_sec=0.02)
+            if cond():
+                return
+        raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+    def spin_for(self, seconds: float) -> None:
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            self.executor.spin_once(timeout_sec=0.01)
+
+    def collect(self, msg_type, topic: str, qos=10) -> list:
+        got: list = []
+        self.node.create_subscription(msg_type, topic, got.append, qos)
+        return got
+
+    def call(self, srv_type, name: str, request=None, timeout: float = 10.0):
+        client = self.node.create_client(srv_type, name)
+        self.spin_until(client.service_is_ready, timeout, f"service {name}")
+        future = client.call_async(request or srv_type.Request())
+        self.spin_until(future.done, timeout, f"answer from {name}")
+        return future.result()
+
+    def close(self) -> None:
+        self.executor.shutdown(timeout_sec=1.0)
+        self.node.destroy_node()
+        rclpy.try_shutdown(context=self.context)
+
+
+@pytest.fixture
+def probe(domain_id):
+    p = Probe(domain_id)
+    yield p
+    p.close()
+
+
+def diagnostics_values(msgs, name: str) -> dict:
+    """Key/values of the newest DiagnosticStatus called ``name`` in received arrays."""
+    for arr in reversed(msgs):
+        for st in arr.status:
+            if st.name == name:
+                return {kv.key: kv.value for kv in st.values}
+    return {}
