@@ -99,6 +99,7 @@ def record(robot: str, seconds: float, out: Path, *, rate: float = 100.0, episod
         sim = system.add(SimNode, {"model": robot, "publish_rate": rate, "lockstep": True,
                                    "seed": seed, "initial_noise": initial_noise,
                                    "diagnostics_rate": 0.0})
+        sim.pause()   # nothing may answer a state before we kick the loop exactly once
         system.add(ExcitationNode, {"model": robot, "seed": seed,
                                     "control_period": 1.0 / rate})
         logger = system.add(DataLogger, {"output_dir": str(out), "bag_name": bag_name,
@@ -111,8 +112,9 @@ def record(robot: str, seconds: float, out: Path, *, rate: float = 100.0, episod
             raise RuntimeError("simulation, excitation and logger nodes did not connect "
                                "within 15 s (is discovery blocked on localhost?)")
         per_episode = seconds / episodes
-        bar = tqdm(total=round(seconds, 3), unit="sim s", disable=not progress,
-                   desc=f"record {Path(robot).stem}", leave=False)
+        bar = tqdm(total=seconds, disable=not progress, desc=f"record {Path(robot).stem}",
+                   leave=False, bar_format="{l_bar}{bar}| {n:.2f}/{total:.2f} sim s "
+                                           "[{elapsed}<{remaining}]")
         deadline = time.monotonic() + timeout_factor * seconds + 30.0
         for ep in range(episodes):
             start = sim.sim_time()
@@ -121,20 +123,20 @@ def record(robot: str, seconds: float, out: Path, *, rate: float = 100.0, episod
                 # so no command computed for the old episode steps the new one.
                 sim.pause()
                 system.spin_until(lambda: False, timeout=0.1)
-                sim.reset_episode()
+                sim.reset_episode(publish=False)
                 sim.resume()
             else:
-                sim.publish_state()   # first state: the excitation answers, lockstep runs
-            last = [sim.sim_time(), time.monotonic()]
+                sim.resume()   # publishes the first state once: the loop runs from here
+            last = [sim.sim_time()]
 
+            # No re-publishing on a stall: reliable DDS on this host delays messages under
+            # load but does not lose them, and a second copy of a state would be answered
+            # twice, running two lockstep command chains at once.
             def tick():
                 t = sim.sim_time()
                 if t != last[0]:
-                    bar.update(round(t - last[0], 6))
-                    last[:] = [t, time.monotonic()]
-                elif time.monotonic() - last[1] > 1.0:   # a lost message stalled lockstep
-                    sim.publish_state()
-                    last[1] = time.monotonic()
+                    bar.update(t - last[0])
+                    last[0] = t
             ok = system.spin_until(lambda: sim.sim_time() - start >= per_episode - 1e-9,
                                    timeout=max(1.0, deadline - time.monotonic()), tick=tick)
             if not ok:

@@ -13,6 +13,7 @@ Services (std_srvs/Trigger): ``~/start``, ``~/stop``, ``~/split``, ``~/mark_epis
 """
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass
 from datetime import datetime
@@ -78,7 +79,9 @@ class DataLogger(Node):
         super().__init__("data_logger", **kwargs)
         self.settings = s = declare_settings(self, LoggerSettings)
         self.writer: BagWriter | None = None
-        self.received: dict[str, int] = {}
+        self.received: dict[str, int] = {}      # while recording; always == written
+        self.ignored: dict[str, int] = {}       # arrived while not recording
+        self._write_lock = threading.Lock()     # a callback never writes into a closed bag
         self.written_total = 0
         self._subs: dict[str, Subscription] = {}
         self._pending: dict[str, str | None] = {}
@@ -90,6 +93,7 @@ class DataLogger(Node):
             topic, msgtype = _topic_type(entry)
             self._pending[topic] = msgtype
             self.received[topic] = 0
+            self.ignored[topic] = 0
         if s.episode_topic:
             latched = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE,
                                  durability=DurabilityPolicy.TRANSIENT_LOCAL)
@@ -115,10 +119,10 @@ class DataLogger(Node):
         s = self.settings
         name = s.bag_name or datetime.now().strftime("mbrl_%Y%m%d_%H%M%S")
         root = Path(s.output_dir).expanduser()
-        index = 0
-        while (root / f"{name}_{index:04d}").exists():   # never overwrite an earlier bag
-            index += 1
-        prefix = name if index == 0 else f"{name}_{index:04d}"
+        prefix, run = name, 0
+        while (root / f"{prefix}_0000").exists():   # never overwrite an earlier bag
+            run += 1
+            prefix = f"{name}_r{run}"
         self.writer = BagWriter(root, name=prefix, max_bytes=int(s.max_bag_size * 1e6),
                                 max_duration_s=s.max_bag_duration)
         for topic, sub in self._subs.items():
@@ -128,13 +132,14 @@ class DataLogger(Node):
         return f"recording to {self.writer.bag_paths[-1]}"
 
     def stop(self) -> str:
-        if self.writer is None:
-            return "not recording"
-        self.writer.close()
-        self.last_bag_paths = list(self.writer.bag_paths)
-        paths = [str(p) for p in self.writer.bag_paths]
-        counts = dict(self.writer.counts)
-        self.writer = None
+        with self._write_lock:
+            if self.writer is None:
+                return "not recording"
+            self.writer.close()
+            self.last_bag_paths = list(self.writer.bag_paths)
+            paths = [str(p) for p in self.writer.bag_paths]
+            counts = dict(self.writer.counts)
+            self.writer = None
         summary = (f"closed {', '.join(paths)}: " + ", ".join(
             f"{t} received {self.received.get(t, 0)} written {counts.get(t, 0)}"
             for t in sorted(self.received)))
@@ -177,17 +182,21 @@ class DataLogger(Node):
 
     def _make_callback(self, topic: str):
         def _cb(data: bytes, info) -> None:
-            self.received[topic] += 1
-            if self.writer is not None:
+            with self._write_lock:
+                if self.writer is None:
+                    self.ignored[topic] += 1
+                    return
                 self.writer.write_raw(topic, int(info["received_timestamp"]), data)
+                self.received[topic] += 1
                 self.written_total += 1
         return _cb
 
     def _write_marker(self, episode: int, t_ns: int) -> None:
-        if self.writer is not None:
-            self.writer.write(EPISODE_MARKER_TOPIC, t_ns, self.writer.make("std_msgs/msg/UInt32",
-                                                                           data=int(episode)))
-        self._episodes += 1
+        with self._write_lock:
+            if self.writer is not None:
+                marker = self.writer.typestore.types["std_msgs/msg/UInt32"](data=int(episode))
+                self.writer.write(EPISODE_MARKER_TOPIC, t_ns, marker)
+            self._episodes += 1
 
     def _on_episode(self, msg: UInt32, info) -> None:
         # DDS receive time, the same clock as every other message's log time.
@@ -220,6 +229,8 @@ class DataLogger(Node):
                       else "idle")
         st.values = [KeyValue(key=f"received {t}", value=str(n))
                      for t, n in sorted(self.received.items())]
+        st.values += [KeyValue(key=f"ignored while stopped {t}", value=str(n))
+                      for t, n in sorted(self.ignored.items()) if n]
         st.values.append(KeyValue(key="written", value=str(self.written_total)))
         st.values.append(KeyValue(key="pending topics", value=",".join(self._pending)))
         arr.status = [st]
@@ -240,7 +251,8 @@ class DataLogger(Node):
 
 
 def main(args=None) -> None:
-    run_node(DataLogger, args)
+    # One thread: callbacks run in arrival order and the drain at shutdown sees them all.
+    run_node(DataLogger, args, threads=1)
 
 
 if __name__ == "__main__":

@@ -55,7 +55,7 @@ class ExcitationNode(Node):
         try:
             q, qd = self.reader.read(msg)
         except MessageError as e:
-            self.get_logger().warn(f"joint state ignored: {e}", throttle_duration_sec=1.0)
+            self.get_logger().warning(f"joint state ignored: {e}", throttle_duration_sec=1.0)
             return
         t = time_to_ns(msg.header.stamp) * 1e-9
         u = self.policy.action(np.concatenate([q, qd]), t)

@@ -13,7 +13,9 @@ import threading
 from typing import Callable
 
 import rclpy
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.exceptions import InvalidParameterTypeException, InvalidParameterValueException
+from rclpy.executors import (ExternalShutdownException, MultiThreadedExecutor,
+                             SingleThreadedExecutor)
 from rclpy.signals import SignalHandlerOptions
 
 from mbrl_ros.core.settings import SettingsError
@@ -34,12 +36,14 @@ def run_node(factory: Callable[[], "rclpy.node.Node"], args=None, threads: int =
     code = 0
     try:
         node = factory()
-    except (SettingsError, ValueError, FileNotFoundError) as e:
+    except (SettingsError, ValueError, FileNotFoundError, InvalidParameterValueException,
+            InvalidParameterTypeException) as e:
         print(f"[ERROR] {factory.__name__}: invalid configuration: {e}", file=sys.stderr,
               flush=True)
         code = 2
     if node is not None:
-        executor = MultiThreadedExecutor(num_threads=threads)
+        executor = (SingleThreadedExecutor() if threads == 1
+                    else MultiThreadedExecutor(num_threads=threads))
         executor.add_node(node)
         try:
             while not stop.is_set() and rclpy.ok():

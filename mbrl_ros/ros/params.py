@@ -44,7 +44,8 @@ def _descriptor(spec) -> ParameterDescriptor:
 
 
 def declare_settings(node: Node, cls: type, prefix: str = "",
-                     on_change: Callable[[Any], None] | None = None) -> Any:
+                     on_change: Callable[[Any], None] | None = None,
+                     validate: Callable[[Any], None] | None = None) -> Any:
     """Declare one parameter per settings field and return the validated settings.
 
     Args:
@@ -52,6 +53,8 @@ def declare_settings(node: Node, cls: type, prefix: str = "",
         cls: the settings dataclass.
         prefix: parameter namespace, e.g. ``'ilqr.'`` for plugin parameters.
         on_change: called with the new settings after a valid dynamic update.
+        validate: node-specific checks of a candidate settings object (e.g. list lengths
+            that depend on the robot); raise ValueError to reject the update.
 
     Raises:
         SettingsError: a parameter file or override gave an invalid value; the message
@@ -63,7 +66,9 @@ def declare_settings(node: Node, cls: type, prefix: str = "",
         name = prefix + spec.name
         if isinstance(default, list) and not default:
             # rclpy cannot infer the type of an empty list: declare it typed and unset.
-            p = node.declare_parameter(name, _TYPES[spec.kind], _descriptor(spec))
+            d = _descriptor(spec)
+            d.dynamic_typing = False
+            p = node.declare_parameter(name, _TYPES[spec.kind], d)
         else:
             p = node.declare_parameter(name, default, _descriptor(spec))
         value = p.value
@@ -81,7 +86,9 @@ def declare_settings(node: Node, cls: type, prefix: str = "",
             return SetParametersResult(successful=True)
         try:
             new = from_mapping(cls, mine, prefix=prefix, base=holder["settings"])
-        except SettingsError as e:
+            if validate is not None:
+                validate(new)
+        except (SettingsError, ValueError) as e:
             return SetParametersResult(successful=False, reason=str(e))
         holder["pending"] = new
         return SetParametersResult(successful=True)

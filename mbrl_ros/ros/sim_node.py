@@ -90,7 +90,8 @@ class SimNode(Node):
 
     def __init__(self, **kwargs):
         super().__init__("sim", **kwargs)
-        self.settings = s = declare_settings(self, SimSettings, on_change=self._on_settings)
+        self.settings = s = declare_settings(self, SimSettings, on_change=self._on_settings,
+                                             validate=self._check_settings)
         self.sim = MujocoSim(
             s.model, joints=s.joints or None, command_joints=s.command_joints or None,
             control_period=1.0 / s.publish_rate, timestep=s.timestep or None, seed=s.seed,
@@ -103,8 +104,10 @@ class SimNode(Node):
         self._command_time = -np.inf           # wall time of the last accepted command
         self.counters = {"steps": 0, "commands": 0, "rejected_length": 0,
                          "rejected_nonfinite": 0, "clamped": 0, "command_timeouts": 0,
-                         "overruns": 0, "resets": 0, "ignored_paused": 0}
+                         "overruns": 0, "resets": 0, "ignored_paused": 0, "errors": 0}
         self._paused = False
+        self._bootstrapping = False
+        self._last_publish_connected = False
         self._set_state_reader = JointStateReader(self.sim.joint_names)
 
         reliable = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
@@ -133,7 +136,7 @@ class SimNode(Node):
         self.publish_state()
         if s.lockstep:
             # A controller that starts after us still needs a first state to answer.
-            self._idle_since = time.monotonic()
+            self._bootstrapping = True
             self.create_timer(1.0, self._republish_if_idle, callback_group=group)
         else:
             self._thread = threading.Thread(target=self._run, name="physics", daemon=True)
@@ -152,11 +155,11 @@ class SimNode(Node):
         except CommandError as e:
             key = "rejected_nonfinite" if len(values) == self.sim.n_commands else "rejected_length"
             self.counters[key] += 1
-            self.get_logger().warn(f"command rejected: {e}", throttle_duration_sec=1.0)
+            self.get_logger().warning(f"command rejected: {e}", throttle_duration_sec=1.0)
             return
         if clamped:
             self.counters["clamped"] += 1
-            self.get_logger().warn(
+            self.get_logger().warning(
                 f"command {np.array2string(values, precision=3)} over the effort limits "
                 f"{np.array2string(self.sim.effort_limits, precision=3)}: clamped",
                 throttle_duration_sec=1.0)
@@ -168,7 +171,7 @@ class SimNode(Node):
             with self._lock:
                 self.sim.step(effort)
                 self.counters["steps"] += 1
-            self._idle_since = time.monotonic()
+            self._bootstrapping = False
             self.publish_state()
         else:
             with self._lock:
@@ -181,19 +184,12 @@ class SimNode(Node):
         period = (self.sim.control_period / s.realtime_factor) if s.realtime_factor > 0 else 0.0
         next_t = time.monotonic() + period
         while not self._stop.is_set() and rclpy.ok(context=self.context):
-            now = time.monotonic()
-            with self._lock:
-                effort = self._command
-                if s.command_timeout > 0 and now - self._command_time > s.command_timeout:
-                    if np.any(effort):
-                        self.counters["command_timeouts"] += 1
-                        self.get_logger().warn("no command for "
-                                               f"{s.command_timeout:g} s: applying zero effort",
-                                               throttle_duration_sec=5.0)
-                    effort = self._command = np.zeros(self.sim.n_commands)
-                self.sim.step(effort)
-                self.counters["steps"] += 1
-            self.publish_state()
+            try:
+                self._tick(s)
+            except Exception as e:   # the physics loop must outlive any single bad tick
+                self.counters["errors"] += 1
+                self.get_logger().error(f"physics tick failed: {e!r}",
+                                        throttle_duration_sec=5.0)
             if period > 0:
                 delay = next_t - time.monotonic()
                 if delay > 0:
@@ -203,6 +199,21 @@ class SimNode(Node):
                     self.counters["overruns"] += 1
                     # Fell behind: resynchronise instead of bursting to catch up.
                     next_t = time.monotonic() + period if delay < -period else next_t + period
+
+    def _tick(self, s: SimSettings) -> None:
+        now = time.monotonic()
+        with self._lock:
+            effort = self._command
+            if s.command_timeout > 0 and now - self._command_time > s.command_timeout:
+                if np.any(effort):
+                    self.counters["command_timeouts"] += 1
+                    self.get_logger().warning(f"no command for {s.command_timeout:g} s: "
+                                              "applying zero effort",
+                                              throttle_duration_sec=5.0)
+                effort = self._command = np.zeros(self.sim.n_commands)
+            self.sim.step(effort)
+            self.counters["steps"] += 1
+        self.publish_state()
 
     # ----------------------------------------------------------------- public API
     def sim_time(self) -> float:
@@ -224,14 +235,25 @@ class SimNode(Node):
             self._paused = False
         self.publish_state()
 
-    def reset_episode(self, positions=None, velocities=None) -> None:
-        """Start a new episode from the initial state (or the one given) and announce it."""
+    def reset_episode(self, positions=None, velocities=None, publish: bool = True) -> None:
+        """Start a new episode from the initial state (or the one given) and announce it.
+
+        In lockstep every published state is answered by one command, so a caller that
+        resets while paused passes ``publish=False`` and lets :meth:`resume` publish the
+        start state once (two publications would start two command chains).
+        """
         with self._lock:
             self.sim.reset(positions=positions, velocities=velocities)
             self._command = np.zeros(self.sim.n_commands)
             self.counters["resets"] += 1
+            self._bootstrapping = True
         self._announce_episode()
-        self.publish_state()
+        if publish:
+            self.publish_state()
+
+    def _controller_connected(self) -> bool:
+        return (self.state_pub.get_subscription_count() > 0
+                and self.command_sub.get_publisher_count() > 0)
 
     def publish_state(self) -> None:
         with self._lock:
@@ -242,10 +264,14 @@ class SimNode(Node):
             self.clock_pub.publish(clock_msg(t_sim))
         else:
             stamp = self.get_clock().now().to_msg()
+        self._last_publish_connected = self._controller_connected()
         self.state_pub.publish(joint_state_msg(self.sim.joint_names, q, qd, tau, stamp))
 
     def _republish_if_idle(self) -> None:
-        if time.monotonic() - self._idle_since > 1.0:
+        # A re-published state that a controller also got the first time is answered twice
+        # and starts a second lockstep chain. So re-publish only before the episode's first
+        # command, and only if no controller was connected when the state last went out.
+        if self._bootstrapping and not self._paused and not self._last_publish_connected:
             self.publish_state()   # same stamp: dataset conversion drops the duplicate
 
     # ----------------------------------------------------------------- episodes
@@ -265,6 +291,13 @@ class SimNode(Node):
             self.get_logger().error(f"~/set_state ignored: {e}")
             return
         self.reset_episode(positions=q, velocities=qd)
+
+    def _check_settings(self, s: SimSettings) -> None:
+        n, names = self.sim.n_joints, list(self.sim.joint_names)
+        for key in ("initial_positions", "initial_velocities"):
+            v = getattr(s, key)
+            if v and len(v) != n:
+                raise ValueError(f"{key} needs {n} values (for {names}), got {len(v)}")
 
     def _on_settings(self, s: SimSettings) -> None:
         with self._lock:
@@ -287,8 +320,9 @@ class SimNode(Node):
         self.diag_pub.publish(arr)
 
     def destroy_node(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
+        if hasattr(self, "_stop"):      # construction may have failed half way
+            self._stop.set()
+        if getattr(self, "_thread", None) is not None:
             self._thread.join(timeout=2.0)
         super().destroy_node()
 

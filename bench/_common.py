@@ -1,0 +1,88 @@
+"""Shared plumbing for the benchmarks: machine facts, JSON output, node processes."""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import random
+import signal
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+BIN = Path(sys.executable).parent
+
+
+def machine() -> dict:
+    cpu = platform.processor()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "host": platform.node(), "cpu": cpu, "nproc": os.cpu_count(),
+            "python": platform.python_version()}
+
+
+def write_json(path: str | None, payload: dict) -> None:
+    payload = {"machine": machine(), **payload}
+    text = json.dumps(payload, indent=2)
+    if path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(text)
+    print(text)
+
+
+def ros_env(domain_id: int | None = None) -> dict:
+    env = dict(os.environ)
+    env.update(ROS_DOMAIN_ID=str(domain_id or random.randint(1, 100)),
+               ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST", PYTHONUNBUFFERED="1")
+    return env
+
+
+class Proc:
+    """A node process in its own process group."""
+
+    def __init__(self, cmd: list[str], env: dict, log: Path | None = None):
+        self.out = open(log, "wb") if log else subprocess.DEVNULL
+        self.p = subprocess.Popen(cmd, env=env, stdout=self.out, stderr=subprocess.STDOUT,
+                                  start_new_session=True)
+
+    def stop(self, sig=signal.SIGINT, timeout: float = 20.0) -> int:
+        if self.p.poll() is None:
+            os.killpg(self.p.pid, sig)
+            try:
+                self.p.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.p.pid, signal.SIGKILL)
+                self.p.wait()
+        if self.out is not subprocess.DEVNULL:
+            self.out.close()
+        return self.p.returncode
+
+
+def node_cmd(executable: str, params: dict) -> list[str]:
+    cmd = [str(BIN / executable), "--ros-args"]
+    for k, v in params.items():
+        v = ("true" if v else "false") if isinstance(v, bool) else v
+        cmd += ["-p", f"{k}:={v}"]
+    return cmd
+
+
+def percentile(xs, q) -> float:
+    import numpy as np
+    return float(np.percentile(np.asarray(xs), q)) if len(xs) else float("nan")
+
+
+def wait_for(cond, timeout: float, spin) -> bool:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        spin()
+        if cond():
+            return True
+    return False
