@@ -30,6 +30,7 @@ setup(
         "console_scripts": [
             "sim_node = mbrl_ros.ros.sim_node:main",
             "data_logger = mbrl_ros.ros.data_logger:main",
+            "excitation = mbrl_ros.ros.excitation_node:main",
             "mbrl-ros = mbrl_ros.cli:main",
         ],
     },

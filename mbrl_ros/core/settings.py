@@ -65,7 +65,7 @@ class ParamSpec:
         if self.unit:
             parts.append(self.unit)
         if self.low is not None or self.high is not None:
-            parts.append(f"range [{_fmt(self.low)}, {_fmt(self.high)}]")
+            parts.append(f"range [{_fmt(self.low)}, {_fmt(self.high, True)}]")
         if self.choices:
             parts.append("one of " + ", ".join(map(str, self.choices)))
         if self.dynamic:
@@ -73,8 +73,10 @@ class ParamSpec:
         return f"{self.name} ({'; '.join(parts)}; default {self.default!r}): {self.doc}"
 
 
-def _fmt(x: float | None) -> str:
-    return "-inf" if x is None else f"{x:g}"
+def _fmt(x: float | None, upper: bool = False) -> str:
+    if x is None:
+        return "inf" if upper else "-inf"
+    return f"{x:g}"
 
 
 _KINDS = {bool: "bool", int: "int", float: "float", str: "str"}
@@ -136,7 +138,7 @@ def _check_range(spec: ParamSpec, value: float, where: str) -> None:
     if not lo <= value <= hi:
         unit = f" {spec.unit}" if spec.unit else ""
         raise SettingsError(f"{where} = {value!r} is out of range [{_fmt(spec.low)}, "
-                            f"{_fmt(spec.high)}]{unit} ({spec.doc})")
+                            f"{_fmt(spec.high, True)}]{unit} ({spec.doc})")
 
 
 def coerce(spec: ParamSpec, value: Any, prefix: str = "") -> Any:

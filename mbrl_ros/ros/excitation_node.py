@@ -50,6 +50,8 @@ class ExcitationNode(Node):
                                          f"/{s.controller_name}/commands", qos)
         self.create_subscription(JointState, "/joint_states", self._on_state, qos)
         self.commands_sent = 0
+        self.get_logger().info(f"exciting {list(sim.command_names)} of {sim.model_path.name}: "
+                               f"commands on /{s.controller_name}/commands")
 
     def _on_state(self, msg: JointState) -> None:
         try:

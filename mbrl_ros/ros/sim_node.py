@@ -55,8 +55,9 @@ class SimSettings:
     publish_rate: float = setting(100.0, "control rate: joint states per simulated second "
                                   "(control period = 1/publish_rate)", unit="Hz",
                                   low=1.0, high=5000.0)
-    timestep: float = setting(0.0, "physics timestep (0: the MJCF's); the control period "
-                              "must be a multiple of it", unit="s", low=0.0, high=0.1)
+    timestep: float = setting(0.0, "physics timestep (0: the MJCF's, reduced if needed to "
+                              "divide the control period); the control period must be a "
+                              "multiple of it", unit="s", low=0.0, high=0.1)
     realtime_factor: float = setting(1.0, "simulated seconds per wall second (0: as fast "
                                      "as possible); ignored in lockstep", low=0.0, high=100.0)
     lockstep: bool = setting(False, "advance exactly one control period per received command")

@@ -77,11 +77,11 @@ def start_node(ros_env, tmp_path):
     """start_node('sim_node', {'model': 'arm2'}) -> NodeProcess; all stopped at teardown."""
     procs: list[NodeProcess] = []
 
-    def _start(executable: str, params: dict | None = None, params_file: str | None = None,
+    def _start(executable: str, params: dict | None = None, params_file_list=(),
                name: str | None = None) -> NodeProcess:
         cmd = [str(BIN / executable), "--ros-args"]
-        if params_file:
-            cmd += ["--params-file", str(params_file)]
+        for f in params_file_list:
+            cmd += ["--params-file", str(f)]
         for k, v in (params or {}).items():
             if isinstance(v, bool):
                 v = "true" if v else "false"

@@ -23,6 +23,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from mbrl_ros.core.settings import setting
+
 __all__ = ["ExcitationPolicy", "ExcitationSettings"]
 
 
@@ -42,12 +44,19 @@ class ExcitationSettings:
             targets, in [0, 0.5).
     """
 
-    kp: float = 20.0
-    kd: float = 2.0
-    noise_std: float = 0.3
-    noise_corr_time: float = 0.1
-    target_period: float = 1.0
-    target_margin: float = 0.1
+    kp: float = setting(20.0, "PD gain toward the random target, for the strongest joint "
+                        "(weaker joints scaled by their effort limit)", unit="N·m/rad",
+                        low=0.0, high=1e4)
+    kd: float = setting(2.0, "damping gain, scaled like kp", unit="N·m·s/rad", low=0.0,
+                        high=1e3)
+    noise_std: float = setting(0.3, "std of the coloured noise as a fraction of each effort "
+                               "limit", low=0.0, high=1.0)
+    noise_corr_time: float = setting(0.1, "correlation time of the Ornstein-Uhlenbeck noise",
+                                     unit="s", low=0.0, high=100.0)
+    target_period: float = setting(1.0, "time between new random targets", unit="s",
+                                   low=1e-3, high=1e4)
+    target_margin: float = setting(0.1, "fraction of each joint range kept free at both ends",
+                                   low=0.0, high=0.49)
 
     def __post_init__(self) -> None:
         for name in ("kp", "kd", "noise_std"):

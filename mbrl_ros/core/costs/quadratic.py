@@ -1,0 +1,336 @@
+"""Trajectory costs with analytic first and second derivatives.
+
+Gradient-based planners (iLQR, :mod:`mbrl_ros.core.planners.ilqr`) need the derivatives of
+the per-step cost along a whole trajectory at once; sampling planners (CEM, MPPI) evaluate
+the same cost on batches of K candidate trajectories held as numpy arrays or torch tensors.
+Both are served by one class per cost term so the formula is written once:
+
+* :meth:`Cost.stage` / :meth:`Cost.terminal` and their ``*_derivatives`` work on one
+  trajectory in numpy float64;
+* :meth:`Cost.stage_batch` / :meth:`Cost.terminal_batch` work on (K, T, ·) batches of numpy
+  arrays or torch tensors (same dtype/device as the input), using only operations both
+  libraries share.
+
+Conventions: a trajectory of horizon T has states xs (T+1, nx) and actions us (T, nu); the
+total cost is ``sum_t stage(xs[t], us[t]) + terminal(xs[T])``. Stage costs are per control
+step (not multiplied by dt), so weights are "cost per step".
+
+Costs are immutable: methods that change a parameter (:meth:`QuadraticCost.with_target`)
+return a new object, so a planner running in one thread can keep the cost it was given while
+another thread sets a new target.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any, Sequence
+
+import numpy as np
+
+__all__ = ["Cost", "QuadraticCost", "JointLimitBarrier", "SumCost"]
+
+Array = Any  # numpy.ndarray or torch.Tensor
+
+
+def _is_torch(a: Any) -> bool:
+    # Checked by module name so that importing the costs does not import torch.
+    return type(a).__module__.startswith("torch")
+
+
+def _frozen(a: Any, shape: tuple[int, ...] | None = None, name: str = "") -> np.ndarray:
+    out = np.array(a, dtype=np.float64)
+    if shape is not None and out.shape != shape:
+        raise ValueError(f"{name} must have shape {shape}, got {out.shape}")
+    out.setflags(write=False)
+    return out
+
+
+class Cost(ABC):
+    """A trajectory cost ``sum_t l(x_t, u_t) + l_f(x_T)`` with analytic derivatives.
+
+    Subclasses implement the numpy single-trajectory methods and :meth:`stage_batch` /
+    :meth:`terminal_batch` for numpy or torch batches. Costs add: ``c1 + c2`` is a
+    :class:`SumCost`.
+    """
+
+    def __init__(self, nx: int, nu: int):
+        self.nx = int(nx)
+        self.nu = int(nu)
+        self._torch_cache: dict[tuple, Any] = {}
+
+    # -- single trajectory (numpy float64) -----------------------------------------
+    @abstractmethod
+    def stage(self, xs: np.ndarray, us: np.ndarray) -> np.ndarray:
+        """Per-step cost.
+
+        Args:
+            xs: (T, nx) states; us: (T, nu) actions.
+
+        Returns:
+            (T,) cost of each step.
+        """
+
+    @abstractmethod
+    def terminal(self, x: np.ndarray) -> float:
+        """Terminal cost of the final state x (nx,)."""
+
+    @abstractmethod
+    def stage_derivatives(self, xs: np.ndarray, us: np.ndarray
+                          ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray,
+                                     np.ndarray]:
+        """Derivatives of :meth:`stage` at every step.
+
+        Returns:
+            lx (T, nx), lu (T, nu), lxx (T, nx, nx), luu (T, nu, nu), lux (T, nu, nx). The
+            arrays may be read-only broadcast views; copy before writing into them.
+        """
+
+    @abstractmethod
+    def terminal_derivatives(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Gradient (nx,) and Hessian (nx, nx) of :meth:`terminal` at x (nx,)."""
+
+    # -- batches (numpy or torch) ----------------------------------------------------
+    @abstractmethod
+    def stage_batch(self, xs: Array, us: Array) -> Array:
+        """Summed stage cost of K trajectories.
+
+        Args:
+            xs: (K, T, nx) states; us: (K, T, nu) actions; numpy arrays or torch tensors.
+
+        Returns:
+            (K,) ``sum_t stage(xs[k, t], us[k, t])``, same library/dtype/device as ``xs``.
+        """
+
+    @abstractmethod
+    def terminal_batch(self, x: Array) -> Array:
+        """Terminal cost of K final states x (K, nx) -> (K,), numpy or torch."""
+
+    # -- helpers -----------------------------------------------------------------------
+    def total(self, xs: np.ndarray, us: np.ndarray) -> float:
+        """Cost of one trajectory: xs (T+1, nx), us (T, nu) -> scalar."""
+        return float(np.sum(self.stage(xs[:-1], us)) + self.terminal(xs[-1]))
+
+    def _const(self, a: np.ndarray, like: Array) -> Array:
+        """``a`` as an array usable with ``like`` (cached torch copy on like's device)."""
+        if not _is_torch(like):
+            return a
+        key = (id(a), like.dtype, like.device)
+        t = self._torch_cache.get(key)
+        if t is None:
+            import torch
+            # A writable copy: the cost's arrays are read-only, which torch warns about.
+            t = torch.as_tensor(np.array(a), dtype=like.dtype, device=like.device)
+            self._torch_cache[key] = t
+        return t
+
+    def __add__(self, other: "Cost") -> "SumCost":
+        if not isinstance(other, Cost):
+            return NotImplemented
+        return SumCost([self, other])
+
+
+def _quad_batch(d: Array, W: Array) -> Array:
+    """0.5 d' W d over the last axis of d (..., n) -> (...)."""
+    return 0.5 * ((d @ W) * d).sum(-1)
+
+
+class QuadraticCost(Cost):
+    """``l = 0.5 (x - x*)' Q (x - x*) + 0.5 (u - u_ref)' R (u - u_ref)``,
+    ``l_f = 0.5 (x - x*)' Qf (x - x*)``.
+
+    Args:
+        Q: (nx, nx) symmetric PSD state weight per step.
+        R: (nu, nu) symmetric PSD action weight per step.
+        Qf: (nx, nx) symmetric PSD terminal weight (default: Q).
+        x_target: (nx,) target state x* (default zeros).
+        u_ref: (nu,) reference action, e.g. gravity compensation (default zeros).
+    """
+
+    def __init__(self, Q: np.ndarray, R: np.ndarray, Qf: np.ndarray | None = None,
+                 x_target: np.ndarray | None = None, u_ref: np.ndarray | None = None):
+        Q = np.asarray(Q, dtype=np.float64)
+        R = np.asarray(R, dtype=np.float64)
+        nx, nu = Q.shape[0], R.shape[0]
+        super().__init__(nx, nu)
+        # Symmetrised so that the Hessian is exactly Q (the form only sees the symmetric part).
+        self.Q = _frozen(0.5 * (Q + Q.T), (nx, nx), "Q")
+        self.R = _frozen(0.5 * (R + R.T), (nu, nu), "R")
+        Qf = self.Q if Qf is None else np.asarray(Qf, dtype=np.float64)
+        self.Qf = _frozen(0.5 * (Qf + Qf.T), (nx, nx), "Qf")
+        self.x_target = _frozen(np.zeros(nx) if x_target is None else x_target, (nx,),
+                                "x_target")
+        self.u_ref = _frozen(np.zeros(nu) if u_ref is None else u_ref, (nu,), "u_ref")
+
+    @classmethod
+    def diagonal(cls, q: Sequence[float], r: Sequence[float], qf: Sequence[float] | None = None,
+                 x_target: np.ndarray | None = None, u_ref: np.ndarray | None = None
+                 ) -> "QuadraticCost":
+        """Diagonal weights: q (nx,), r (nu,), qf (nx,) (default q)."""
+        return cls(np.diag(q), np.diag(r), None if qf is None else np.diag(qf), x_target, u_ref)
+
+    def with_target(self, x_target: np.ndarray) -> "QuadraticCost":
+        """A copy with a new target state x_target (nx,)."""
+        return QuadraticCost(self.Q, self.R, self.Qf, x_target, self.u_ref)
+
+    def with_reference_action(self, u_ref: np.ndarray) -> "QuadraticCost":
+        """A copy with a new reference action u_ref (nu,)."""
+        return QuadraticCost(self.Q, self.R, self.Qf, self.x_target, u_ref)
+
+    def stage(self, xs, us):
+        dx = xs - self.x_target
+        du = us - self.u_ref
+        return _quad_batch(dx, self.Q) + _quad_batch(du, self.R)
+
+    def terminal(self, x):
+        dx = np.asarray(x) - self.x_target
+        return float(0.5 * dx @ self.Qf @ dx)
+
+    def stage_derivatives(self, xs, us):
+        T = xs.shape[0]
+        lx = (xs - self.x_target) @ self.Q
+        lu = (us - self.u_ref) @ self.R
+        return (lx, lu, np.broadcast_to(self.Q, (T, self.nx, self.nx)),
+                np.broadcast_to(self.R, (T, self.nu, self.nu)),
+                np.broadcast_to(np.zeros((self.nu, self.nx)), (T, self.nu, self.nx)))
+
+    def terminal_derivatives(self, x):
+        return (np.asarray(x) - self.x_target) @ self.Qf, self.Qf
+
+    def stage_batch(self, xs, us):
+        dx = xs - self._const(self.x_target, xs)
+        du = us - self._const(self.u_ref, us)
+        return (_quad_batch(dx, self._const(self.Q, xs))
+                + _quad_batch(du, self._const(self.R, us))).sum(-1)
+
+    def terminal_batch(self, x):
+        dx = x - self._const(self.x_target, x)
+        return _quad_batch(dx, self._const(self.Qf, x))
+
+
+class JointLimitBarrier(Cost):
+    """Quadratic penalty on joint positions that leave ``[lo + margin, hi - margin]``:
+    ``l = 0.5 w sum_j (max(0, q_j - (hi_j - m))^2 + max(0, (lo_j + m) - q_j)^2)``.
+
+    Zero inside the safe band, so it does not bias the optimum away from the limits; its
+    gradient is continuous, and its Hessian is w on the joints outside the band, which is
+    the Gauss-Newton curvature DDP needs (as Crocoddyl's ActivationModelQuadraticBarrier).
+    The same penalty is applied to the terminal state.
+
+    Args:
+        lo, hi: (m,) joint position limits [rad or m].
+        nx, nu: state and action dimensions.
+        indices: (m,) positions of the joints in the state (default 0..m-1).
+        margin: distance inside the limits where the penalty starts [rad or m].
+        weight: w, cost per squared violation per step.
+        terminal_weight: w for the terminal state (default ``weight``).
+    """
+
+    def __init__(self, lo: Sequence[float], hi: Sequence[float], nx: int, nu: int,
+                 indices: Sequence[int] | None = None, margin: float = 0.0,
+                 weight: float = 1e3, terminal_weight: float | None = None):
+        super().__init__(nx, nu)
+        lo = np.asarray(lo, dtype=np.float64)
+        hi = np.asarray(hi, dtype=np.float64)
+        m = lo.shape[0]
+        idx = np.arange(m) if indices is None else np.asarray(indices, dtype=np.intp)
+        if hi.shape != (m,) or idx.shape != (m,):
+            raise ValueError(f"lo, hi and indices must have the same length, got {lo.shape}, "
+                             f"{hi.shape}, {idx.shape}")
+        if np.any(idx < 0) or np.any(idx >= nx):
+            raise ValueError(f"indices {idx.tolist()} out of range for nx={nx}")
+        if np.any(lo + margin > hi - margin):
+            raise ValueError("margin leaves an empty band: lo + margin > hi - margin")
+        self.indices = idx
+        self.lo = _frozen(lo + margin)
+        self.hi = _frozen(hi - margin)
+        self.weight = float(weight)
+        self.terminal_weight = self.weight if terminal_weight is None else float(terminal_weight)
+        # Selection matrix so the batch path needs only matmul (no fancy indexing in torch).
+        S = np.zeros((nx, m))
+        S[idx, np.arange(m)] = 1.0
+        self._S = _frozen(S)
+
+    def _violations(self, q):
+        if _is_torch(q):
+            return ((q - self._const(self.hi, q)).clamp(min=0),
+                    (self._const(self.lo, q) - q).clamp(min=0))
+        return np.maximum(q - self.hi, 0.0), np.maximum(self.lo - q, 0.0)
+
+    def _penalty(self, q, w):
+        up, down = self._violations(q)
+        return 0.5 * w * ((up * up).sum(-1) + (down * down).sum(-1))
+
+    def stage(self, xs, us):
+        return self._penalty(xs[:, self.indices], self.weight)
+
+    def terminal(self, x):
+        return float(self._penalty(np.asarray(x)[self.indices], self.terminal_weight))
+
+    def _derivs(self, q, w):
+        up, down = self._violations(q)
+        g = w * (up - down)
+        h = w * ((up > 0) | (down > 0))
+        return g, h
+
+    def stage_derivatives(self, xs, us):
+        T = xs.shape[0]
+        g, h = self._derivs(xs[:, self.indices], self.weight)
+        lx = np.zeros((T, self.nx))
+        lx[:, self.indices] = g
+        lxx = np.zeros((T, self.nx, self.nx))
+        lxx[:, self.indices, self.indices] = h
+        zu = np.zeros((T, self.nu))
+        return (lx, zu, lxx, np.broadcast_to(np.zeros((self.nu, self.nu)), (T, self.nu, self.nu)),
+                np.broadcast_to(np.zeros((self.nu, self.nx)), (T, self.nu, self.nx)))
+
+    def terminal_derivatives(self, x):
+        g, h = self._derivs(np.asarray(x)[self.indices], self.terminal_weight)
+        lx = np.zeros(self.nx)
+        lx[self.indices] = g
+        lxx = np.zeros((self.nx, self.nx))
+        lxx[self.indices, self.indices] = h
+        return lx, lxx
+
+    def stage_batch(self, xs, us):
+        return self._penalty(xs @ self._const(self._S, xs), self.weight).sum(-1)
+
+    def terminal_batch(self, x):
+        return self._penalty(x @ self._const(self._S, x), self.terminal_weight)
+
+
+class SumCost(Cost):
+    """Sum of cost terms with the same (nx, nu)."""
+
+    def __init__(self, terms: Sequence[Cost]):
+        flat: list[Cost] = []
+        for c in terms:
+            flat.extend(c.terms if isinstance(c, SumCost) else [c])
+        if not flat:
+            raise ValueError("SumCost needs at least one term")
+        nx, nu = flat[0].nx, flat[0].nu
+        if any((c.nx, c.nu) != (nx, nu) for c in flat):
+            raise ValueError("all cost terms must have the same (nx, nu), got "
+                             f"{[(c.nx, c.nu) for c in flat]}")
+        super().__init__(nx, nu)
+        self.terms: tuple[Cost, ...] = tuple(flat)
+
+    def stage(self, xs, us):
+        return sum(c.stage(xs, us) for c in self.terms)
+
+    def terminal(self, x):
+        return float(sum(c.terminal(x) for c in self.terms))
+
+    def stage_derivatives(self, xs, us):
+        parts = [c.stage_derivatives(xs, us) for c in self.terms]
+        # np.add of the first two allocates a fresh writable result (inputs may be views).
+        return tuple(np.add(parts[0][i], sum(p[i] for p in parts[1:]))
+                     if len(parts) > 1 else np.array(parts[0][i]) for i in range(5))
+
+    def terminal_derivatives(self, x):
+        parts = [c.terminal_derivatives(x) for c in self.terms]
+        return (sum(p[0] for p in parts), sum(p[1] for p in parts))
+
+    def stage_batch(self, xs, us):
+        return sum(c.stage_batch(xs, us) for c in self.terms)
+
+    def terminal_batch(self, x):
+        return sum(c.terminal_batch(x) for c in self.terms)

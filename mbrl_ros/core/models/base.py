@@ -1,0 +1,221 @@
+"""The one interface every dynamics model implements, and what they share.
+
+A model maps a state x (nx,) = [joint positions, joint velocities] and an action u (nu,)
+(joint efforts, N·m or N) to the state one control period later. Models that learn predict
+the *delta* x_{t+1} - x_t in normalised coordinates (:class:`Normalizer`) and convert back.
+
+Artifacts hold no code: ``state_arrays()`` returns plain numpy arrays (saved as .npz with
+``allow_pickle=False``) and the hyper-parameters live in JSON (see :mod:`mbrl_ros.core.store`).
+"""
+from __future__ import annotations
+
+import dataclasses
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar
+
+import numpy as np
+
+from mbrl_ros.core.types import TransitionBatch
+
+
+class ModelError(ValueError):
+    """A model cannot be fitted or used as asked; the message says why."""
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What a model is a model of: dimensions, names and control period."""
+    nx: int
+    nu: int
+    state_names: tuple[str, ...]
+    action_names: tuple[str, ...]
+    dt: float                      # control period [s] the model steps over
+    robot: str = ""                # e.g. 'arm2' or an MJCF file name
+
+    @classmethod
+    def from_batch(cls, batch: TransitionBatch, robot: str = "") -> "ModelSpec":
+        dt = float(np.median(batch.dt)) if len(batch) else 0.0
+        return cls(batch.nx, batch.nu, tuple(batch.state_names), tuple(batch.action_names),
+                   dt, robot or str(batch.meta.get("robot", "")))
+
+    def check_compatible(self, other: "ModelSpec") -> None:
+        """Raise ModelError if ``other`` describes different state/action spaces."""
+        if (self.state_names, self.action_names) != (other.state_names, other.action_names):
+            raise ModelError(
+                "state/action names differ: model has "
+                f"x={list(self.state_names)}, u={list(self.action_names)}; data has "
+                f"x={list(other.state_names)}, u={list(other.action_names)}")
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, d: dict) -> "ModelSpec":
+        return cls(int(d["nx"]), int(d["nu"]), tuple(d["state_names"]),
+                   tuple(d["action_names"]), float(d["dt"]), d.get("robot", ""))
+
+
+@dataclass(frozen=True)
+class Linearization:
+    """Local affine-Gaussian model along a trajectory of T steps:
+    x_{t+1} ~ N(fx[t] x_t + fu[t] u_t + f0[t], cov[t]).
+
+    fx (T, nx, nx), fu (T, nx, nu), f0 (T, nx), cov (T, nx, nx) or None.
+    """
+    fx: np.ndarray
+    fu: np.ndarray
+    f0: np.ndarray
+    cov: np.ndarray | None = None
+
+    def __post_init__(self):
+        T, nx, _ = self.fx.shape
+        nu = self.fu.shape[2]
+        if self.fx.shape != (T, nx, nx) or self.fu.shape != (T, nx, nu) or \
+                self.f0.shape != (T, nx):
+            raise ValueError(f"inconsistent linearization shapes fx {self.fx.shape}, "
+                             f"fu {self.fu.shape}, f0 {self.f0.shape}")
+        if self.cov is not None and self.cov.shape != (T, nx, nx):
+            raise ValueError(f"cov shape {self.cov.shape} != {(T, nx, nx)}")
+
+    @property
+    def horizon(self) -> int:
+        return self.fx.shape[0]
+
+
+@dataclass
+class FitReport:
+    """What a fit did: sizes, time and validation metrics (JSON-able)."""
+    n_train: int
+    n_val: int
+    fit_seconds: float
+    metrics: dict[str, float] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+class Normalizer:
+    """Affine standardisation z = (v - mean) / std fitted on data; std floored so constant
+    columns (e.g. an unactuated joint's zero effort) do not blow up."""
+
+    def __init__(self, mean: np.ndarray, std: np.ndarray):
+        self.mean = np.asarray(mean, dtype=np.float64)
+        self.std = np.asarray(std, dtype=np.float64)
+
+    @classmethod
+    def fit(cls, v: np.ndarray, floor: float = 1e-6) -> "Normalizer":
+        v = np.asarray(v, dtype=np.float64)
+        return cls(v.mean(axis=0), np.maximum(v.std(axis=0), floor))
+
+    def __call__(self, v):
+        return (v - self.mean) / self.std
+
+    def inverse(self, z):
+        return z * self.std + self.mean
+
+    def arrays(self, prefix: str) -> dict[str, np.ndarray]:
+        return {f"{prefix}_mean": self.mean, f"{prefix}_std": self.std}
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray], prefix: str) -> "Normalizer":
+        return cls(arrays[f"{prefix}_mean"], arrays[f"{prefix}_std"])
+
+
+def check_xu(spec: ModelSpec, x: np.ndarray, u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Validate and promote (nx,)/(nu,) or (B,nx)/(B,nu) inputs to 2-D float64."""
+    x = np.atleast_2d(np.asarray(x, dtype=np.float64))
+    u = np.atleast_2d(np.asarray(u, dtype=np.float64))
+    if x.shape[1] != spec.nx or u.shape[1] != spec.nu or x.shape[0] != u.shape[0]:
+        raise ModelError(f"expected x (B, {spec.nx}) and u (B, {spec.nu}), got "
+                         f"{x.shape} and {u.shape}")
+    return x, u
+
+
+def finite_difference_linearization(step: Callable[[np.ndarray, np.ndarray], np.ndarray],
+                                    xs: np.ndarray, us: np.ndarray,
+                                    eps: float = 1e-5) -> Linearization:
+    """Central differences of a batched mean step function, all perturbations in one call.
+
+    Args:
+        step: (B, nx), (B, nu) -> (B, nx) mean next state.
+        xs: (T, nx) states, us: (T, nu) actions.
+    """
+    T, nx = xs.shape
+    nu = us.shape[1]
+    n = nx + nu
+    E = np.eye(n) * eps
+    # (T, 2n, n) perturbed [x, u] stacked, evaluated in one batch
+    z = np.concatenate([xs, us], axis=1)
+    zp = np.concatenate([z[:, None, :] + E[None], z[:, None, :] - E[None]], axis=1)
+    f = step(zp[..., :nx].reshape(-1, nx), zp[..., nx:].reshape(-1, nu)).reshape(T, 2 * n, nx)
+    J = (f[:, :n] - f[:, n:]).transpose(0, 2, 1) / (2 * eps)      # (T, nx, n)
+    fx, fu = J[:, :, :nx], J[:, :, nx:]
+    f_nom = step(xs, us)
+    f0 = f_nom - np.einsum("tij,tj->ti", fx, xs) - np.einsum("tij,tj->ti", fu, us)
+    return Linearization(fx, fu, f0)
+
+
+class DynamicsModel(ABC):
+    """Learned or known discrete-time dynamics x_{t+1} = f(x_t, u_t) (+ noise).
+
+    Subclasses set ``kind`` (the registry name), ``Settings`` (frozen dataclass of
+    hyper-parameters, JSON-able) and implement fit / predict / state arrays. Time-varying
+    models (``time_varying = True``) take a step index ``t`` in predict and linearize.
+    """
+    kind: ClassVar[str]
+    Settings: ClassVar[type]
+    time_varying: ClassVar[bool] = False
+    min_transitions: ClassVar[int] = 1
+
+    def __init__(self, settings: Any = None, spec: ModelSpec | None = None):
+        self.settings = settings if settings is not None else self.Settings()
+        self.spec = spec
+
+    # -- learning -------------------------------------------------------------------
+    @abstractmethod
+    def fit(self, data: TransitionBatch, rng: np.random.Generator | None = None,
+            progress: Callable[[float], None] | None = None) -> FitReport:
+        """Fit on ``data``; sets ``self.spec`` from it. ``progress(fraction)`` may be called.
+
+        Raises:
+            ModelError: too few transitions, or data incompatible with ``self.spec``.
+        """
+
+    def _check_fit_data(self, data: TransitionBatch) -> None:
+        if len(data) < self.min_transitions:
+            raise ModelError(f"{self.kind} needs at least {self.min_transitions} transitions, "
+                             f"got {len(data)}")
+        spec = ModelSpec.from_batch(data, robot=self.spec.robot if self.spec else "")
+        if self.spec is not None:
+            self.spec.check_compatible(spec)
+        self.spec = spec
+
+    # -- prediction -----------------------------------------------------------------
+    @abstractmethod
+    def predict(self, x: np.ndarray, u: np.ndarray, t: int | np.ndarray | None = None
+                ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Next-state mean (B, nx) and per-dimension variance (B, nx) or None.
+
+        Args:
+            x: (B, nx) or (nx,) states; u: (B, nu) or (nu,) actions.
+            t: time step index (time-varying models only).
+        """
+
+    def linearize(self, xs: np.ndarray, us: np.ndarray) -> Linearization:
+        """Affine model along the trajectory (xs (T, nx), us (T, nu)); step t uses the
+        model at time t for time-varying models. Default: central differences of the mean."""
+        if self.time_varying:
+            raise TypeError(f"{type(self).__name__} is time-varying and must implement "
+                            "linearize itself")
+        return finite_difference_linearization(lambda x, u: self.predict(x, u)[0], xs, us)
+
+    # -- artifacts --------------------------------------------------------------------
+    @abstractmethod
+    def state_arrays(self) -> dict[str, np.ndarray]:
+        """Every learned number, as named numpy arrays (no objects, no code)."""
+
+    @abstractmethod
+    def load_state_arrays(self, arrays: dict[str, np.ndarray]) -> None:
+        """Inverse of :meth:`state_arrays` (``self.spec`` and settings already set)."""

@@ -1,0 +1,15 @@
+"""Trajectory optimisers for model-predictive control, behind one interface
+(:class:`Planner`: ``optimize`` returns a :class:`Policy`), created by name:
+``registry.create('planner', 'ilqr', settings, nx, nu, u_min, u_max, dt)``.
+
+Each planner module registers itself on import; modules are imported on first lookup.
+"""
+from mbrl_ros.core import registry
+from mbrl_ros.core.planners.base import Planner, Policy
+
+# One provider per planner module; further planners (sampling, direct-collocation) add
+# their module here when they exist.
+for _module in ("mbrl_ros.core.planners.ilqr.planner",):
+    registry.add_provider("planner", _module)
+
+__all__ = ["Planner", "Policy"]

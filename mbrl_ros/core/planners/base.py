@@ -1,0 +1,161 @@
+"""The planner interface: *plan* (slow, replanning loop) split from *act* (fast control timer).
+
+Following mujoco_mpc's Planner design, a planner's :meth:`Planner.optimize` improves a
+nominal trajectory from the current state and returns an immutable :class:`Policy`; a
+control timer evaluates ``policy.action(x, t)`` at a higher rate until the next plan is
+ready. The dynamics model and the cost are arguments of every ``optimize`` call, so swapping
+a model (a freshly fitted one) or a cost (a new target) needs no planner rebuild.
+
+Planners keep their last solution (:attr:`Planner.nominal`) to warm-start the next call
+(shifted by the time elapsed since it was computed) and to hand it over to another planner
+(:meth:`Planner.warm_start`) so switching planners does not restart from scratch.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any, ClassVar, Protocol, runtime_checkable
+
+import numpy as np
+
+__all__ = ["Policy", "Planner", "resize_actions", "shift_trajectory"]
+
+
+@runtime_checkable
+class Policy(Protocol):
+    """Immutable result of a plan, evaluated by a fast control timer."""
+
+    def action(self, x: np.ndarray, t: float) -> np.ndarray:
+        """Action (nu,) for state x (nx,) at time t [s], clamped to the action limits."""
+        ...
+
+
+def shift_trajectory(a: np.ndarray | None, steps: int) -> np.ndarray | None:
+    """Drop the first ``steps`` rows of a (T, ...) array and repeat the last row at the end,
+    keeping the length (the receding-horizon warm start)."""
+    if a is None or steps <= 0:
+        return a
+    steps = min(steps, a.shape[0] - 1)
+    return np.concatenate([a[steps:], np.repeat(a[-1:], steps, axis=0)], axis=0)
+
+
+def resize_actions(us: np.ndarray, horizon: int) -> np.ndarray:
+    """Truncate, or pad by repeating the last row, a (T', nu) array to (horizon, nu)."""
+    us = np.asarray(us, dtype=np.float64)
+    if us.shape[0] >= horizon:
+        return us[:horizon].copy()
+    return np.concatenate([us, np.repeat(us[-1:], horizon - us.shape[0], axis=0)], axis=0)
+
+
+class Planner(ABC):
+    """Base class of trajectory optimisers used for model-predictive control.
+
+    Subclasses set ``name`` (registry name) and ``Settings`` (frozen dataclass with at least
+    a ``horizon`` field, in steps) and implement :meth:`optimize`.
+
+    Args:
+        settings: a ``Settings`` instance (None: defaults).
+        nx, nu: state and action dimensions.
+        u_min, u_max: (nu,) action limits (scalars broadcast; +-inf allowed).
+        dt: control period of a plan step [s] (the model's step).
+    """
+    name: ClassVar[str]
+    Settings: ClassVar[type]
+
+    def __init__(self, settings: Any, nx: int, nu: int, u_min: np.ndarray,
+                 u_max: np.ndarray, dt: float):
+        self.settings = settings if settings is not None else self.Settings()
+        self.nx = int(nx)
+        self.nu = int(nu)
+        self.u_min = np.broadcast_to(np.asarray(u_min, dtype=np.float64), (self.nu,)).copy()
+        self.u_max = np.broadcast_to(np.asarray(u_max, dtype=np.float64), (self.nu,)).copy()
+        if np.any(self.u_min > self.u_max):
+            raise ValueError(f"u_min {self.u_min} must be <= u_max {self.u_max}")
+        if not (dt > 0 and np.isfinite(dt)):
+            raise ValueError(f"dt must be positive and finite, got {dt}")
+        self.dt = float(dt)
+        self.stats: dict[str, Any] = {}
+        self.horizon = int(self.settings.horizon)
+        self._xs: np.ndarray | None = None        # (T+1, nx) nominal states
+        self._us: np.ndarray | None = None        # (T, nu) nominal actions
+        self._t_nominal: float | None = None      # time [s] of step 0 of the nominal
+        self.reset(self.horizon)
+
+    # -- nominal trajectory ---------------------------------------------------------------
+    def reset(self, horizon: int, initial_actions: np.ndarray | None = None) -> None:
+        """Forget the previous solution.
+
+        Args:
+            horizon: number of steps T of the next plans.
+            initial_actions: (T', nu) actions to start from (resized to T, clipped);
+                default the zero action clipped into the limits.
+        """
+        if horizon < 1:
+            raise ValueError(f"horizon must be >= 1, got {horizon}")
+        self.horizon = int(horizon)
+        self._xs = None
+        self._t_nominal = None
+        self._us = (None if initial_actions is None
+                    else self.clip(resize_actions(initial_actions, self.horizon)))
+
+    @property
+    def nominal(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """(xs (T+1, nx), us (T, nu)) of the last solution, or None before the first."""
+        if self._xs is None or self._us is None:
+            return None
+        return self._xs.copy(), self._us.copy()
+
+    @property
+    def nominal_time(self) -> float | None:
+        """Time [s] of step 0 of :attr:`nominal` (pass it to another planner's
+        :meth:`warm_start` so the hand-over is shifted correctly), or None."""
+        return self._t_nominal
+
+    def warm_start(self, us: np.ndarray, t0: float | None = None) -> None:
+        """Start the next optimisation from the actions ``us`` (T', nu), e.g. another
+        planner's nominal (resized to the horizon, clipped).
+
+        Args:
+            us: (T', nu) actions.
+            t0: time [s] of ``us[0]``; if given, the next :meth:`optimize` shifts them by the
+                time elapsed, as it does with its own solution. None: used as they are.
+        """
+        us = np.asarray(us, dtype=np.float64)
+        if us.ndim != 2 or us.shape[1] != self.nu or us.shape[0] < 1:
+            raise ValueError(f"warm-start actions must have shape (T, {self.nu}), got {us.shape}")
+        self._us = self.clip(resize_actions(us, self.horizon))
+        self._xs = None
+        self._t_nominal = None if t0 is None else float(t0)
+        self._on_warm_start()
+
+    def _on_warm_start(self) -> None:
+        """Hook: drop solver state tied to the previous nominal (gains, samples)."""
+
+    def clip(self, us: np.ndarray) -> np.ndarray:
+        """Actions clipped to [u_min, u_max] (any leading shape)."""
+        return np.clip(us, self.u_min, self.u_max)
+
+    def _shift_steps(self, t0: float) -> int:
+        """Whole steps elapsed since the stored nominal's step 0 (0 if unknown/negative)."""
+        if self._t_nominal is None:
+            return 0
+        return max(0, min(self.horizon, int(round((t0 - self._t_nominal) / self.dt))))
+
+    def _initial_actions(self, t0: float) -> tuple[np.ndarray, int]:
+        """Actions (T, nu) to start from at time t0, and the shift applied to the stored
+        nominal (previous solution shifted by the elapsed steps, last action repeated)."""
+        if self._us is None:
+            return self.clip(np.zeros((self.horizon, self.nu))), 0
+        s = self._shift_steps(t0)
+        return shift_trajectory(self._us, s), s
+
+    # -- planning ---------------------------------------------------------------------------
+    @abstractmethod
+    def optimize(self, x0: np.ndarray, t0: float, model: Any, cost: Any) -> Policy:
+        """Improve the plan from state x0 (nx,) at time t0 [s] and return a policy.
+
+        Args:
+            x0: (nx,) current state.
+            t0: current time [s]; the policy's step 0 starts here.
+            model: a :class:`~mbrl_ros.core.models.base.DynamicsModel` whose step is ``dt``.
+            cost: a :class:`~mbrl_ros.core.costs.quadratic.Cost`.
+        """

@@ -1,0 +1,182 @@
+"""Riccati backward pass of iLQR / control-limited DDP.
+
+For each step t = T-1 ... 0 it forms the quadratic model of the state-action value
+function around the nominal trajectory,
+
+    Q_x  = l_x + A' V_x,          Q_u  = l_u + B' V_x,
+    Q_xx = l_xx + A' V_xx A,      Q_uu = l_uu + B' V_xx B,     Q_ux = l_ux + B' V_xx A,
+
+minimises it over the control step du (unconstrained: du = k + K dx; with limits: the box QP
+of Tassa, Mansard & Todorov 2014 with K rows of clamped controls zero) and propagates
+
+    V_x  = Q_x + K' Q_uu k + K' Q_u + Q_ux' k,
+    V_xx = Q_xx + K' Q_uu K + K' Q_ux + Q_ux' K                (Tassa, Erez & Todorov 2012).
+
+Regularisation (Tassa et al. 2012, eq. 10): mu I is added to V_xx *inside* Q_uu and Q_ux
+only, i.e. Q_uu + mu B'B and Q_ux + mu B'A, which keeps the step invariant to control
+scaling; the value update uses the unregularised terms.
+
+Implementation: all terms of one step are one matrix product in homogeneous coordinates.
+With z = [1, dx, du] (N = 1 + nx + nu), the stage cost model is 0.5 z' L z with
+L = [[0, l_x', l_u'], [l_x, l_xx, l_xu], [l_u, l_ux, l_uu]], the dynamics
+[1, dx'] = F z with F = [[1, 0, 0], [0, A, B]], and the value 0.5 y' V y with
+y = [1, dx] and V = [[., V_x'], [V_x, V_xx]]. Then Q = L + F' V F holds every Q term, the
+rows u of Q are [Q_u, Q_ux, Q_uu] contiguous, the solution [k, K] = -Q_uu^{-1} [Q_u, Q_ux]
+is one Cholesky solve, and with G = [[I], [k K]] the propagated value is V = G' Q G. F, L
+and mu-terms F'F are built for all steps in batched numpy before the sequential sweep,
+which leaves about ten small BLAS/LAPACK calls per step.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.linalg import lapack
+
+from mbrl_ros.core.planners.ilqr.boxqp import solve_boxqp
+
+__all__ = ["BackwardPass", "BackwardResult"]
+
+
+@dataclass
+class BackwardResult:
+    """Output of a successful backward pass (arrays owned by the caller).
+
+    Attributes:
+        k: (T, nu) control step (feed-forward) du at dx = 0.
+        K: (T, nu, nx) feedback gains.
+        dV: (2,) expected-reduction coefficients: the model predicts a cost change of
+            alpha dV[0] + alpha^2 dV[1] for line-search step alpha.
+        Quu_reg: (T, nu, nu) regularised Q_uu (for the iLQG controller covariance).
+        n_boxqp: number of steps where the box QP was needed.
+        n_clamped: number of clamped (control, step) pairs.
+    """
+    k: np.ndarray
+    K: np.ndarray
+    dV: np.ndarray
+    Quu_reg: np.ndarray
+    n_boxqp: int
+    n_clamped: int
+
+
+class BackwardPass:
+    """Preallocated workspace for the Riccati sweep of a fixed (T, nx, nu).
+
+    Usage: :meth:`prepare` once per linearisation, then :meth:`run` for each
+    regularisation value tried.
+    """
+
+    def __init__(self, T: int, nx: int, nu: int):
+        self.T, self.nx, self.nu = T, nx, nu
+        M = 1 + nx
+        N = M + nu
+        self.M, self.N = M, N
+        self._F = np.zeros((T, M, N))
+        self._F[:, 0, 0] = 1.0
+        self._L = np.zeros((T, N, N))
+        self._FtFu = np.zeros((T, nu, N))
+        self._Vf = np.zeros((M, M))
+        self._G = np.zeros((N, M))
+        self._G[:M, :M] = np.eye(M)
+        self._kK = np.zeros((T, nu, M))
+        self._Qrows = np.zeros((T, nu, N))
+        self._Quu_reg = np.zeros((T, nu, nu))
+
+    def prepare(self, fx: np.ndarray, fu: np.ndarray, lx: np.ndarray, lu: np.ndarray,
+                lxx: np.ndarray, luu: np.ndarray, lux: np.ndarray, lfx: np.ndarray,
+                lfxx: np.ndarray) -> None:
+        """Load the linearisation and cost derivatives along the nominal.
+
+        Args:
+            fx: (T, nx, nx), fu: (T, nx, nu) dynamics Jacobians.
+            lx (T, nx), lu (T, nu), lxx (T, nx, nx), luu (T, nu, nu), lux (T, nu, nx):
+                stage cost derivatives.
+            lfx (nx,), lfxx (nx, nx): terminal cost derivatives.
+        """
+        M = self.M
+        F, L = self._F, self._L
+        F[:, 1:, 1:M] = fx
+        F[:, 1:, M:] = fu
+        L[:, 0, 1:M] = lx
+        L[:, 1:M, 0] = lx
+        L[:, 0, M:] = lu
+        L[:, M:, 0] = lu
+        L[:, 1:M, 1:M] = lxx
+        L[:, M:, M:] = luu
+        L[:, M:, 1:M] = lux
+        L[:, 1:M, M:] = np.swapaxes(lux, 1, 2)
+        # Rows u of F'F = [0, B'A, B'B]: the mu-regularisation of the rows u of Q.
+        np.matmul(np.swapaxes(F[:, :, M:], 1, 2), F, out=self._FtFu)
+        self._Vf[0, 1:] = lfx
+        self._Vf[1:, 0] = lfx
+        self._Vf[1:, 1:] = lfxx
+
+    def run(self, mu: float, du_lower: np.ndarray | None, du_upper: np.ndarray | None
+            ) -> BackwardResult | int:
+        """One sweep with regularisation mu.
+
+        Args:
+            mu: regularisation added to V_xx (>= 0).
+            du_lower, du_upper: (T, nu) bounds on the control step (u_min - u_t,
+                u_max - u_t), or None for the unconstrained pass.
+
+        Returns:
+            A :class:`BackwardResult`, or the step index (int) where Q_uu (or its free
+            block) was not positive definite.
+        """
+        M = self.M
+        potrf, potrs, dot = lapack.dpotrf, lapack.dpotrs, np.dot
+        F, L, FtFu, G = self._F, self._L, self._FtFu, self._G
+        kK_all, Qrows, Quu_reg = self._kK, self._Qrows, self._Quu_reg
+        box = du_lower is not None
+        k_next = None
+        n_box = n_clamped = 0
+        V = self._Vf
+        for t in range(self.T - 1, -1, -1):
+            Ft = F[t]
+            # np.dot: less call overhead than @ for these small 2-D operands.
+            Q = dot(Ft.T, dot(V, Ft))
+            Q += L[t]
+            Qu = Q[M:]
+            R = Qu + mu * FtFu[t] if mu > 0.0 else Qu
+            Huu = R[:, M:]
+            c, info = potrf(Huu)
+            if info == 0:
+                kK = potrs(c, R[:, :M])[0]
+                np.negative(kK, out=kK)
+                if box:
+                    k = kK[:, 0]
+                    lo, hi = du_lower[t], du_upper[t]
+                    if (k < lo).any() or (k > hi).any():
+                        info = -1
+            if info != 0:
+                if not box:
+                    return t
+                # Control-limited step (Tassa et al. 2014, Alg. 2), warm-started from the
+                # clamped unconstrained step if Q_uu was positive definite, else (as in
+                # their code) from the step of the following time index.
+                n_box += 1
+                x0 = kK[:, 0] if info == -1 else k_next
+                res = solve_boxqp(Huu, R[:, 0], du_lower[t], du_upper[t], x0=x0)
+                if not res.ok:
+                    return t
+                kK = np.zeros((self.nu, M))
+                kK[:, 0] = res.x
+                free = res.free
+                n_clamped += self.nu - int(free.sum())
+                if free.any():
+                    kK[free, 1:] = -potrs(res.chol, R[free, 1:M])[0]
+            G[M:] = kK
+            V = dot(G.T, dot(Q, G))
+            V += V.T
+            V *= 0.5
+            kK_all[t] = kK
+            Qrows[t] = Qu
+            Quu_reg[t] = Huu
+            k_next = kK[:, 0]
+        k = kK_all[:, :, 0].copy()
+        Qu_all = Qrows[:, :, 0]
+        Quu = Qrows[:, :, M:]
+        dV = np.array([np.einsum("ti,ti->", k, Qu_all),
+                       0.5 * np.einsum("ti,tij,tj->", k, Quu, k)])
+        return BackwardResult(k, kK_all[:, :, 1:].copy(), dV, Quu_reg.copy(), n_box, n_clamped)
