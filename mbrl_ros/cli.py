@@ -63,6 +63,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if (out / "bags").is_dir():   # the demo owns its output folder: a re-run replaces it
+        import shutil
+        shutil.rmtree(out / "bags")
     seconds = 5.0 if args.quick else 20.0
     episodes = 2 if args.quick else 4
     t0 = time.monotonic()

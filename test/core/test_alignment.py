@@ -185,6 +185,21 @@ def test_duplicate_stamps_dropped_without_breaking_continuity():
     check_pairing(batch, u, x, range(99))
 
 
+def test_reset_state_with_the_previous_stamp_is_not_a_duplicate():
+    """A simulator's clock stands still at a reset: the new episode's first state has the
+    stamp of the old episode's last one but other values, and must be kept."""
+    states, commands, u, x = synthetic()
+    t, s, n, p, v = states[50]
+    reset = (t + 3 * MS, s, n, p + 1.0, v.copy())       # same stamp, new values
+    later = [(tt + 6 * MS, ss, nn, pp, vv) for tt, ss, nn, pp, vv in states[51:]]
+    cmds = [(tt + 6 * MS, c) if tt > t else (tt, c) for tt, c in commands]
+    batch, rep = align(states[:51] + [reset] + later, cmds, [t + 2 * MS], AlignmentConfig())
+    assert "duplicate_state" not in rep.dropped
+    assert rep.dropped == {"episode_boundary": 1} and rep.n_episodes == 2
+    first = batch.episodes()[1]
+    np.testing.assert_array_equal(first.states[0], np.concatenate([p + 1.0, v]))
+
+
 def test_episode_marker_splits():
     states, commands, u, x = synthetic()
     marks = [states[30][0] + 5 * MS, states[75][0]]  # inside window 30, exactly at t_75 (window 75)

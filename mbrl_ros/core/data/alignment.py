@@ -10,8 +10,11 @@ increasing, dt falls back to the log-time difference (counted in the notes).
 
 States. Sorted by log time. The state vector is ``[positions of joint_names..., velocities...]``
 with joints picked BY NAME (messages may list joints in any order, or extra joints). Dropped states:
-  duplicate_state   header stamp equal to the previous state's stamp (a re-published sample; it is
-                    removed before pairing, so it does not break continuity),
+  duplicate_state   same header stamp AND same names/positions/velocities as the previous state
+                    (a re-published sample; it is removed before pairing, so it does not break
+                    continuity). A state with the previous stamp but other values is kept: a
+                    simulator's clock does not advance at a reset, so an episode's first state
+                    shares the stamp of the last one,
   missing_joint     one of joint_names is absent,
   missing_position / missing_velocity   empty position / velocity array,
   malformed_state   position/velocity length differs from the name count,
@@ -197,15 +200,17 @@ def align(
     s_stamp: list[int] = []
     s_x: list[np.ndarray] = []
     s_reason: list[str | None] = []
-    prev_stamp: int | None = None
+    prev_key: tuple | None = None
     nan_row = np.full(2 * nj, np.nan)
     for i in order:
         log_t, stamp, names, pos, vel = states[i]
         stamp = int(stamp)
-        if stamp != 0 and prev_stamp is not None and stamp == prev_stamp:
+        key = (stamp, tuple(names), tuple(np.asarray(pos, dtype=float).tolist()),
+               tuple(np.asarray(vel, dtype=float).tolist()))
+        if stamp != 0 and key == prev_key:
             dropped["duplicate_state"] += 1
             continue
-        prev_stamp = stamp
+        prev_key = key
         x, reason = _state_row(names, pos, vel, joint_names) if nj else (None, "missing_joint")
         if reason:
             dropped[reason] += 1
