@@ -12,6 +12,8 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 
 def _cmd_record(args: argparse.Namespace) -> int:
     from mbrl_ros.ros.compose import record
@@ -54,6 +56,80 @@ def _cmd_dataset(args: argparse.Namespace) -> int:
     batch.save(args.out)
     print(report.table())
     print(f"wrote {len(batch)} transitions (nx={batch.nx}, nu={batch.nu}) to {args.out}")
+    return 0
+
+
+def _cmd_fit(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from mbrl_ros.core import store
+    from mbrl_ros.core.data.alignment import bag_to_dataset
+    from mbrl_ros.core.data.bag import BagError
+    from mbrl_ros.core.fitting import FitSettings, fit_model, split_episodes
+    from mbrl_ros.core.models.base import ModelError
+    from mbrl_ros.core.models.evaluate import rollouts
+    from mbrl_ros.core.plots import plot_rollouts
+
+    try:
+        batch, report, bag_report = bag_to_dataset(args.bag, _alignment_config(args))
+    except BagError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    for damage in bag_report.damage:
+        print(f"warning: {damage} (read up to the damage)", file=sys.stderr)
+    print(report.table())
+    settings = FitSettings(model=args.model, val_fraction=args.val_fraction,
+                           horizon=args.horizon, seed=args.seed)
+    model_settings = json.loads(args.model_settings) if args.model_settings else {}
+    if args.model == "mujoco":
+        if not args.robot:
+            print("error: --model mujoco needs --robot (shipped name or MJCF path)",
+                  file=sys.stderr)
+            return 2
+        model_settings.setdefault("mjcf", args.robot)
+        if len(batch):
+            model_settings.setdefault("control_period", float(np.median(batch.dt)))
+    out = Path(args.out)
+    bar = tqdm(total=1.0, desc=f"fit {args.model}", disable=args.no_progress,
+               bar_format="{l_bar}{bar}| {n:.0%} [{elapsed}<{remaining}]")
+    last = [0.0]
+
+    def progress(fraction: float) -> None:
+        fraction = min(max(fraction, 0.0), 1.0)
+        if fraction > last[0]:
+            bar.update(fraction - last[0])
+            last[0] = fraction
+    try:
+        result = fit_model(batch, settings, model_settings, robot=args.robot,
+                           progress=progress)
+    except ModelError as e:
+        bar.close()
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    bar.update(1.0 - last[0])
+    bar.close()
+    info = store.publish(result.model, out, args.name or args.model, result.report)
+    _, val = split_episodes(batch.subset(np.all(np.isfinite(batch.states), axis=1)),
+                            settings.val_fraction)
+    val = val if len(val) else batch
+    png = plot_rollouts(rollouts(result.model, val, settings.horizon),
+                        result.model.spec.state_names, out / "prediction.png",
+                        title=f"{args.model}: {settings.horizon}-step open-loop predictions on "
+                              "held-out episodes")
+    m = result.report.metrics
+    rep = {"model": args.model, "n_train": result.report.n_train,
+           "n_val": result.report.n_val, "fit_seconds": round(result.report.fit_seconds, 4),
+           "one_step_rmse": m["one_step_rmse"], "rollout_rmse": m["rollout_rmse"],
+           "rollout_horizon": settings.horizon, "artifact": info.uri,
+           "version": info.version, "checksum": info.checksum, "plot": str(png),
+           "bags": [str(b) for b in args.bag], "dropped": report.dropped,
+           "metrics": m, "notes": result.report.notes}
+    (out / "report.json").write_text(json.dumps(rep, indent=2))
+    print(f"\n{args.model}: {rep['n_train']} training / {rep['n_val']} validation transitions,"
+          f" fit in {rep['fit_seconds']:.2f} s\n  one-step RMSE {rep['one_step_rmse']:.4g}"
+          f"   {settings.horizon}-step rollout RMSE {rep['rollout_rmse']:.4g}\n"
+          f"  artifact {info.uri} (v{info.version})\n  report {out / 'report.json'}\n"
+          f"  plot {png}")
     return 0
 
 
@@ -186,6 +262,32 @@ def build_parser() -> argparse.ArgumentParser:
                    help="drop transitions whose held command is older (s, default 0.5)")
     d.set_defaults(func=_cmd_dataset)
 
+    f = sub.add_parser("fit", help="fit a dynamics model on bags, validate it, save it",
+                       description="Turn the bags into a dataset, fit MODEL on all but the "
+                                   "held-out episodes, report one-step and open-loop rollout "
+                                   "errors on them, and save a versioned artifact, "
+                                   "OUT/report.json and OUT/prediction.png.")
+    f.add_argument("--bag", action="append", required=True,
+                   help="bag directory or .mcap (repeat for several)")
+    f.add_argument("--model", required=True,
+                   choices=["gp", "ensemble", "tvlg", "linear", "mujoco"])
+    f.add_argument("--out", required=True, help="output directory (artifact store + report)")
+    f.add_argument("--name", default="", help="artifact name (default: the model family)")
+    f.add_argument("--horizon", type=int, default=20, help="rollout steps (default 20)")
+    f.add_argument("--val-fraction", type=float, default=0.2,
+                   help="fraction of episodes held out (default 0.2)")
+    f.add_argument("--robot", default="", help="robot label; the MJCF for --model mujoco")
+    f.add_argument("--model-settings", default="",
+                   help='model hyper-parameters as JSON, e.g. \'{"epochs": 50}\'')
+    f.add_argument("--seed", type=int, default=0)
+    f.add_argument("--no-progress", action="store_true")
+    f.add_argument("--state-topic", default="/joint_states")
+    f.add_argument("--command-topic", default="/effort_controller/commands")
+    f.add_argument("--episode-topic", default="/data_logger/episode")
+    f.add_argument("--joints", default="")
+    f.add_argument("--max-command-age", type=float, default=0.5)
+    f.set_defaults(func=_cmd_fit)
+
     m = sub.add_parser("demo", help="run the main job on the embedded default",
                        description="Simulate the robot under excitation, log a bag, convert "
                                    "it to a dataset and print a summary.")
@@ -207,6 +309,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from mbrl_ros.core.threads import limit_threads
+    limit_threads()
     try:
         code = args.func(args)
     except (ValueError, RuntimeError, FileNotFoundError, FileExistsError) as e:

@@ -43,8 +43,8 @@ class ExcitationNode(Node):
         self.reader = JointStateReader(sim.joint_names)
         cmd_index = np.array([sim.joint_names.index(n) for n in sim.command_names])
         self.policy = ExcitationPolicy(ex, sim.position_limits[cmd_index], sim.effort_limits,
-                                       cmd_index, sim.n_joints, seed=s.seed,
-                                       dt=s.control_period)
+                                       cmd_index, sim.n_joints, sim.effective_inertia(),
+                                       seed=s.seed, dt=s.control_period)
         qos = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
         self.pub = self.create_publisher(Float64MultiArray,
                                          f"/{s.controller_name}/commands", qos)

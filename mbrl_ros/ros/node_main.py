@@ -19,11 +19,13 @@ from rclpy.executors import (ExternalShutdownException, MultiThreadedExecutor,
 from rclpy.signals import SignalHandlerOptions
 
 from mbrl_ros.core.settings import SettingsError
+from mbrl_ros.core.threads import limit_threads
 
 
 def run_node(factory: Callable[[], "rclpy.node.Node"], args=None, threads: int = 2) -> None:
     """Create the node, spin it until SIGINT/SIGTERM or context shutdown, then finish it."""
     argv = sys.argv if args is None else args
+    limit_threads()
     rclpy.init(args=argv, signal_handler_options=SignalHandlerOptions.NO)
     stop = threading.Event()
 

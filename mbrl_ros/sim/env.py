@@ -509,6 +509,17 @@ class MujocoSim:
         """``concat(positions, velocities)``, shape (2 * n_joints,)."""
         return np.concatenate((self._data.qpos[self._qpos_idx], self._data.qvel[self._dof_idx]))
 
+    def effective_inertia(self) -> np.ndarray:
+        """Effective inertia of each command joint at the current configuration,
+        1/(M^-1)_jj, shape (n_commands,), kg·m² (kg for slide joints): what the joint's
+        actuator feels when all other joints move freely (coupling and armature included)."""
+        m, d = self._model, self._data
+        mujoco.mj_forward(m, d)
+        M = np.zeros((m.nv, m.nv))
+        mujoco.mj_fullM(m, d, M)
+        dofs = self._dof_idx[self._command_index]
+        return 1.0 / np.diag(np.linalg.inv(M))[dofs]
+
     def ee_position(self) -> np.ndarray:
         """World position of the site ``ee``, shape (3,), m.
 

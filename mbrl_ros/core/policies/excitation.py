@@ -6,13 +6,16 @@ The PD part sweeps the joints across their ranges (large-amplitude, low-frequenc
 the noise adds broadband content so that velocity- and acceleration-dependent terms are
 identifiable. Efforts are clipped to the effort limits.
 
-Gain scaling: a single ``kp``/``kd`` pair is given for the whole robot, but arms mix strong
-and weak joints (the Panda's shoulder takes 87 N*m, its wrist 12 N*m). The gains of joint j
-are therefore scaled by ``effort_limit[j] / max(effort_limits)``, so that every joint sees
-the same PD effort *as a fraction of its own limit* for the same error. Without this the
-weak wrist joints would sit saturated at their limit for any error above ~0.6 rad, which
-turns the excitation into bang-bang motion against the joint stops. The noise standard
-deviation is likewise a fraction of each joint's effort limit.
+Gains from the robot's inertia: arms mix heavy and light joints (a Panda's shoulder moves
+~2 kg·m², its wrist ~0.01 kg·m²), so one kp/kd pair for all joints either barely moves the
+shoulder or drives the wrist unstable: at a control period dt a PD loop chatters at the
+Nyquist rate once kd*dt/I approaches 1 (seen on arm2's elbow with kd = 2 N·m·s/rad at
+100 Hz). Each joint j therefore gets the gains of a second-order loop of bandwidth
+``bandwidth`` and damping ``damping_ratio`` on its effective inertia I_j = 1/(M^-1)_jj
+(MuJoCo's joint-space inertia at the home pose, so coupling and armature are included):
+kp_j = I_j w^2, kd_j = 2 zeta I_j w with w = 2 pi bandwidth, and w is capped so that
+2 zeta w dt <= 0.5 keeps the discrete loop well damped. The noise standard deviation is a
+fraction of each joint's effort limit.
 
 Pure numpy; no ROS.
 """
@@ -33,9 +36,8 @@ class ExcitationSettings:
     """Parameters of :class:`ExcitationPolicy`.
 
     Attributes:
-        kp: Proportional gain toward the random target, N*m/rad (N/m for slide joints), for
-            the strongest joint; weaker joints get it scaled (see module docstring).
-        kd: Derivative (velocity damping) gain, N*m*s/rad (N*s/m), scaled like ``kp``.
+        bandwidth: PD loop bandwidth toward the random target, Hz (see module docstring).
+        damping_ratio: Damping ratio of that loop.
         noise_std: Standard deviation of the coloured noise as a fraction of each joint's
             effort limit (dimensionless).
         noise_corr_time: Correlation time of the Ornstein-Uhlenbeck noise, s.
@@ -44,11 +46,9 @@ class ExcitationSettings:
             targets, in [0, 0.5).
     """
 
-    kp: float = setting(20.0, "PD gain toward the random target, for the strongest joint "
-                        "(weaker joints scaled by their effort limit)", unit="N·m/rad",
-                        low=0.0, high=1e4)
-    kd: float = setting(2.0, "damping gain, scaled like kp", unit="N·m·s/rad", low=0.0,
-                        high=1e3)
+    bandwidth: float = setting(1.5, "PD loop bandwidth toward the random targets (gains from "
+                               "each joint's inertia)", unit="Hz", low=0.0, high=100.0)
+    damping_ratio: float = setting(0.7, "PD loop damping ratio", low=0.0, high=5.0)
     noise_std: float = setting(0.3, "std of the coloured noise as a fraction of each effort "
                                "limit", low=0.0, high=1.0)
     noise_corr_time: float = setting(0.1, "correlation time of the Ornstein-Uhlenbeck noise",
@@ -59,7 +59,7 @@ class ExcitationSettings:
                                    low=0.0, high=0.49)
 
     def __post_init__(self) -> None:
-        for name in ("kp", "kd", "noise_std"):
+        for name in ("bandwidth", "damping_ratio", "noise_std"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0.0):
                 raise ValueError(f"ExcitationSettings.{name} must be finite and >= 0, got {value}")
@@ -87,6 +87,8 @@ class ExcitationPolicy:
         command_index: Index of each command joint in the state-joint vector, shape (n_cmd,).
         n_joints: Number of state joints; the state is ``x = [q, qd]`` of length
             ``2 * n_joints``.
+        inertia: Effective inertia of each command joint, shape (n_cmd,), kg·m² (kg for
+            slide joints): 1/(M^-1)_jj, e.g. :meth:`mbrl_ros.sim.env.MujocoSim.effective_inertia`.
         seed: Seed of the random generator; equal seeds give identical action sequences.
         dt: Interval between successive :meth:`action` calls, s; sets the discretisation
             of the Ornstein-Uhlenbeck noise.
@@ -103,6 +105,7 @@ class ExcitationPolicy:
         effort_limits: np.ndarray,
         command_index: np.ndarray,
         n_joints: int,
+        inertia: np.ndarray,
         seed: int = 0,
         dt: float = 0.01,
     ) -> None:
@@ -140,9 +143,15 @@ class ExcitationPolicy:
         self._target_low = np.where(self._continuous, -np.pi, bounded[:, 0] + margin * span)
         self._target_high = np.where(self._continuous, np.pi, bounded[:, 1] - margin * span)
 
-        scale = effort / effort.max() if n_cmd else effort
-        self._kp = settings.kp * scale
-        self._kd = settings.kd * scale
+        inertia = np.array(inertia, dtype=float).reshape(-1)
+        if inertia.shape != (n_cmd,) or not (np.isfinite(inertia).all() and (inertia > 0).all()):
+            raise ValueError(f"inertia must hold {n_cmd} positive numbers, got {inertia.tolist()}")
+        zeta = settings.damping_ratio
+        w = 2.0 * math.pi * settings.bandwidth
+        if zeta > 0:
+            w = min(w, 0.25 / (zeta * self._dt))   # 2 zeta w dt <= 0.5: no discrete chatter
+        self._kp = inertia * w * w
+        self._kd = inertia * 2.0 * zeta * w
         self._noise_sigma = settings.noise_std * effort
         self._noise_decay = math.exp(-self._dt / settings.noise_corr_time)
         self._noise_gain = math.sqrt(1.0 - self._noise_decay**2)
