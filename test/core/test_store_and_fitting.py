@@ -1,0 +1,141 @@
+"""Versioned artifacts (atomic, verified) and the shared fit pipeline."""
+import json
+import os
+
+import numpy as np
+import pytest
+
+from mbrl_ros.core import store
+from mbrl_ros.core.fitting import (FitSettings, accept, drop_nonfinite, fit_model,
+                                   split_episodes)
+from mbrl_ros.core.models.base import FitReport, ModelError, ModelSpec
+from mbrl_ros.core.types import TransitionBatch
+
+NAMES_X = ("j1/position", "j2/position", "j1/velocity", "j2/velocity")
+NAMES_U = ("j1", "j2")
+
+
+def linear_data(n_episodes=5, T=60, seed=0, noise=1e-3):
+    rng = np.random.default_rng(seed)
+    A = np.eye(4) + 0.01 * rng.normal(size=(4, 4))
+    B = 0.05 * rng.normal(size=(4, 2))
+    xs, us, xn, ep = [], [], [], []
+    for e in range(n_episodes):
+        x = rng.normal(size=4)
+        for _ in range(T):
+            u = rng.normal(size=2)
+            x_next = A @ x + B @ u + noise * rng.normal(size=4)
+            xs.append(x), us.append(u), xn.append(x_next), ep.append(e)
+            x = x_next
+    n = len(xs)
+    return TransitionBatch(np.array(xs), np.array(us), np.array(xn), np.full(n, 0.01),
+                           np.arange(n) * 0.01, np.array(ep), NAMES_X, NAMES_U,
+                           {"robot": "toy"})
+
+
+def fitted(seed=0):
+    return fit_model(linear_data(seed=seed), FitSettings(model="linear"))
+
+
+def test_publish_load_roundtrip_versions_and_latest(tmp_path):
+    r1, r2 = fitted(0), fitted(1)
+    a = store.publish(r1.model, tmp_path, "m", r1.report)
+    b = store.publish(r2.model, tmp_path, "m", r2.report)
+    assert (a.version, b.version) == (1, 2)
+    assert store.versions(tmp_path, "m") == [1, 2]
+    assert os.readlink(tmp_path / "m" / "latest") == "v0002"
+    x, u = np.ones((3, 4)), np.ones((3, 2))
+    loaded = store.load(tmp_path / "m" / "latest", checksum=b.checksum)
+    np.testing.assert_array_equal(loaded.predict(x, u)[0], r2.model.predict(x, u)[0])
+    assert store.ArtifactInfo.from_json(b.to_json()) == b
+    assert not [p for p in (tmp_path / "m").iterdir() if p.name.startswith(".")]
+
+
+def test_truncated_or_modified_weights_are_refused(tmp_path):
+    r = fitted()
+    info = store.publish(r.model, tmp_path, "m", r.report)
+    w = tmp_path / "m" / "v0001" / "weights.npz"
+    data = w.read_bytes()
+    w.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ModelError, match="truncated or modified"):
+        store.load(info.uri)
+    w.write_bytes(data)
+    store.load(info.uri)                              # intact again: loads
+    with pytest.raises(ModelError, match="announced"):
+        store.load(info.uri, checksum="0" * 64)
+
+
+def test_model_of_another_robot_is_refused(tmp_path):
+    r = fitted()
+    info = store.publish(r.model, tmp_path, "m", r.report)
+    other = ModelSpec(4, 2, ("a/position", "b/position", "a/velocity", "b/velocity"),
+                      ("a", "b"), 0.01)
+    with pytest.raises(ModelError, match="names differ"):
+        store.load(info.uri, expect=other)
+
+
+def test_missing_or_corrupt_metadata(tmp_path):
+    with pytest.raises(ModelError, match="no model.json"):
+        store.load(tmp_path)
+    r = fitted()
+    info = store.publish(r.model, tmp_path, "m", r.report)
+    meta = tmp_path / "m" / "v0001" / "model.json"
+    meta.write_text(meta.read_text()[:40])
+    with pytest.raises(ModelError, match="corrupt"):
+        store.load(info.uri)
+
+
+def test_pack_unpack_for_remote_hosts(tmp_path):
+    r = fitted()
+    info = store.publish(r.model, tmp_path / "a", "m", r.report)
+    blob = store.pack(info.uri)
+    path = store.unpack(blob, tmp_path / "b", "m", info.version)
+    assert store.load(path, checksum=info.checksum).spec == r.model.spec
+    with pytest.raises(ModelError, match="corrupt"):
+        store.unpack(blob[:100], tmp_path / "c", "m", 1)
+
+
+def test_split_holds_out_whole_last_episodes():
+    batch = linear_data(n_episodes=5)
+    train, val = split_episodes(batch, 0.2)
+    assert set(val.episode.tolist()) == {4} and set(train.episode.tolist()) == {0, 1, 2, 3}
+    one = batch.subset(batch.episode == 0)
+    train, val = split_episodes(one, 0.25)
+    assert len(val) == 15 and train.time.max() < val.time.min()
+
+
+def test_fit_reports_validation_metrics_and_recovers_linear_system():
+    r = fitted()
+    m = r.report.metrics
+    assert r.report.n_train == 240 and r.report.n_val == 60
+    assert m["one_step_rmse"] < 3e-3 and m["rollout_rmse"] < 0.05
+
+
+def test_nonfinite_rows_dropped_and_counted():
+    batch = linear_data()
+    states = batch.states.copy()
+    states[[3, 50]] = np.nan
+    dirty = batch.replace(states=states)
+    clean, n = drop_nonfinite(dirty)
+    assert n == 2 and len(clean) == len(batch) - 2
+    assert fit_model(dirty, FitSettings(model="linear")).n_dropped_nonfinite == 2
+
+
+def test_too_few_samples_and_wrong_dimensions_are_clear():
+    tiny = linear_data(n_episodes=2, T=3)
+    with pytest.raises(ModelError, match="needs"):
+        fit_model(tiny, FitSettings(model="linear"))
+    expect = ModelSpec(14, 7, tuple(f"x{i}" for i in range(14)), tuple(f"u{i}" for i in range(7)),
+                       0.01)
+    with pytest.raises(ModelError, match=r"\(4, 2\).*\(14, 7\)"):
+        fit_model(linear_data(), FitSettings(model="linear"), expect=expect)
+
+
+def test_accept_rejects_much_worse_models():
+    good = FitReport(1, 1, 0.0, {"rollout_rmse": 0.1})
+    ok, why = accept(FitReport(1, 1, 0.0, {"rollout_rmse": 0.15}), good, 2.0)
+    assert ok
+    ok, why = accept(FitReport(1, 1, 0.0, {"rollout_rmse": 0.5}), good, 2.0)
+    assert not ok and "keeping the last good model" in why
+    ok, _ = accept(FitReport(1, 1, 0.0, {"rollout_rmse": float("nan")}), None, 2.0)
+    assert not ok
