@@ -31,6 +31,7 @@ setup(
             "sim_node = mbrl_ros.ros.sim_node:main",
             "data_logger = mbrl_ros.ros.data_logger:main",
             "excitation = mbrl_ros.ros.excitation_node:main",
+            "model_fitter = mbrl_ros.ros.model_fitter:main",
             "mbrl-ros = mbrl_ros.cli:main",
         ],
     },

@@ -70,6 +70,7 @@ def node_cmd(executable: str, params: dict) -> list[str]:
     cmd = [str(BIN / executable), "--ros-args"]
     for k, v in params.items():
         v = ("true" if v else "false") if isinstance(v, bool) else v
+        v = "''" if v == "" else v          # rcl needs a YAML value for an empty string
         cmd += ["-p", f"{k}:={v}"]
     return cmd
 

@@ -165,12 +165,16 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+MODEL_FAMILIES = ("linear", "tvlg", "gp", "ensemble", "mujoco")
 NODE_SETTINGS = {
-    # node name -> (module, settings classes with their parameter prefixes)
+    # node name -> (module, [(settings class in that module | 'model:<family>', prefix)])
     "sim": ("mbrl_ros.ros.sim_node", [("SimSettings", "")]),
     "data_logger": ("mbrl_ros.ros.data_logger", [("LoggerSettings", "")]),
     "excitation": ("mbrl_ros.ros.excitation_node", [("ExcitationNodeSettings", ""),
                                                     ("ExcitationSettings", "excitation.")]),
+    # Only the chosen family's hyper-parameters are declared; all are listed here.
+    "model_fitter": ("mbrl_ros.ros.model_fitter", [("FitterSettings", "")]
+                     + [(f"model:{m}", f"{m}.") for m in MODEL_FAMILIES]),
 }
 
 
@@ -185,7 +189,11 @@ def node_parameter_specs(node: str):
     module = importlib.import_module(module_name)
     out = []
     for cls_name, prefix in classes:
-        cls = getattr(module, cls_name)   # core settings are imported by the node module
+        if cls_name.startswith("model:"):
+            from mbrl_ros.core import registry
+            cls = registry.lookup("model", cls_name.split(":", 1)[1]).Settings
+        else:
+            cls = getattr(module, cls_name)   # core settings are imported by the node module
         out += [(prefix, sp) for sp in specs(cls)]
     return out
 
@@ -270,7 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--bag", action="append", required=True,
                    help="bag directory or .mcap (repeat for several)")
     f.add_argument("--model", required=True,
-                   choices=["gp", "ensemble", "tvlg", "linear", "mujoco"])
+                   choices=list(MODEL_FAMILIES))
     f.add_argument("--out", required=True, help="output directory (artifact store + report)")
     f.add_argument("--name", default="", help="artifact name (default: the model family)")
     f.add_argument("--horizon", type=int, default=20, help="rollout steps (default 20)")

@@ -85,6 +85,8 @@ def start_node(ros_env, tmp_path):
         for k, v in (params or {}).items():
             if isinstance(v, bool):
                 v = "true" if v else "false"
+            elif v == "":
+                v = "''"                  # rcl needs a YAML value for an empty string
             elif isinstance(v, (list, tuple)):
                 v = "[" + ",".join(repr(x) if isinstance(x, str) else str(x) for x in v) + "]"
             cmd += ["-p", f"{k}:={v}"]

@@ -1,0 +1,290 @@
+"""Fits dynamics models from live topics and/or recorded bags and hands them to controllers.
+
+Data: with ``live`` the node keeps the joint states, effort commands and episode starts it
+receives (DDS receive times, as the logger does) and turns them into transitions with the
+same alignment as ``mbrl-ros dataset``; ``bags`` adds recorded data.
+
+Fitting runs on a worker thread, so the node keeps answering while a model trains: every
+``fit_every`` new commands, or on request (``~/fit``, std_srvs/Trigger, which answers with
+the result). A new model is validated on held-out episodes and published only if its
+rollout error is not worse than ``reject_factor`` times the last good model's; otherwise,
+or if the fit fails, the last good model stays and the reply says why.
+
+Publication: the artifact is written atomically into ``<store_dir>/<artifact_name>/vNNNN``
+(see :mod:`mbrl_ros.core.store`) and announced on ``~/model`` (std_msgs/String holding JSON:
+uri, kind, version, checksum, metrics; reliable, transient local, depth 1, so a controller
+that starts later still gets the latest). With ``serve_artifact`` the packed artifact is
+also published on ``~/artifact`` (std_msgs/UInt8MultiArray, transient local; the JSON
+announcement in the layout's first dimension label) for controllers on hosts without a
+shared file system.
+"""
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
+from rclpy.node import Node
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import JointState
+from std_msgs.msg import Float64MultiArray, MultiArrayDimension, String, UInt8MultiArray, UInt32
+from std_srvs.srv import Trigger
+
+from mbrl_ros.core import registry, store
+from mbrl_ros.core.data.alignment import AlignmentConfig, align, bag_to_dataset
+from mbrl_ros.core.data.bag import BagError
+from mbrl_ros.core.fitting import FitSettings, accept, fit_model
+from mbrl_ros.core.models.base import FitReport, ModelError, ModelSpec
+from mbrl_ros.core.settings import as_dict, setting
+from mbrl_ros.core.types import TransitionBatch
+from mbrl_ros.ros.conversions import command_values, time_to_ns
+from mbrl_ros.ros.node_main import run_node
+from mbrl_ros.ros.params import declare_settings
+
+LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
+                     durability=DurabilityPolicy.TRANSIENT_LOCAL)
+
+
+@dataclass(frozen=True)
+class FitterSettings:
+    model: str = setting("linear", "model family to fit",
+                         choices=("linear", "tvlg", "gp", "ensemble", "mujoco"))
+    robot: str = setting("", "robot label stored with the model; the MJCF for model 'mujoco'")
+    store_dir: str = setting("models", "artifact store root (created)")
+    artifact_name: str = setting("", "artifact name under store_dir (empty: the model family)")
+    bags: tuple[str, ...] = setting((), "recorded bags (directories or .mcap) to fit on")
+    live: bool = setting(True, "also fit on the joint states and commands received live")
+    state_topic: str = setting("/joint_states", "joint state topic (live data)")
+    command_topic: str = setting("/effort_controller/commands", "effort command topic")
+    episode_topic: str = setting("/sim/episode", "std_msgs/UInt32 episode starts (live data)")
+    joints: tuple[str, ...] = setting((), "state joint order (empty: the first message's)")
+    fit_every: int = setting(2000, "fit after this many new live commands (0: only on "
+                             "request)", low=0, dynamic=True)
+    min_transitions: int = setting(100, "do not fit on fewer transitions", low=1,
+                                   dynamic=True)
+    max_messages: int = setting(500000, "live messages kept per topic (oldest dropped)",
+                                low=100)
+    val_fraction: float = setting(0.2, "fraction of episodes held out for validation",
+                                  low=0.0, high=0.9, dynamic=True)
+    horizon: int = setting(20, "validation rollout length", unit="steps", low=1, high=10000,
+                           dynamic=True)
+    reject_factor: float = setting(2.0, "keep the last good model if the new one's rollout "
+                                   "error is worse than this factor times its error",
+                                   low=1.0, high=1e6, dynamic=True)
+    seed: int = setting(0, "random seed of the split and the fit", low=0)
+    serve_artifact: bool = setting(False, "also publish packed artifacts on ~/artifact")
+    diagnostics_rate: float = setting(1.0, "rate of /diagnostics status", unit="Hz",
+                                      low=0.0, high=100.0)
+
+
+class ModelFitter(Node):
+    def __init__(self, **kwargs):
+        super().__init__("model_fitter", **kwargs)
+        self.settings = s = declare_settings(self, FitterSettings, on_change=self._on_change)
+        cls = registry.lookup("model", s.model)
+        self.model_settings = declare_settings(self, cls.Settings, prefix=f"{s.model}.")
+        self.name = s.artifact_name or s.model
+        self._lock = threading.Lock()              # guards the live buffers
+        self._states: deque = deque(maxlen=s.max_messages)
+        self._commands: deque = deque(maxlen=s.max_messages)
+        self._marks: deque = deque(maxlen=10000)
+        self._new_commands = 0
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fit")
+        self._running: Future | None = None
+        self.last_good: FitReport | None = None
+        self.last_info: store.ArtifactInfo | None = None
+        self.spec: ModelSpec | None = None
+        self.fits = {"ok": 0, "rejected": 0, "failed": 0}
+        self.last_message = "no fit yet"
+        self._bag_batch: TransitionBatch | None = None
+        self._align = AlignmentConfig(state_topic=s.state_topic, command_topic=s.command_topic,
+                                      joint_names=s.joints or None)
+
+        self.announce_pub = self.create_publisher(String, "~/model", LATCHED)
+        self.artifact_pub = (self.create_publisher(UInt8MultiArray, "~/artifact", LATCHED)
+                             if s.serve_artifact else None)
+        data_group = MutuallyExclusiveCallbackGroup()
+        if s.live:
+            qos = QoSProfile(depth=1000, reliability=ReliabilityPolicy.RELIABLE)
+            self.create_subscription(JointState, s.state_topic, self._on_state, qos,
+                                     callback_group=data_group)
+            self.create_subscription(Float64MultiArray, s.command_topic, self._on_command, qos,
+                                     callback_group=data_group)
+            if s.episode_topic:
+                self.create_subscription(UInt32, s.episode_topic, self._on_episode,
+                                         QoSProfile(depth=10, reliability=ReliabilityPolicy
+                                                    .RELIABLE, durability=DurabilityPolicy
+                                                    .TRANSIENT_LOCAL),
+                                         callback_group=data_group)
+        # The service waits for the fit it started; a reentrant group keeps the executor's
+        # other threads free meanwhile.
+        self.create_service(Trigger, "~/fit", self._srv_fit,
+                            callback_group=ReentrantCallbackGroup())
+        self.create_timer(1.0, self._maybe_fit, callback_group=data_group)
+        if s.diagnostics_rate > 0:
+            self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+            self.create_timer(1.0 / s.diagnostics_rate, self._publish_diagnostics,
+                              callback_group=data_group)
+        if s.bags:
+            self._load_bags()   # raises a clear error at start-up if a bag is unusable
+        self.get_logger().info(
+            f"fitting '{s.model}' models into {s.store_dir}/{self.name} from "
+            + " and ".join(x for x in (f"{len(s.bags)} bag(s)" if s.bags else "",
+                                       "live topics" if s.live else "") if x))
+
+    # ----------------------------------------------------------------- data
+    def _load_bags(self) -> None:
+        try:
+            batch, report, bag_report = bag_to_dataset(list(self.settings.bags), self._align)
+        except BagError as e:
+            raise ValueError(str(e)) from e
+        for damage in bag_report.damage:
+            self.get_logger().warning(f"bag damaged, read up to the damage: {damage}")
+        self._bag_batch = batch
+        self.get_logger().info(f"{len(batch)} transitions from {len(self.settings.bags)} bag(s)")
+
+    def _on_state(self, msg: JointState, info) -> None:
+        with self._lock:
+            self._states.append((int(info["received_timestamp"]), time_to_ns(msg.header.stamp),
+                                 list(msg.name), list(msg.position), list(msg.velocity)))
+
+    def _on_command(self, msg: Float64MultiArray, info) -> None:
+        with self._lock:
+            self._commands.append((int(info["received_timestamp"]), command_values(msg)))
+            self._new_commands += 1
+
+    def _on_episode(self, msg: UInt32, info) -> None:
+        with self._lock:
+            self._marks.append(int(info["received_timestamp"]))
+
+    def dataset(self) -> TransitionBatch | None:
+        """Everything available now: bag data plus the aligned live data."""
+        parts = [self._bag_batch] if self._bag_batch is not None and len(self._bag_batch) else []
+        with self._lock:
+            states, commands, marks = list(self._states), list(self._commands), list(self._marks)
+        if states and commands:
+            live, _ = align(states, commands, marks, self._align)
+            if len(live):
+                parts.append(live)
+        if not parts:
+            return None
+        return parts[0] if len(parts) == 1 else TransitionBatch.concat(parts)
+
+    # ----------------------------------------------------------------- fitting
+    def _maybe_fit(self) -> None:
+        s = self.settings
+        if s.fit_every and self._new_commands >= s.fit_every and not self.busy():
+            self.request_fit("new data")
+
+    def busy(self) -> bool:
+        return self._running is not None and not self._running.done()
+
+    def request_fit(self, reason: str) -> Future | None:
+        """Start a fit on the worker thread (None if one is running already)."""
+        if self.busy():
+            return None
+        self._new_commands = 0
+        self._running = self._worker.submit(self._fit, reason)
+        return self._running
+
+    def _fit(self, reason: str) -> tuple[bool, str]:
+        s = self.settings
+        try:
+            batch = self.dataset()
+            n = 0 if batch is None else len(batch)
+            if n < s.min_transitions:
+                raise ModelError(f"{n} transitions available, min_transitions is "
+                                 f"{s.min_transitions}")
+            fs = FitSettings(model=s.model, val_fraction=s.val_fraction, horizon=s.horizon,
+                             reject_factor=s.reject_factor, seed=s.seed)
+            # Later models must describe the same joints as the first one published.
+            result = fit_model(batch, fs, as_dict(self.model_settings), robot=s.robot,
+                               expect=self.spec)
+        except (ModelError, ValueError) as e:
+            self.fits["failed"] += 1
+            msg = f"fit failed ({reason}): {e}; " + self._keeping()
+            self.get_logger().error(msg)
+            self.last_message = msg
+            return False, msg
+        ok, why = accept(result.report, self.last_good, s.reject_factor)
+        if not ok:
+            self.fits["rejected"] += 1
+            msg = f"new model rejected: {why}"
+            self.get_logger().warning(msg)
+            self.last_message = msg
+            return False, msg
+        info = store.publish(result.model, s.store_dir, self.name, result.report)
+        self.last_good, self.last_info, self.spec = result.report, info, result.model.spec
+        self.fits["ok"] += 1
+        self._announce(info)
+        m = result.report.metrics
+        msg = (f"published {info.kind} v{info.version} ({result.report.n_train} train / "
+               f"{result.report.n_val} val transitions, fit {result.report.fit_seconds:.2f} s, "
+               f"one-step RMSE {m['one_step_rmse']:.4g}, {s.horizon}-step RMSE "
+               f"{m['rollout_rmse']:.4g}): {info.uri}")
+        self.get_logger().info(msg)
+        self.last_message = msg
+        return True, msg
+
+    def _keeping(self) -> str:
+        return (f"keeping v{self.last_info.version}" if self.last_info is not None
+                else "no model published yet")
+
+    def _announce(self, info: store.ArtifactInfo) -> None:
+        self.announce_pub.publish(String(data=info.to_json()))
+        if self.artifact_pub is not None:
+            blob = store.pack(info.uri)
+            msg = UInt8MultiArray()
+            msg.layout.dim = [MultiArrayDimension(label=json.dumps(
+                {"name": self.name, **json.loads(info.to_json())}), size=len(blob),
+                stride=len(blob))]
+            msg.data = blob
+            self.artifact_pub.publish(msg)
+
+    def _srv_fit(self, request, response):
+        future = self.request_fit("requested")
+        if future is None:
+            response.success, response.message = False, "a fit is running already; try later"
+            return response
+        while not future.done():
+            time.sleep(0.05)
+        response.success, response.message = future.result()
+        return response
+
+    def _on_change(self, s: FitterSettings) -> None:
+        self.settings = s
+
+    def _publish_diagnostics(self) -> None:
+        arr = DiagnosticArray()
+        arr.header.stamp = self.get_clock().now().to_msg()
+        level = DiagnosticStatus.OK if self.fits["failed"] == 0 else DiagnosticStatus.WARN
+        st = DiagnosticStatus(name="mbrl_ros/model_fitter", level=level,
+                              message=self.last_message[:200])
+        with self._lock:
+            n_states, n_cmds = len(self._states), len(self._commands)
+        st.values = [KeyValue(key=k, value=str(v)) for k, v in self.fits.items()]
+        st.values += [KeyValue(key="live states", value=str(n_states)),
+                      KeyValue(key="live commands", value=str(n_cmds)),
+                      KeyValue(key="fitting", value=str(self.busy())),
+                      KeyValue(key="version", value=str(self.last_info.version
+                                                         if self.last_info else 0))]
+        arr.status = [st]
+        self.diag_pub.publish(arr)
+
+    def destroy_node(self) -> None:
+        if hasattr(self, "_worker"):
+            self._worker.shutdown(wait=True, cancel_futures=True)
+        super().destroy_node()
+
+
+def main(args=None) -> None:
+    run_node(ModelFitter, args, threads=3)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,88 @@
+"""model_fitter as a separate process: fit on request, publish, announce, keep the last
+good model when a fit fails, serve the artifact to hosts without a shared file system."""
+import json
+
+import pytest
+from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue
+from rcl_interfaces.srv import SetParameters
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+from std_msgs.msg import String, UInt8MultiArray
+from std_srvs.srv import Trigger
+
+from mbrl_ros.core import store
+from mbrl_ros.ros.compose import record
+
+pytestmark = pytest.mark.timeout(120)
+LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
+                     durability=DurabilityPolicy.TRANSIENT_LOCAL)
+
+
+@pytest.fixture(scope="module")
+def bag(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bags")
+    return record("arm2", 4.0, out, episodes=4, seed=1, progress=False)[0]
+
+
+def test_fit_on_request_publishes_and_announces(start_node, probe, bag, tmp_path):
+    start_node("model_fitter", {"model": "linear", "bags": [str(bag)], "live": False,
+                                "store_dir": str(tmp_path / "models"), "robot": "arm2"})
+    res = probe.call(Trigger, "/model_fitter/fit", timeout=60)
+    assert res.success, res.message
+    assert "published linear v1" in res.message
+    # A subscriber that joins after the announcement still gets it (transient local).
+    got = probe.collect(String, "/model_fitter/model", LATCHED)
+    probe.spin_until(lambda: got, 10, "latched announcement")
+    info = json.loads(got[-1].data)
+    assert info["version"] == 1 and info["kind"] == "linear"
+    model = store.load(info["uri"], checksum=info["checksum"])
+    assert model.spec.robot == "arm2" and model.spec.nx == 4
+    assert info["metrics"]["rollout_rmse"] > 0
+
+    # A failing fit (not enough data for the new minimum) keeps v1 and says so.
+    client = probe.node.create_client(SetParameters, "/model_fitter/set_parameters")
+    probe.spin_until(client.service_is_ready, 10, "parameter service")
+    fut = client.call_async(SetParameters.Request(parameters=[Parameter(
+        name="min_transitions", value=ParameterValue(type=ParameterType.PARAMETER_INTEGER,
+                                                     integer_value=10**9))]))
+    probe.spin_until(fut.done, 10, "parameter set")
+    assert fut.result().results[0].successful
+    res = probe.call(Trigger, "/model_fitter/fit", timeout=60)
+    assert not res.success and "keeping v1" in res.message
+    assert store.versions(tmp_path / "models", "linear") == [1]
+    probe.spin_for(0.3)
+    assert json.loads(got[-1].data)["version"] == 1
+
+
+def test_invalid_dynamic_parameter_is_rejected(start_node, probe, bag, tmp_path):
+    start_node("model_fitter", {"model": "linear", "bags": [str(bag)], "live": False,
+                                "store_dir": str(tmp_path / "models")})
+    client = probe.node.create_client(SetParameters, "/model_fitter/set_parameters")
+    probe.spin_until(client.service_is_ready, 20, "parameter service")
+    fut = client.call_async(SetParameters.Request(parameters=[Parameter(
+        name="val_fraction", value=ParameterValue(type=ParameterType.PARAMETER_DOUBLE,
+                                                  double_value=5.0))]))
+    probe.spin_until(fut.done, 10, "parameter set")
+    r = fut.result().results[0]
+    assert not r.successful and "val_fraction" in r.reason and "range" in r.reason
+
+
+def test_artifact_served_over_ros(start_node, probe, bag, tmp_path):
+    start_node("model_fitter", {"model": "linear", "bags": [str(bag)], "live": False,
+                                "store_dir": str(tmp_path / "fitter_host"),
+                                "serve_artifact": True})
+    blobs = probe.collect(UInt8MultiArray, "/model_fitter/artifact", LATCHED)
+    assert probe.call(Trigger, "/model_fitter/fit", timeout=60).success
+    probe.spin_until(lambda: blobs, 10, "artifact")
+    header = json.loads(blobs[-1].layout.dim[0].label)
+    path = store.unpack(bytes(blobs[-1].data), tmp_path / "controller_host", header["name"],
+                        header["version"])
+    model = store.load(path, checksum=header["checksum"])
+    assert model.kind == "linear"
+
+
+def test_unusable_bag_stops_the_node_with_a_clear_error(start_node, tmp_path):
+    bad = tmp_path / "bad.mcap"
+    bad.write_bytes(b"no bag here" * 50)
+    p = start_node("model_fitter", {"bags": [str(bad)], "store_dir": str(tmp_path / "m")})
+    assert p.wait(timeout=30) == 2
+    assert "bad.mcap" in p.output() and "Traceback" not in p.output()
