@@ -32,6 +32,7 @@ setup(
             "data_logger = mbrl_ros.ros.data_logger:main",
             "excitation = mbrl_ros.ros.excitation_node:main",
             "model_fitter = mbrl_ros.ros.model_fitter:main",
+            "controller = mbrl_ros.ros.controller:main",
             "mbrl-ros = mbrl_ros.cli:main",
         ],
     },

@@ -166,6 +166,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 MODEL_FAMILIES = ("linear", "tvlg", "gp", "ensemble", "mujoco")
+PLANNERS = ("ilqr", "mppi", "cem", "casadi_mpc")
 NODE_SETTINGS = {
     # node name -> (module, [(settings class in that module | 'model:<family>', prefix)])
     "sim": ("mbrl_ros.ros.sim_node", [("SimSettings", "")]),
@@ -175,6 +176,10 @@ NODE_SETTINGS = {
     # Only the chosen family's hyper-parameters are declared; all are listed here.
     "model_fitter": ("mbrl_ros.ros.model_fitter", [("FitterSettings", "")]
                      + [(f"model:{m}", f"{m}.") for m in MODEL_FAMILIES]),
+    # Planner parameters live under '<id>.'; listed here for the default ids (= types).
+    "controller": ("mbrl_ros.ros.controller", [("ControllerSettings", ""),
+                                               ("SafetySettings", ""), ("CostSettings", "")]
+                   + [(f"planner:{p}", f"{p}.") for p in PLANNERS]),
 }
 
 
@@ -189,9 +194,10 @@ def node_parameter_specs(node: str):
     module = importlib.import_module(module_name)
     out = []
     for cls_name, prefix in classes:
-        if cls_name.startswith("model:"):
+        if cls_name.startswith(("model:", "planner:")):
             from mbrl_ros.core import registry
-            cls = registry.lookup("model", cls_name.split(":", 1)[1]).Settings
+            kind, name = cls_name.split(":", 1)
+            cls = registry.lookup(kind, name).Settings
         else:
             cls = getattr(module, cls_name)   # core settings are imported by the node module
         out += [(prefix, sp) for sp in specs(cls)]

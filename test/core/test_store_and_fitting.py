@@ -1,5 +1,4 @@
 """Versioned artifacts (atomic, verified) and the shared fit pipeline."""
-import json
 import os
 
 import numpy as np

@@ -5,7 +5,6 @@ import signal
 import pytest
 from diagnostic_msgs.msg import DiagnosticArray
 from rosbags.highlevel import AnyReader
-from sensor_msgs.msg import JointState
 from std_msgs.msg import Float64MultiArray
 from std_srvs.srv import Trigger
 
@@ -88,5 +87,6 @@ def test_stop_service_and_splitting(start_node, probe, tmp_path):
     assert len(bags) >= 3, [b.name for b in bags]
     counts, _ = _bag_counts(bags)
     assert counts["/joint_states"] > 250
-    v = diagnostics_values(diags, "mbrl_ros/data_logger")
     assert logger.proc.poll() is None    # still running after stop
+    probe.spin_until(lambda: diagnostics_values(diags, "mbrl_ros/data_logger")
+                     .get("written") is not None, 5, "status after stop")

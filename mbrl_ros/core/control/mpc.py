@@ -1,0 +1,217 @@
+"""Model-predictive control around swappable planners and models (ROS-free).
+
+:class:`MPCController` owns one planner per configured id, the current model and the
+task cost, and produces an immutable :class:`~mbrl_ros.core.planners.base.Policy` at every
+replan; the control loop only evaluates that policy (plan / act split, as mujoco_mpc).
+
+- Planner switch (:meth:`select`): validated at once, applied at the next replan, and
+  warm-started from the previous planner's nominal plan, so the command stays continuous.
+- Model swap (:meth:`set_model`): one reference replaced; a model for other joints is
+  refused. Planners are rebuilt only if the model's step (dt) changes.
+- Uncertainty fallback: if the model's predicted standard deviation at the planned first
+  action exceeds ``uncertainty_threshold``, this replan uses the ``fallback`` planner
+  (e.g. a conservative one on the known model), and says so in the stats.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+
+from mbrl_ros.core.costs.quadratic import Cost, JointLimitBarrier, QuadraticCost
+from mbrl_ros.core.models.base import DynamicsModel, ModelError, ModelSpec
+from mbrl_ros.core.planners.base import Planner, Policy
+from mbrl_ros.core.settings import setting
+
+
+@dataclass(frozen=True)
+class CostSettings:
+    position_weight: float = setting(100.0, "weight of joint position error",
+                                     unit="1/rad²", low=0.0, high=1e8, dynamic=True)
+    velocity_weight: float = setting(1.0, "weight of joint velocity", unit="s²/rad²",
+                                     low=0.0, high=1e8, dynamic=True)
+    effort_weight: float = setting(0.01, "weight of effort, per squared fraction of the "
+                                   "effort limit", low=0.0, high=1e8, dynamic=True)
+    terminal_factor: float = setting(10.0, "terminal weight as a multiple of the stage "
+                                     "weight", low=0.0, high=1e6, dynamic=True)
+    limit_weight: float = setting(1000.0, "weight of the joint-limit barrier", unit="1/rad²",
+                                  low=0.0, high=1e9, dynamic=True)
+    limit_margin: float = setting(0.05, "the barrier starts this far inside the joint limits",
+                                  unit="rad|m", low=0.0, high=1.0, dynamic=True)
+
+
+def joints_of(spec: ModelSpec) -> tuple[str, ...]:
+    """Joint names of a model whose states are '<joint>/position'..., '<joint>/velocity'."""
+    n = spec.nx // 2
+    names = []
+    for name in spec.state_names[:n]:
+        if not name.endswith("/position"):
+            raise ModelError(f"state name {name!r} is not '<joint>/position'")
+        names.append(name[: -len("/position")])
+    return tuple(names)
+
+
+class MPCController:
+    """Planners + model + cost -> policies.
+
+    Args:
+        planner_factory: ``factory(id, nx, nu, u_min, u_max, dt) -> Planner`` for each id.
+        planner_ids: the configured planner ids; ``active`` must be one of them.
+        horizon: plan length in model steps.
+        effort_limits: (nu,) command limits [N·m or N].
+        position_limits: (n_joints, 2) joint limits (±inf: none) for the barrier.
+        cost_settings: task weights.
+        fallback: planner id used when the model is too uncertain ('' : none).
+        uncertainty_threshold: mean predicted std [state units] above which the fallback
+            planner is used (0: never).
+    """
+
+    def __init__(self, planner_factory: Callable[..., Planner], planner_ids: list[str],
+                 active: str, horizon: int, effort_limits: np.ndarray,
+                 position_limits: np.ndarray, cost_settings: CostSettings,
+                 fallback: str = "", uncertainty_threshold: float = 0.0):
+        if not planner_ids:
+            raise ValueError("no planners configured (planner_plugins is empty)")
+        for pid in [active] + ([fallback] if fallback else []):
+            if pid not in planner_ids:
+                raise ValueError(f"planner {pid!r} is not configured; planner_plugins: "
+                                 f"{', '.join(planner_ids)}")
+        self._factory = planner_factory
+        self.planner_ids = list(planner_ids)
+        self.active = active
+        self._pending: str | None = None
+        self.fallback = fallback
+        self.uncertainty_threshold = uncertainty_threshold
+        self.horizon = int(horizon)
+        self.effort_limits = np.asarray(effort_limits, dtype=float)
+        self.position_limits = np.asarray(position_limits, dtype=float)
+        self.cost_settings = cost_settings
+        self.effort_scale = 1.0
+        self.model: DynamicsModel | None = None
+        self.model_version = 0
+        self.spec: ModelSpec | None = None
+        self.planners: dict[str, Planner] = {}
+        self._dt: float | None = None
+        self.target_q: np.ndarray | None = None
+        self.cost: Cost | None = None
+        self.policy: Policy | None = None
+        self.stats: dict[str, Any] = {}
+
+    # ------------------------------------------------------------------ configuration
+    def validate_planner(self, pid: str) -> None:
+        if pid not in self.planner_ids:
+            raise ValueError(f"unknown planner {pid!r}; valid: {', '.join(self.planner_ids)}")
+
+    def select(self, pid: str) -> None:
+        """Switch to planner ``pid`` at the next replan (ValueError if unknown)."""
+        self.validate_planner(pid)
+        if pid != self.active:
+            self._pending = pid
+
+    def set_model(self, model: DynamicsModel, version: int = 0) -> None:
+        """Use ``model`` from the next replan on (ModelError if it is for other joints)."""
+        if model.spec is None:
+            raise ModelError("model has no spec (never fitted)")
+        if self.spec is not None:
+            self.spec.check_compatible(model.spec)
+        joints_of(model.spec)
+        if model.spec.nu != self.effort_limits.size:
+            raise ModelError(f"model has {model.spec.nu} actions, the robot "
+                             f"{self.effort_limits.size} command joints")
+        if self._dt is None or abs(model.spec.dt - self._dt) > 1e-12:
+            self._build_planners(model.spec)
+        self.spec = model.spec
+        self.model = model
+        self.model_version = version
+        self._rebuild_cost()
+
+    def set_target(self, q_target: np.ndarray) -> None:
+        q_target = np.asarray(q_target, dtype=float).reshape(-1)
+        if not np.all(np.isfinite(q_target)):
+            raise ValueError("target contains NaN or inf")
+        n = self.position_limits.shape[0]
+        if q_target.size != n:
+            raise ValueError(f"target needs {n} joint positions, got {q_target.size}")
+        self.target_q = q_target
+        self._rebuild_cost()
+
+    def set_cost_settings(self, s: CostSettings) -> None:
+        self.cost_settings = s
+        self._rebuild_cost()
+
+    def _build_planners(self, spec: ModelSpec) -> None:
+        u_max = self.effort_scale * self.effort_limits
+        self.planners = {pid: self._factory(pid, spec.nx, spec.nu, -u_max, u_max, spec.dt)
+                         for pid in self.planner_ids}
+        for p in self.planners.values():
+            p.reset(self.horizon)
+        self._dt = spec.dt
+
+    def _rebuild_cost(self) -> None:
+        if self.spec is None or self.target_q is None:
+            return
+        s = self.cost_settings
+        n = self.spec.nx // 2
+        q = np.r_[np.full(n, s.position_weight), np.full(n, s.velocity_weight)]
+        r = s.effort_weight / np.maximum(self.effort_limits, 1e-9) ** 2
+        x_target = np.r_[self.target_q, np.zeros(n)]
+        cost: Cost = QuadraticCost.diagonal(q, r, s.terminal_factor * q, x_target=x_target)
+        finite = np.isfinite(self.position_limits).all(axis=1)
+        if s.limit_weight > 0 and finite.any():
+            idx = np.flatnonzero(finite)
+            cost = cost + JointLimitBarrier(self.position_limits[idx, 0],
+                                            self.position_limits[idx, 1], self.spec.nx,
+                                            self.spec.nu, indices=idx, margin=s.limit_margin,
+                                            weight=s.limit_weight)
+        self.cost = cost
+
+    # ------------------------------------------------------------------ planning
+    @property
+    def ready(self) -> bool:
+        return self.model is not None and self.cost is not None
+
+    def replan(self, x: np.ndarray, t: float) -> Policy:
+        """Plan from state ``x`` at time ``t`` [s]; returns the new policy."""
+        if not self.ready:
+            raise ModelError("no model or no target yet")
+        t_start = time.perf_counter()
+        switched = None
+        if self._pending is not None:
+            previous = self.planners[self.active]
+            new = self.planners[self._pending]
+            nominal = previous.nominal
+            if nominal is not None:       # bumpless: continue the previous plan
+                new.warm_start(nominal[1], t0=previous.nominal_time)
+            switched = (self.active, self._pending)
+            self.active, self._pending = self._pending, None
+        pid = self.active
+        policy = self.planners[pid].optimize(x, t, self.model, self.cost)
+        fallback = False
+        uncertainty = self._uncertainty(x, policy.action(x, t))
+        if (self.fallback and self.fallback != pid and self.uncertainty_threshold > 0
+                and uncertainty > self.uncertainty_threshold):
+            fb = self.planners[self.fallback]
+            if fb.nominal is None and self.planners[pid].nominal is not None:
+                fb.warm_start(self.planners[pid].nominal[1], t0=t)
+            policy = fb.optimize(x, t, self.model, self.cost)
+            fallback = True
+        self.policy = policy
+        self.stats = {**self.planners[self.fallback if fallback else pid].stats,
+                      "planner": self.fallback if fallback else pid, "fallback": fallback,
+                      "uncertainty": uncertainty, "switched": switched,
+                      "replan_seconds": time.perf_counter() - t_start,
+                      "model_version": self.model_version}
+        return policy
+
+    def _uncertainty(self, x: np.ndarray, u: np.ndarray) -> float:
+        if self.uncertainty_threshold <= 0:
+            return 0.0
+        _, var = self.model.predict(x[None], u[None])
+        return 0.0 if var is None else float(np.mean(np.sqrt(np.maximum(var, 0.0))))
+
+    def nominal_states(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """(xs (T+1, nx), us (T, nu)) of the active planner's current plan, or None."""
+        p = self.planners.get(self.active)
+        return None if p is None else p.nominal

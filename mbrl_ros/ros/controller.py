@@ -1,0 +1,499 @@
+"""Real-time MPC controller (lifecycle node ``controller``).
+
+Lifecycle, as ros2_controllers' controllers: *configure* reads the robot (MJCF), builds
+every planner in ``planner_plugins`` and loads the initial model; *activate* starts
+commanding; *deactivate* sends the safe hold and stops; ``autostart`` does configure +
+activate at start (launch files and ``mbrl-ros`` bring it to active).
+
+Plan / act split: the replan loop (``plan_rate`` Hz on a timer in its own callback group,
+or every ``replan_every`` states in ``plan_mode: sync``) produces an immutable policy; the
+control step evaluates it on the newest state (on every joint state with
+``control_mode: on_state``, or at ``control_rate`` with ``timer``) and publishes the effort
+command on ``/<controller_name>/commands`` (std_msgs/Float64MultiArray).
+
+Runtime changes: ``active_planner`` (dynamic parameter, or a std_msgs/String on
+``~/switch_planner``): an unknown id is rejected with the valid ones; the switch happens at
+the next replan, warm-started from the current plan, and the command rate limit keeps it
+continuous. Targets: ``target_joint_positions`` (dynamic) or ``~/target_joints``
+(Float64MultiArray). Models: ``model: mujoco`` (the known model of ``robot``), an artifact
+path, or announcements on ``model_topic`` (loaded in their own callback group while the
+controller keeps running on the previous model).
+
+Safety (see :mod:`mbrl_ros.core.control.safety`): clamp and rate limit, joint-limit guard,
+watchdog (no fresh state for ``state_timeout`` -> safe hold), NaN/inf in the state or the
+policy -> safe hold with a latched error cleared by ``~/clear_error`` (std_srvs/Trigger),
+deadline-miss counter, uncertainty fallback. Publishes ``/diagnostics`` and the plan
+(``~/planned_trajectory``, trajectory_msgs/JointTrajectory; ``~/planned_path``,
+visualization_msgs/MarkerArray of the end effector).
+"""
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+
+import numpy as np
+from builtin_interfaces.msg import Duration
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from geometry_msgs.msg import Point
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.lifecycle import LifecycleNode, TransitionCallbackReturn
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import JointState
+from std_msgs.msg import Float64MultiArray, String
+from std_srvs.srv import Trigger
+from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
+from visualization_msgs.msg import Marker, MarkerArray
+
+from mbrl_ros.core import registry, store
+from mbrl_ros.core.control.mpc import CostSettings, MPCController, joints_of
+from mbrl_ros.core.control.safety import SafetyFilter, SafetySettings
+from mbrl_ros.core.models.base import ModelError
+from mbrl_ros.core.settings import SettingsError, setting
+from mbrl_ros.ros.conversions import (JointStateReader, MessageError, command_msg,
+                                      time_to_ns)
+from mbrl_ros.ros.node_main import run_node
+from mbrl_ros.ros.params import declare_settings
+from mbrl_ros.sim.env import MujocoSim
+
+RELIABLE = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
+                     durability=DurabilityPolicy.TRANSIENT_LOCAL)
+
+
+@dataclass(frozen=True)
+class ControllerSettings:
+    robot: str = setting("arm2", "MJCF (shipped name or path) with the robot's joints, "
+                         "limits and end effector")
+    controller_name: str = setting("effort_controller", "commands go to "
+                                   "/<controller_name>/commands")
+    state_topic: str = setting("/joint_states", "sensor_msgs/JointState input")
+    model: str = setting("mujoco", "initial model: 'mujoco' (known model of robot), an "
+                         "artifact directory, or '' to wait for model_topic")
+    model_topic: str = setting("/model_fitter/model", "model announcements (std_msgs/String "
+                               "JSON); '' to ignore")
+    planner_plugins: tuple[str, ...] = setting(("ilqr",), "planner ids; each has its "
+                                               "parameters under '<id>.' and its type in "
+                                               "'<id>.plugin' (default: the id)")
+    active_planner: str = setting("ilqr", "planner in use (switch at run time)", dynamic=True)
+    fallback_planner: str = setting("", "planner used while the model is too uncertain "
+                                    "('': none)", dynamic=True)
+    uncertainty_threshold: float = setting(0.0, "mean predicted std of the next state above "
+                                           "which the fallback planner is used (0: off)",
+                                           low=0.0, high=1e6, dynamic=True)
+    horizon: int = setting(30, "plan length", unit="model steps", low=2, high=10000)
+    control_mode: str = setting("on_state", "'on_state': one command per joint state; "
+                                "'timer': commands at control_rate",
+                                choices=("on_state", "timer"))
+    control_rate: float = setting(100.0, "control rate: commands per second in timer mode; "
+                                  "in on_state mode the robot's joint-state rate (the known "
+                                  "model's step and the rate limit use 1/control_rate)",
+                                  unit="Hz", low=1.0, high=5000.0)
+    plan_mode: str = setting("timer", "'timer': replan at plan_rate in the background; "
+                             "'sync': replan every replan_every states before acting "
+                             "(deterministic, for lockstep simulation)",
+                             choices=("timer", "sync"))
+    plan_rate: float = setting(50.0, "replanning rate in timer mode", unit="Hz", low=0.1,
+                               high=2000.0)
+    replan_every: int = setting(1, "states between replans in sync mode", low=1, high=10000)
+    target_joint_positions: tuple[float, ...] = setting((), "target joint positions (empty: "
+                                                        "hold the first measured position)",
+                                                        unit="rad|m", dynamic=True)
+    autostart: bool = setting(False, "configure and activate at start (no lifecycle manager)")
+    publish_plan: bool = setting(True, "publish ~/planned_trajectory and ~/planned_path")
+    diagnostics_rate: float = setting(2.0, "rate of /diagnostics status", unit="Hz",
+                                      low=0.0, high=100.0)
+
+
+class Controller(LifecycleNode):
+    def __init__(self, **kwargs):
+        super().__init__("controller", **kwargs)
+        self.settings = declare_settings(self, ControllerSettings,
+                                         on_change=self._on_settings,
+                                         validate=self._check_settings)
+        self.safety_settings = declare_settings(self, SafetySettings,
+                                                on_change=self._on_safety)
+        self.cost_settings = declare_settings(self, CostSettings, on_change=self._on_cost)
+        self._planner_settings: dict[str, tuple[str, object]] = {}
+        for pid in self.settings.planner_plugins:
+            kind = self.declare_parameter(f"{pid}.plugin", pid).value
+            try:
+                cls = registry.lookup("planner", kind)
+            except KeyError as e:
+                raise SettingsError(f"planner_plugins: {pid}: {e}") from e
+            self._planner_settings[pid] = (kind, declare_settings(self, cls.Settings,
+                                                                  prefix=f"{pid}."))
+        self.mpc: MPCController | None = None
+        self.active = False
+        self._x: np.ndarray | None = None            # newest valid state
+        self._t = 0.0                                # its stamp [s]
+        self._x_wall = -np.inf                       # monotonic time it arrived
+        self._policy_lock = threading.Lock()
+        self.fault: str | None = None                # latched error
+        self._states_since_plan = 0
+        self._last_cmd_wall: float | None = None
+        self._periods: deque = deque(maxlen=1000)
+        self._solve_times: deque = deque(maxlen=200)
+        self.counters = {"commands": 0, "holds": 0, "stale": 0, "bad_states": 0,
+                         "deadline_misses": 0, "replans": 0, "replan_failures": 0,
+                         "fallbacks": 0, "model_loads": 0, "model_rejects": 0,
+                         "switches": 0}
+        self.get_logger().info("unconfigured; "
+                               + ("autostart: configuring" if self.settings.autostart
+                                  else "waiting for configure"))
+        if self.settings.autostart:
+            if self.trigger_configure() == TransitionCallbackReturn.SUCCESS:
+                self.trigger_activate()
+
+    # ================================================================== lifecycle
+    def on_configure(self, state) -> TransitionCallbackReturn:
+        s = self.settings
+        try:
+            self.robot = MujocoSim(s.robot)
+            n = self.robot.n_joints
+            cmd_index = np.asarray(self.robot.command_index)
+            self.safety = SafetyFilter(self.safety_settings, self.robot.effort_limits,
+                                       self.robot.position_limits[cmd_index], cmd_index, n)
+            self.mpc = MPCController(self._make_planner, list(s.planner_plugins),
+                                     s.active_planner, s.horizon, self.robot.effort_limits,
+                                     self.robot.position_limits, self.cost_settings,
+                                     s.fallback_planner, s.uncertainty_threshold)
+            self.mpc.effort_scale = self.safety_settings.effort_scale
+            if s.target_joint_positions:
+                self.mpc.set_target(np.asarray(s.target_joint_positions))
+            if s.model:
+                self._load_initial_model(s.model)
+        except (ValueError, ModelError, FileNotFoundError) as e:
+            self.get_logger().error(f"configure failed: {e}")
+            return TransitionCallbackReturn.FAILURE
+        self.reader = JointStateReader(self.robot.joint_names)
+        self.cmd_pub = self.create_lifecycle_publisher(
+            Float64MultiArray, f"/{s.controller_name}/commands", RELIABLE)
+        self.plan_pub = self.create_publisher(JointTrajectory, "~/planned_trajectory", 10)
+        self.path_pub = self.create_publisher(MarkerArray, "~/planned_path", 10)
+        self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self._control_group = MutuallyExclusiveCallbackGroup()
+        self._plan_group = MutuallyExclusiveCallbackGroup()
+        self._model_group = MutuallyExclusiveCallbackGroup()
+        self.create_subscription(JointState, s.state_topic, self._on_state, RELIABLE,
+                                 callback_group=self._control_group)
+        self.create_subscription(Float64MultiArray, "~/target_joints", self._on_target, 10,
+                                 callback_group=self._plan_group)
+        self.create_subscription(String, "~/switch_planner", self._on_switch, 10,
+                                 callback_group=self._plan_group)
+        if s.model_topic:
+            self.create_subscription(String, s.model_topic, self._on_model_announcement,
+                                     LATCHED, callback_group=self._model_group)
+        self.create_service(Trigger, "~/clear_error", self._srv_clear,
+                            callback_group=self._plan_group)
+        if s.control_mode == "timer":
+            self.create_timer(1.0 / s.control_rate, self._control_tick,
+                              callback_group=self._control_group)
+        if s.plan_mode == "timer":
+            self.create_timer(1.0 / s.plan_rate, self._replan_tick,
+                              callback_group=self._plan_group)
+        self.create_timer(min(0.02, self.safety_settings.state_timeout / 2), self._watchdog,
+                          callback_group=self._control_group)
+        if s.diagnostics_rate > 0:
+            self.create_timer(1.0 / s.diagnostics_rate, self._publish_diagnostics,
+                              callback_group=self._model_group)
+        self.get_logger().info(
+            f"configured for {self.robot.model_path.name}: planners "
+            f"{list(s.planner_plugins)} (active {s.active_planner}), model "
+            f"{s.model or 'from ' + s.model_topic}")
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_activate(self, state) -> TransitionCallbackReturn:
+        self.safety.reset()
+        self.active = True
+        self.get_logger().info("active: commanding /" + self.settings.controller_name
+                               + "/commands")
+        return super().on_activate(state)
+
+    def on_deactivate(self, state) -> TransitionCallbackReturn:
+        self._send(self.safety.hold(self._x), hold=True)
+        self.active = False
+        return super().on_deactivate(state)
+
+    def on_cleanup(self, state) -> TransitionCallbackReturn:
+        self.mpc = None
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_shutdown(self, state) -> TransitionCallbackReturn:
+        self.active = False
+        return TransitionCallbackReturn.SUCCESS
+
+    # ================================================================== models, planners
+    def _make_planner(self, pid: str, nx: int, nu: int, u_min, u_max, dt: float):
+        kind, settings = self._planner_settings[pid]
+        return registry.lookup("planner", kind)(settings, nx, nu, u_min, u_max, dt)
+
+    def _load_initial_model(self, source: str) -> None:
+        if source == "mujoco":
+            from mbrl_ros.core.models.mujoco_model import MujocoModel
+            model = MujocoModel.from_sim(self.settings.robot,
+                                         control_period=self._model_period())
+            self.mpc.set_model(model, 0)
+        else:
+            model = store.load(source, expect=None)
+            self._check_model_joints(model)
+            self.mpc.set_model(model, int(store.read_meta(source).get("version", 0)))
+        self.counters["model_loads"] += 1
+
+    def _model_period(self) -> float:
+        """The robot's control period [s]: the known model's step and the rate limit's dt."""
+        return 1.0 / self.settings.control_rate
+
+    def _check_model_joints(self, model) -> None:
+        joints = joints_of(model.spec)
+        if tuple(joints) != tuple(self.robot.joint_names):
+            raise ModelError(f"model is for joints {list(joints)}, the robot has "
+                             f"{list(self.robot.joint_names)}")
+
+    def _on_model_announcement(self, msg: String) -> None:
+        try:
+            info = store.ArtifactInfo.from_json(msg.data)
+            model = store.load(info.uri, expect=self.mpc.spec if self.mpc else None,
+                               checksum=info.checksum)
+            self._check_model_joints(model)
+            self.mpc.set_model(model, info.version)     # one reference swapped
+        except (ModelError, ValueError, KeyError, OSError) as e:
+            self.counters["model_rejects"] += 1
+            self.get_logger().error(f"model announcement rejected, keeping model "
+                                    f"v{self.mpc.model_version if self.mpc else 0}: {e}")
+            return
+        self.counters["model_loads"] += 1
+        self.get_logger().info(f"using {info.kind} model v{info.version}")
+
+    # ================================================================== inputs
+    def _on_state(self, msg: JointState) -> None:
+        try:
+            q, qd = self.reader.read(msg)
+        except MessageError as e:
+            self.counters["bad_states"] += 1
+            if "NaN" in str(e):
+                self._latch(f"non-finite joint state: {e}")
+            else:
+                self.get_logger().warning(f"joint state ignored: {e}",
+                                          throttle_duration_sec=1.0)
+            return
+        self._x = np.concatenate([q, qd])
+        self._t = time_to_ns(msg.header.stamp) * 1e-9
+        self._x_wall = time.monotonic()
+        if self.mpc is not None and self.mpc.target_q is None:
+            self.mpc.set_target(q)          # no target given: hold where we are
+        if self.settings.plan_mode == "sync" and self.active:
+            if self._states_since_plan % self.settings.replan_every == 0:
+                self._replan()
+            self._states_since_plan += 1
+        if self.settings.control_mode == "on_state":
+            self._control_tick()
+
+    def _on_target(self, msg: Float64MultiArray) -> None:
+        try:
+            self.mpc.set_target(np.asarray(msg.data, dtype=float))
+        except ValueError as e:
+            self.get_logger().error(f"target rejected: {e}")
+
+    def _on_switch(self, msg: String) -> None:
+        from rclpy.parameter import Parameter
+        result = self.set_parameters([Parameter("active_planner", value=msg.data)])[0]
+        if not result.successful:
+            self.get_logger().error(f"planner switch rejected: {result.reason}")
+
+    # ================================================================== plan / act
+    def _replan_tick(self) -> None:
+        if self.active and self._x is not None and self.fault is None:
+            self._replan()
+
+    def _replan(self) -> None:
+        x, t = self._x, self._t
+        if x is None or self.mpc is None or not self.mpc.ready:
+            return
+        try:
+            policy = self.mpc.replan(x, t)
+        except (ModelError, ValueError, np.linalg.LinAlgError) as e:
+            self.counters["replan_failures"] += 1
+            self.get_logger().error(f"replan failed, keeping the previous plan: {e}",
+                                    throttle_duration_sec=1.0)
+            return
+        st = self.mpc.stats
+        self.counters["replans"] += 1
+        self._solve_times.append(st["replan_seconds"])
+        if st.get("fallback"):
+            self.counters["fallbacks"] += 1
+        if st.get("switched"):
+            self.counters["switches"] += 1
+            self.get_logger().info(f"planner switched {st['switched'][0]} -> "
+                                   f"{st['switched'][1]}")
+        if self.settings.plan_mode == "timer" and \
+                st["replan_seconds"] > 1.0 / self.settings.plan_rate:
+            self.counters["deadline_misses"] += 1
+        with self._policy_lock:
+            self._policy = policy
+        if self.settings.publish_plan:
+            self._publish_plan(t)
+
+    def _control_tick(self) -> None:
+        if not self.active:
+            return
+        now = time.monotonic()
+        if self._last_cmd_wall is not None:
+            period = now - self._last_cmd_wall
+            self._periods.append(period)
+            if self.settings.control_mode == "timer" and \
+                    period > 1.5 / self.settings.control_rate:
+                self.counters["deadline_misses"] += 1
+        self._last_cmd_wall = now
+        x = self._x
+        dt = self._model_period()
+        if self.fault is not None or x is None or now - self._x_wall > \
+                self.safety_settings.state_timeout:
+            self._send(self.safety.rate_limit(self.safety.hold(x), dt), hold=True)
+            return
+        with self._policy_lock:
+            policy = getattr(self, "_policy", None)
+        if policy is None:
+            self._send(self.safety.rate_limit(self.safety.hold(x), dt), hold=True)
+            return
+        u = policy.action(x, self._t)
+        if not np.all(np.isfinite(u)):
+            self._latch("policy produced a non-finite command")
+            self._send(self.safety.rate_limit(self.safety.hold(x), dt), hold=True)
+            return
+        self._send(self.safety(u, x, dt))
+
+    def _watchdog(self) -> None:
+        """Stale state: with on_state control nothing else would command the robot."""
+        if not self.active or self._x_wall == -np.inf:
+            return
+        if time.monotonic() - self._x_wall > self.safety_settings.state_timeout:
+            self.counters["stale"] += 1
+            self.get_logger().warning(f"no joint state for more than "
+                                      f"{self.safety_settings.state_timeout:g} s: safe hold",
+                                      throttle_duration_sec=2.0)
+            self._send(self.safety.rate_limit(self.safety.hold(self._x),
+                                              self._model_period()), hold=True)
+
+    def _send(self, u: np.ndarray, hold: bool = False) -> None:
+        if hold:
+            self.counters["holds"] += 1
+        self.counters["commands"] += 1
+        self.cmd_pub.publish(command_msg(u))
+
+    def _latch(self, reason: str) -> None:
+        if self.fault is None:
+            self.get_logger().error(f"{reason}: safe hold until ~/clear_error")
+        self.fault = reason
+
+    def _srv_clear(self, request, response):
+        previous = self.fault
+        self.fault = None
+        response.success = True
+        response.message = f"cleared: {previous}" if previous else "no error latched"
+        return response
+
+    # ================================================================== parameters
+    def _check_settings(self, s: ControllerSettings) -> None:
+        if s.active_planner not in s.planner_plugins:
+            raise ValueError(f"unknown planner {s.active_planner!r}; valid: "
+                             f"{', '.join(s.planner_plugins)}")
+        if s.fallback_planner and s.fallback_planner not in s.planner_plugins:
+            raise ValueError(f"unknown fallback planner {s.fallback_planner!r}; valid: "
+                             f"{', '.join(s.planner_plugins)}")
+        if s.target_joint_positions and self.mpc is not None:
+            n = self.robot.n_joints
+            if len(s.target_joint_positions) != n:
+                raise ValueError(f"target_joint_positions needs {n} values "
+                                 f"({list(self.robot.joint_names)})")
+
+    def _on_settings(self, s: ControllerSettings) -> None:
+        old = self.settings
+        self.settings = s
+        if self.mpc is None:
+            return
+        if s.active_planner != old.active_planner:
+            self.mpc.select(s.active_planner)
+        self.mpc.fallback = s.fallback_planner
+        self.mpc.uncertainty_threshold = s.uncertainty_threshold
+        if s.target_joint_positions != old.target_joint_positions and s.target_joint_positions:
+            self.mpc.set_target(np.asarray(s.target_joint_positions))
+
+    def _on_safety(self, s: SafetySettings) -> None:
+        self.safety_settings = s
+        if self.mpc is not None:
+            self.safety.settings = s
+
+    def _on_cost(self, s: CostSettings) -> None:
+        self.cost_settings = s
+        if self.mpc is not None:
+            self.mpc.set_cost_settings(s)
+
+    # ================================================================== outputs
+    def _publish_plan(self, t0: float) -> None:
+        nominal = self.mpc.nominal_states()
+        if nominal is None:
+            return
+        xs, us = nominal
+        n = self.robot.n_joints
+        dt = self.mpc.spec.dt
+        traj = JointTrajectory()
+        traj.header.stamp = self.get_clock().now().to_msg()
+        traj.joint_names = list(self.robot.joint_names)
+        for k in range(len(us)):
+            tk = (k + 1) * dt
+            pt = JointTrajectoryPoint(positions=xs[k + 1, :n].tolist(),
+                                      velocities=xs[k + 1, n:].tolist(),
+                                      effort=us[k].tolist())
+            pt.time_from_start = Duration(sec=int(tk), nanosec=int((tk % 1) * 1e9))
+            traj.points.append(pt)
+        self.plan_pub.publish(traj)
+        if self.robot.has_ee and self.path_pub.get_subscription_count() > 0:
+            marker = Marker(type=Marker.LINE_STRIP, action=Marker.ADD, ns="planned_path", id=0)
+            marker.header.frame_id = "world"
+            marker.scale.x = 0.005
+            marker.color.r, marker.color.g, marker.color.a = 0.1, 0.8, 1.0
+            for x in xs:
+                self.robot.set_state(x[:n], x[n:])
+                p = self.robot.ee_position()
+                marker.points.append(Point(x=float(p[0]), y=float(p[1]), z=float(p[2])))
+            self.path_pub.publish(MarkerArray(markers=[marker]))
+
+    def _publish_diagnostics(self) -> None:
+        arr = DiagnosticArray()
+        arr.header.stamp = self.get_clock().now().to_msg()
+        if self.fault:
+            level, message = DiagnosticStatus.ERROR, f"latched: {self.fault}"
+        elif not self.active:
+            level, message = DiagnosticStatus.OK, "inactive"
+        elif self.mpc is None or not self.mpc.ready:
+            level, message = DiagnosticStatus.WARN, "waiting for a model or a target"
+        else:
+            level, message = DiagnosticStatus.OK, "controlling"
+        st = DiagnosticStatus(name="mbrl_ros/controller", level=level, message=message)
+        periods = np.asarray(self._periods) * 1e3
+        solves = np.asarray(self._solve_times) * 1e3
+        vals = dict(self.counters)
+        vals.update({
+            "active_planner": self.mpc.active if self.mpc else "",
+            "model_version": self.mpc.model_version if self.mpc else 0,
+            "solve_ms_median": f"{np.median(solves):.3f}" if solves.size else "",
+            "solve_ms_p99": f"{np.percentile(solves, 99):.3f}" if solves.size else "",
+            "period_ms_median": f"{np.median(periods):.3f}" if periods.size else "",
+            "period_ms_p99": f"{np.percentile(periods, 99):.3f}" if periods.size else "",
+            "fault": self.fault or ""})
+        if self.mpc is not None and self.mpc.stats:
+            vals["uncertainty"] = f"{self.mpc.stats.get('uncertainty', 0.0):.4g}"
+            vals["fallback"] = str(self.mpc.stats.get("fallback", False))
+        st.values = [KeyValue(key=k, value=str(v)) for k, v in vals.items()]
+        arr.status = [st]
+        self.diag_pub.publish(arr)
+
+
+def main(args=None) -> None:
+    run_node(Controller, args, threads=4)
+
+
+if __name__ == "__main__":
+    main()

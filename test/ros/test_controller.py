@@ -1,0 +1,128 @@
+"""The controller lifecycle node against sim_node over DDS."""
+import math
+
+import numpy as np
+import pytest
+from diagnostic_msgs.msg import DiagnosticArray
+from lifecycle_msgs.msg import Transition
+from lifecycle_msgs.srv import ChangeState, GetState
+from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue
+from rcl_interfaces.srv import SetParameters
+from sensor_msgs.msg import JointState
+from std_msgs.msg import Float64MultiArray
+from std_srvs.srv import Trigger
+
+from conftest import diagnostics_values
+
+pytestmark = pytest.mark.timeout(120)
+CMD = "/effort_controller/commands"
+TARGET = [0.5, -0.5]
+BASE = {"robot": "arm2", "model": "mujoco", "plan_rate": 20.0, "horizon": 25,
+        "target_joint_positions": TARGET, "diagnostics_rate": 5.0}
+
+
+def set_param(probe, node, name, value):
+    client = probe.node.create_client(SetParameters, f"/{node}/set_parameters")
+    probe.spin_until(client.service_is_ready, 20, "parameter service")
+    if isinstance(value, str):
+        pv = ParameterValue(type=ParameterType.PARAMETER_STRING, string_value=value)
+    else:
+        pv = ParameterValue(type=ParameterType.PARAMETER_DOUBLE, double_value=float(value))
+    fut = client.call_async(SetParameters.Request(parameters=[Parameter(name=name, value=pv)]))
+    probe.spin_until(fut.done, 10, "set_parameters answer")
+    return fut.result().results[0]
+
+
+def near_target(states, tol=0.05):
+    return bool(states) and np.max(np.abs(np.array(states[-1].position) - TARGET)) < tol
+
+
+def test_reaches_target_and_switches_planner_bumplessly(start_node, probe):
+    start_node("sim_node", {"model": "arm2", "publish_rate": 100.0})
+    start_node("controller", {**BASE, "autostart": True, "planner_plugins": ["ilqr", "ilqr_b"],
+                              "ilqr_b.plugin": "ilqr", "ilqr_b.max_iterations": 1,
+                              "max_effort_rate": 200.0})
+    states = probe.collect(JointState, "/joint_states")
+    cmds = probe.collect(Float64MultiArray, CMD)
+    diags = probe.collect(DiagnosticArray, "/diagnostics")
+    probe.spin_until(lambda: near_target(states), 40, "arm at the target")
+    # Unknown id: refused with the valid ones; the active planner is unchanged.
+    r = set_param(probe, "controller", "active_planner", "nope")
+    assert not r.successful and "ilqr, ilqr_b" in r.reason
+    # Switch mid-run, while moving to a new target.
+    n0 = len(cmds)
+    r = set_param(probe, "controller", "active_planner", "ilqr_b")
+    assert r.successful
+    probe.spin_until(lambda: diagnostics_values(diags, "mbrl_ros/controller")
+                     .get("active_planner") == "ilqr_b", 10, "switch reported")
+    assert int(diagnostics_values(diags, "mbrl_ros/controller")["switches"]) == 1
+    probe.spin_for(1.0)
+    u = np.array([c.data for c in cmds[max(0, n0 - 20):]])
+    assert np.abs(np.diff(u, axis=0)).max() <= 200.0 * 0.01 + 1e-9   # rate limit holds
+    assert near_target(states), "arm left the target after the switch"
+
+
+def test_stale_state_gives_safe_hold(start_node, probe):
+    sim = start_node("sim_node", {"model": "arm2", "publish_rate": 100.0})
+    start_node("controller", {**BASE, "autostart": True, "state_timeout": 0.1})
+    states = probe.collect(JointState, "/joint_states")
+    cmds = probe.collect(Float64MultiArray, CMD)
+    diags = probe.collect(DiagnosticArray, "/diagnostics")
+    probe.spin_until(lambda: len(cmds) > 20 and len(states) > 20, 30, "control running")
+    sim.stop()                                         # the robot goes silent
+    probe.spin_until(lambda: int(diagnostics_values(diags, "mbrl_ros/controller")
+                                 .get("stale", 0)) > 3, 10, "watchdog")
+    n = len(cmds)
+    probe.spin_for(0.5)
+    assert len(cmds) > n, "controller stopped commanding instead of holding"
+    last_qd = np.array(states[-1].velocity)
+    np.testing.assert_allclose(cmds[-1].data, np.clip(-2.0 * last_qd, -3, 3), atol=1e-6)
+
+
+def test_nan_state_latches_safe_hold_until_cleared(start_node, probe):
+    ctrl = start_node("controller", {**BASE, "autostart": True, "hold_mode": "zero"})
+    pub = probe.node.create_publisher(JointState, "/joint_states", 10)
+    cmds = probe.collect(Float64MultiArray, CMD)
+    diags = probe.collect(DiagnosticArray, "/diagnostics")
+    probe.spin_until(lambda: pub.get_subscription_count() > 0, 20, "controller subscribed")
+    good = JointState(name=["shoulder", "elbow"], position=[0.0, 0.0], velocity=[0.0, 0.0])
+    for _ in range(5):
+        pub.publish(good)
+        probe.spin_for(0.01)
+    pub.publish(JointState(name=["shoulder", "elbow"], position=[math.nan, 0.0],
+                           velocity=[0.0, 0.0]))
+    probe.spin_until(lambda: diagnostics_values(diags, "mbrl_ros/controller")
+                     .get("fault", "") != "", 10, "latched fault")
+    n = len(cmds)
+    for _ in range(5):                                 # valid states again: still held
+        pub.publish(good)
+        probe.spin_for(0.02)
+    probe.spin_until(lambda: len(cmds) > n + 3, 5, "hold commands")
+    assert all(c.data.tolist() == [0.0, 0.0] for c in cmds[n:])
+    assert ctrl.proc.poll() is None
+    res = probe.call(Trigger, "/controller/clear_error")
+    assert res.success and "non-finite" in res.message
+    probe.spin_until(lambda: diagnostics_values(diags, "mbrl_ros/controller")
+                     .get("fault", "x") == "", 10, "fault cleared")
+
+
+def test_lifecycle_transitions_by_service(start_node, probe):
+    start_node("sim_node", {"model": "arm2", "publish_rate": 100.0})
+    start_node("controller", BASE)                     # no autostart: unconfigured
+    cmds = probe.collect(Float64MultiArray, CMD)
+    get = GetState.Request()
+    assert probe.call(GetState, "/controller/get_state", get).current_state.label == \
+        "unconfigured"
+    for tid in (Transition.TRANSITION_CONFIGURE, Transition.TRANSITION_ACTIVATE):
+        res = probe.call(ChangeState, "/controller/change_state",
+                         ChangeState.Request(transition=Transition(id=tid)))
+        assert res.success
+    assert probe.call(GetState, "/controller/get_state", get).current_state.label == "active"
+    probe.spin_until(lambda: len(cmds) > 10, 20, "commands once active")
+    res = probe.call(ChangeState, "/controller/change_state", ChangeState.Request(
+        transition=Transition(id=Transition.TRANSITION_DEACTIVATE)))
+    assert res.success
+    probe.spin_for(0.3)
+    n = len(cmds)
+    probe.spin_for(0.5)
+    assert len(cmds) == n, "inactive controller still commands"
