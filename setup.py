@@ -25,7 +25,6 @@ setup(
     description="Model-based reinforcement learning for robot arms on ROS 2: "
                 "MuJoCo sim, rosbag2 logging, learned dynamics, MPC and guided policy search.",
     license="Apache-2.0",
-    tests_require=["pytest"],
     entry_points={
         "console_scripts": [
             "sim_node = mbrl_ros.ros.sim_node:main",

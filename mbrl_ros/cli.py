@@ -134,34 +134,36 @@ def _cmd_fit(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from mbrl_ros.core.data.alignment import AlignmentConfig, bag_to_dataset
-    from mbrl_ros.ros.compose import record
+    from mbrl_ros.ros.demo import DemoConfig, run_demo
 
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    if (out / "bags").is_dir():   # the demo owns its output folder: a re-run replaces it
-        import shutil
-        shutil.rmtree(out / "bags")
-    seconds = 5.0 if args.quick else 20.0
-    episodes = 2 if args.quick else 4
-    t0 = time.monotonic()
-    print(f"[1/2] simulating {args.robot} under excitation for {seconds:g} s "
-          f"({episodes} episodes), logging to {out / 'bags'}")
-    bags = record(args.robot, seconds, out / "bags", episodes=episodes, seed=args.seed,
-                  progress=not args.no_progress)
-    print("[2/2] converting the bag to a dataset")
-    batch, report, _ = bag_to_dataset(bags, AlignmentConfig())
-    dataset = out / "dataset.npz"
-    batch.save(dataset)
-    summary = {"robot": args.robot, "simulated_seconds": seconds, "bags": list(map(str, bags)),
-               "dataset": str(dataset), "transitions": len(batch),
-               "episodes": report.n_episodes, "dropped": report.dropped,
-               "wall_seconds": round(time.monotonic() - t0, 2)}
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    print(report.table())
-    print(f"\ndemo done in {summary['wall_seconds']} s: {len(batch)} transitions "
-          f"(nx={batch.nx}, nu={batch.nu}) in {dataset}\nbags: {', '.join(map(str, bags))}\n"
-          f"summary: {out / 'summary.json'}")
+    quick = args.quick
+    cfg = DemoConfig(robot=args.robot, model=args.model, planner=args.planner,
+                     switch_to=args.switch_to, out=Path(args.out), seed=args.seed,
+                     iterations=args.iterations or (3 if quick else 6),
+                     excite_seconds=5.0 if quick else 8.0,
+                     episode_seconds=3.0, progress=not args.no_progress,
+                     model_settings=json.loads(args.model_settings or "{}"))
+    print(f"learn-and-control demo: {cfg.robot}, {cfg.model} model, planner {cfg.planner} "
+          f"(switch to {cfg.switch_to} half way), {cfg.iterations} iterations -> {cfg.out}")
+    summary = run_demo(cfg)
+    print(f"\n{'it':>3} {'phase':<10} {'sim s':>7} {'steps':>6} {'task cost':>10} "
+          f"{'final dist':>10} {'model RMSE':>10} {'v':>3}  planner")
+    for r in summary["iterations"]:
+        def f(v, fmt):
+            return format(v, fmt) if v is not None else "-"
+        print(f"{r['iteration']:>3} {r['phase']:<10} {r['interaction_seconds']:>7.2f} "
+              f"{r['steps']:>6} {f(r['task_cost'], '10.4g'):>10} "
+              f"{f(r['final_distance'], '10.4f'):>10} {f(r['model_error'], '10.4g'):>10} "
+              f"{r['model_version']:>3}  {r['planner']}")
+    last = summary["iterations"][-1]
+    unit = "m" if args.robot != "cartpole" else "rad"
+    print(f"\nfinal distance to target: {last['final_distance']:.4f} {unit} after "
+          f"{last['interaction_seconds']:.1f} s ({last['steps']} steps) of simulated "
+          f"interaction; demo took {summary['wall_seconds']} s")
+    print(f"report: {Path(args.out) / 'metrics.json'}")
+    for name, path in summary["plots"].items():
+        print(f"  {name}: {path}")
+    print(f"  bags: {', '.join(summary['bags'])}\n  models: {summary['models']}")
     return 0
 
 
@@ -302,12 +304,21 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--max-command-age", type=float, default=0.5)
     f.set_defaults(func=_cmd_fit)
 
-    m = sub.add_parser("demo", help="run the main job on the embedded default",
-                       description="Simulate the robot under excitation, log a bag, convert "
-                                   "it to a dataset and print a summary.")
-    m.add_argument("--robot", default="arm2")
+    m = sub.add_parser("demo", help="run the learn-and-control loop in simulation",
+                       description="Excite the simulated robot, fit a model, then alternate "
+                                   "MPC episodes toward the target and refits; the planner is "
+                                   "switched once half way. Writes metrics.json, plots, bags "
+                                   "and model artifacts to OUT.")
+    m.add_argument("--robot", default="arm2", choices=["arm2", "arm7", "cartpole"])
+    m.add_argument("--model", default="gp", choices=[x for x in MODEL_FAMILIES if x != "tvlg"])
+    m.add_argument("--planner", default="ilqr", choices=list(PLANNERS))
+    m.add_argument("--switch-to", default="mppi", choices=list(PLANNERS) + [""],
+                   help="planner switched to half way ('' for none)")
+    m.add_argument("--iterations", type=int, default=0,
+                   help="iterations including the excitation (default 6, --quick 3)")
     m.add_argument("--out", default="demo_out", help="output directory (default demo_out)")
-    m.add_argument("--quick", action="store_true", help="shorter run")
+    m.add_argument("--quick", action="store_true", help="short run (under two minutes)")
+    m.add_argument("--model-settings", default="", help="model hyper-parameters as JSON")
     m.add_argument("--seed", type=int, default=0)
     m.add_argument("--no-progress", action="store_true")
     m.set_defaults(func=_cmd_demo)
@@ -328,6 +339,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         code = args.func(args)
     except (ValueError, RuntimeError, FileNotFoundError, FileExistsError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        code = 2
+    except KeyError as e:               # registry: unknown model/planner name
         print(f"error: {e}", file=sys.stderr)
         code = 2
     return code

@@ -12,6 +12,8 @@ _REGISTRY: dict[str, dict[str, type]] = {}
 # Modules imported on first lookup of a kind, so registering stays next to each class
 # and importing the registry stays cheap (torch is only loaded for models that need it).
 _PROVIDERS: dict[str, list[str]] = {"model": [], "planner": []}
+# name -> module, for providers that declare their names: lookup imports only that module.
+_NAMED: dict[str, dict[str, str]] = {}
 
 
 def register(kind: str, name: str) -> Callable[[type], type]:
@@ -25,11 +27,14 @@ def register(kind: str, name: str) -> Callable[[type], type]:
     return deco
 
 
-def add_provider(kind: str, module: str) -> None:
-    """Declare that importing ``module`` registers entries of ``kind``."""
+def add_provider(kind: str, module: str, name: str | None = None) -> None:
+    """Declare that importing ``module`` registers entries of ``kind`` (``name``: the one
+    entry it registers, so looking that name up imports just this module)."""
     mods = _PROVIDERS.setdefault(kind, [])
     if module not in mods:
         mods.append(module)
+    if name is not None:
+        _NAMED.setdefault(kind, {})[name] = module
 
 
 def _load(kind: str) -> dict[str, type]:
@@ -50,6 +55,12 @@ class UnknownNameError(KeyError):
 
 
 def lookup(kind: str, name: str) -> type:
+    module = _NAMED.get(kind, {}).get(name)
+    if module is not None and name not in _REGISTRY.get(kind, {}):
+        importlib.import_module(module)
+    table = _REGISTRY.get(kind, {})
+    if name in table:
+        return table[name]
     table = _load(kind)
     if name not in table:
         raise UnknownNameError(f"unknown {kind} {name!r}; available: "

@@ -224,6 +224,18 @@ class Controller(LifecycleNode):
         self.active = False
         return TransitionCallbackReturn.SUCCESS
 
+    def reset_episode(self) -> None:
+        """Forget the current plan and the last command (a new episode starts elsewhere):
+        planners restart cold, the rate limit starts from zero."""
+        with self._policy_lock:
+            self._policy = None
+        if self.mpc is not None:
+            for p in self.mpc.planners.values():
+                p.reset(self.mpc.horizon)
+        self.safety.reset()
+        self._states_since_plan = 0
+        self._x, self._x_wall = None, -np.inf
+
     # ================================================================== models, planners
     def _make_planner(self, pid: str, nx: int, nu: int, u_min, u_max, dt: float):
         kind, settings = self._planner_settings[pid]

@@ -63,6 +63,7 @@ class FitterSettings:
     command_topic: str = setting("/effort_controller/commands", "effort command topic")
     episode_topic: str = setting("/sim/episode", "std_msgs/UInt32 episode starts (live data)")
     joints: tuple[str, ...] = setting((), "state joint order (empty: the first message's)")
+    fit_on_start: bool = setting(False, "fit once as soon as the node is up (offline replay)")
     fit_every: int = setting(2000, "fit after this many new live commands (0: only on "
                              "request)", low=0, dynamic=True)
     min_transitions: int = setting(100, "do not fit on fewer transitions", low=1,
@@ -132,6 +133,8 @@ class ModelFitter(Node):
                               callback_group=data_group)
         if s.bags:
             self._load_bags()   # raises a clear error at start-up if a bag is unusable
+        if s.fit_on_start:
+            self.request_fit("start")
         self.get_logger().info(
             f"fitting '{s.model}' models into {s.store_dir}/{self.name} from "
             + " and ".join(x for x in (f"{len(s.bags)} bag(s)" if s.bags else "",

@@ -55,9 +55,10 @@ def run_node(factory: Callable[[], "rclpy.node.Node"], args=None, threads: int =
         finish = getattr(node, "finish", None)
         if finish is not None:
             finish(executor)
-        executor.remove_node(node)
+        # Stop the executor (and wait for running callbacks) before destroying the node,
+        # so no callback touches a node being destroyed.
+        executor.shutdown(timeout_sec=2.0)
         node.destroy_node()
-        executor.shutdown(timeout_sec=1.0)
     rclpy.try_shutdown()
     if code:
         sys.exit(code)

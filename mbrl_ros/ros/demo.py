@@ -1,0 +1,234 @@
+"""The learn-and-control loop in simulation, with the real nodes composed in one process
+(no launch framework): sim (lockstep), data_logger, model_fitter, excitation, controller.
+
+Iteration 0 excites the robot and fits a first model; every further iteration resets the
+robot, lets the controller (on the newest model) run one episode toward the target, and
+refits on all data so far. The active planner is switched once, half way, by setting the
+controller's ``active_planner`` parameter as a user would. Everything runs on a private
+ROS domain with localhost-only discovery (see :mod:`mbrl_ros.ros.compose`).
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+from rclpy.parameter import Parameter
+
+from mbrl_ros.core import store
+from mbrl_ros.core.control.mpc import CostSettings
+from mbrl_ros.core.models.evaluate import rollouts
+from mbrl_ros.core.plots import plot_rollouts
+from mbrl_ros.core.report import (IterationMetrics, episode_cost, plot_joint_trajectories,
+                                  plot_learning_curve)
+from mbrl_ros.ros.compose import InProcessSystem
+from mbrl_ros.ros.controller import Controller
+from mbrl_ros.ros.data_logger import DataLogger
+from mbrl_ros.ros.excitation_node import ExcitationNode
+from mbrl_ros.ros.model_fitter import ModelFitter
+from mbrl_ros.ros.sim_node import SimNode
+from mbrl_ros.sim.env import MujocoSim
+
+# Reaching targets and rates per shipped robot (config/<robot>.yaml holds the same).
+ROBOT_DEFAULTS = {
+    "arm2": {"target": (0.5, -0.5), "rate": 100.0, "horizon": 30},
+    "arm7": {"target": (0.3, -0.5, 0.0, -2.0, 0.0, 1.6, 0.8), "rate": 100.0, "horizon": 30},
+    "cartpole": {"target": (0.0, 0.0), "rate": 50.0, "horizon": 75},
+}
+
+
+@dataclass
+class DemoConfig:
+    robot: str = "arm2"
+    model: str = "gp"
+    planner: str = "ilqr"
+    switch_to: str = "mppi"
+    iterations: int = 5                 # including the excitation iteration
+    excite_seconds: float = 8.0
+    episode_seconds: float = 3.0
+    seed: int = 0
+    initial_noise: float = 0.1
+    out: Path = Path("demo_out")
+    progress: bool = True
+    model_settings: dict = field(default_factory=dict)
+    planner_settings: dict = field(default_factory=dict)
+
+
+def _wait(system: InProcessSystem, cond, timeout: float, what: str) -> None:
+    if not system.spin_until(cond, timeout):
+        raise RuntimeError(f"demo: timed out after {timeout:.0f} s waiting for {what}")
+
+
+def run_demo(cfg: DemoConfig) -> dict:
+    """Run the loop; returns the summary (also written to ``cfg.out/metrics.json``)."""
+    from tqdm import tqdm
+
+    defaults = ROBOT_DEFAULTS.get(cfg.robot)
+    if defaults is None:
+        raise ValueError(f"demo robot must be one of {', '.join(ROBOT_DEFAULTS)}")
+    rate, target = defaults["rate"], np.asarray(defaults["target"])
+    out = Path(cfg.out)
+    for sub in ("bags", "models"):           # the demo owns these: a re-run replaces them
+        if (out / sub).exists():
+            shutil.rmtree(out / sub)
+    out.mkdir(parents=True, exist_ok=True)
+    robot = MujocoSim(cfg.robot)             # limits and forward kinematics for metrics
+    cost_settings = CostSettings()
+    t_wall = time.monotonic()
+    rows: list[IterationMetrics] = []
+    episodes: list[tuple[str, object]] = []
+    switching = bool(cfg.switch_to) and cfg.switch_to != cfg.planner
+    switch_iteration = max(2, (cfg.iterations + 1) // 2) if switching else None
+    switch_time = None
+    total = cfg.excite_seconds + (cfg.iterations - 1) * cfg.episode_seconds
+    bar = tqdm(total=total, disable=not cfg.progress, desc=f"demo {cfg.robot}/{cfg.model}",
+               bar_format="{l_bar}{bar}| {n:.1f}/{total:.1f} sim s [{elapsed}<{remaining}]"
+                          "{postfix}")
+
+    with InProcessSystem(threads=4) as system:
+        sim = system.add(SimNode, {"model": cfg.robot, "publish_rate": rate, "lockstep": True,
+                                   "seed": cfg.seed, "initial_noise": cfg.initial_noise,
+                                   "diagnostics_rate": 0.0})
+        sim.pause()
+        logger = system.add(DataLogger, {"output_dir": str(out / "bags"), "bag_name": "demo",
+                                         "diagnostics_rate": 0.0})
+        fitter = system.add(ModelFitter, {
+            "model": cfg.model, "robot": cfg.robot, "store_dir": str(out / "models"),
+            "live": True, "fit_every": 0, "min_transitions": 50, "seed": cfg.seed,
+            "diagnostics_rate": 0.0, "reject_factor": 1e6,
+            **{f"{cfg.model}.{k}": v for k, v in cfg.model_settings.items()}})
+        excitation = system.add(ExcitationNode, {"model": cfg.robot, "seed": cfg.seed,
+                                                 "control_period": 1.0 / rate})
+        plugins = [cfg.planner] + ([cfg.switch_to] if switching else [])
+        controller = system.add(Controller, {
+            "robot": cfg.robot, "model": "", "planner_plugins": plugins,
+            "active_planner": cfg.planner, "control_mode": "on_state", "plan_mode": "sync",
+            "control_rate": rate, "horizon": defaults["horizon"],
+            "target_joint_positions": tuple(float(v) for v in target),
+            "diagnostics_rate": 0.0, "publish_plan": False,
+            "state_timeout": 60.0,      # lockstep: time stands still while we fit
+            **{f"{p}.{k}": v for p, ks in cfg.planner_settings.items() for k, v in ks.items()}})
+        _wait(system, lambda: sim.state_pub.get_subscription_count() >= 3
+              and sim.command_subscription_count() >= 1 and not logger.pending_topics(),
+              20.0, "the nodes to connect")
+
+        def run_sim_for(seconds: float) -> None:
+            start = sim.sim_time()
+            last = [start]
+
+            def tick():
+                t = sim.sim_time()
+                if t != last[0]:
+                    bar.update(t - last[0])
+                    last[0] = t
+            sim.resume()
+            ok = system.spin_until(lambda: sim.sim_time() - start >= seconds - 1e-9,
+                                   timeout=120.0 + 60.0 * seconds, tick=tick)
+            sim.pause()
+            system.spin_until(lambda: False, 0.1)     # let in-flight messages land
+            if not ok:
+                raise RuntimeError(f"simulation stalled at {sim.sim_time():.2f} s")
+
+        def fit(label: str) -> None:
+            future = fitter.request_fit(label)
+            _wait(system, future.done, 600.0, f"the model fit ({label})")
+            ok, message = future.result()
+            if not ok and fitter.last_info is None:
+                raise RuntimeError(f"demo: the first fit failed: {message}")
+            version = fitter.last_info.version
+            _wait(system, lambda: controller.mpc is not None
+                  and controller.mpc.model_version == version, 60.0,
+                  f"the controller to load model v{version}")
+            bar.set_postfix_str(f"model v{version}", refresh=True)
+
+        # ---- iteration 0: excitation, first model
+        run_sim_for(cfg.excite_seconds)
+        system.executor.remove_node(excitation)
+        system.nodes.remove(excitation)
+        excitation.destroy_node()
+        controller.trigger_configure()
+        fit("excitation")
+        controller.trigger_activate()
+        rows.append(IterationMetrics(0, "excitation", sim.sim_time(),
+                                     int(round(sim.sim_time() * rate)), None, None, None,
+                                     fitter.last_good.metrics.get("rollout_rmse"),
+                                     fitter.last_info.version, "excitation"))
+        # ---- control iterations
+        for it in range(1, cfg.iterations):
+            if it == switch_iteration:
+                result = controller.set_parameters([Parameter("active_planner",
+                                                              value=cfg.switch_to)])[0]
+                if not result.successful:
+                    raise RuntimeError(f"planner switch refused: {result.reason}")
+                switch_time = sim.sim_time()
+            controller.reset_episode()
+            sim.reset_episode(publish=False)
+            t_start = sim.sim_time()
+            run_sim_for(cfg.episode_seconds)
+            data = fitter.dataset()           # episodes split at the sim's resets
+            ep = data.episodes()[-1] if data is not None and len(data) else None
+            planner = controller.mpc.active
+            task_cost = final_distance = joint_error = None
+            if ep is not None and len(ep):
+                task_cost = episode_cost(ep, target, robot.effort_limits, cost_settings)
+                q_final = ep.next_states[-1, :robot.n_joints]
+                joint_error = float(np.max(np.abs(q_final - target)))
+                final_distance = _ee_distance(robot, q_final, target)
+                episodes.append((f"it{it} {planner}", ep))
+            fit(f"iteration {it}")
+            rows.append(IterationMetrics(
+                it, "control", sim.sim_time(), int(round(sim.sim_time() * rate)), task_cost,
+                final_distance, joint_error, fitter.last_good.metrics.get("rollout_rmse"),
+                fitter.last_info.version, planner,
+                {"episode_start": t_start, "replans": controller.counters["replans"],
+                 "replan_failures": controller.counters["replan_failures"]}))
+        bar.close()
+        logger.finish(system.executor)
+        bags = [str(p) for p in logger.last_bag_paths]
+        final_model = store.load(fitter.last_info.uri)
+        data = fitter.dataset()
+
+    # ---- report
+    plots = {"learning_curve": str(plot_learning_curve(
+        rows, out / "learning_curve.png", switch_time,
+        f"{cfg.robot}: {cfg.model} model, {cfg.planner} -> {cfg.switch_to} "
+        f"(switch at {switch_time:.1f} s)" if switch_time else f"{cfg.robot}: {cfg.model}"))}
+    if episodes:
+        plots["joint_trajectories"] = str(plot_joint_trajectories(
+            episodes, target, robot.joint_names, out / "joint_trajectories.png",
+            switch_label=f"it{switch_iteration}" if switch_iteration else None))
+    if data is not None and len(data):
+        held_out = data.subset(data.episode == data.episode.max())
+        plots["prediction"] = str(plot_rollouts(
+            rollouts(final_model, held_out, 20), final_model.spec.state_names,
+            out / "prediction.png", title=f"{cfg.model} v{final_model_version(out, cfg)}: "
+            "20-step open-loop predictions on the last episode"))
+    summary = {"config": {k: (str(v) if isinstance(v, Path) else v)
+                          for k, v in asdict(cfg).items()},
+               "target": target.tolist(), "rate_hz": rate,
+               "switch": {"iteration": switch_iteration, "sim_time": switch_time,
+                          "from": cfg.planner, "to": cfg.switch_to},
+               "iterations": [asdict(r) for r in rows], "bags": bags,
+               "models": str(out / "models"), "plots": plots,
+               "wall_seconds": round(time.monotonic() - t_wall, 1)}
+    (out / "metrics.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def final_model_version(out: Path, cfg: DemoConfig) -> int:
+    return (store.versions(out / "models", cfg.model) or [0])[-1]
+
+
+def _ee_distance(robot: MujocoSim, q: np.ndarray, target: np.ndarray) -> float:
+    """End-effector distance [m] between configurations q and target (joint error [rad]
+    if the model has no 'ee' site)."""
+    if not robot.has_ee:
+        return float(np.max(np.abs(q - target)))
+    zeros = np.zeros(robot.n_joints)
+    robot.set_state(q, zeros)
+    p = robot.ee_position().copy()
+    robot.set_state(target, zeros)
+    return float(np.linalg.norm(p - robot.ee_position()))
