@@ -59,9 +59,18 @@ def test_executables_are_console_scripts(path):
 
 @pytest.mark.parametrize("path", LAUNCH, ids=lambda p: p.name)
 def test_named_config_files_exist(path):
-    names = {s for s in _strings(ast.parse(path.read_text())) if s.endswith(".yaml")}
+    # Whole literal names only (f-string parts such as f"{robot}.yaml" are per-robot files,
+    # checked for the shipped robots below).
+    names = {s for s in _strings(ast.parse(path.read_text()))
+             if s.endswith(".yaml") and not s.startswith(".")}
     for name in names:
         assert (ROOT / "config" / name).exists(), f"{path.name} names missing config/{name}"
+
+
+def test_every_shipped_robot_has_its_config_file():
+    from mbrl_ros.sim.models import available_models
+    for robot in available_models():
+        assert (ROOT / "config" / f"{robot}.yaml").exists(), robot
 
 
 @pytest.mark.parametrize("path", LAUNCH, ids=lambda p: p.name)

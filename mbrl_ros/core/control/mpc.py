@@ -147,6 +147,8 @@ class MPCController:
                          for pid in self.planner_ids}
         for p in self.planners.values():
             p.reset(self.horizon)
+            if hasattr(p, "set_position_limits"):    # planners with state constraints
+                p.set_position_limits(self.position_limits)
         self._dt = spec.dt
 
     def _rebuild_cost(self) -> None:

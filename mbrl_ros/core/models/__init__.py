@@ -5,8 +5,9 @@ from mbrl_ros.core import registry
 from mbrl_ros.core.models.base import (DynamicsModel, FitReport, Linearization, ModelError,
                                        ModelSpec, Normalizer)
 
-for _module in ("linear", "tvlg", "gp", "ensemble", "mujoco_model"):
-    registry.add_provider("model", f"mbrl_ros.core.models.{_module}")
+for _name, _module in (("linear", "linear"), ("tvlg", "tvlg"), ("gp", "gp"),
+                       ("ensemble", "ensemble"), ("mujoco", "mujoco_model")):
+    registry.add_provider("model", f"mbrl_ros.core.models.{_module}", _name)
 
 __all__ = ["DynamicsModel", "FitReport", "Linearization", "ModelError", "ModelSpec",
            "Normalizer"]

@@ -7,9 +7,11 @@ Each planner module registers itself on import; modules are imported on first lo
 from mbrl_ros.core import registry
 from mbrl_ros.core.planners.base import Planner, Policy
 
-# One provider per planner module; further planners (sampling, direct-collocation) add
-# their module here when they exist.
-for _module in ("mbrl_ros.core.planners.ilqr.planner",):
+# One provider per planner module; further planners (direct collocation) add their module
+# here when they exist.
+for _module in ("mbrl_ros.core.planners.ilqr.planner", "mbrl_ros.core.planners.cem.planner",
+                "mbrl_ros.core.planners.mppi.planner"):
     registry.add_provider("planner", _module)
+registry.add_provider("planner", "mbrl_ros.core.planners.casadi_mpc.planner")
 
 __all__ = ["Planner", "Policy"]

@@ -1,0 +1,501 @@
+"""Shared machinery of the sampling-based MPC planners (:mod:`.cem`, :mod:`.mppi`).
+
+Both planners sample N action sequences (N, T, nu), roll each out through the dynamics model
+from the current state, score it with the trajectory cost and update a mean plan. What is
+shared lives here, written once:
+
+* :func:`colored_noise` -- unit-variance Gaussian noise with power spectral density
+  proportional to 1/f^beta along the time axis (white for beta = 0), the sampling noise of
+  iCEM (Pinneri et al., "Sample-efficient Cross-Entropy Method for Real-time Planning",
+  CoRL 2020), generated with the FFT method of Timmer & Koenig (A&A 1995) exactly as the
+  ``colorednoise`` package (``powerlaw_psd_gaussian``) that iCEM uses.
+* :class:`RolloutEngine` -- batched open-loop rollouts and their total cost, all in torch.
+  Models with a torch ``propagate`` (the PETS ensemble, :mod:`mbrl_ros.core.models.ensemble`)
+  are stepped in torch without numpy round trips, with trajectory sampling (Chua et al.,
+  "Deep Reinforcement Learning in a Handful of Trials using Probabilistic Dynamics Models",
+  NeurIPS 2018): under TS-inf row r keeps elite member ``member_idx[r]`` for the whole
+  horizon. Any other model is stepped through its numpy ``predict`` with one conversion per
+  rollout. The cost is evaluated once per rollout on the whole (N, T, .) batch
+  (``Cost.stage_batch`` / ``terminal_batch``), one call instead of T.
+* :class:`SamplingPlanner` -- the part of ``optimize`` both planners share: warm start from
+  the shifted previous plan, torch threads, no-grad, the seeded generator, the mean-action
+  rollout of the final plan (``xbar`` of the returned open-loop
+  :class:`~mbrl_ros.core.policies.linear_gaussian.LinearGaussianPolicy`, K = 0), its cost
+  and the model's disagreement along it.
+"""
+from __future__ import annotations
+
+import inspect
+import math
+import time
+from abc import abstractmethod
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from mbrl_ros.core.planners.base import Planner
+from mbrl_ros.core.policies.linear_gaussian import LinearGaussianPolicy
+from mbrl_ros.core.settings import setting
+
+__all__ = ["DTYPES", "PROPAGATION_MODES", "STD_UNITS", "RolloutEngine", "SamplingPlanner",
+           "SamplingSettings", "colored_noise", "is_torch_model", "limit_scaled_std"]
+
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+PROPAGATION_MODES = ("tsinf", "ts1", "expectation")
+STD_UNITS = ("limit_fraction", "absolute")
+
+
+@dataclass(frozen=True)
+class SamplingSettings:
+    """Settings every sampling planner has (subclassed by CEM and MPPI settings)."""
+    horizon: int = setting(30, "planning horizon", unit="steps", low=1, high=100000)
+    noise_beta: float = setting(
+        0.0, "exponent of the sampling noise's power spectrum 1/f^beta along time (iCEM "
+        "colored noise, Pinneri et al. 2020): 0 white, 1 pink, 2 brown; larger values give "
+        "smoother action sequences", low=0.0, high=6.0, dynamic=True)
+    propagation: str = setting(
+        "tsinf", "how models with a torch propagate() (ensembles) step the samples: 'tsinf' "
+        "each sample keeps one elite member over the horizon (PETS TS-inf; member = sample "
+        "row % E), 'ts1' a random member at every step, 'expectation' the mean of the "
+        "members; models with only predict() always use their mean prediction",
+        choices=PROPAGATION_MODES, dynamic=True)
+    aleatoric: bool = setting(
+        False, "in 'tsinf'/'ts1', add each member's predicted Gaussian noise to the samples "
+        "(PETS); ignored by models whose propagate() has no 'sample' argument", dynamic=True)
+    nominal_rollout: bool = setting(
+        True, "roll the returned plan out with the model's mean prediction for the policy's "
+        "xbar, the plan's cost and the disagreement along it (T single-row model calls, ~6 "
+        "ms for a 5 x 4x200 ensemble); false: use the weighted average of the sampled "
+        "trajectories (MPPI weights / CEM elites) of the last iteration instead (free)",
+        dynamic=True)
+    seed: int = setting(0, "seed of the planner's torch generator (set again by reset())",
+                        low=0)
+    threads: int = setting(
+        1, "torch intra-op threads while optimizing (0: leave torch's setting); restored "
+        "afterwards", low=0, high=256)
+    dtype: str = setting("float32", "floating-point type of samples, rollouts and costs "
+                         "(torch models step in their own torch_dtype)", choices=tuple(DTYPES))
+
+
+def colored_noise(n: int, T: int, nu: int, beta: float, generator: torch.Generator | None,
+                  dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Gaussian noise, unit variance per element, power spectrum ~ 1/f^beta along time.
+
+    Each of the n * nu sequences of length T is independent. beta = 0 (or T < 2) is white
+    noise. As ``colorednoise.powerlaw_psd_gaussian`` (the noise iCEM samples, Pinneri et
+    al. 2020), random Fourier coefficients are scaled by f^(-beta/2) with the lowest
+    frequency cut at 1/T and transformed back; unlike it, the result is divided by its
+    exact standard deviation *including* the zero-frequency term, so the variance is 1
+    (colorednoise's is about 1.3 for beta = 2 and T = 30) and a planner's noise_sigma means
+    what it says.
+
+    Args:
+        n: number of sequences (samples); T: steps; nu: action dimension.
+        beta: spectral exponent >= 0.
+        generator: torch generator (None: torch's global one).
+        dtype: floating-point type of the result.
+
+    Returns:
+        (n, T, nu) tensor.
+    """
+    if beta == 0.0 or T < 2:
+        return torch.randn((n, T, nu), generator=generator, dtype=dtype)
+    f = torch.fft.rfftfreq(T, dtype=torch.float64)
+    f[0] = f[1]   # f[1] = 1/T: the spectrum is flat below the lowest resolvable frequency
+    scale = f ** (-beta / 2.0)
+    # Variance of irfft's output: the real DC (and, for even T, Nyquist) coefficient of
+    # variance 2 s^2 contributes 2 s^2 / T^2, every other frequency 4 s^2 / T^2.
+    power = 4.0 * scale ** 2
+    power[0] = 2.0 * scale[0] ** 2
+    if T % 2 == 0:
+        power[-1] = 2.0 * scale[-1] ** 2
+    sigma = math.sqrt(float(power.sum())) / T
+    scale = scale.to(dtype)
+    nf = f.shape[0]
+    re = torch.randn((n, nu, nf), generator=generator, dtype=dtype) * scale
+    im = torch.randn((n, nu, nf), generator=generator, dtype=dtype) * scale
+    # DC (and Nyquist for even T) components of a real signal are real: their imaginary
+    # part is dropped and the real part scaled by sqrt(2) to keep their power.
+    im[..., 0] = 0.0
+    re[..., 0] *= math.sqrt(2.0)
+    if T % 2 == 0:
+        im[..., -1] = 0.0
+        re[..., -1] *= math.sqrt(2.0)
+    y = torch.fft.irfft(torch.complex(re, im), n=T, dim=-1) / sigma
+    return y.transpose(1, 2).contiguous()
+
+
+def is_torch_model(model: Any) -> bool:
+    """True if the model steps torch tensors (``propagate`` and ``torch_dtype``)."""
+    return callable(getattr(model, "propagate", None)) and hasattr(model, "torch_dtype")
+
+
+def limit_scaled_std(values: tuple[float, ...], units: str, u_min: np.ndarray,
+                     u_max: np.ndarray, name: str) -> np.ndarray:
+    """Per-action standard deviation (nu,) from a setting.
+
+    Args:
+        values: one value for every action, or one per action (nu,).
+        units: 'limit_fraction' (times half the action range (u_max - u_min) / 2, the
+            effort limit for symmetric limits) or 'absolute' (action units).
+        u_min, u_max: (nu,) action limits.
+        name: setting name for error messages.
+
+    Raises:
+        ValueError: wrong length, non-positive values, or 'limit_fraction' with infinite
+            limits.
+    """
+    nu = u_min.shape[0]
+    v = np.asarray(values, dtype=np.float64).reshape(-1)
+    if v.size not in (1, nu):
+        raise ValueError(f"{name} needs 1 or {nu} values, got {v.size}")
+    if np.any(v <= 0) or not np.all(np.isfinite(v)):
+        raise ValueError(f"{name} must be positive and finite, got {v.tolist()}")
+    v = np.broadcast_to(v, (nu,)).copy()
+    if units == "absolute":
+        return v
+    half = 0.5 * (u_max - u_min)
+    if not np.all(np.isfinite(half)) or np.any(half <= 0):
+        raise ValueError(f"{name} in units 'limit_fraction' needs finite, non-empty action "
+                         f"limits (got u_min {u_min.tolist()}, u_max {u_max.tolist()}); use "
+                         "units 'absolute'")
+    return v * half
+
+
+def _accepts_sample(model: Any) -> bool:
+    try:
+        return "sample" in inspect.signature(model.propagate).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def _member_count(model: Any, x0: torch.Tensor, u: torch.Tensor) -> int:
+    """Number E of members a torch model's TS-inf indices range over."""
+    n = getattr(model, "n_elite", None)
+    if isinstance(n, int) and n > 0:
+        return n
+    # Only propagate/member_means are promised: ask the model once.
+    return int(model.member_means(x0[None], u[None]).shape[0])
+
+
+class RolloutEngine:
+    """Batched open-loop rollouts of action sequences and their total costs.
+
+    Buffers are kept between calls (one per shape/dtype), so the tensors returned by
+    :meth:`run` are only valid until the next call with the same shapes.
+
+    Args:
+        nx, nu: state and action dimensions.
+        dtype: torch dtype of the returned costs.
+    """
+
+    def __init__(self, nx: int, nu: int, dtype: torch.dtype):
+        self.nx, self.nu, self.dtype = int(nx), int(nu), dtype
+        self._buffers: dict[tuple, torch.Tensor] = {}
+        self._members: dict[tuple[int, int], torch.Tensor] = {}
+        self._sample_arg: dict[type, bool] = {}
+        self.model_calls = 0
+        self.rows = 0
+
+    def _buffer(self, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+        key = (shape, dtype)
+        b = self._buffers.get(key)
+        if b is None:
+            if len(self._buffers) > 8:   # horizons/populations changed: drop stale buffers
+                self._buffers.clear()
+            b = self._buffers[key] = torch.empty(shape, dtype=dtype)
+        return b
+
+    def member_index(self, n: int, E: int) -> torch.Tensor:
+        """(n,) long tensor r % E: row r keeps member r % E over the horizon (TS-inf)."""
+        key = (n, E)
+        idx = self._members.get(key)
+        if idx is None:
+            if len(self._members) > 8:
+                self._members.clear()
+            idx = self._members[key] = torch.arange(n) % E
+        return idx
+
+    def run(self, model: Any, cost: Any, x0: np.ndarray, U: torch.Tensor, mode: str,
+            generator: torch.Generator | None, aleatoric: bool = False
+            ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Roll out N action sequences from x0 and return their total costs.
+
+        Args:
+            model: a DynamicsModel; torch models (``propagate``) are stepped with ``mode``
+                ('tsinf': row r uses member r % E), others with ``predict`` (mean).
+            cost: a :class:`~mbrl_ros.core.costs.quadratic.Cost`.
+            x0: (nx,) initial state.
+            U: (N, T, nu) actions.
+            mode: 'tsinf', 'ts1' or 'expectation' (torch models only).
+            generator: torch generator for member draws and model noise.
+            aleatoric: pass ``sample=aleatoric`` to ``propagate`` if it takes it.
+
+        Returns:
+            J (N,) total cost, ``+inf`` where the rollout or its cost is not finite, in
+            ``self.dtype``; xs (T+1, N', nx) the states (time-major, a reused buffer; N' >= N,
+            rows from N on are padding).
+        """
+        N, T, _ = U.shape
+        if is_torch_model(model):
+            return self._run_torch(model, cost, x0, U, mode, generator, aleatoric)
+        Un = U.detach().to(torch.float64).numpy()
+        Ut = np.ascontiguousarray(Un.transpose(1, 0, 2))          # (T, N, nu)
+        xs = np.empty((T + 1, N, self.nx))
+        xs[0] = x0
+        tv = bool(getattr(model, "time_varying", False))
+        predict = model.predict
+        with np.errstate(invalid="ignore", over="ignore"):
+            for t in range(T):
+                xs[t + 1] = predict(xs[t], Ut[t], t)[0] if tv else predict(xs[t], Ut[t])[0]
+            J = np.asarray(cost.stage_batch(xs[:T].transpose(1, 0, 2), Un)
+                           + cost.terminal_batch(xs[T]), dtype=np.float64)
+        self.model_calls += T
+        self.rows = N
+        J = torch.from_numpy(J).to(self.dtype)
+        return self._finite(J), torch.from_numpy(xs)
+
+    def _run_torch(self, model, cost, x0, U, mode, generator, aleatoric):
+        N, T, nu = U.shape
+        mdtype = model.torch_dtype
+        x0t = torch.as_tensor(x0, dtype=mdtype)
+        kwargs: dict[str, Any] = {}
+        cls = type(model)
+        if cls not in self._sample_arg:
+            self._sample_arg[cls] = _accepts_sample(model)
+        member = None
+        n = N
+        if mode != "expectation":
+            if self._sample_arg[cls]:
+                kwargs["sample"] = bool(aleatoric)
+            E = _member_count(model, x0t, U[0, 0].to(mdtype))
+            # Pad to a multiple of E so every member gets the same number of rows: the
+            # ensemble then runs one reshaped batch instead of a padded scatter/gather.
+            n = -(-N // E) * E
+            if mode == "tsinf":
+                member = self.member_index(n, E)
+        if n != N:
+            U = torch.cat([U, U[:n - N]], dim=0)
+        # Time-major copy so every step reads a contiguous (n, nu) block.
+        Ut = U.transpose(0, 1).to(mdtype).contiguous()
+        xs = self._buffer((T + 1, n, self.nx), mdtype)
+        xs[0] = x0t
+        propagate = model.propagate
+        x = xs[0].expand(n, self.nx)
+        for t in range(T):
+            x = propagate(x, Ut[t], mode, member, generator, **kwargs)
+            xs[t + 1] = x
+        self.model_calls += T
+        self.rows = n
+        J = cost.stage_batch(xs[:T, :N].transpose(0, 1), Ut[:, :N].transpose(0, 1)) \
+            + cost.terminal_batch(xs[T, :N])
+        return self._finite(J.to(self.dtype)), xs
+
+    @staticmethod
+    def _finite(J: torch.Tensor) -> torch.Tensor:
+        # NaN/inf states give NaN/inf costs; both become +inf so they are never selected.
+        return torch.where(torch.isfinite(J), J, torch.full_like(J, math.inf))
+
+    def mean_rollout(self, model: Any, x0: np.ndarray, us: np.ndarray) -> np.ndarray:
+        """Rollout of one action sequence with the model's mean prediction
+        ('expectation' for torch models, ``predict`` otherwise).
+
+        Args:
+            x0: (nx,) initial state; us: (T, nu) actions.
+
+        Returns:
+            xs (T+1, nx) float64.
+        """
+        T = us.shape[0]
+        xs = np.empty((T + 1, self.nx))
+        xs[0] = x0
+        if is_torch_model(model):
+            mdtype = model.torch_dtype
+            ut = torch.as_tensor(us, dtype=mdtype)
+            out = self._buffer((T + 1, 1, self.nx), mdtype)
+            out[0, 0] = torch.as_tensor(x0, dtype=mdtype)
+            x = out[0]
+            for t in range(T):
+                x = model.propagate(x, ut[t:t + 1], "expectation")
+                out[t + 1] = x
+            xs[:] = out[:, 0].to(torch.float64).numpy()
+        else:
+            tv = bool(getattr(model, "time_varying", False))
+            with np.errstate(invalid="ignore", over="ignore"):
+                for t in range(T):
+                    xs[t + 1] = (model.predict(xs[t], us[t], t)[0][0] if tv
+                                 else model.predict(xs[t], us[t])[0][0])
+        self.model_calls += T
+        return xs
+
+
+class SamplingPlanner(Planner):
+    """Base of the sampling planners: subclasses implement :meth:`_improve`.
+
+    ``optimize`` takes the previous plan shifted by the elapsed time (or the zero action
+    clipped into the limits), lets the subclass improve it with batched rollouts, rolls the
+    result out with the model's mean prediction and returns it as an open-loop
+    :class:`LinearGaussianPolicy` (K = 0, ``xbar`` = the mean rollout, no covariance).
+
+    ``stats`` after ``optimize`` (subclasses add their own): cost (of the returned plan
+    under the mean rollout, or of the sample-average states without ``nominal_rollout``),
+    warm_start_shift (steps), model_calls, rows_per_call,
+    solve_time_s, time_rollout_s (sample rollouts), time_nominal_s (mean rollout and
+    disagreement) [s], status, and when the model has ``uncertainty`` (numpy, e.g. the
+    ensemble's normalised member variance) or ``member_means`` (torch; then the variance
+    of the member means averaged over state dimensions, state units squared):
+    uncertainty_source, uncertainty_first, uncertainty_mean, uncertainty_max -- the
+    disagreement along the returned plan at its first step, on average and at its worst.
+    :attr:`plan_uncertainty` holds the (T,) values and :attr:`initial_actions` the (T, nu)
+    actions the last optimisation started from.
+    """
+
+    Settings = SamplingSettings
+
+    def __init__(self, settings: Any, nx: int, nu: int, u_min: np.ndarray,
+                 u_max: np.ndarray, dt: float):
+        super().__init__(settings, nx, nu, u_min, u_max, dt)
+        self.dtype = DTYPES[self.settings.dtype]
+        self._engine = RolloutEngine(self.nx, self.nu, self.dtype)
+        self._lo = torch.as_tensor(self.u_min, dtype=self.dtype)
+        self._hi = torch.as_tensor(self.u_max, dtype=self.dtype)
+
+    def reset(self, horizon: int, initial_actions: np.ndarray | None = None) -> None:
+        super().reset(horizon, initial_actions)
+        # Re-seeded so that a reset planner repeats its plans exactly.
+        self._generator = torch.Generator().manual_seed(int(self.settings.seed))
+        self.plan_uncertainty: np.ndarray | None = None
+        self.initial_actions: np.ndarray | None = None
+
+    def _clamp(self, U: torch.Tensor) -> torch.Tensor:
+        return torch.clamp(U, self._lo, self._hi)
+
+    def _noise(self, n: int, T: int) -> torch.Tensor:
+        return colored_noise(n, T, self.nu, float(self.settings.noise_beta), self._generator,
+                             self.dtype)
+
+    def _evaluate(self, model: Any, cost: Any, x0: np.ndarray, U: torch.Tensor
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Total cost (N,) of the rollouts of U (N, T, nu) (+inf if not finite) and their
+        states (T+1, N', nx) (a buffer reused by the next call; rows N.. are padding)."""
+        s = self.settings
+        return self._engine.run(model, cost, x0, U, s.propagation, self._generator,
+                                s.aleatoric)
+
+    @abstractmethod
+    def _improve(self, x0: np.ndarray, U: torch.Tensor, model: Any, cost: Any
+                 ) -> tuple[torch.Tensor, dict[str, Any]]:
+        """Improve the plan U (T, nu) (clipped) from x0 (nx,).
+
+        Returns:
+            The new plan (T, nu) and the planner's own stats, including 'any_finite'
+            (bool: some sampled rollout had a finite cost), 'states' ((T+1, nx) tensor, the
+            sample-average state estimate used when ``nominal_rollout`` is false, or None)
+            and optionally 'status'.
+        """
+
+    def optimize(self, x0: np.ndarray, t0: float, model: Any, cost: Any
+                 ) -> LinearGaussianPolicy:
+        """Improve the plan from x0 (nx,) at time t0 [s] and return it as a policy.
+
+        Args:
+            x0: (nx,) current state.
+            t0: current time [s] (step 0 of the returned policy).
+            model: a DynamicsModel at step ``dt``; torch models (``propagate``) are rolled
+                out in torch, others through ``predict``.
+            cost: a :class:`~mbrl_ros.core.costs.quadratic.Cost` with torch batch support.
+
+        Returns:
+            An open-loop :class:`LinearGaussianPolicy` (K = 0) over the new plan.
+
+        Raises:
+            ValueError: x0 is not finite, or every sampled rollout (or its cost) was
+                non-finite, so the model is unusable from this state.
+        """
+        s = self.settings
+        t_start = time.perf_counter()
+        x0 = np.asarray(x0, dtype=np.float64).reshape(self.nx)
+        if not np.all(np.isfinite(x0)):
+            raise ValueError(f"{self.name}: x0 must be finite, got {x0.tolist()}")
+        us0, shift = self._initial_actions(t0)
+        self.initial_actions = us0.copy()
+        threads = torch.get_num_threads()
+        if s.threads > 0 and s.threads != threads:
+            torch.set_num_threads(s.threads)
+        engine = self._engine
+        engine.model_calls = 0
+        try:
+            with torch.no_grad():
+                tic = time.perf_counter()
+                U, stats = self._improve(x0, torch.as_tensor(us0, dtype=self.dtype), model,
+                                         cost)
+                toc = time.perf_counter()
+                if not stats.pop("any_finite"):
+                    raise ValueError(
+                        f"{self.name}: every sampled rollout from x0 = {x0.tolist()} (or its "
+                        "cost) is non-finite; the model is unusable from this state")
+                us = np.clip(U.to(torch.float64).numpy(), self.u_min, self.u_max)
+                states = stats.pop("states", None)
+                if s.nominal_rollout or states is None:
+                    xs = engine.mean_rollout(model, x0, us)
+                else:
+                    xs = states.to(torch.float64).numpy().copy()
+                    xs[0] = x0
+                unc, source = self._disagreement(model, xs, us)
+                tac = time.perf_counter()
+        finally:
+            if s.threads > 0 and s.threads != threads:
+                torch.set_num_threads(threads)
+        with np.errstate(invalid="ignore", over="ignore"):
+            J = float(cost.total(xs, us))
+        status = stats.pop("status", "ok")
+        xbar = xs[:self.horizon]
+        if not np.all(np.isfinite(xs)):
+            # The mean model diverges along the plan (samples did not): keep the actions;
+            # xbar does not enter the actions (K = 0) but must be finite for the policy.
+            status = "nominal_rollout_nonfinite"
+            J = math.inf
+            xbar = _hold_last_finite(xbar)
+        self._xs, self._us, self._t_nominal = xs, us, float(t0)
+        self.plan_uncertainty = unc
+        self.stats = dict(stats, cost=J if math.isfinite(J) else math.inf,
+                          warm_start_shift=shift, model_calls=engine.model_calls,
+                          rows_per_call=engine.rows, status=status,
+                          time_rollout_s=toc - tic, time_nominal_s=tac - toc)
+        if unc is not None:
+            self.stats.update(uncertainty_source=source, uncertainty_first=float(unc[0]),
+                              uncertainty_mean=float(np.mean(unc)),
+                              uncertainty_max=float(np.max(unc)))
+        self.stats["solve_time_s"] = time.perf_counter() - t_start
+        return LinearGaussianPolicy(K=np.zeros((self.horizon, self.nu, self.nx)), k=us,
+                                    xbar=xbar, cov=None, t0=t0, dt=self.dt,
+                                    u_min=self.u_min, u_max=self.u_max)
+
+    def _disagreement(self, model: Any, xs: np.ndarray, us: np.ndarray
+                      ) -> tuple[np.ndarray | None, str]:
+        """Model disagreement (T,) along the plan, and where it came from."""
+        T = us.shape[0]
+        if not np.all(np.isfinite(xs[:T])):
+            return None, ""
+        if callable(getattr(model, "uncertainty", None)):
+            return np.asarray(model.uncertainty(xs[:T], us), dtype=np.float64).reshape(T), \
+                "uncertainty"
+        if callable(getattr(model, "member_means", None)) and hasattr(model, "torch_dtype"):
+            dt = model.torch_dtype
+            m = model.member_means(torch.as_tensor(xs[:T], dtype=dt),
+                                   torch.as_tensor(us, dtype=dt))          # (E, T, nx)
+            return m.var(dim=0, unbiased=False).mean(dim=-1).to(torch.float64).numpy(), \
+                "member_means"
+        return None, ""
+
+
+def _hold_last_finite(xs: np.ndarray) -> np.ndarray:
+    """Rows of xs (T, nx) from the first non-finite one on replaced by the last finite row
+    (the first row is x0, always finite)."""
+    out = xs.copy()
+    bad = ~np.all(np.isfinite(out), axis=1)
+    first = int(np.argmax(bad))
+    out[first:] = out[first - 1] if first > 0 else 0.0
+    return out

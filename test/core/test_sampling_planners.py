@@ -1,0 +1,479 @@
+"""Sampling MPC planners (CEM, MPPI): closed-loop control of known models, analytic optima,
+TS-inf member bookkeeping, warm starts, determinism, colored noise, ensembles and MuJoCo."""
+import dataclasses
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from mbrl_ros.core import registry
+from mbrl_ros.core.costs import QuadraticCost
+from mbrl_ros.core.models.base import DynamicsModel, FitReport, ModelSpec, check_xu
+from mbrl_ros.core.planners.base import shift_trajectory
+from mbrl_ros.core.planners.cem import CEMPlanner, CEMSettings
+from mbrl_ros.core.planners.mppi import MPPIPlanner, MPPISettings
+from mbrl_ros.core.planners.sampling import RolloutEngine, colored_noise
+from mbrl_ros.core.policies.linear_gaussian import LinearGaussianPolicy
+from mbrl_ros.core.settings import SettingsError, from_mapping, specs
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _spec(nx, nu, dt):
+    return ModelSpec(nx, nu, tuple(f"x{i}" for i in range(nx)),
+                     tuple(f"u{i}" for i in range(nu)), dt)
+
+
+class _Analytic(DynamicsModel):
+    """Known numpy dynamics: nothing to fit or store."""
+    kind = "test_analytic"
+    Settings = dict
+
+    def fit(self, data, rng=None, progress=None):
+        return FitReport(0, 0, 0.0, notes=["analytic model: nothing to fit"])
+
+    def state_arrays(self):
+        return {}
+
+    def load_state_arrays(self, arrays):
+        pass
+
+
+class DoubleIntegrator(_Analytic):
+    """Position/velocity, semi-implicit Euler: v' = v + dt u, p' = p + dt v'."""
+
+    def __init__(self, dt=0.1):
+        super().__init__({}, _spec(2, 1, dt))
+        self.dt = dt
+        self.calls = 0
+
+    def predict(self, x, u, t=None):
+        x, u = check_xu(self.spec, x, u)
+        self.calls += 1
+        v = x[:, 1] + self.dt * u[:, 0]
+        return np.stack([x[:, 0] + self.dt * v, v], axis=1), None
+
+
+class Static(_Analytic):
+    """x' = x: the cost depends on the actions only."""
+
+    def __init__(self, nu=1):
+        super().__init__({}, _spec(1, nu, 0.1))
+
+    def predict(self, x, u, t=None):
+        x, u = check_xu(self.spec, x, u)
+        return x.copy(), None
+
+
+class NaNModel(_Analytic):
+    """Diverges (NaN) wherever the action is above ``threshold``."""
+
+    def __init__(self, threshold=-np.inf):
+        super().__init__({}, _spec(2, 1, 0.1))
+        self.threshold = threshold
+
+    def predict(self, x, u, t=None):
+        x, u = check_xu(self.spec, x, u)
+        out = x + 0.1 * np.concatenate([x[:, 1:], u], axis=1)
+        out[u[:, 0] > self.threshold] = np.nan
+        return out, None
+
+
+class StandInEnsemble(_Analytic):
+    """Torch ensemble stand-in with the EnsembleModel's torch interface: member m moves the
+    double integrator with gain (1 + 0.5 m) on the action; records every member_idx."""
+
+    torch_dtype = torch.float64
+
+    def __init__(self, members=3, dt=0.1):
+        super().__init__({}, _spec(2, 1, dt))
+        self.E, self.dt = members, dt
+        self.gains = 1.0 + 0.5 * torch.arange(members, dtype=torch.float64)
+        self.recorded: list[torch.Tensor | None] = []
+        self.modes: list[str] = []
+
+    def _step(self, x, u, gain):
+        v = x[:, 1] + self.dt * gain * u[:, 0]
+        return torch.stack([x[:, 0] + self.dt * v, v], dim=1)
+
+    def propagate(self, x, u, mode="expectation", member_idx=None, generator=None):
+        self.modes.append(mode)
+        self.recorded.append(None if member_idx is None else member_idx.clone())
+        x, u = x.to(self.torch_dtype), u.to(self.torch_dtype)
+        if mode == "expectation":
+            return self.member_means(x, u).mean(dim=0)
+        if mode == "ts1":
+            member_idx = torch.randint(0, self.E, (x.shape[0],), generator=generator)
+        return self._step(x, u, self.gains[member_idx])
+
+    def member_means(self, x, u):
+        return torch.stack([self._step(x, u, g) for g in self.gains])
+
+    def predict(self, x, u, t=None):
+        x, u = check_xu(self.spec, x, u)
+        m = self.member_means(torch.as_tensor(x), torch.as_tensor(u)).numpy()
+        return m.mean(axis=0), m.var(axis=0)
+
+
+DT = 0.1
+TARGET = np.array([1.0, 0.0])
+
+
+def _di_cost():
+    return QuadraticCost.diagonal([10.0, 1.0], [0.01], qf=[100.0, 10.0], x_target=TARGET)
+
+
+def _mppi(**kw):
+    kw.setdefault("horizon", 15)
+    kw.setdefault("samples", 128)
+    # lambda on the scale of the cost differences near the target (cost ~ 0.1-1).
+    kw.setdefault("temperature", 0.1)
+    return MPPIPlanner(MPPISettings(**kw), 2, 1, -1.0, 1.0, DT)
+
+
+def _cem(**kw):
+    kw.setdefault("horizon", 15)
+    kw.setdefault("population", 64)
+    kw.setdefault("iterations", 3)
+    kw.setdefault("n_particles", 1)
+    return CEMPlanner(CEMSettings(**kw), 2, 1, -1.0, 1.0, DT)
+
+
+def _closed_loop(planner, model, cost, steps, x0=None):
+    x = np.zeros(model.spec.nx) if x0 is None else x0
+    for i in range(steps):
+        pol = planner.optimize(x, i * DT, model, cost)
+        u = pol.action(x, i * DT)
+        assert np.all(u >= planner.u_min) and np.all(u <= planner.u_max)
+        x = model.predict(x, u)[0][0]
+    return x
+
+
+@pytest.mark.parametrize("make", [_mppi, _cem], ids=["mppi", "cem"])
+def test_mpc_drives_double_integrator_to_target(make):
+    planner = make()
+    model = DoubleIntegrator(DT)
+    x = _closed_loop(planner, model, _di_cost(), 50)
+    assert abs(x[0] - TARGET[0]) < 0.05 and abs(x[1]) < 0.1, x
+    pol_k = planner.nominal[1]
+    assert np.all(np.abs(pol_k) <= 1.0)
+
+
+def test_returned_policy_is_open_loop_plan_over_mean_rollout():
+    model = DoubleIntegrator(DT)
+    planner = _mppi()
+    x0 = np.array([0.2, -0.1])
+    pol = planner.optimize(x0, 3.0, model, _di_cost())
+    assert isinstance(pol, LinearGaussianPolicy) and pol.cov is None
+    xs, us = planner.nominal
+    assert pol.horizon == planner.horizon and np.all(pol.K == 0)
+    np.testing.assert_allclose(pol.k, us)
+    # xbar is the rollout of the plan through the model's mean prediction.
+    x = x0
+    for t in range(planner.horizon):
+        np.testing.assert_allclose(pol.xbar[t], x, atol=1e-9)
+        x = model.predict(x, us[t])[0][0]
+    np.testing.assert_allclose(xs[-1], x, atol=1e-9)
+    assert planner.stats["cost"] == pytest.approx(_di_cost().total(xs, us))
+    assert planner.nominal_time == 3.0
+    # The policy plays the plan open loop, whatever the state.
+    np.testing.assert_allclose(pol.action(np.array([5.0, 5.0]), 3.0 + 2 * DT), us[2])
+    for key in ("solve_time_s", "best_cost", "mean_cost", "iterations", "ess"):
+        assert key in planner.stats
+
+
+@pytest.mark.parametrize("make", [_mppi, _cem], ids=["mppi", "cem"])
+def test_sample_average_states_match_mean_rollout_on_linear_model(make):
+    # Linear dynamics: the weighted (MPPI) / elite (CEM, alpha = 0) average of the sampled
+    # trajectories is the trajectory of the averaged actions, i.e. of the new plan.
+    model = DoubleIntegrator(DT)
+    kw = dict(horizon=8, nominal_rollout=False)
+    if make is _cem:
+        kw.update(alpha=0.0, iterations=1)
+    else:
+        kw.update(noise_sigma=(0.5,), noise_units="absolute")
+    wide = 10.0                                  # no clipping of the averaged plan
+    planner = type(make())(dataclasses.replace(make().settings, **kw), 2, 1, -wide, wide, DT)
+    x0 = np.array([0.3, -0.2])
+    pol = planner.optimize(x0, 0.0, model, _di_cost())
+    assert model.calls == 8                      # the sample rollout only
+    xs = [x0]
+    for t in range(8):
+        xs.append(model.predict(xs[-1], pol.k[t])[0][0])
+    np.testing.assert_allclose(planner.nominal[0], np.array(xs), atol=1e-5)
+    np.testing.assert_allclose(pol.xbar, np.array(xs[:8]), atol=1e-5)
+
+
+def test_cem_mean_converges_to_analytic_optimum():
+    # minimise sum_t (u_t - c)^2 inside [-1, 1]: u* = c at every step.
+    c = np.array([0.3, -0.6])
+    cost = QuadraticCost.diagonal([0.0], [2.0, 2.0], qf=[0.0], u_ref=c)
+    planner = CEMPlanner(CEMSettings(horizon=4, population=200, iterations=8, n_particles=1),
+                         1, 2, -1.0, 1.0, DT)
+    pol = planner.optimize(np.zeros(1), 0.0, Static(nu=2), cost)
+    np.testing.assert_allclose(pol.k, np.broadcast_to(c, (4, 2)), atol=0.02)
+    assert planner.stats["std_mean"] < 0.05
+
+
+@pytest.mark.parametrize("control_cost", [0.0, 1.0, 0.5])
+def test_mppi_mean_converges_to_analytic_fixed_point(control_cost):
+    # S = sum_t (v_t - c)^2. Without the control-cost term MPPI's fixed point is c; with it
+    # (gamma = lambda), the mean of exp(-S/lambda) N(0, sigma^2):
+    # c * 2 sigma^2 / (2 sigma^2 + lambda).
+    c, sigma, lam = 1.0, 0.5, 0.5
+    cost = QuadraticCost.diagonal([0.0], [2.0], qf=[0.0], u_ref=[c])
+    planner = MPPIPlanner(MPPISettings(horizon=3, samples=1000, temperature=lam,
+                                       noise_sigma=(sigma,), noise_units="absolute",
+                                       iterations=20, control_cost=control_cost),
+                          1, 1, -10.0, 10.0, DT)
+    pol = planner.optimize(np.zeros(1), 0.0, Static(), cost)
+    # gamma = control_cost * lambda: the prior N(0, sigma^2) enters with exponent
+    # control_cost, i.e. as N(0, sigma^2 / control_cost).
+    expected = c * 2 * sigma ** 2 / (2 * sigma ** 2 + control_cost * lam)
+    np.testing.assert_allclose(pol.k[:, 0], expected, atol=0.03)
+
+
+def test_rollout_engine_tsinf_keeps_member_per_row():
+    ens = StandInEnsemble(members=3)
+    engine = RolloutEngine(2, 1, torch.float64)
+    gen = torch.Generator().manual_seed(0)
+    U = torch.rand((7, 5, 1), generator=gen, dtype=torch.float64) * 2 - 1
+    x0 = np.array([0.1, -0.2])
+    cost = _di_cost()
+    J, xs = engine.run(ens, cost, x0, U, "tsinf", gen)
+    # 7 rows padded to 9 (a multiple of E = 3) so every member gets the same row count.
+    assert engine.rows == 9 and xs.shape == (6, 9, 2)
+    idx = [r for r in ens.recorded]
+    assert len(idx) == 5 and all(torch.equal(r, torch.arange(9) % 3) for r in idx)
+    for r in range(7):            # row r follows member r % 3 over the whole horizon
+        x = torch.as_tensor(x0)[None]
+        for t in range(5):
+            x = ens._step(x, U[r, t][None], ens.gains[r % 3])
+            torch.testing.assert_close(xs[t + 1, r], x[0])
+        ref = cost.total(xs[:, r].numpy(), U[r].numpy())
+        assert float(J[r]) == pytest.approx(ref)
+    # The mean ('expectation') needs neither member indices nor padding.
+    ens.recorded.clear()
+    J2, xs2 = engine.run(ens, cost, x0, U, "expectation", gen)
+    assert engine.rows == 7 and ens.recorded == [None] * 5 and xs2.shape == (6, 7, 2)
+
+
+def test_cem_particles_keep_their_member_and_cover_all_members():
+    ens = StandInEnsemble(members=3)
+    planner = CEMPlanner(CEMSettings(horizon=6, population=10, iterations=2, n_particles=3,
+                                     nominal_rollout=False), 2, 1, -1.0, 1.0, DT)
+    planner.optimize(np.zeros(2), 0.0, ens, _di_cost())
+    tsinf = [r for r, m in zip(ens.recorded, ens.modes) if m == "tsinf"]
+    assert len(tsinf) == 2 * 6                       # iterations x horizon
+    expected = torch.arange(30) % 3                  # rows c * 3 + j -> member j
+    assert all(torch.equal(r, expected) for r in tsinf)
+    assert torch.equal(expected.view(10, 3), torch.arange(3).expand(10, 3))
+    assert planner.stats["rows_per_call"] == 30
+
+
+def test_mppi_sample_k_uses_member_k_mod_e_and_reports_disagreement():
+    ens = StandInEnsemble(members=4)
+    planner = _mppi(samples=10, horizon=5)
+    planner.optimize(np.zeros(2), 0.0, ens, _di_cost())
+    tsinf = [r for r, m in zip(ens.recorded, ens.modes) if m == "tsinf"]
+    assert len(tsinf) == 5 and all(torch.equal(r[:10], torch.arange(10) % 4) for r in tsinf)
+    assert ens.modes.count("expectation") == 5       # the mean rollout of the plan
+    st = planner.stats
+    assert st["uncertainty_source"] == "member_means"
+    assert planner.plan_uncertainty.shape == (5,)
+    # Members differ by their action gain: disagreement wherever the plan acts.
+    assert st["uncertainty_max"] > 0 and st["uncertainty_max"] >= st["uncertainty_mean"]
+    assert st["uncertainty_first"] == pytest.approx(planner.plan_uncertainty[0])
+
+
+@pytest.mark.parametrize("make", [_mppi, _cem], ids=["mppi", "cem"])
+def test_warm_start_from_shifted_mean_and_handover(make):
+    model = DoubleIntegrator(DT)
+    planner = make()
+    planner.optimize(np.zeros(2), 0.0, model, _di_cost())
+    assert planner.stats["warm_start_shift"] == 0
+    np.testing.assert_array_equal(planner.initial_actions, np.zeros((15, 1)))
+    us1 = planner.nominal[1]
+    planner.optimize(np.array([0.01, 0.1]), 2 * DT, model, _di_cost())
+    assert planner.stats["warm_start_shift"] == 2
+    np.testing.assert_array_equal(planner.initial_actions, shift_trajectory(us1, 2))
+    # Hand-over from another planner's nominal, shifted by the elapsed time.
+    other = _cem() if isinstance(planner, MPPIPlanner) else _mppi()
+    other.optimize(np.zeros(2), 1.0, model, _di_cost())
+    planner.warm_start(other.nominal[1], other.nominal_time)
+    planner.optimize(np.zeros(2), 1.0 + DT, model, _di_cost())
+    np.testing.assert_array_equal(planner.initial_actions, shift_trajectory(other.nominal[1], 1))
+
+
+@pytest.mark.parametrize("make", [_mppi, _cem], ids=["mppi", "cem"])
+@pytest.mark.parametrize("beta", [0.0, 2.0])
+def test_same_seed_same_plan(make, beta):
+    model = StandInEnsemble(members=3)
+
+    def run(planner):
+        plans = []
+        for i in range(3):
+            plans.append(planner.optimize(np.array([0.1 * i, 0.0]), i * DT, model,
+                                          _di_cost()).k)
+        return plans
+
+    a, b = run(make(seed=7, noise_beta=beta)), run(make(seed=7, noise_beta=beta))
+    for pa, pb in zip(a, b):
+        np.testing.assert_array_equal(pa, pb)
+    c = run(make(seed=8, noise_beta=beta))
+    assert not np.array_equal(a[0], c[0])
+    planner = make(seed=7, noise_beta=beta)
+    run(planner)
+    planner.reset(planner.horizon)                   # reset re-seeds
+    for pa, pr in zip(a, run(planner)):
+        np.testing.assert_array_equal(pa, pr)
+
+
+def test_colored_noise_has_unit_variance_and_low_frequency_power():
+    gen = torch.Generator().manual_seed(1)
+    for T in (30, 31):
+        white = colored_noise(4000, T, 2, 0.0, gen)
+        brown = colored_noise(4000, T, 2, 2.0, gen, torch.float64)
+        assert white.shape == brown.shape == (4000, T, 2) and brown.dtype == torch.float64
+        assert float(brown.var()) == pytest.approx(1.0, abs=0.1)
+
+        def lag1(z):
+            z = z - z.mean(dim=1, keepdim=True)
+            return float((z[:, 1:] * z[:, :-1]).mean() / (z * z).mean())
+
+        assert abs(lag1(white)) < 0.1 and lag1(brown) > 0.7
+    assert colored_noise(3, 1, 2, 2.0, gen).shape == (3, 1, 2)   # T = 1: white
+
+
+def test_actions_respect_asymmetric_limits_with_colored_noise_and_clipped_sampling():
+    model = DoubleIntegrator(DT)
+    lo, hi = np.array([-0.2]), np.array([0.7])
+    cost = _di_cost()
+    for planner in (MPPIPlanner(MPPISettings(horizon=10, samples=64, noise_beta=1.0), 2, 1,
+                                lo, hi, DT),
+                    CEMPlanner(CEMSettings(horizon=10, population=32, sampling="clipped",
+                                           noise_beta=1.0, n_particles=1), 2, 1, lo, hi, DT),
+                    CEMPlanner(CEMSettings(horizon=10, population=32, noise_beta=2.0,
+                                           n_particles=1), 2, 1, lo, hi, DT)):
+        x = np.zeros(2)
+        for i in range(5):
+            pol = planner.optimize(x, i * DT, model, cost)
+            assert np.all(pol.k >= lo) and np.all(pol.k <= hi)
+            x = model.predict(x, pol.action(x, i * DT))[0][0]
+
+
+def test_nonfinite_rollouts_are_ignored_or_reported():
+    cost = QuadraticCost.diagonal([1.0, 1.0], [0.1], x_target=[1.0, 0.0])
+    with pytest.raises(ValueError, match="non-finite"):
+        _mppi().optimize(np.zeros(2), 0.0, NaNModel(), cost)
+    with pytest.raises(ValueError, match="non-finite"):
+        _cem().optimize(np.zeros(2), 0.0, NaNModel(), cost)
+    with pytest.raises(ValueError, match="finite"):
+        _mppi().optimize(np.array([np.nan, 0.0]), 0.0, DoubleIntegrator(), cost)
+    # Samples with an action above 0.5 diverge: the plans avoid them.
+    for planner in (_mppi(horizon=5), _cem(horizon=5, sampling="clipped")):
+        pol = planner.optimize(np.zeros(2), 0.0, NaNModel(threshold=0.5), cost)
+        assert np.all(pol.k <= 0.5) and math.isfinite(planner.stats["cost"])
+
+
+def test_settings_schema_registry_and_limits():
+    import mbrl_ros.core.planners  # noqa: F401  (declares the providers)
+    assert registry.lookup("planner", "cem") is CEMPlanner
+    assert registry.lookup("planner", "mppi") is MPPIPlanner
+    p = registry.create("planner", "mppi", None, 2, 1, -3.0, 3.0, DT)
+    np.testing.assert_allclose(p.noise_std, [0.75])                   # 0.25 * 3
+    p = registry.create("planner", "cem", None, 2, 2, [-1.0, -4.0], [1.0, 2.0], DT)
+    np.testing.assert_allclose(p.initial_std, [0.5, 1.5])             # 0.5 * half range
+    names = {s.name for s in specs(MPPISettings)}
+    assert {"horizon", "samples", "temperature", "noise_sigma", "noise_units", "iterations",
+            "noise_beta", "threads", "dtype", "seed", "propagation"} <= names
+    names = {s.name for s in specs(CEMSettings)}
+    assert {"population", "elite_ratio", "iterations", "alpha", "n_particles",
+            "noise_beta"} <= names
+    with pytest.raises(ValueError, match="limit_fraction"):
+        MPPIPlanner(None, 2, 1, -np.inf, np.inf, DT)
+    MPPIPlanner(MPPISettings(noise_units="absolute"), 2, 1, -np.inf, np.inf, DT)
+    with pytest.raises(ValueError, match="noise_sigma"):
+        MPPIPlanner(MPPISettings(noise_sigma=(0.1, 0.2, 0.3)), 2, 2, -1.0, 1.0, DT)
+    with pytest.raises(SettingsError):
+        from_mapping(MPPISettings, {"noise_sigma": []})
+    with pytest.raises(SettingsError):
+        from_mapping(CEMSettings, {"propagation": "ts2"})
+
+
+def test_threads_setting_is_restored():
+    torch.set_num_threads(2)
+    _mppi(threads=1, horizon=4, samples=8).optimize(np.zeros(2), 0.0, DoubleIntegrator(),
+                                                    _di_cost())
+    assert torch.get_num_threads() == 2
+
+
+def test_float64_and_time_varying_numpy_model():
+    class TV(DoubleIntegrator):
+        time_varying = True
+
+        def predict(self, x, u, t=None):
+            assert t is not None
+            self.ts.append(t)
+            return super().predict(x, u)
+
+    model = TV(DT)
+    model.ts = []
+    planner = _mppi(dtype="float64", horizon=4, samples=8)
+    planner.optimize(np.zeros(2), 0.0, model, _di_cost())
+    assert model.ts == [0, 1, 2, 3, 0, 1, 2, 3]      # samples, then the mean rollout
+
+
+def test_with_fitted_ensemble_model():
+    ensemble = pytest.importorskip("mbrl_ros.core.models.ensemble")
+    from mbrl_ros.core.types import TransitionBatch
+    rng = np.random.default_rng(0)
+    model_true = DoubleIntegrator(DT)
+    x = rng.uniform(-1, 1, (400, 2))
+    u = rng.uniform(-1, 1, (400, 1))
+    data = TransitionBatch(states=x, actions=u, next_states=model_true.predict(x, u)[0],
+                           dt=np.full(400, DT), time=np.arange(400) * DT,
+                           episode=np.zeros(400, dtype=np.int64), state_names=("p", "v"),
+                           action_names=("u",))
+    model = ensemble.EnsembleModel(ensemble.EnsembleModel.Settings(
+        members=3, n_elites=3, hidden_layers=2, hidden_units=32, epochs=20))
+    model.fit(data)
+    for planner in (_mppi(horizon=8, samples=32),
+                    _cem(horizon=8, population=16, iterations=2, n_particles=3)):
+        pol = planner.optimize(np.zeros(2), 0.0, model, _di_cost())
+        assert np.all(np.abs(pol.k) <= 1.0) and np.all(np.isfinite(pol.xbar))
+        st = planner.stats
+        assert st["uncertainty_source"] == "uncertainty" and st["uncertainty_max"] >= 0
+        assert st["rows_per_call"] % model.n_elite == 0
+
+
+def test_mppi_drives_mujoco_arm2_toward_target():
+    mm = pytest.importorskip("mbrl_ros.core.models.mujoco_model",
+                             reason="MuJoCo dynamics model not available")
+    dt = 0.05
+    model = mm.MujocoModel.from_sim("arm2", control_period=dt)
+    nx, nu = model.spec.nx, model.spec.nu
+    target = np.array([0.8, -0.6, 0.0, 0.0])
+    cost = QuadraticCost.diagonal([100.0, 100.0, 10.0, 10.0], [0.01, 0.01],
+                                  qf=[1000.0, 1000.0, 100.0, 100.0], x_target=target)
+    # arm2's links are light (0.15 N m for one step moves the elbow at 0.6 rad/s), so the
+    # noise is small (0.05 x 3 N m) and the zero-action prior of the control-cost term,
+    # lambda/2 u' Sigma^-1 u, would dominate the cost: it is switched off.
+    planner = MPPIPlanner(MPPISettings(horizon=12, samples=64, noise_sigma=(0.05,),
+                                       temperature=10.0, control_cost=0.0,
+                                       keep_nominal=True), nx, nu, -3.0, 3.0, dt)
+    x = np.zeros(nx)
+    for i in range(int(2.0 / dt)):
+        pol = planner.optimize(x, i * dt, model, cost)
+        u = pol.action(x, i * dt)
+        assert np.all(np.abs(u) <= 3.0)
+        x = model.predict(x, u)[0][0]
+    assert np.max(np.abs(x[:2] - target[:2])) < 0.08, x
+    assert np.max(np.abs(x[2:])) < 0.6, x
