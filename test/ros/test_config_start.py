@@ -30,3 +30,22 @@ def test_data_logger_starts_from_config(start_node, probe, tmp_path):
                params={"output_dir": str(tmp_path)})
     res = probe.call(Trigger, "/data_logger/stop", timeout=30)
     assert res.success and "closed" in res.message
+
+
+@pytest.mark.parametrize("robot_file", ["arm2.yaml", "arm7.yaml"])
+def test_controller_reaches_active_from_config(start_node, probe, robot_file):
+    from lifecycle_msgs.srv import GetState
+    start_node("sim_node", params_file_list=[CONFIG / "sim.yaml", CONFIG / robot_file])
+    start_node("controller", params_file_list=[CONFIG / "controller.yaml", CONFIG / robot_file],
+               params={"autostart": True})
+    commands = probe.collect(Float64MultiArray, "/effort_controller/commands")
+    probe.spin_until(lambda: len(commands) > 5, 60, "controller commanding")
+    state = probe.call(GetState, "/controller/get_state", GetState.Request(), timeout=30)
+    assert state.current_state.label == "active"
+
+
+def test_model_fitter_starts_from_config(start_node, probe, tmp_path):
+    start_node("model_fitter", params_file_list=[CONFIG / "model_fitter.yaml"],
+               params={"store_dir": str(tmp_path)})
+    res = probe.call(Trigger, "/model_fitter/fit", timeout=60)
+    assert not res.success and "transitions available" in res.message   # up, no data yet
