@@ -31,35 +31,10 @@ from _common import Proc, node_cmd, percentile, ros_env, wait_for, write_json  #
 from mbrl_ros.core import registry  # noqa: E402
 from mbrl_ros.core.control.mpc import CostSettings, MPCController  # noqa: E402
 from mbrl_ros.core.threads import limit_threads  # noqa: E402
+from mbrl_ros.sim.closed_loop import simulate_excitation  # noqa: E402
 
 TARGETS = {"arm2": np.array([0.5, -0.5]),
            "arm7": np.array([0.3, -0.5, 0.0, -2.0, 0.0, 1.6, 0.8])}
-
-
-def excitation_data(robot: str, seconds: float, episodes: int, seed: int = 0):
-    """Excitation transitions simulated directly (no ROS), as a TransitionBatch."""
-    from mbrl_ros.core.policies.excitation import ExcitationPolicy, ExcitationSettings
-    from mbrl_ros.core.types import TransitionBatch
-    from mbrl_ros.sim.env import MujocoSim
-    sim = MujocoSim(robot, seed=seed, initial_noise=0.1)
-    pol = ExcitationPolicy(ExcitationSettings(), sim.position_limits[sim.command_index],
-                           sim.effort_limits, sim.command_index, sim.n_joints,
-                           sim.effective_inertia(), seed=seed, dt=sim.control_period)
-    X, U, Xn, E = [], [], [], []
-    steps = int(round(seconds / episodes / sim.control_period))
-    for e in range(episodes):
-        sim.reset()
-        for _ in range(steps):
-            x = sim.state()
-            u = pol.action(x, sim.time)
-            sim.step(u)
-            X.append(x), U.append(u), Xn.append(sim.state()), E.append(e)
-    n = len(X)
-    names = [f"{j}/position" for j in sim.joint_names] + [f"{j}/velocity"
-                                                          for j in sim.joint_names]
-    return TransitionBatch(np.array(X), np.array(U), np.array(Xn),
-                           np.full(n, sim.control_period), np.arange(n) * sim.control_period,
-                           np.array(E), names, list(sim.command_names), {"robot": robot})
 
 
 def make_model(kind: str, robot: str, data):
@@ -217,7 +192,7 @@ def main() -> None:
     results, errors = [], {}
     robots = ["arm2"] if a.quick else ["arm2", "arm7"]
     for robot in robots:
-        data = excitation_data(robot, 20.0 if a.quick else 60.0, 4)
+        data = simulate_excitation(robot, 20.0 if a.quick else 60.0, 4)
         models = {}
         for kind in ["mujoco", "linear"] + ([] if a.quick else ["ensemble"]):
             try:
@@ -238,7 +213,7 @@ def main() -> None:
                     print(key, errors[key], file=sys.stderr)
     kernels = {}
     try:
-        data7 = excitation_data("arm7", 20.0, 4)
+        data7 = simulate_excitation("arm7", 20.0, 4)
         kernels = ilqr_kernels(make_model("linear", "arm7", data7), 100 if a.quick else 300)
     except Exception as e:
         errors["ilqr_kernels"] = f"{type(e).__name__}: {e}"

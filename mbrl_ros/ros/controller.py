@@ -28,6 +28,7 @@ visualization_msgs/MarkerArray of the end effector).
 """
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections import deque
@@ -41,7 +42,7 @@ from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.lifecycle import LifecycleNode, TransitionCallbackReturn
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import JointState
-from std_msgs.msg import Float64MultiArray, String
+from std_msgs.msg import Float64MultiArray, String, UInt8MultiArray
 from std_srvs.srv import Trigger
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 from visualization_msgs.msg import Marker, MarkerArray
@@ -73,6 +74,11 @@ class ControllerSettings:
                          "artifact directory, or '' to wait for model_topic")
     model_topic: str = setting("/model_fitter/model", "model announcements (std_msgs/String "
                                "JSON); '' to ignore")
+    artifact_topic: str = setting("", "packed artifacts (std_msgs/UInt8MultiArray, the "
+                                  "fitter's ~/artifact with serve_artifact) for hosts without a "
+                                  "shared file system; '' to load announced paths directly")
+    artifact_cache: str = setting("~/.cache/mbrl_ros/models", "where received artifacts are "
+                                  "unpacked")
     planner_plugins: tuple[str, ...] = setting(("ilqr",), "planner ids; each has its "
                                                "parameters under '<id>.' and its type in "
                                                "'<id>.plugin' (default: the id)")
@@ -182,7 +188,10 @@ class Controller(LifecycleNode):
                                  callback_group=self._plan_group)
         self.create_subscription(String, "~/switch_planner", self._on_switch, 10,
                                  callback_group=self._plan_group)
-        if s.model_topic:
+        if s.artifact_topic:
+            self.create_subscription(UInt8MultiArray, s.artifact_topic, self._on_artifact,
+                                     LATCHED, callback_group=self._model_group)
+        elif s.model_topic:
             self.create_subscription(String, s.model_topic, self._on_model_announcement,
                                      LATCHED, callback_group=self._model_group)
         self.create_service(Trigger, "~/clear_error", self._srv_clear,
@@ -262,6 +271,20 @@ class Controller(LifecycleNode):
         if tuple(joints) != tuple(self.robot.joint_names):
             raise ModelError(f"model is for joints {list(joints)}, the robot has "
                              f"{list(self.robot.joint_names)}")
+
+    def _on_artifact(self, msg: UInt8MultiArray) -> None:
+        """A packed artifact from another host: unpack locally, then load as announced."""
+        import os
+        try:
+            header = json.loads(msg.layout.dim[0].label)
+            path = store.unpack(bytes(msg.data), os.path.expanduser(self.settings.artifact_cache),
+                                header["name"], int(header["version"]))
+            header["uri"] = str(path)
+        except (ModelError, ValueError, KeyError, IndexError, OSError) as e:
+            self.counters["model_rejects"] += 1
+            self.get_logger().error(f"received artifact rejected: {e}")
+            return
+        self._on_model_announcement(String(data=json.dumps(header)))
 
     def _on_model_announcement(self, msg: String) -> None:
         try:

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from mbrl_ros.core.control.mpc import MPCController
+from mbrl_ros.core.policies.excitation import ExcitationPolicy, ExcitationSettings
+from mbrl_ros.core.types import TransitionBatch
 from mbrl_ros.sim.env import MujocoSim
 
 
@@ -53,3 +55,32 @@ def run_episode(sim: MujocoSim, mpc: MPCController, steps: int, replan_every: in
         us.append(u)
     return EpisodeResult(np.asarray(xs), np.asarray(us), np.asarray(replans),
                          np.asarray(actions), planners)
+
+
+def simulate_excitation(robot: str, seconds: float, episodes: int = 1, seed: int = 0,
+                        initial_noise: float = 0.1,
+                        settings: ExcitationSettings = ExcitationSettings()) -> TransitionBatch:
+    """Excitation data simulated directly (no ROS, no bag): the same transitions
+    ``mbrl-ros record`` + ``dataset`` produce in lockstep, named as the dataset converter
+    names them, ``seconds`` in total over ``episodes`` resets."""
+    sim = MujocoSim(robot, seed=seed, initial_noise=initial_noise)
+    pol = ExcitationPolicy(settings, sim.position_limits[sim.command_index], sim.effort_limits,
+                           sim.command_index, sim.n_joints, sim.effective_inertia(),
+                           seed=seed, dt=sim.control_period)
+    steps = int(round(seconds / episodes / sim.control_period))
+    n = steps * episodes
+    X = np.empty((n, 2 * sim.n_joints))
+    U = np.empty((n, sim.n_commands))
+    Xn = np.empty_like(X)
+    for e in range(episodes):
+        sim.reset()
+        for k in range(e * steps, (e + 1) * steps):
+            X[k] = sim.state()
+            U[k] = pol.action(X[k], sim.time)
+            sim.step(U[k])
+            Xn[k] = sim.state()
+    names = [f"{j}/position" for j in sim.joint_names] + [f"{j}/velocity"
+                                                          for j in sim.joint_names]
+    return TransitionBatch(X, U, Xn, np.full(n, sim.control_period),
+                           np.arange(n) * sim.control_period, np.repeat(np.arange(episodes), steps),
+                           names, list(sim.command_names), {"robot": robot})

@@ -60,3 +60,10 @@ def test_checker_catches_bad_files(tmp_path):
                    "nobody:\n  ros__parameters: {}\n")
     problems = "\n".join(check_params_file(bad))
     assert "publish_rate" in problems and "bogus" in problems and "nobody" in problems
+
+
+def test_parameters_document_is_current():
+    from mbrl_ros.cli import parameters_document
+    doc = (CONFIG.parent / "docs" / "PARAMETERS.md").read_text()
+    assert doc.strip() == parameters_document().strip(), \
+        "docs/PARAMETERS.md is stale: regenerate with `mbrl-ros params all --markdown`"

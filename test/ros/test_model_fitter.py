@@ -86,3 +86,22 @@ def test_unusable_bag_stops_the_node_with_a_clear_error(start_node, tmp_path):
     p = start_node("model_fitter", {"bags": [str(bad)], "store_dir": str(tmp_path / "m")})
     assert p.wait(timeout=30) == 2
     assert "bad.mcap" in p.output() and "Traceback" not in p.output()
+
+
+def test_controller_on_another_host_loads_the_served_artifact(start_node, probe, bag, tmp_path):
+    """No shared file system: the fitter's store and the controller's cache are different
+    folders; the model travels as a packed artifact and is checked on arrival."""
+    from diagnostic_msgs.msg import DiagnosticArray
+
+    from conftest import diagnostics_values
+    start_node("model_fitter", {"model": "linear", "bags": [str(bag)], "live": False,
+                                "store_dir": str(tmp_path / "workstation"),
+                                "serve_artifact": True, "fit_on_start": True})
+    start_node("controller", {"robot": "arm2", "model": "", "autostart": True,
+                              "artifact_topic": "/model_fitter/artifact",
+                              "artifact_cache": str(tmp_path / "robot_cache"),
+                              "diagnostics_rate": 5.0})
+    diags = probe.collect(DiagnosticArray, "/diagnostics")
+    probe.spin_until(lambda: diagnostics_values(diags, "mbrl_ros/controller")
+                     .get("model_version") == "1", 60, "controller using model v1")
+    assert store.versions(tmp_path / "robot_cache", "linear") == [1]

@@ -1,0 +1,171 @@
+#!/usr/bin/env python3
+"""Our planners and models against the peers of ../shared/anchors, on identical problems,
+timed side by side in one run (ratios = ours / peer; < 1 means we are faster).
+
+  P1  iLQR (box-QP DDP) vs Crocoddyl DDP / BoxDDP / BoxFDDP on the LQ problem
+  P2  our MPPI and CEM over the same 5-member ensemble vs pytorch_mppi and mbrl-lib CEM
+  P3  one training epoch of our ensemble vs mbrl-lib's ModelTrainer
+  P4  our exact GP vs GPyTorch's batch exact GP (train 50 iterations, predict)
+
+The peers need their own environment (shared/anchors/requirements.txt): run this file
+with that venv's python; `make bench-anchors` creates it as .venv-anchors. Our package is
+imported from this checkout (its core needs only numpy/scipy/torch/gpytorch).
+Usage: .venv-anchors/bin/python bench/anchors.py [--quick] [--problems p1,p2,p3,p4]
+       [--json PATH]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+ANCHORS = Path(os.environ.get("MBRL_ROS_ANCHORS", ROOT.parent / "shared" / "anchors"))
+sys.path[:0] = [str(ROOT), str(ANCHORS)]
+import anchors  # noqa: E402  (pins every thread pool to one thread before numpy/torch)
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from mbrl_ros.core.costs.quadratic import QuadraticCost  # noqa: E402
+from mbrl_ros.core.models.base import Linearization, ModelSpec  # noqa: E402
+
+
+# ------------------------------------------------------------------------------ P1: iLQR
+class LinearDynamics:
+    """x' = A x + B u as a model (exact, time-invariant)."""
+    time_varying = False
+
+    def __init__(self, A, B):
+        self.A, self.B = A, B
+        nx, nu = B.shape
+        self.spec = ModelSpec(nx, nu, tuple(f"x{i}" for i in range(nx)),
+                              tuple(f"u{i}" for i in range(nu)), 0.01)
+        self._AT, self._BT = A.T.copy(), B.T.copy()
+
+    def predict(self, x, u, t=None):
+        return np.atleast_2d(x) @ self._AT + np.atleast_2d(u) @ self._BT, None
+
+    def linearize(self, xs, us):
+        T = us.shape[0]
+        return Linearization(np.broadcast_to(self.A, (T,) + self.A.shape),
+                             np.broadcast_to(self.B, (T,) + self.B.shape),
+                             np.zeros((T, self.A.shape[0])))
+
+
+def p1_factory(p: dict) -> dict:
+    from mbrl_ros.core.planners.ilqr import ILQRPlanner, ILQRSettings
+    nx, nu, T, b = p["nx"], p["nu"], p["T"], p["u_bound"]
+    model = LinearDynamics(p["A"], p["B"])
+    cost = QuadraticCost(p["Q"], p["R"], p["Q"])
+    inf = np.full(nu, 1e9)
+
+    def unit(bounded: bool, iterations: int):
+        planner = ILQRPlanner(ILQRSettings(horizon=T, max_iterations=iterations, mu_init=0.0,
+                                           mu_min=0.0), nx, nu,
+                              -b * np.ones(nu) if bounded else -inf,
+                              b * np.ones(nu) if bounded else inf, 0.01)
+
+        def run():
+            planner.reset(T)                       # cold start every call, as crocoddyl's
+            planner.optimize(p["x0"], 0.0, model, cost)
+            xs, us = planner.nominal
+            return {"cost": anchors.lq_cost(p, us)[0], "us": us, "xs": xs,
+                    "iters": int(planner.stats["iterations"])}
+        return run
+    return {"lq": unit(False, 100), "lq_iter": unit(False, 1), "box": unit(True, 100),
+            "box_fddp": unit(True, 100)}
+
+
+# ------------------------------------------------------------------------------ P2: sampling
+def p2_model(p: dict):
+    """Our EnsembleModel holding the anchors' P2 weights (identity normalisers, the
+    log-variance head pinned low so it predicts the same deltas as the peers' network)."""
+    from mbrl_ros.core.models.ensemble import EnsembleModel
+    nx, nu = p["nx"], p["nu"]
+    spec = ModelSpec(nx, nu, tuple(f"x{i}" for i in range(nx)),
+                     tuple(f"u{i}" for i in range(nu)), 0.01)
+    model = EnsembleModel(EnsembleModel.Settings(), spec)
+    arrays = {}
+    layers = p["layers"]
+    for i, (W, bias) in enumerate(layers):
+        if i == len(layers) - 1:          # mean head + a log-variance head
+            W = np.concatenate([W, np.zeros_like(W)], axis=2)
+            bias = np.concatenate([bias, np.full_like(bias, -10.0)], axis=1)
+        arrays[f"W{i}"], arrays[f"b{i}"] = W, bias[:, None, :]
+    E = layers[0][0].shape[0]
+    arrays.update(max_logvar=np.full((E, 1, nx), 0.5, np.float32),
+                  min_logvar=np.full((E, 1, nx), -10.0, np.float32),
+                  elites=np.arange(E), val_mse=np.zeros(E),
+                  in_mean=np.zeros(nx + nu), in_std=np.ones(nx + nu),
+                  out_mean=np.zeros(nx), out_std=np.ones(nx))
+    model.load_state_arrays(arrays)
+    return model
+
+
+def p2_factory(p: dict) -> dict:
+    from mbrl_ros.core.planners.cem import CEMPlanner, CEMSettings
+    from mbrl_ros.core.planners.mppi import MPPIPlanner, MPPISettings
+    model = p2_model(p)
+    nx, nu, T, b = p["nx"], p["nu"], p["horizon"], p["u_bound"]
+    # |x_{t+1} - goal|^2 + w|u_t|^2 = our stage cost on x_1..x_T (x_0's term is constant)
+    cost = QuadraticCost(2 * np.eye(nx), 2 * p["w_u"] * np.eye(nu), 2 * np.eye(nx),
+                         x_target=p["goal"].astype(np.float64))
+    x0 = p["x0"].astype(np.float64)
+
+    def unit(planner):
+        clock = {"t": 0.0}
+
+        def run():       # repeated MPC steps at the same x0, warm-started (as the peers)
+            planner.optimize(x0, clock["t"], model, cost)
+            clock["t"] += 0.01
+            st = planner.stats
+            return {"plan": planner.nominal[1], "model_calls": st.get("model_calls"),
+                    "rows_per_call": st.get("rows_per_call")}
+        return run
+
+    def mppi(nominal_rollout: bool):
+        return MPPIPlanner(MPPISettings(horizon=T, samples=p["samples"], temperature=1.0,
+                                        noise_sigma=(0.25,), noise_units="absolute",
+                                        nominal_rollout=nominal_rollout), nx, nu, -b, b, 0.01)
+
+    def cem(particles: int):
+        return CEMPlanner(CEMSettings(horizon=T, population=p["samples"], iterations=5,
+                                      elite_ratio=0.1, alpha=0.1, n_particles=particles),
+                          nx, nu, -b, b, 0.01)
+    return {"mppi": unit(mppi(True)), "mppi_no_mean_rollout": unit(mppi(False)),
+            "cem": unit(cem(20)), "cem_1particle": unit(cem(1))}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--problems", default="p1,p2")
+    ap.add_argument("--json", help="write the JSON lines (meta + one per problem) here")
+    a = ap.parse_args()
+    runs = {"p1": lambda: anchors.run_p1([anchors.Candidate("mbrl_ros", p1_factory)],
+                                         quick=a.quick),
+            "p2": lambda: anchors.run_p2([anchors.Candidate("mbrl_ros", p2_factory)],
+                                         quick=a.quick)}
+    runs.update(extra_problems(a.quick)) if "p3_factory" in globals() else None
+    lines = [anchors.environment()]
+    print(json.dumps(lines[0]), flush=True)
+    for key in a.problems.split(","):
+        lines.append(runs[key.strip()]())
+    if a.json:
+        Path(a.json).write_text("\n".join(json.dumps(x) if not isinstance(x, str) else x
+                                          for x in lines) + "\n")
+
+
+def extra_problems(quick: bool) -> dict:
+    """P3/P4 with our ensemble and GP (see their factories below)."""
+    return {"p3": lambda: anchors.run_p3([anchors.Candidate("mbrl_ros", p3_factory)],
+                                         quick=quick),
+            "p4": lambda: anchors.run_p4([anchors.Candidate("mbrl_ros", p4_factory)],
+                                         quick=quick)}
+
+
+if __name__ == "__main__":
+    torch.set_num_threads(1)
+    main()
