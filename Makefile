@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 export ROS_AUTOMATIC_DISCOVERY_RANGE ?= LOCALHOST
 export ROS_DOMAIN_ID ?= 77
 
-.PHONY: demo test venv bench clean
+.PHONY: demo test venv bench bench-anchors clean
 demo: $(STAMP)
 	$(VENV)/bin/mbrl-ros demo $(DEMO_ARGS)
 
@@ -26,8 +26,24 @@ $(STAMP): requirements.txt setup.py setup.cfg package.xml
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
+# Benchmarks: one command each (see BENCHMARKS.md); --quick versions here.
 bench: $(STAMP)
-	$(PY) bench/run_all.py --quick
+	$(PY) bench/sim.py --quick
+	$(PY) bench/logger.py --quick
+	$(PY) bench/models.py --quick
+	$(PY) bench/controllers.py --quick
+	$(PY) bench/demo.py --quick
+
+# Peers (Crocoddyl, pytorch_mppi, mbrl-lib, GPyTorch) need their own environment.
+.venv-anchors/.installed: ../shared/anchors/requirements.txt
+	test -x .venv-anchors/bin/python || $(PYTHON) -m venv .venv-anchors
+	.venv-anchors/bin/pip install --quiet --disable-pip-version-check torch==2.13.0
+	.venv-anchors/bin/pip install --quiet --disable-pip-version-check --no-deps \
+		-r ../shared/anchors/requirements.txt
+	touch $@
+
+bench-anchors: .venv-anchors/.installed
+	.venv-anchors/bin/python bench/anchors.py --quick
 
 clean:
 	rm -rf $(VENV) build *.egg-info

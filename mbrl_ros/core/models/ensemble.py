@@ -1,0 +1,770 @@
+"""Probabilistic ensemble of neural networks (PE), the dynamics model of PETS.
+
+Chua, Calandra, McAllister, Levine, "Deep Reinforcement Learning in a Handful of Trials
+using Probabilistic Dynamics Models", NeurIPS 2018. The design follows the reference
+implementation in facebookresearch/mbrl-lib (``GaussianMLP``, ``OneDTransitionRewardModel``,
+``ModelTrainer``):
+
+* M members, each an MLP (SiLU hidden layers) with a Gaussian head giving the mean and the
+  log-variance of the *normalised state change* ``(x_{t+1} - x_t - mean) / std`` from the
+  normalised input ``[x_t, u_t]``. The log-variance is squashed softly between learned
+  per-member bounds ``max_logvar`` / ``min_logvar`` (PETS appendix A.1), and the loss adds
+  ``logvar_penalty * (sum max_logvar - sum min_logvar)`` so the bounds tighten onto the data.
+* All members are ONE batched network: weights are (M, in, out) tensors and a layer is one
+  ``torch.baddbmm`` for every member at once; there is no Python loop over members.
+* Training: Gaussian negative log-likelihood, Adam with L2 weight decay on the weights,
+  one bootstrap resample (with replacement) of the training set per member, per-member
+  shuffled minibatches drawn from pre-gathered index tensors (no DataLoader), a held-out
+  validation split, and early stopping (on the members' mean validation MSE) that keeps
+  each member's weights of lowest validation MSE. The ``n_elites`` members with the
+  lowest validation MSE are the *elites* (MBPO's refinement; with the default
+  ``n_elites == members`` all are used, as in PETS); every prediction uses only them.
+
+Two additions to the reference design, both switchable, make training converge in 25-45
+epochs on 10,000 arm7 transitions instead of well over 100:
+
+* Linear prior (``linear_prior``): a ridge regression of the normalised state change on
+  the normalised input is solved in closed form first, and the members learn its residual
+  (scaled by the residual's spread). Robot dynamics over one control period are close to
+  affine (position change ~ dt * velocity), which a randomly initialised MLP otherwise
+  spends most of its training reproducing. Outside the data the members still disagree
+  on the residual, so the epistemic signal is kept.
+* Learning-rate decay (``lr_half_life`` steps, floored at ``lr_min``): a large rate for
+  fast early progress and a small one to settle, so early stopping triggers sooner.
+
+Predictions (mean over elites, variance = aleatoric + epistemic) are in numpy float64 for
+the generic interface; sampling planners use :meth:`EnsembleModel.propagate` and
+:meth:`EnsembleModel.member_means`, which stay in torch (``torch_dtype``, ``device``)
+without numpy round trips.
+
+Member indices passed to or returned by the torch API index the *elite* list
+(``0 <= i < n_elite``), not the full ensemble.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from mbrl_ros.core import registry
+from mbrl_ros.core.models.base import (DynamicsModel, FitReport, Linearization, ModelError,
+                                       ModelSpec, Normalizer, check_xu)
+from mbrl_ros.core.settings import setting
+from mbrl_ros.core.types import TransitionBatch
+
+__all__ = ["EnsembleModel"]
+
+_ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "silu": F.silu, "relu": F.relu, "tanh": torch.tanh}
+_DTYPES = {"float32": torch.float32, "float64": torch.float64}
+_MODES = ("expectation", "ts1", "tsinf")
+# Rows per member in one batched forward pass when predicting for many particles.
+_CHUNK = 1024
+
+
+@registry.register("model", "ensemble")
+class EnsembleModel(DynamicsModel):
+    """Bootstrapped ensemble of Gaussian MLPs (registry name ``ensemble``), PETS.
+
+    After fitting: ``elites`` (n_elite,) int member indices, ``val_mse`` (members,) each
+    member's best validation MSE (normalised units), and the normalisers ``in_norm``
+    (inputs [x, u]) and ``out_norm`` (state change).
+    """
+
+    kind = "ensemble"
+    min_transitions = 10
+
+    @dataclass(frozen=True)
+    class Settings:
+        members: int = setting(5, "ensemble members (bootstrapped networks)", low=1, high=64)
+        n_elites: int = setting(5, "members used for prediction: the best by validation MSE "
+                                "(capped at members)", low=1, high=64)
+        hidden_layers: int = setting(4, "hidden layers per member", low=1, high=16)
+        hidden_units: int = setting(200, "units per hidden layer", low=1, high=4096)
+        activation: str = setting("silu", "hidden-layer activation", choices=tuple(_ACTIVATIONS))
+        lr: float = setting(6e-3, "initial Adam learning rate", low=1e-6, high=1.0)
+        lr_half_life: int = setting(400, "gradient steps over which the learning rate halves "
+                                    "(0: constant): a large rate for fast early progress, "
+                                    "a small one to settle", low=0, high=10_000_000)
+        lr_min: float = setting(3e-4, "floor of the decayed learning rate", low=0.0, high=1.0)
+        weight_decay: float = setting(5e-5, "L2 weight decay on the weights (not biases or "
+                                      "log-variance bounds), coupled as in torch.optim.Adam",
+                                      low=0.0, high=1.0)
+        batch_size: int = setting(256, "minibatch size per member", low=1, high=1_000_000)
+        epochs: int = setting(200, "maximum passes over the (bootstrapped) training set",
+                              low=1, high=100_000)
+        min_epochs: int = setting(20, "epochs before early stopping may end training (the "
+                                  "first epochs can stall while the members start to fit "
+                                  "what the linear prior misses)", low=1, high=100_000)
+        max_seconds: float = setting(0.0, "wall-time budget of the training loop (0: none); "
+                                     "the best weights so far are kept", unit="s", low=0.0)
+        patience: int = setting(5, "stop after this many epochs without an improvement of "
+                                "the members' mean validation MSE", low=1, high=100_000)
+        improvement_threshold: float = setting(0.02, "relative decrease of the mean "
+                                               "validation MSE below its best that counts as "
+                                               "an improvement", low=0.0, high=1.0)
+        val_fraction: float = setting(0.1, "share of transitions held out for validation, "
+                                      "early stopping and elite selection (0: use the "
+                                      "training set)", low=0.0, high=0.5)
+        bootstrap: bool = setting(True, "train each member on its own resample (with "
+                                  "replacement) of the training set")
+        linear_prior: bool = setting(True, "fit a ridge regression of the normalised state "
+                                     "change first and let the members learn its residual "
+                                     "(much faster convergence on near-linear dynamics)")
+        logvar_penalty: float = setting(0.01, "weight of sum(max_logvar) - sum(min_logvar) "
+                                        "in the loss (PETS appendix A.1)", low=0.0, high=10.0)
+        max_logvar_init: float = setting(0.5, "initial upper log-variance bound (normalised "
+                                         "units)", low=-20.0, high=20.0)
+        min_logvar_init: float = setting(-10.0, "initial lower log-variance bound "
+                                         "(normalised units)", low=-40.0, high=20.0)
+        seed: int = setting(0, "seed of initialisation, bootstrap, validation split and "
+                            "shuffling", low=0)
+        threads: int = setting(1, "torch intra-op threads while fitting (0: leave torch's "
+                               "setting); restored afterwards", low=0, high=256)
+        dtype: str = setting("float32", "floating-point type of the network",
+                             choices=tuple(_DTYPES))
+
+        def __post_init__(self):
+            if self.min_logvar_init >= self.max_logvar_init:
+                raise ValueError(f"min_logvar_init ({self.min_logvar_init}) must be below "
+                                 f"max_logvar_init ({self.max_logvar_init})")
+
+    def __init__(self, settings=None, spec: ModelSpec | None = None):
+        super().__init__(settings, spec)
+        self.torch_dtype: torch.dtype = _DTYPES[self.settings.dtype]
+        self.device = torch.device("cpu")
+        self._act = _ACTIVATIONS[self.settings.activation]
+        self.weights: list[torch.Tensor] = []     # (M, in, out) per layer
+        self.biases: list[torch.Tensor] = []      # (M, 1, out) per layer
+        self.max_logvar: torch.Tensor | None = None   # (M, 1, nx)
+        self.min_logvar: torch.Tensor | None = None   # (M, 1, nx)
+        self.elites = np.zeros(0, dtype=np.int64)
+        self.val_mse = np.zeros(0)
+        self.in_norm: Normalizer | None = None
+        self.out_norm: Normalizer | None = None
+        self._elite_params: tuple | None = None
+        # Linear prior (numpy float64 A (in, nx), c (nx,), residual std (nx,)) and its
+        # torch form used inside the forward pass; None without the prior.
+        self.linear: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+        self._lin: tuple | None = None
+        # (epoch, mean validation MSE over members, train NLL, seconds) of the last fit.
+        self.history: list[tuple[int, float, float, float]] = []
+        self._t_in_mean = self._t_in_std = self._t_out_mean = self._t_out_std = None
+
+    # ------------------------------------------------------------------ network
+    @property
+    def n_elite(self) -> int:
+        """Number of elite members used by predictions (E)."""
+        return int(len(self.elites))
+
+    def _init_params(self, n_in: int, n_out: int, gen: torch.Generator) -> None:
+        s = self.settings
+        M, H = s.members, s.hidden_units
+        sizes = [n_in] + [H] * s.hidden_layers + [2 * n_out]
+        self.weights, self.biases = [], []
+        for a, b in zip(sizes[:-1], sizes[1:]):
+            W = torch.empty(M, a, b, dtype=self.torch_dtype)
+            # Truncated normal, std 1/(2 sqrt(fan_in)), as PETS and mbrl-lib initialise.
+            std = 1.0 / (2.0 * math.sqrt(a))
+            torch.nn.init.trunc_normal_(W, 0.0, std, -2 * std, 2 * std, generator=gen)
+            self.weights.append(W.requires_grad_())
+            self.biases.append(torch.zeros(M, 1, b, dtype=self.torch_dtype, requires_grad=True))
+        self.max_logvar = torch.full((M, 1, n_out), s.max_logvar_init, dtype=self.torch_dtype,
+                                     requires_grad=True)
+        self.min_logvar = torch.full((M, 1, n_out), s.min_logvar_init, dtype=self.torch_dtype,
+                                     requires_grad=True)
+
+    def _params(self) -> list[torch.Tensor]:
+        return [*self.weights, *self.biases, self.max_logvar, self.min_logvar]
+
+    @staticmethod
+    def _forward_with(params, act, lin, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """All members in one batched pass.
+
+        Args:
+            params: (weights, biases, max_logvar, min_logvar) with a leading member axis K.
+            lin: None, or the linear prior (A (in, nx), c (nx,), s (nx,), log s^2 (nx,)).
+            z: (K, P, in) normalised inputs; member k evaluates the rows z[k].
+
+        Returns:
+            mean, logvar: (K, P, nx) of the normalised state change.
+        """
+        weights, biases, max_lv, min_lv = params
+        h = z
+        for W, b in zip(weights[:-1], biases[:-1]):
+            h = act(torch.baddbmm(b, h, W))
+        out = torch.baddbmm(biases[-1], h, weights[-1])
+        nx = out.shape[-1] // 2
+        mean, raw = out[..., :nx], out[..., nx:]
+        if lin is not None:
+            # The network predicts the residual of the linear prior in units of the
+            # residual's spread.
+            A, c, res_std, log_var = lin
+            mean = torch.addmm(c, z.reshape(-1, z.shape[-1]), A).view(mean.shape) \
+                + res_std * mean
+            raw = raw + log_var
+        # Soft clamp into [min_logvar, max_logvar] (PETS appendix A.1): smooth, so the
+        # bounds themselves receive gradients and can be learned.
+        logvar = max_lv - F.softplus(max_lv - raw)
+        logvar = min_lv + F.softplus(logvar - min_lv)
+        return mean, logvar
+
+    def _forward_all(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self._forward_with((self.weights, self.biases, self.max_logvar,
+                                   self.min_logvar), self._act, self._lin, z)
+
+    def _refresh_caches(self) -> None:
+        """Elite weights as contiguous no-grad tensors, and torch copies of the normalisers,
+        so every prediction avoids re-indexing the weights and numpy conversions."""
+        e = torch.as_tensor(self.elites, dtype=torch.long)
+        with torch.no_grad():
+            self._elite_params = ([W.detach()[e].contiguous() for W in self.weights],
+                                  [b.detach()[e].contiguous() for b in self.biases],
+                                  self.max_logvar.detach()[e].contiguous(),
+                                  self.min_logvar.detach()[e].contiguous())
+        def t(a):
+            return torch.as_tensor(a, dtype=self.torch_dtype)
+        self._t_in_mean, self._t_in_std = t(self.in_norm.mean), t(self.in_norm.std)
+        self._t_out_mean, self._t_out_std = t(self.out_norm.mean), t(self.out_norm.std)
+
+    def _set_linear(self, linear) -> None:
+        self.linear = linear
+        if linear is None:
+            self._lin = None
+            return
+        A, c, res_std = (torch.as_tensor(a, dtype=self.torch_dtype) for a in linear)
+        self._lin = (A, c, res_std, 2.0 * torch.log(res_std))
+
+    def _require_fitted(self) -> None:
+        if self._elite_params is None or self.spec is None:
+            raise ModelError("ensemble model is not fitted (call fit or load an artifact)")
+
+    def _forward_elites(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Elites on z (E, P, in); long particle sets in chunks of _CHUNK rows, whose
+        hidden activations stay in cache (1.6x faster for 5 x 5120 rows than one pass)."""
+        P = z.shape[1]
+        if P <= _CHUNK:
+            return self._forward_with(self._elite_params, self._act, self._lin, z)
+        parts = [self._forward_with(self._elite_params, self._act, self._lin, z[:, a:a + _CHUNK])
+                 for a in range(0, P, _CHUNK)]
+        return torch.cat([m for m, _ in parts], dim=1), torch.cat([v for _, v in parts], dim=1)
+
+    # ------------------------------------------------------------------ learning
+    def fit(self, data: TransitionBatch, rng: np.random.Generator | None = None,
+            progress: Callable[[float], None] | None = None) -> FitReport:
+        """Train the ensemble from scratch on ``data``.
+
+        Args:
+            data: N >= 10 transitions with finite values.
+            rng: if given, the seed is drawn from it instead of ``settings.seed``.
+            progress: called with the fraction of the epoch budget done after each epoch.
+
+        Returns:
+            FitReport with metrics ``val_mse`` (elite mean, normalised units), ``val_rmse``
+            (elite-mean prediction, state units, averaged over dimensions), ``train_nll``
+            (last epoch, per member and dimension), ``epochs``, ``best_epoch`` (last epoch
+            that improved the mean validation MSE by the threshold) and
+            ``epoch_seconds`` (mean wall time of an epoch including validation).
+
+        Raises:
+            ModelError: too few transitions, non-finite values or incompatible names.
+        """
+        t0 = time.perf_counter()
+        self._check_fit_data(data)
+        s = self.settings
+        X = np.concatenate([data.states, data.actions], axis=1)
+        Y = data.next_states - data.states
+        if not (np.isfinite(X).all() and np.isfinite(Y).all()):
+            raise ModelError("ensemble: transitions contain NaN or inf")
+        seed = int(rng.integers(2**62)) if rng is not None else s.seed
+        prev_threads = torch.get_num_threads()
+        if s.threads > 0:
+            torch.set_num_threads(s.threads)
+        try:
+            report = self._train(X, Y, seed, progress)
+        finally:
+            torch.set_num_threads(prev_threads)
+        report.fit_seconds = time.perf_counter() - t0
+        return report
+
+    def _train(self, X: np.ndarray, Y: np.ndarray, seed: int,
+               progress: Callable[[float], None] | None) -> FitReport:
+        s = self.settings
+        N = X.shape[0]
+        M, dt = s.members, self.torch_dtype
+        split = np.random.default_rng(seed).permutation(N)
+        n_val = int(round(s.val_fraction * N)) if s.val_fraction > 0 else 0
+        n_val = min(n_val, N - 1)
+        val_idx, tr_idx = split[:n_val], split[n_val:]
+        self.in_norm = Normalizer.fit(X[tr_idx])
+        self.out_norm = Normalizer.fit(Y[tr_idx])
+        Xt = torch.as_tensor(self.in_norm(X), dtype=dt)
+        Yt = torch.as_tensor(self.out_norm(Y), dtype=dt)
+        Xtr, Ytr = Xt[tr_idx], Yt[tr_idx]
+        Xv, Yv = (Xt[val_idx], Yt[val_idx]) if n_val else (Xtr, Ytr)
+        n_tr = Xtr.shape[0]
+
+        self._elite_params = None   # not usable until training completes
+        self._set_linear(_ridge(Xtr.double().numpy(), Ytr.double().numpy())
+                         if s.linear_prior else None)
+        gen = torch.Generator().manual_seed(seed)
+        self._init_params(X.shape[1], Y.shape[1], gen)
+        if s.bootstrap:
+            boot = torch.randint(0, n_tr, (M, n_tr), generator=gen)
+        else:
+            boot = torch.arange(n_tr).expand(M, n_tr)
+        opt = _Adam(self._params(), s.lr, [s.weight_decay] * len(self.weights)
+                    + [0.0] * (len(self.biases) + 2))
+
+        best_val = torch.full((M,), math.inf, dtype=torch.float64)
+        best_mean = math.inf
+        best = [p.detach().clone() for p in self._params()]
+        stale = 0
+        bs = min(s.batch_size, n_tr)
+        epoch_times: list[float] = []
+        train_nll = math.nan
+        best_epoch = 0
+        epoch = 0
+        Xv_all = Xv.unsqueeze(0).expand(M, -1, -1)
+        params = self._params()
+        self.history = []
+        t_start = time.perf_counter()
+        stop_reason = f"stopped at the epoch budget ({s.epochs}) before early stopping"
+        for epoch in range(1, s.epochs + 1):
+            te = time.perf_counter()
+            # Per-member shuffle of its bootstrap sample, gathered once per epoch so each
+            # minibatch is a contiguous slice (no per-batch indexing or DataLoader).
+            order = torch.argsort(torch.rand(M, n_tr, generator=gen), dim=1)
+            idx = torch.gather(boot, 1, order)
+            Xe, Ye = Xtr[idx], Ytr[idx]                  # (M, n_tr, in), (M, n_tr, nx)
+            total, n_batches = 0.0, 0
+            for a in range(0, n_tr, bs):
+                xb, yb = Xe[:, a:a + bs], Ye[:, a:a + bs]
+                mean, logvar = self._forward_all(xb)
+                # Gaussian NLL per member (mean over batch and dimensions), summed over
+                # members so each member's gradient is independent of M.
+                nll = 0.5 * (((mean - yb) ** 2) * torch.exp(-logvar) + logvar).mean(dim=(1, 2))
+                loss = nll.sum() + s.logvar_penalty * (self.max_logvar.sum()
+                                                      - self.min_logvar.sum())
+                grads = torch.autograd.grad(loss, params)
+                if s.lr_half_life:
+                    # Decay per step, not per epoch, so the schedule means the same for
+                    # 500 and 100,000 transitions.
+                    opt.lr = max(s.lr_min, s.lr * 0.5 ** (opt.t / s.lr_half_life))
+                opt.step(grads)
+                total += float(nll.detach().mean())
+                n_batches += 1
+            train_nll = total / max(n_batches, 1)
+            with torch.no_grad():
+                vm, _ = self._forward_all(Xv_all)
+                val = ((vm - Yv) ** 2).mean(dim=(1, 2)).to(torch.float64)
+            # Each member keeps its weights of lowest validation MSE; training stops when
+            # the members' mean validation MSE has not improved by the threshold for
+            # `patience` epochs (the mean is far less noisy than any single member's).
+            improved = val < best_val
+            if bool(improved.any()):
+                best_val = torch.where(improved, val, best_val)
+                with torch.no_grad():
+                    for b, p in zip(best, params):
+                        b[improved] = p.detach()[improved]
+            mean_val = float(val.mean())
+            if not math.isfinite(best_mean) or \
+                    (best_mean - mean_val) / best_mean > s.improvement_threshold:
+                best_mean = mean_val
+                best_epoch = epoch
+                stale = 0
+            else:
+                stale += 1
+            epoch_times.append(time.perf_counter() - te)
+            self.history.append((epoch, float(val.mean()), train_nll, epoch_times[-1]))
+            if progress is not None:
+                progress(epoch / s.epochs)
+            if stale >= s.patience and epoch >= s.min_epochs:
+                stop_reason = ""
+                break
+            if s.max_seconds and time.perf_counter() - t_start >= s.max_seconds:
+                stop_reason = f"stopped by the time budget ({s.max_seconds:g} s) at epoch {epoch}"
+                break
+
+        with torch.no_grad():
+            for b, p in zip(best, self._params()):
+                p.copy_(b)
+        for p in self._params():
+            p.requires_grad_(False)
+        self.val_mse = best_val.numpy().copy()
+        n_el = min(s.n_elites, M)
+        self.elites = np.sort(np.argsort(self.val_mse, kind="stable")[:n_el]).astype(np.int64)
+        self._refresh_caches()
+
+        metrics = {"val_mse": float(self.val_mse[self.elites].mean()),
+                   "train_nll": float(train_nll), "epochs": float(epoch),
+                   "best_epoch": float(best_epoch),
+                   "epoch_seconds": float(np.mean(epoch_times)) if epoch_times else 0.0}
+        if n_val:
+            nx = Y.shape[1]
+            vx = X[val_idx]
+            pred, _ = self.predict(vx[:, :nx], vx[:, nx:])
+            err = pred - (vx[:, :nx] + Y[val_idx])
+            metrics["val_rmse"] = float(np.sqrt(np.mean(err ** 2)))
+        notes = [stop_reason] if stop_reason else []
+        return FitReport(n_tr, n_val, 0.0, metrics, notes)
+
+    # ------------------------------------------------------------------ torch API
+    def _norm_in(self, x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        return (torch.cat([x, u], dim=-1) - self._t_in_mean) / self._t_in_std
+
+    def _check_torch(self, x: torch.Tensor, u: torch.Tensor) -> None:
+        spec = self.spec
+        if x.ndim != 2 or u.ndim != 2 or x.shape[1] != spec.nx or u.shape[1] != spec.nu \
+                or x.shape[0] != u.shape[0]:
+            raise ModelError(f"expected x (P, {spec.nx}) and u (P, {spec.nu}) tensors, got "
+                             f"{tuple(x.shape)} and {tuple(u.shape)}")
+
+    def draw_members(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Balanced random elite assignment for ``n`` particles (for TS-inf).
+
+        Returns:
+            (n,) long tensor in [0, n_elite): each elite gets n // E or n // E + 1
+            particles, in random order.
+        """
+        self._require_fitted()
+        E = self.n_elite
+        perm = torch.randperm(n, generator=generator)
+        return perm % E
+
+    @torch.no_grad()
+    def member_means(self, x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        """Next-state mean of every elite for every particle (for disagreement measures).
+
+        Args:
+            x: (P, nx), u: (P, nu) tensors of ``torch_dtype``, state and effort units.
+
+        Returns:
+            (E, P, nx) next-state means, state units.
+        """
+        self._require_fitted()
+        self._check_torch(x, u)
+        z = self._norm_in(x, u)
+        mean, _ = self._forward_elites(z.unsqueeze(0).expand(self.n_elite, -1, -1))
+        return x + self._t_out_mean + self._t_out_std * mean
+
+    def _grouped(self, z: torch.Tensor, member: torch.Tensor
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Run each row of z through its own elite, all elites in one batched pass.
+
+        Rows are sorted by member and placed in an (E, k, in) block (k = the largest group,
+        shorter groups zero-padded), mirroring mbrl-lib's reshape of P = E * k particles.
+        """
+        E = self.n_elite
+        P = z.shape[0]
+        if member.shape != (P,):
+            raise ModelError(f"member_idx must have shape ({P},), got {tuple(member.shape)}")
+        member = member.to(torch.long)
+        if P and (int(member.min()) < 0 or int(member.max()) >= E):
+            raise ModelError(f"member_idx must be in [0, {E}) (elite indices)")
+        order = torch.argsort(member, stable=True)
+        counts = torch.bincount(member, minlength=E)
+        k = int(counts.max()) if P else 0
+        if P == E * k:
+            # Balanced assignment: a pure reshape, no padding.
+            mean, logvar = self._forward_elites(z[order].view(E, k, z.shape[1]))
+            nx = mean.shape[-1]
+            mean, logvar = mean.reshape(P, nx), logvar.reshape(P, nx)
+        else:
+            ms = member[order]
+            start = torch.cumsum(counts, 0) - counts
+            rank = torch.arange(P) - start[ms]
+            block = z.new_zeros((E, k, z.shape[1]))
+            block[ms, rank] = z[order]
+            mean, logvar = self._forward_elites(block)
+            mean, logvar = mean[ms, rank], logvar[ms, rank]
+        out_mean = torch.empty_like(mean)
+        out_lv = torch.empty_like(logvar)
+        out_mean[order] = mean
+        out_lv[order] = logvar
+        return out_mean, out_lv
+
+    @torch.no_grad()
+    def propagate(self, x: torch.Tensor, u: torch.Tensor, mode: str = "expectation",
+                  member_idx: torch.Tensor | None = None,
+                  generator: torch.Generator | None = None, sample: bool = True
+                  ) -> torch.Tensor:
+        """One step of particle propagation (PETS section 4).
+
+        Args:
+            x: (P, nx) states, u: (P, nu) efforts; tensors of ``torch_dtype`` on ``device``.
+            mode: 'expectation' (mean of the elites' means; deterministic), 'ts1' (every
+                particle uses a uniformly random elite, re-drawn at each call; balanced as
+                in mbrl-lib) or 'tsinf' (particle p uses elite ``member_idx[p]``; keep the
+                indices fixed over the horizon, e.g. from :meth:`draw_members`).
+            member_idx: (P,) long elite indices in [0, E); required for 'tsinf'.
+            generator: torch generator for the member draw and the Gaussian noise.
+            sample: for the TS modes, sample the member's Gaussian (True, as in PETS) or
+                return its mean.
+
+        Returns:
+            (P, nx) next states, state units.
+
+        Raises:
+            ModelError: unknown mode, missing/invalid member_idx, wrong shapes.
+        """
+        self._require_fitted()
+        self._check_torch(x, u)
+        if mode not in _MODES:
+            raise ModelError(f"unknown propagation mode {mode!r}; one of {', '.join(_MODES)}")
+        z = self._norm_in(x, u)
+        if mode == "expectation":
+            mean, _ = self._forward_elites(z.unsqueeze(0).expand(self.n_elite, -1, -1))
+            delta = mean.mean(dim=0)
+        else:
+            if mode == "ts1":
+                member = self.draw_members(x.shape[0], generator)
+            elif member_idx is None:
+                raise ModelError("propagate(mode='tsinf') needs member_idx (P,) elite indices")
+            else:
+                member = member_idx
+            mean, logvar = self._grouped(z, member)
+            delta = mean
+            if sample:
+                noise = torch.randn(mean.shape, generator=generator, dtype=mean.dtype)
+                delta = mean + torch.exp(0.5 * logvar) * noise
+        return x + self._t_out_mean + self._t_out_std * delta
+
+    @torch.no_grad()
+    def member_outputs(self, x: np.ndarray, u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Raw outputs of ALL members (not only elites), for diagnostics.
+
+        Returns:
+            mean, logvar: (M, B, nx) float64 of the normalised state change.
+        """
+        self._require_fitted()
+        x, u = check_xu(self.spec, x, u)
+        z = torch.as_tensor(self.in_norm(np.concatenate([x, u], 1)), dtype=self.torch_dtype)
+        mean, logvar = self._forward_all(z.unsqueeze(0).expand(self.settings.members, -1, -1))
+        return mean.numpy().astype(np.float64), logvar.numpy().astype(np.float64)
+
+    def logvar_bounds(self) -> tuple[np.ndarray, np.ndarray]:
+        """Learned (min_logvar, max_logvar), each (M, nx) float64, normalised units.
+
+        The soft clamp keeps every member log-variance in
+        ``[min, min + softplus(max - min)]``; the upper edge exceeds ``max`` by less than
+        ``exp(min - max)``.
+        """
+        self._require_fitted()
+        return (self.min_logvar.detach().numpy()[:, 0].astype(np.float64),
+                self.max_logvar.detach().numpy()[:, 0].astype(np.float64))
+
+    # ------------------------------------------------------------------ numpy API
+    def _elite_moments(self, x: np.ndarray, u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        z = torch.as_tensor(self.in_norm(np.concatenate([x, u], 1)), dtype=self.torch_dtype)
+        with torch.no_grad():
+            mean, logvar = self._forward_elites(z.unsqueeze(0).expand(self.n_elite, -1, -1))
+        return mean.numpy().astype(np.float64), logvar.numpy().astype(np.float64)
+
+    def predict(self, x: np.ndarray, u: np.ndarray, t=None) -> tuple[np.ndarray, np.ndarray]:
+        """Elite-ensemble moments of the next state.
+
+        Args:
+            x: (B, nx) or (nx,) states; u: (B, nu) or (nu,) efforts.
+
+        Returns:
+            mean (B, nx): x + mean over elites of the member means (state units);
+            var (B, nx): mean of the members' variances (aleatoric) plus the variance of
+            the member means (epistemic), state units squared.
+        """
+        self._require_fitted()
+        x, u = check_xu(self.spec, x, u)
+        mean, logvar = self._elite_moments(x, u)
+        std = self.out_norm.std
+        mu = self.out_norm.mean + std * mean               # (E, B, nx) state change
+        var = (np.exp(logvar) * std ** 2).mean(axis=0) + mu.var(axis=0)
+        return x + mu.mean(axis=0), var
+
+    def uncertainty(self, x: np.ndarray, u: np.ndarray) -> np.ndarray:
+        """Epistemic disagreement: variance of the elite means, averaged over dimensions,
+        in normalised units (1 = the spread of the training state changes).
+
+        Args:
+            x: (B, nx) or (nx,), u: (B, nu) or (nu,).
+
+        Returns:
+            (B,) float64 (zeros with a single elite).
+        """
+        self._require_fitted()
+        x, u = check_xu(self.spec, x, u)
+        mean, _ = self._elite_moments(x, u)
+        return mean.var(axis=0).mean(axis=1)
+
+    def linearize(self, xs: np.ndarray, us: np.ndarray) -> Linearization:
+        """Autograd Jacobian of the predicted mean along a trajectory (all T at once).
+
+        Args:
+            xs: (T, nx), us: (T, nu).
+
+        Returns:
+            Linearization: fx (T, nx, nx), fu (T, nx, nu), f0 (T, nx) so that
+            ``fx x + fu u + f0`` equals the predicted mean at the knots, and cov
+            (T, nx, nx) = diag(predicted variance).
+        """
+        self._require_fitted()
+        xs, us = check_xu(self.spec, xs, us)
+        T, nx = xs.shape
+        zn = torch.as_tensor(self.in_norm(np.concatenate([xs, us], 1)), dtype=self.torch_dtype)
+        E = self.n_elite
+        # One forward/backward for all T knots and all nx outputs: replicate the inputs
+        # nx times; replica i only back-propagates output dimension i.
+        zr = zn.unsqueeze(0).repeat(nx, 1, 1).requires_grad_(True)      # (nx, T, in)
+        with torch.enable_grad():
+            mean, _ = self._forward_elites(zr.reshape(1, nx * T, -1).expand(E, -1, -1))
+            mbar = mean.mean(dim=0).view(nx, T, nx)
+            sel = torch.diagonal(mbar, dim1=0, dim2=2).sum()              # sum_i mbar[i,:,i]
+            (grad,) = torch.autograd.grad(sel, zr)
+        J = grad.detach().numpy().astype(np.float64).transpose(1, 0, 2)    # (T, nx, in)
+        # Chain rule through the normalisers: next = x + out_mean + out_std * f(z),
+        # z = (xu - in_mean) / in_std.
+        J = J * self.out_norm.std[None, :, None] / self.in_norm.std[None, None, :]
+        fx = J[:, :, :nx] + np.eye(nx)[None]
+        fu = J[:, :, nx:]
+        mean_np, var = self.predict(xs, us)
+        f0 = mean_np - np.einsum("tij,tj->ti", fx, xs) - np.einsum("tij,tj->ti", fu, us)
+        cov = np.zeros((T, nx, nx))
+        cov[:, np.arange(nx), np.arange(nx)] = var
+        return Linearization(fx, fu, f0, cov)
+
+    # ------------------------------------------------------------------ artifacts
+    def state_arrays(self) -> dict[str, np.ndarray]:
+        """Weights ``W{i}`` (M, in, out), biases ``b{i}`` (M, 1, out), ``max_logvar`` /
+        ``min_logvar`` (M, 1, nx), ``elites`` (E,) int64, ``val_mse`` (M,), and the
+        normalisers ``in_mean``/``in_std`` (nx+nu,), ``out_mean``/``out_std`` (nx,)."""
+        self._require_fitted()
+        arrays: dict[str, np.ndarray] = {}
+        for i, (W, b) in enumerate(zip(self.weights, self.biases)):
+            arrays[f"W{i}"] = W.detach().numpy().copy()
+            arrays[f"b{i}"] = b.detach().numpy().copy()
+        arrays["max_logvar"] = self.max_logvar.detach().numpy().copy()
+        arrays["min_logvar"] = self.min_logvar.detach().numpy().copy()
+        arrays["elites"] = self.elites.astype(np.int64)
+        arrays["val_mse"] = np.asarray(self.val_mse, dtype=np.float64)
+        arrays.update(self.in_norm.arrays("in"))
+        arrays.update(self.out_norm.arrays("out"))
+        if self.linear is not None:
+            arrays.update(lin_A=self.linear[0], lin_c=self.linear[1], lin_std=self.linear[2])
+        return arrays
+
+    def load_state_arrays(self, arrays: dict[str, np.ndarray]) -> None:
+        """Inverse of :meth:`state_arrays`; shapes are checked against settings and spec.
+
+        Raises:
+            ModelError: missing arrays or shapes that do not match.
+        """
+        s, spec = self.settings, self.spec
+        if spec is None:
+            raise ModelError("ensemble: load_state_arrays needs the spec")
+        M, H, L = s.members, s.hidden_units, s.hidden_layers
+        sizes = [spec.nx + spec.nu] + [H] * L + [2 * spec.nx]
+        expected = {f"W{i}": (M, a, b) for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:]))}
+        expected.update({f"b{i}": (M, 1, b) for i, b in enumerate(sizes[1:])})
+        expected.update(max_logvar=(M, 1, spec.nx), min_logvar=(M, 1, spec.nx),
+                        in_mean=(spec.nx + spec.nu,), in_std=(spec.nx + spec.nu,),
+                        out_mean=(spec.nx,), out_std=(spec.nx,), val_mse=(M,))
+        if s.linear_prior:
+            expected.update(lin_A=(spec.nx + spec.nu, spec.nx), lin_c=(spec.nx,),
+                            lin_std=(spec.nx,))
+        for name, shape in expected.items():
+            if name not in arrays:
+                raise ModelError(f"ensemble artifact lacks array {name!r}")
+            if tuple(np.shape(arrays[name])) != shape:
+                raise ModelError(f"ensemble artifact array {name!r} has shape "
+                                 f"{tuple(np.shape(arrays[name]))}, expected {shape}")
+        elites = np.asarray(arrays.get("elites", np.zeros(0)), dtype=np.int64).reshape(-1)
+        if elites.size == 0 or elites.min() < 0 or elites.max() >= M:
+            raise ModelError(f"ensemble artifact has invalid elites {elites.tolist()}")
+        def t(a):
+            return torch.as_tensor(np.array(a), dtype=self.torch_dtype)
+        self.weights = [t(arrays[f"W{i}"]) for i in range(L + 1)]
+        self.biases = [t(arrays[f"b{i}"]) for i in range(L + 1)]
+        self.max_logvar = t(arrays["max_logvar"])
+        self.min_logvar = t(arrays["min_logvar"])
+        self.elites = elites
+        self.val_mse = np.asarray(arrays["val_mse"], dtype=np.float64)
+        self.in_norm = Normalizer.from_arrays(arrays, "in")
+        self.out_norm = Normalizer.from_arrays(arrays, "out")
+        self._set_linear(tuple(np.asarray(arrays[k], dtype=np.float64)
+                               for k in ("lin_A", "lin_c", "lin_std"))
+                         if s.linear_prior else None)
+        self._refresh_caches()
+
+
+def _ridge(X: np.ndarray, Y: np.ndarray, reg: float = 1e-4, floor: float = 1e-3
+           ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Ridge regression Y ~ X A + c on standardised inputs and targets.
+
+    Args:
+        X: (n, in), Y: (n, nx) float64. reg: ridge weight relative to the per-sample Gram
+            matrix (whose diagonal is ~1 for standardised inputs). floor: lower bound of the
+            residual standard deviation, so a dimension the prior explains exactly does not
+            make the network's output scale vanish.
+
+    Returns:
+        A (in, nx), c (nx,), residual standard deviation (nx,).
+    """
+    n, d = X.shape
+    xm, ym = X.mean(axis=0), Y.mean(axis=0)
+    Xc, Yc = X - xm, Y - ym
+    A = np.linalg.solve(Xc.T @ Xc / n + reg * np.eye(d), Xc.T @ Yc / n)
+    c = ym - xm @ A
+    res = Y - X @ A - c
+    return A, c, np.maximum(res.std(axis=0), floor)
+
+
+class _Adam:
+    """Adam (Kingma & Ba 2015) with coupled L2 weight decay, as torch.optim.Adam computes it.
+
+    Not torch.optim.Adam because constructing any ``torch.optim`` optimizer imports
+    torch._dynamo on first use, about 2 s of start-up in every process that fits a model.
+    The update runs in PyTorch's fused single-pass kernel (``torch._fused_adam_``, the one
+    behind ``torch.optim.Adam(fused=True)``; a third of the time of separate in-place ops on
+    a 650k-parameter ensemble) when this torch build has it, else in plain tensor ops.
+    """
+
+    def __init__(self, params: list[torch.Tensor], lr: float, weight_decay: list[float],
+                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8):
+        self.params, self.lr, self.wd = params, lr, weight_decay
+        self.b1, self.b2, self.eps = betas[0], betas[1], eps
+        self.m = [torch.zeros_like(p) for p in params]
+        self.v = [torch.zeros_like(p) for p in params]
+        self.t = 0
+        self.fused = hasattr(torch, "_fused_adam_")
+        # One parameter group per distinct weight decay (the fused kernel takes a scalar).
+        self.groups: dict[float, list[int]] = {}
+        for i, wd in enumerate(weight_decay):
+            self.groups.setdefault(float(wd), []).append(i)
+        self.steps = [torch.zeros((), dtype=torch.float32) for _ in params]
+
+    @torch.no_grad()
+    def step(self, grads) -> None:
+        self.t += 1
+        if self.fused:
+            for st in self.steps:
+                st.fill_(float(self.t))
+            for wd, idx in self.groups.items():
+                torch._fused_adam_([self.params[i] for i in idx], [grads[i] for i in idx],
+                                   [self.m[i] for i in idx], [self.v[i] for i in idx], [],
+                                   [self.steps[i] for i in idx], lr=self.lr, beta1=self.b1,
+                                   beta2=self.b2, weight_decay=wd, eps=self.eps,
+                                   amsgrad=False, maximize=False)
+            return
+        bc1 = 1.0 - self.b1 ** self.t
+        bc2 = 1.0 - self.b2 ** self.t
+        for p, g, m, v, wd in zip(self.params, grads, self.m, self.v, self.wd):
+            if wd:
+                g = g.add(p, alpha=wd)
+            m.lerp_(g, 1.0 - self.b1)
+            v.mul_(self.b2).addcmul_(g, g, value=1.0 - self.b2)
+            denom = (v / bc2).sqrt_().add_(self.eps)
+            p.addcdiv_(m, denom, value=-self.lr / bc1)

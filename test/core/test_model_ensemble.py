@@ -1,0 +1,236 @@
+"""EnsembleModel (PETS probabilistic ensemble): accuracy in the data, disagreement outside
+it, trajectory-sampling propagation, log-variance bounds, artifacts and linearisation."""
+import numpy as np
+import pytest
+import torch
+
+from mbrl_ros.core import registry, store
+from mbrl_ros.core.models.base import ModelError, finite_difference_linearization
+from mbrl_ros.core.models.ensemble import EnsembleModel
+from mbrl_ros.core.settings import SettingsError, from_mapping
+from mbrl_ros.core.types import TransitionBatch
+
+torch.set_num_threads(1)
+
+SMALL = dict(members=5, n_elites=4, hidden_layers=3, hidden_units=64, batch_size=128,
+             epochs=150, patience=15, lr=3e-3, seed=3)
+
+
+def _truth(x, u):
+    return x + 0.1 * np.sin(3 * x) + 0.05 * u
+
+
+def _toy(n=1000, seed=0, noise=0.01):
+    """1-D system x' = x + 0.1 sin(3x) + 0.05 u + noise, x and u in [-1, 1]."""
+    rng = np.random.default_rng(seed)
+    x = rng.uniform(-1, 1, (n, 1))
+    u = rng.uniform(-1, 1, (n, 1))
+    x1 = _truth(x, u) + noise * rng.standard_normal((n, 1))
+    return TransitionBatch(x, u, x1, np.full(n, 0.01), np.arange(n) * 0.01, np.zeros(n, int),
+                           ("x",), ("u",))
+
+
+def _pendulum(n=1500, seed=1):
+    """2-D state [angle, rate] with a nonlinear torque-driven pendulum, for Jacobians whose
+    row/column order matters."""
+    rng = np.random.default_rng(seed)
+    q = rng.uniform(-2, 2, n)
+    v = rng.uniform(-2, 2, n)
+    u = rng.uniform(-1, 1, (n, 1))
+    dt = 0.05
+    v1 = v + dt * (-9.81 * np.sin(q) - 0.1 * v + 2.0 * u[:, 0])
+    q1 = q + dt * v1
+    x, x1 = np.stack([q, v], 1), np.stack([q1, v1], 1)
+    return TransitionBatch(x, u, x1, np.full(n, dt), np.arange(n) * dt, np.zeros(n, int),
+                           ("p/position", "p/velocity"), ("p",))
+
+
+@pytest.fixture(scope="module")
+def toy_model():
+    model = EnsembleModel(EnsembleModel.Settings(**SMALL))
+    report = model.fit(_toy())
+    return model, report
+
+
+def test_accurate_inside_the_data(toy_model):
+    model, report = toy_model
+    assert report.n_train + report.n_val == 1000 and report.n_val == 100
+    assert report.metrics["epochs"] >= 1 and report.metrics["val_rmse"] < 0.02
+    x = np.linspace(-0.9, 0.9, 50)[:, None]
+    u = np.linspace(1, -1, 50)[:, None]
+    mean, var = model.predict(x, u)
+    assert mean.shape == (50, 1) and var.shape == (50, 1) and mean.dtype == np.float64
+    np.testing.assert_allclose(mean, _truth(x, u), atol=0.01)
+    # The aleatoric part has learned the noise level (std 0.01) to within a factor ~2.
+    assert 0.005 ** 2 < np.median(var) < 0.02 ** 2
+    single, _ = model.predict(x[3], u[3])
+    np.testing.assert_allclose(single, mean[3:4], rtol=1e-6, atol=1e-7)
+
+
+def test_epistemic_spread_grows_outside_the_data(toy_model):
+    model, _ = toy_model
+    u = np.linspace(-1, 1, 11)[:, None]
+    inside = model.uncertainty(np.zeros((11, 1)), u)
+    outside = model.uncertainty(np.full((11, 1), 3.0), u)
+    assert inside.shape == (11,)
+    assert outside.mean() > 50 * inside.mean(), (inside.mean(), outside.mean())
+    _, var_in = model.predict(np.zeros((11, 1)), u)
+    _, var_out = model.predict(np.full((11, 1), 3.0), u)
+    assert var_out.mean() > 10 * var_in.mean()
+
+
+def test_elites_are_the_best_validation_members(toy_model):
+    model, _ = toy_model
+    assert model.n_elite == 4 and len(model.val_mse) == 5
+    worst = int(np.argmax(model.val_mse))
+    assert worst not in model.elites
+
+
+def test_propagation_modes(toy_model):
+    model, _ = toy_model
+    P, E = 40, model.n_elite
+    x = torch.linspace(-0.8, 0.8, P, dtype=model.torch_dtype)[:, None]
+    u = torch.full((P, 1), 0.3, dtype=model.torch_dtype)
+    means = model.member_means(x, u)
+    assert means.shape == (E, P, 1) and means.dtype == model.torch_dtype
+    exp = model.propagate(x, u, "expectation")
+    torch.testing.assert_close(exp, means.mean(0))
+    np.testing.assert_allclose(exp.numpy(), model.predict(x.numpy(), u.numpy())[0], atol=1e-6)
+
+    members = model.draw_members(P, torch.Generator().manual_seed(0))
+    assert torch.bincount(members, minlength=E).tolist() == [P // E] * E
+    # TS-inf without sampling: particle p follows exactly the mean of its elite.
+    det = model.propagate(x, u, "tsinf", members, sample=False)
+    torch.testing.assert_close(det, means[members, torch.arange(P)])
+    # Unbalanced assignments take the padded path and give the same per-particle answer.
+    skew = torch.zeros(P, dtype=torch.long)
+    skew[:3] = torch.tensor([1, 2, 3])
+    torch.testing.assert_close(model.propagate(x, u, "tsinf", skew, sample=False),
+                               means[skew, torch.arange(P)])
+    # Sampled TS-inf is deterministic given the generator, and differs between seeds.
+    a = model.propagate(x, u, "tsinf", members, torch.Generator().manual_seed(5))
+    b = model.propagate(x, u, "tsinf", members, torch.Generator().manual_seed(5))
+    c = model.propagate(x, u, "tsinf", members, torch.Generator().manual_seed(6))
+    torch.testing.assert_close(a, b)
+    assert not torch.equal(a, c)
+    # TS1 re-draws the member every call: different generators give different members.
+    t1 = model.propagate(x, u, "ts1", generator=torch.Generator().manual_seed(1), sample=False)
+    t2 = model.propagate(x, u, "ts1", generator=torch.Generator().manual_seed(2), sample=False)
+    assert not torch.equal(t1, t2)
+    assert bool(((t1 >= means.min(0).values - 1e-6) & (t1 <= means.max(0).values + 1e-6)).all())
+    with pytest.raises(ModelError, match="member_idx"):
+        model.propagate(x, u, "tsinf")
+    with pytest.raises(ModelError, match="unknown propagation mode"):
+        model.propagate(x, u, "ts2")
+    with pytest.raises(ModelError, match=r"\[0, 4\)"):
+        model.propagate(x, u, "tsinf", torch.full((P,), 4, dtype=torch.long))
+
+
+def test_tsinf_keeps_each_particle_on_its_member_over_a_horizon(toy_model):
+    model, _ = toy_model
+    P, H = 8, 10
+    x0 = torch.zeros(P, 1, dtype=model.torch_dtype)
+    u = torch.full((P, 1), 0.5, dtype=model.torch_dtype)
+    members = model.draw_members(P, torch.Generator().manual_seed(1))
+    x = x0
+    for _ in range(H):
+        x = model.propagate(x, u, "tsinf", members, sample=False)
+    # Reference: roll each elite on its own and pick each particle's elite.
+    ref = x0.expand(model.n_elite, P, 1)
+    for _ in range(H):
+        ref = torch.stack([model.member_means(ref[e], u)[e] for e in range(model.n_elite)])
+    torch.testing.assert_close(x, ref[members, torch.arange(P)])
+
+
+def test_log_variance_stays_within_the_learned_bounds(toy_model):
+    model, _ = toy_model
+    lo, hi = model.logvar_bounds()
+    assert lo.shape == hi.shape == (5, 1) and (lo < hi).all()
+    s = model.settings
+    # The penalty pulled the upper bound down (and possibly the lower one up) from init.
+    assert (hi < s.max_logvar_init).all() or (lo > s.min_logvar_init).all()
+    x = np.concatenate([np.linspace(-1, 1, 20), [50.0, -50.0, 1e3]])[:, None]
+    u = np.zeros_like(x)
+    _, logvar = model.member_outputs(x, u)
+    assert logvar.shape == (5, 23, 1)
+    # The PETS soft clamp: min + softplus(max - softplus(max - raw) - min) lies in
+    # [min, min + softplus(max - min)] (the upper edge exceeds max by < exp(min - max)).
+    upper = lo + np.logaddexp(0.0, hi - lo)
+    assert (logvar <= upper[:, None, :] + 1e-6).all() and (logvar >= lo[:, None, :] - 1e-6).all()
+    assert (upper - hi < 1e-2).all()
+    # Far outside the data the clamp is what limits the variance.
+    assert np.isclose(logvar[:, -1], lo, atol=1e-3).any() or \
+        np.isclose(logvar[:, -1], upper, atol=1e-3).any()
+
+
+def test_store_round_trip_predicts_identically(toy_model, tmp_path):
+    model, report = toy_model
+    info = store.publish(model, tmp_path, "ens", report)
+    loaded = store.load(info.uri)
+    assert isinstance(loaded, EnsembleModel)
+    np.testing.assert_array_equal(loaded.elites, model.elites)
+    x = np.linspace(-2, 2, 30)[:, None]
+    u = np.linspace(-1, 1, 30)[:, None]
+    for a, b in zip(loaded.predict(x, u), model.predict(x, u)):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(loaded.uncertainty(x, u), model.uncertainty(x, u))
+    xt = torch.as_tensor(x, dtype=model.torch_dtype)
+    ut = torch.as_tensor(u, dtype=model.torch_dtype)
+    m = model.draw_members(30, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(
+        loaded.propagate(xt, ut, "tsinf", m, torch.Generator().manual_seed(2)),
+        model.propagate(xt, ut, "tsinf", m, torch.Generator().manual_seed(2)), rtol=0, atol=0)
+    arrays = model.state_arrays()
+    assert all(isinstance(v, np.ndarray) and v.dtype != object for v in arrays.values())
+    bad = dict(arrays, W0=arrays["W0"][:, :, :3])
+    fresh = EnsembleModel(model.settings, model.spec)
+    with pytest.raises(ModelError, match="W0"):
+        fresh.load_state_arrays(bad)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_linearize_matches_finite_differences(dtype):
+    data = _pendulum()
+    settings = EnsembleModel.Settings(members=3, n_elites=2, hidden_layers=2, hidden_units=32,
+                                      epochs=15, batch_size=256, dtype=dtype, seed=1)
+    model = registry.create("model", "ensemble", settings)
+    model.fit(data)
+    xs, us = data.states[:7], data.actions[:7]
+    lin = model.linearize(xs, us)
+    eps = 1e-3 if dtype == "float32" else 1e-6
+    fd = finite_difference_linearization(lambda x, u: model.predict(x, u)[0], xs, us, eps=eps)
+    tol = 3e-4 if dtype == "float32" else 1e-8
+    np.testing.assert_allclose(lin.fx, fd.fx, atol=tol)
+    np.testing.assert_allclose(lin.fu, fd.fu, atol=tol)
+    # The Jacobian is not trivially the identity: the learned dynamics couple the states.
+    assert np.abs(lin.fx[:, 1, 0]).max() > 0.1
+    mean, var = model.predict(xs, us)
+    affine = np.einsum("tij,tj->ti", lin.fx, xs) + np.einsum("tij,tj->ti", lin.fu, us) + lin.f0
+    np.testing.assert_allclose(affine, mean, atol=1e-9)
+    np.testing.assert_allclose(np.diagonal(lin.cov, axis1=1, axis2=2), var)
+
+
+def test_fit_is_deterministic_for_a_seed():
+    data = _toy(200)
+    s = EnsembleModel.Settings(members=2, n_elites=2, hidden_layers=1, hidden_units=16,
+                               epochs=5, batch_size=64)
+    a, b = EnsembleModel(s), EnsembleModel(s)
+    a.fit(data)
+    b.fit(data)
+    for k, v in a.state_arrays().items():
+        np.testing.assert_array_equal(v, b.state_arrays()[k], err_msg=k)
+
+
+def test_errors():
+    with pytest.raises(SettingsError, match="min_logvar_init"):
+        from_mapping(EnsembleModel.Settings, {"min_logvar_init": 1.0, "max_logvar_init": 0.5})
+    model = EnsembleModel()
+    with pytest.raises(ModelError, match="not fitted"):
+        model.predict(np.zeros(1), np.zeros(1))
+    with pytest.raises(ModelError, match="at least 10"):
+        model.fit(_toy(5))
+    bad = _toy(50)
+    states = bad.states.copy()
+    states[3] = np.nan
+    with pytest.raises(ModelError, match="NaN"):
+        model.fit(bad.replace(states=states))
