@@ -31,6 +31,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from collections import deque
 from dataclasses import dataclass
 
@@ -136,6 +137,13 @@ class Controller(LifecycleNode):
         self._t = 0.0                                # its stamp [s]
         self._x_wall = -np.inf                       # monotonic time it arrived
         self._policy_lock = threading.Lock()
+        # Replanning has a thread of its own (as mujoco_mpc's planning thread): in an
+        # executor callback a 10 ms solve competed with the executor loop for the GIL and
+        # took 300 ms. Models load on another thread, so a slow load never delays states.
+        self._mpc_lock = threading.RLock()        # guards self.mpc across those threads
+        self._plan_stop = threading.Event()
+        self._plan_thread: threading.Thread | None = None
+        self._loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model_load")
         self.fault: str | None = None                # latched error
         self._states_since_plan = 0
         self._last_cmd_wall: float | None = None
@@ -189,19 +197,20 @@ class Controller(LifecycleNode):
         self.create_subscription(String, "~/switch_planner", self._on_switch, 10,
                                  callback_group=self._plan_group)
         if s.artifact_topic:
-            self.create_subscription(UInt8MultiArray, s.artifact_topic, self._on_artifact,
-                                     LATCHED, callback_group=self._model_group)
+            self.create_subscription(
+                UInt8MultiArray, s.artifact_topic,
+                lambda m: self._loader.submit(self._on_artifact, m), LATCHED,
+                callback_group=self._model_group)
         elif s.model_topic:
-            self.create_subscription(String, s.model_topic, self._on_model_announcement,
-                                     LATCHED, callback_group=self._model_group)
+            self.create_subscription(
+                String, s.model_topic,
+                lambda m: self._loader.submit(self._on_model_announcement, m), LATCHED,
+                callback_group=self._model_group)
         self.create_service(Trigger, "~/clear_error", self._srv_clear,
                             callback_group=self._plan_group)
         if s.control_mode == "timer":
             self.create_timer(1.0 / s.control_rate, self._control_tick,
                               callback_group=self._control_group)
-        if s.plan_mode == "timer":
-            self.create_timer(1.0 / s.plan_rate, self._replan_tick,
-                              callback_group=self._plan_group)
         self.create_timer(min(0.02, self.safety_settings.state_timeout / 2), self._watchdog,
                           callback_group=self._control_group)
         if s.diagnostics_rate > 0:
@@ -216,6 +225,11 @@ class Controller(LifecycleNode):
     def on_activate(self, state) -> TransitionCallbackReturn:
         self.safety.reset()
         self.active = True
+        if self.settings.plan_mode == "timer":
+            self._plan_stop.clear()
+            self._plan_thread = threading.Thread(target=self._plan_loop, name="planner",
+                                                 daemon=True)
+            self._plan_thread.start()
         self.get_logger().info("active: commanding /" + self.settings.controller_name
                                + "/commands")
         return super().on_activate(state)
@@ -223,7 +237,14 @@ class Controller(LifecycleNode):
     def on_deactivate(self, state) -> TransitionCallbackReturn:
         self._send(self.safety.hold(self._x), hold=True)
         self.active = False
+        self._stop_planning()
         return super().on_deactivate(state)
+
+    def _stop_planning(self) -> None:
+        self._plan_stop.set()
+        if self._plan_thread is not None:
+            self._plan_thread.join(timeout=5.0)
+            self._plan_thread = None
 
     def on_cleanup(self, state) -> TransitionCallbackReturn:
         self.mpc = None
@@ -231,7 +252,15 @@ class Controller(LifecycleNode):
 
     def on_shutdown(self, state) -> TransitionCallbackReturn:
         self.active = False
+        self._stop_planning()
         return TransitionCallbackReturn.SUCCESS
+
+    def destroy_node(self) -> None:
+        self.active = False
+        if hasattr(self, "_plan_stop"):
+            self._stop_planning()
+            self._loader.shutdown(wait=True, cancel_futures=True)
+        super().destroy_node()
 
     def reset_episode(self) -> None:
         """Forget the current plan and the last command (a new episode starts elsewhere):
@@ -292,7 +321,8 @@ class Controller(LifecycleNode):
             model = store.load(info.uri, expect=self.mpc.spec if self.mpc else None,
                                checksum=info.checksum)
             self._check_model_joints(model)
-            self.mpc.set_model(model, info.version)     # one reference swapped
+            with self._mpc_lock:
+                self.mpc.set_model(model, info.version)     # one reference swapped
         except (ModelError, ValueError, KeyError, OSError) as e:
             self.counters["model_rejects"] += 1
             self.get_logger().error(f"model announcement rejected, keeping model "
@@ -338,22 +368,37 @@ class Controller(LifecycleNode):
             self.get_logger().error(f"planner switch rejected: {result.reason}")
 
     # ================================================================== plan / act
-    def _replan_tick(self) -> None:
-        if self.active and self._x is not None and self.fault is None:
-            self._replan()
+    def _plan_loop(self) -> None:
+        """Replan at plan_rate until deactivated (its own thread)."""
+        period = 1.0 / self.settings.plan_rate
+        next_t = time.monotonic()
+        while not self._plan_stop.is_set():
+            if self.active and self._x is not None and self.fault is None:
+                try:
+                    self._replan()
+                except Exception as e:   # the loop must survive anything a model does
+                    self.counters["replan_failures"] += 1
+                    self.get_logger().error(f"replan raised {e!r}", throttle_duration_sec=1.0)
+            next_t += period
+            delay = next_t - time.monotonic()
+            if delay < 0:                       # overran: start the next plan now
+                next_t = time.monotonic()
+                delay = 0.0
+            self._plan_stop.wait(delay)
 
     def _replan(self) -> None:
         x, t = self._x, self._t
         if x is None or self.mpc is None or not self.mpc.ready:
             return
         try:
-            policy = self.mpc.replan(x, t)
+            with self._mpc_lock:
+                policy = self.mpc.replan(x, t)
+                st = dict(self.mpc.stats)
         except (ModelError, ValueError, np.linalg.LinAlgError) as e:
             self.counters["replan_failures"] += 1
             self.get_logger().error(f"replan failed, keeping the previous plan: {e}",
                                     throttle_duration_sec=1.0)
             return
-        st = self.mpc.stats
         self.counters["replans"] += 1
         self._solve_times.append(st["replan_seconds"])
         if st.get("fallback"):
@@ -527,7 +572,8 @@ class Controller(LifecycleNode):
 
 
 def main(args=None) -> None:
-    run_node(Controller, args, threads=4)
+    # One executor thread for the control path; planning and model loading have their own.
+    run_node(Controller, args, threads=1)
 
 
 if __name__ == "__main__":

@@ -88,7 +88,7 @@ def run_demo(cfg: DemoConfig) -> dict:
                bar_format="{l_bar}{bar}| {n:.1f}/{total:.1f} sim s [{elapsed}<{remaining}]"
                           "{postfix}")
 
-    with InProcessSystem(threads=4) as system:
+    with InProcessSystem() as system:
         sim = system.add(SimNode, {"model": cfg.robot, "publish_rate": rate, "lockstep": True,
                                    "seed": cfg.seed, "initial_noise": cfg.initial_noise,
                                    "diagnostics_rate": 0.0})
@@ -172,10 +172,15 @@ def run_demo(cfg: DemoConfig) -> dict:
             ep = data.episodes()[-1] if data is not None and len(data) else None
             planner = controller.mpc.active
             task_cost = final_distance = joint_error = None
+            errors: list[float] = []
             if ep is not None and len(ep):
                 task_cost = episode_cost(ep, target, robot.effort_limits, cost_settings)
                 q_final = ep.next_states[-1, :robot.n_joints]
-                joint_error = float(np.max(np.abs(q_final - target)))
+                err = q_final - target
+                unlimited = ~np.isfinite(robot.position_limits).all(axis=1)
+                err[unlimited] = (err[unlimited] + np.pi) % (2 * np.pi) - np.pi  # revolutions
+                errors = err.tolist()
+                joint_error = float(np.max(np.abs(err)))
                 final_distance = _ee_distance(robot, q_final, target)
                 episodes.append((f"it{it} {planner}", ep))
             fit(f"iteration {it}")
@@ -183,7 +188,8 @@ def run_demo(cfg: DemoConfig) -> dict:
                 it, "control", sim.sim_time(), int(round(sim.sim_time() * rate)), task_cost,
                 final_distance, joint_error, fitter.last_good.metrics.get("rollout_rmse"),
                 fitter.last_info.version, planner,
-                {"episode_start": t_start, "replans": controller.counters["replans"],
+                {"episode_start": t_start, "final_errors": errors,
+                 "replans": controller.counters["replans"],
                  "replan_failures": controller.counters["replan_failures"]}))
         bar.close()
         logger.finish(system.executor)

@@ -329,7 +329,9 @@ class SimNode(Node):
 
 
 def main(args=None) -> None:
-    run_node(SimNode, args)
+    # One executor thread: the physics loop has its own, and rclpy's multi-threaded
+    # executor costs ~1 ms per callback, which would bound lockstep to a few hundred Hz.
+    run_node(SimNode, args, threads=1)
 
 
 if __name__ == "__main__":
