@@ -37,17 +37,25 @@ def _alignment_config(args: argparse.Namespace):
         max_command_age=args.max_command_age)
 
 
-def _cmd_dataset(args: argparse.Namespace) -> int:
+def _load_bags(paths: list[str], args: argparse.Namespace):
+    """Bags -> (batch, alignment report, bag report); damage is warned about on stderr.
+    Raises BagError (the caller prints it) when nothing can be read."""
     from mbrl_ros.core.data.alignment import bag_to_dataset
+
+    batch, report, bag_report = bag_to_dataset(paths, _alignment_config(args))
+    for damage in bag_report.damage:
+        print(f"warning: {damage} (read up to the damage)", file=sys.stderr)
+    return batch, report, bag_report
+
+
+def _cmd_dataset(args: argparse.Namespace) -> int:
     from mbrl_ros.core.data.bag import BagError
 
     try:
-        batch, report, bag_report = bag_to_dataset(args.bags, _alignment_config(args))
+        batch, report, bag_report = _load_bags(args.bags, args)
     except BagError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    for damage in bag_report.damage:
-        print(f"warning: {damage} (read up to the damage)", file=sys.stderr)
     if len(batch) == 0:
         print(report.table())
         print(f"error: no transitions could be aligned from {', '.join(args.bags)}; topics "
@@ -63,7 +71,6 @@ def _cmd_fit(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from mbrl_ros.core import store
-    from mbrl_ros.core.data.alignment import bag_to_dataset
     from mbrl_ros.core.data.bag import BagError
     from mbrl_ros.core.fitting import FitSettings, fit_model, split_episodes
     from mbrl_ros.core.models.base import ModelError
@@ -71,12 +78,10 @@ def _cmd_fit(args: argparse.Namespace) -> int:
     from mbrl_ros.core.plots import plot_rollouts
 
     try:
-        batch, report, bag_report = bag_to_dataset(args.bag, _alignment_config(args))
+        batch, report, _ = _load_bags(args.bag, args)
     except BagError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    for damage in bag_report.damage:
-        print(f"warning: {damage} (read up to the damage)", file=sys.stderr)
     print(report.table())
     settings = FitSettings(model=args.model, val_fraction=args.val_fraction,
                            horizon=args.horizon, seed=args.seed)

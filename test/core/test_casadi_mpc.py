@@ -6,13 +6,12 @@ import dataclasses
 import numpy as np
 import pytest
 
+from analytic_models import AnalyticModel as _Analytic
+from analytic_models import spec_for as _spec
 from mbrl_ros.core import registry
 from mbrl_ros.core.costs import JointLimitBarrier, QuadraticCost
 from mbrl_ros.core.models.base import (
-    DynamicsModel,
-    FitReport,
     Linearization,
-    ModelSpec,
     check_xu,
 )
 from mbrl_ros.core.planners import Planner
@@ -26,25 +25,6 @@ from mbrl_ros.core.policies.linear_gaussian import LinearGaussianPolicy
 from mbrl_ros.core.settings import SettingsError, from_mapping, specs
 
 SOLVERS = ["hpipm", "qrqp", "ipopt", "fatrop", "osqp"]
-
-
-def _spec(nx, nu, dt):
-    return ModelSpec(nx, nu, tuple(f"x{i}" for i in range(nx)),
-                     tuple(f"u{i}" for i in range(nu)), dt)
-
-
-class _Analytic(DynamicsModel):
-    kind = "test_analytic_casadi"
-    Settings = dict
-
-    def fit(self, data, rng=None, progress=None):
-        return FitReport(0, 0, 0.0, notes=["analytic model: nothing to fit"])
-
-    def state_arrays(self):
-        return {}
-
-    def load_state_arrays(self, arrays):
-        pass
 
 
 class LinearModel(_Analytic):

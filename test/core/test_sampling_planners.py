@@ -7,9 +7,11 @@ import numpy as np
 import pytest
 import torch
 
+from analytic_models import AnalyticModel as _Analytic
+from analytic_models import spec_for as _spec
 from mbrl_ros.core import registry
 from mbrl_ros.core.costs import QuadraticCost
-from mbrl_ros.core.models.base import DynamicsModel, FitReport, ModelSpec, check_xu
+from mbrl_ros.core.models.base import check_xu
 from mbrl_ros.core.planners.base import shift_trajectory
 from mbrl_ros.core.planners.cem import CEMPlanner, CEMSettings
 from mbrl_ros.core.planners.mppi import MPPIPlanner, MPPISettings
@@ -26,24 +28,8 @@ def _one_thread():
     torch.set_num_threads(n)
 
 
-def _spec(nx, nu, dt):
-    return ModelSpec(nx, nu, tuple(f"x{i}" for i in range(nx)),
-                     tuple(f"u{i}" for i in range(nu)), dt)
 
 
-class _Analytic(DynamicsModel):
-    """Known numpy dynamics: nothing to fit or store."""
-    kind = "test_analytic"
-    Settings = dict
-
-    def fit(self, data, rng=None, progress=None):
-        return FitReport(0, 0, 0.0, notes=["analytic model: nothing to fit"])
-
-    def state_arrays(self):
-        return {}
-
-    def load_state_arrays(self, arrays):
-        pass
 
 
 class DoubleIntegrator(_Analytic):

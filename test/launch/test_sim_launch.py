@@ -10,8 +10,8 @@ import unittest
 
 import pytest
 
-launch_testing = pytest.importorskip("launch_testing")
-launch_ros = pytest.importorskip("launch_ros")
+pytest.importorskip("launch_testing")
+pytest.importorskip("launch_ros")
 
 import launch  # noqa: E402
 import launch_testing.actions  # noqa: E402

@@ -133,6 +133,17 @@ def check_xu(spec: ModelSpec, x: np.ndarray, u: np.ndarray) -> tuple[np.ndarray,
     return x, u
 
 
+def check_trajectory(spec: ModelSpec, xs, us) -> tuple[np.ndarray, np.ndarray]:
+    """Validate a trajectory for ``linearize``: xs (T, nx), us (T, nu) -> float64 arrays."""
+    xs = np.asarray(xs, dtype=np.float64)
+    us = np.asarray(us, dtype=np.float64)
+    if xs.ndim != 2 or us.ndim != 2 or xs.shape[0] != us.shape[0]:
+        raise ModelError(f"linearize expects xs (T, nx) and us (T, nu), got {xs.shape} "
+                         f"and {us.shape}")
+    check_xu(spec, xs[:1], us[:1])
+    return xs, us
+
+
 def finite_difference_linearization(step: Callable[[np.ndarray, np.ndarray], np.ndarray],
                                     xs: np.ndarray, us: np.ndarray,
                                     eps: float = 1e-5) -> Linearization:

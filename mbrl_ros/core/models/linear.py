@@ -19,7 +19,7 @@ import numpy as np
 
 from mbrl_ros.core import registry
 from mbrl_ros.core.models.base import (DynamicsModel, FitReport, Linearization, ModelError,
-                                       ModelSpec, Normalizer, check_xu)
+                                       ModelSpec, Normalizer, check_trajectory, check_xu)
 from mbrl_ros.core.settings import setting
 from mbrl_ros.core.types import TransitionBatch
 
@@ -125,12 +125,7 @@ class LinearModel(DynamicsModel):
     def linearize(self, xs: np.ndarray, us: np.ndarray) -> Linearization:
         """The constant A, B, c (and diag(var) as cov) repeated for T = len(xs) steps."""
         self._require_fitted()
-        xs = np.asarray(xs, dtype=np.float64)
-        us = np.asarray(us, dtype=np.float64)
-        if xs.ndim != 2 or us.ndim != 2 or xs.shape[0] != us.shape[0]:
-            raise ModelError(f"linearize expects xs (T, nx) and us (T, nu), got {xs.shape} "
-                             f"and {us.shape}")
-        check_xu(self.spec, xs[:1], us[:1])
+        xs, us = check_trajectory(self.spec, xs, us)
         T = xs.shape[0]
         return Linearization(np.repeat(self.A[None], T, axis=0),
                              np.repeat(self.B[None], T, axis=0),

@@ -41,7 +41,7 @@ from mbrl_ros.core.models.base import (DynamicsModel, FitReport, Linearization, 
 from mbrl_ros.core.settings import setting
 from mbrl_ros.core.types import TransitionBatch
 from mbrl_ros.sim.env import MujocoSim
-from mbrl_ros.sim.models import available_models, resolve_model
+from mbrl_ros.sim.models import available_models
 
 __all__ = ["MujocoModel", "state_names_for"]
 

@@ -46,7 +46,7 @@ from scipy.special import logsumexp
 
 from mbrl_ros.core import registry
 from mbrl_ros.core.models.base import (DynamicsModel, FitReport, Linearization, ModelError,
-                                       ModelSpec, check_xu)
+                                       ModelSpec, check_trajectory, check_xu)
 from mbrl_ros.core.models.gmm import GaussianMixture, GMMError
 from mbrl_ros.core.settings import setting
 from mbrl_ros.core.types import TransitionBatch
@@ -548,12 +548,7 @@ class TVLGModel(DynamicsModel):
         trajectory), so xs and us only set T' and are checked for shape.
         """
         self._require_fitted()
-        xs = np.asarray(xs, dtype=np.float64)
-        us = np.asarray(us, dtype=np.float64)
-        if xs.ndim != 2 or us.ndim != 2 or xs.shape[0] != us.shape[0]:
-            raise ModelError(f"linearize expects xs (T, nx) and us (T, nu), got {xs.shape} "
-                             f"and {us.shape}")
-        check_xu(self.spec, xs[:1], us[:1])
+        xs, us = check_trajectory(self.spec, xs, us)
         T = xs.shape[0]
         if T > self.horizon:
             raise ModelError(f"linearize asked for {T} steps but the model was fitted for "
