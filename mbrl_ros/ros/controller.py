@@ -129,8 +129,9 @@ class Controller(LifecycleNode):
                 cls = registry.lookup("planner", kind)
             except KeyError as e:
                 raise SettingsError(f"planner_plugins: {pid}: {e}") from e
-            self._planner_settings[pid] = (kind, declare_settings(self, cls.Settings,
-                                                                  prefix=f"{pid}."))
+            self._planner_settings[pid] = (kind, declare_settings(
+                self, cls.Settings, prefix=f"{pid}.",
+                on_change=lambda new, pid=pid: self._on_planner_settings(pid, new)))
         self.mpc: MPCController | None = None
         self.active = False
         self._x: np.ndarray | None = None            # newest valid state
@@ -145,6 +146,8 @@ class Controller(LifecycleNode):
         self._plan_thread: threading.Thread | None = None
         self._loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model_load")
         self.fault: str | None = None                # latched error
+        self._policy = None
+        self._state_dt = 0.0
         self._states_since_plan = 0
         self._last_cmd_wall: float | None = None
         self._periods: deque = deque(maxlen=1000)
@@ -152,7 +155,7 @@ class Controller(LifecycleNode):
         self.counters = {"commands": 0, "holds": 0, "stale": 0, "bad_states": 0,
                          "deadline_misses": 0, "replans": 0, "replan_failures": 0,
                          "fallbacks": 0, "model_loads": 0, "model_rejects": 0,
-                         "switches": 0}
+                         "switches": 0, "nonfinite_blocked": 0}
         self.get_logger().info("unconfigured; "
                                + ("autostart: configuring" if self.settings.autostart
                                   else "waiting for configure"))
@@ -165,6 +168,10 @@ class Controller(LifecycleNode):
         s = self.settings
         try:
             self.robot = MujocoSim(s.robot)
+            if not np.all(np.isfinite(self.robot.effort_limits)):
+                raise ValueError(f"{self.robot.model_path.name}: every command joint needs a "
+                                 "finite effort limit (ctrlrange or forcerange) for the "
+                                 f"controller; got {self.robot.effort_limits.tolist()}")
             n = self.robot.n_joints
             cmd_index = np.asarray(self.robot.command_index)
             self.safety = SafetyFilter(self.safety_settings, self.robot.effort_limits,
@@ -182,6 +189,7 @@ class Controller(LifecycleNode):
             self.get_logger().error(f"configure failed: {e}")
             return TransitionCallbackReturn.FAILURE
         self.reader = JointStateReader(self.robot.joint_names)
+        before = self._entities()
         self.cmd_pub = self.create_lifecycle_publisher(
             Float64MultiArray, f"/{s.controller_name}/commands", RELIABLE)
         self.plan_pub = self.create_publisher(JointTrajectory, "~/planned_trajectory", 10)
@@ -211,11 +219,16 @@ class Controller(LifecycleNode):
         if s.control_mode == "timer":
             self.create_timer(1.0 / s.control_rate, self._control_tick,
                               callback_group=self._control_group)
-        self.create_timer(min(0.02, self.safety_settings.state_timeout / 2), self._watchdog,
+        self._watchdog_period = min(0.02, self.safety_settings.state_timeout / 2)
+        self.create_timer(self._watchdog_period, self._watchdog,
                           callback_group=self._control_group)
         if s.diagnostics_rate > 0:
             self.create_timer(1.0 / s.diagnostics_rate, self._publish_diagnostics,
                               callback_group=self._model_group)
+        # Everything configure created is destroyed by cleanup (a second configure must
+        # not double every subscription and timer).
+        self._configured = {k: [e for e in v if e not in before[k]]
+                            for k, v in self._entities().items()}
         self.get_logger().info(
             f"configured for {self.robot.model_path.name}: planners "
             f"{list(s.planner_plugins)} (active {s.active_planner}), model "
@@ -224,6 +237,7 @@ class Controller(LifecycleNode):
 
     def on_activate(self, state) -> TransitionCallbackReturn:
         self.safety.reset()
+        self._clear_policy()
         self.active = True
         if self.settings.plan_mode == "timer":
             self._plan_stop.clear()
@@ -235,9 +249,10 @@ class Controller(LifecycleNode):
         return super().on_activate(state)
 
     def on_deactivate(self, state) -> TransitionCallbackReturn:
-        self._send(self.safety.hold(self._x), hold=True)
         self.active = False
         self._stop_planning()
+        self._release()
+        self._clear_policy()
         return super().on_deactivate(state)
 
     def _stop_planning(self) -> None:
@@ -246,14 +261,45 @@ class Controller(LifecycleNode):
             self._plan_thread.join(timeout=5.0)
             self._plan_thread = None
 
+    def _entities(self) -> dict[str, list]:
+        return {"sub": list(self.subscriptions), "timer": list(self.timers),
+                "srv": list(self.services), "pub": list(self.publishers)}
+
+    def _destroy_configured(self) -> None:
+        made = getattr(self, "_configured", None)
+        if not made:
+            return
+        for sub in made["sub"]:
+            self.destroy_subscription(sub)
+        for timer in made["timer"]:
+            self.destroy_timer(timer)
+        for srv in made["srv"]:
+            self.destroy_service(srv)
+        for pub in made["pub"]:
+            if pub is self.cmd_pub:
+                self.destroy_lifecycle_publisher(pub)
+            else:
+                self.destroy_publisher(pub)
+        self._configured = None
+
     def on_cleanup(self, state) -> TransitionCallbackReturn:
+        self._destroy_configured()
         self.mpc = None
         return TransitionCallbackReturn.SUCCESS
 
     def on_shutdown(self, state) -> TransitionCallbackReturn:
-        self.active = False
+        was_active, self.active = self.active, False
         self._stop_planning()
+        if was_active:
+            self._release()
         return TransitionCallbackReturn.SUCCESS
+
+    def finish(self, executor) -> None:
+        """SIGINT/SIGTERM (run_node): leave the arm with zero effort, not the last one."""
+        if self.active:
+            self.active = False
+            self._stop_planning()
+            self._release()
 
     def destroy_node(self) -> None:
         self.active = False
@@ -343,8 +389,10 @@ class Controller(LifecycleNode):
                 self.get_logger().warning(f"joint state ignored: {e}",
                                           throttle_duration_sec=1.0)
             return
+        t = time_to_ns(msg.header.stamp) * 1e-9
+        self._state_dt = t - self._t if self._x is not None else 0.0
         self._x = np.concatenate([q, qd])
-        self._t = time_to_ns(msg.header.stamp) * 1e-9
+        self._t = t
         self._x_wall = time.monotonic()
         if self.mpc is not None and self.mpc.target_q is None:
             self.mpc.set_target(q)          # no target given: hold where we are
@@ -356,6 +404,9 @@ class Controller(LifecycleNode):
             self._control_tick()
 
     def _on_target(self, msg: Float64MultiArray) -> None:
+        if self.mpc is None:
+            self.get_logger().warning("target ignored: not configured")
+            return
         try:
             self.mpc.set_target(np.asarray(msg.data, dtype=float))
         except ValueError as e:
@@ -394,7 +445,7 @@ class Controller(LifecycleNode):
             with self._mpc_lock:
                 policy = self.mpc.replan(x, t)
                 st = dict(self.mpc.stats)
-        except (ModelError, ValueError, np.linalg.LinAlgError) as e:
+        except Exception as e:      # any planner/model failure: keep the previous plan
             self.counters["replan_failures"] += 1
             self.get_logger().error(f"replan failed, keeping the previous plan: {e}",
                                     throttle_duration_sec=1.0)
@@ -426,26 +477,44 @@ class Controller(LifecycleNode):
                     period > 1.5 / self.settings.control_rate:
                 self.counters["deadline_misses"] += 1
         self._last_cmd_wall = now
-        x = self._x
-        dt = self._model_period()
-        if self.fault is not None or x is None or now - self._x_wall > \
-                self.safety_settings.state_timeout:
+        x, t = self._x, self._t
+        dt = self._step_dt()
+        if x is None or now - self._x_wall > self.safety_settings.state_timeout:
+            # Stale: damping on an old velocity would be open-loop effort; hold zero.
+            self._send(self.safety.rate_limit(self.safety.hold(None), dt), hold=True)
+            return
+        if self.fault is not None:
             self._send(self.safety.rate_limit(self.safety.hold(x), dt), hold=True)
             return
         with self._policy_lock:
-            policy = getattr(self, "_policy", None)
-        if policy is None:
+            policy = self._policy
+        if policy is None or t > getattr(policy, "t_end", np.inf):
+            # No plan, or the plan ran out (replanning failed or fell behind): a constant
+            # open-loop effort from its last knot must not be applied indefinitely.
             self._send(self.safety.rate_limit(self.safety.hold(x), dt), hold=True)
             return
-        u = policy.action(x, self._t)
+        try:
+            u = policy.action(x, t)
+        except Exception as e:               # a broken policy must not stop the loop
+            u = np.full(self.safety.last.shape, np.nan)
+            self.get_logger().error(f"policy evaluation failed: {e!r}",
+                                    throttle_duration_sec=1.0)
         if not np.all(np.isfinite(u)):
             self._latch("policy produced a non-finite command")
             self._send(self.safety.rate_limit(self.safety.hold(x), dt), hold=True)
             return
         self._send(self.safety(u, x, dt))
 
+    def _step_dt(self) -> float:
+        """Time the rate limit may spread a change over: the robot time between the last
+        two states (on_state; capped at one control period) or the control period."""
+        nominal = 1.0 / self.settings.control_rate
+        if self.settings.control_mode == "on_state" and self._state_dt > 0:
+            return min(self._state_dt, nominal)
+        return nominal
+
     def _watchdog(self) -> None:
-        """Stale state: with on_state control nothing else would command the robot."""
+        """Stale state: in on_state mode nothing else would command the robot."""
         if not self.active or self._x_wall == -np.inf:
             return
         if time.monotonic() - self._x_wall > self.safety_settings.state_timeout:
@@ -453,22 +522,48 @@ class Controller(LifecycleNode):
             self.get_logger().warning(f"no joint state for more than "
                                       f"{self.safety_settings.state_timeout:g} s: safe hold",
                                       throttle_duration_sec=2.0)
-            self._send(self.safety.rate_limit(self.safety.hold(self._x),
-                                              self._model_period()), hold=True)
+            if self.settings.control_mode == "on_state":   # timer mode holds in its tick
+                self._send(self.safety.rate_limit(self.safety.hold(None),
+                                                  self._watchdog_period), hold=True)
 
     def _send(self, u: np.ndarray, hold: bool = False) -> None:
+        if not np.all(np.isfinite(u)):          # last line of defence: never send NaN/inf
+            self.counters["nonfinite_blocked"] += 1
+            u = np.zeros_like(u)
+            self.safety.reset()
         if hold:
             self.counters["holds"] += 1
         self.counters["commands"] += 1
         self.cmd_pub.publish(command_msg(u))
 
+    def _release(self) -> None:
+        """Stop commanding cleanly: ramp to zero effort within the rate limit (at most
+        0.2 s) and end on an explicit zero, because a forward command controller keeps
+        applying the last command it received."""
+        if not hasattr(self, "cmd_pub"):
+            return
+        dt = 1.0 / self.settings.control_rate
+        for _ in range(int(0.2 * self.settings.control_rate)):
+            if not np.any(self.safety.last):
+                break
+            self._send(self.safety.rate_limit(np.zeros_like(self.safety.last), dt), hold=True)
+            time.sleep(dt)
+        self._send(np.zeros_like(self.safety.last), hold=True)
+        self.safety.reset()
+
     def _latch(self, reason: str) -> None:
         if self.fault is None:
             self.get_logger().error(f"{reason}: safe hold until ~/clear_error")
         self.fault = reason
+        self._clear_policy()
+
+    def _clear_policy(self) -> None:
+        with self._policy_lock:
+            self._policy = None
 
     def _srv_clear(self, request, response):
         previous = self.fault
+        self._clear_policy()            # plan afresh from the current state
         self.fault = None
         response.success = True
         response.message = f"cleared: {previous}" if previous else "no error latched"
@@ -482,6 +577,8 @@ class Controller(LifecycleNode):
         if s.fallback_planner and s.fallback_planner not in s.planner_plugins:
             raise ValueError(f"unknown fallback planner {s.fallback_planner!r}; valid: "
                              f"{', '.join(s.planner_plugins)}")
+        if not np.all(np.isfinite(s.target_joint_positions)):
+            raise ValueError("target_joint_positions must be finite")
         if s.target_joint_positions and self.mpc is not None:
             n = self.robot.n_joints
             if len(s.target_joint_positions) != n:
@@ -500,10 +597,21 @@ class Controller(LifecycleNode):
         if s.target_joint_positions != old.target_joint_positions and s.target_joint_positions:
             self.mpc.set_target(np.asarray(s.target_joint_positions))
 
+    def _on_planner_settings(self, pid: str, new) -> None:
+        kind, _ = self._planner_settings[pid]
+        self._planner_settings[pid] = (kind, new)
+        if self.mpc is not None:
+            with self._mpc_lock:          # planners rebuilt with the new settings
+                self.mpc.rebuild_planners()
+
     def _on_safety(self, s: SafetySettings) -> None:
-        self.safety_settings = s
+        old, self.safety_settings = self.safety_settings, s
         if self.mpc is not None:
             self.safety.settings = s
+            if s.effort_scale != old.effort_scale:   # planners plan within the new limits
+                with self._mpc_lock:
+                    self.mpc.effort_scale = s.effort_scale
+                    self.mpc.rebuild_planners()
 
     def _on_cost(self, s: CostSettings) -> None:
         self.cost_settings = s

@@ -52,6 +52,10 @@ def run_node(factory: Callable[[], "rclpy.node.Node"], args=None, threads: int =
                 executor.spin_once(timeout_sec=0.1)
         except (KeyboardInterrupt, ExternalShutdownException):
             pass
+        except Exception as e:         # a callback raised: still close bags, zero efforts
+            print(f"[ERROR] {type(node).__name__}: {e!r}; shutting down", file=sys.stderr,
+                  flush=True)
+            code = 1
         finish = getattr(node, "finish", None)
         if finish is not None:
             finish(executor)

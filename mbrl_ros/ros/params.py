@@ -90,15 +90,19 @@ def declare_settings(node: Node, cls: type, prefix: str = "",
                 validate(new)
         except (SettingsError, ValueError) as e:
             return SetParametersResult(successful=False, reason=str(e))
-        holder["pending"] = new
         return SetParametersResult(successful=True)
 
     def _apply(params: list[Parameter]) -> None:
-        new = holder.pop("pending", None)
-        if new is not None:
-            holder["settings"] = new
-            if on_change is not None:
-                on_change(new)
+        # Called only after every on-set callback accepted the whole set: rebuild from the
+        # parameters actually set (no state carried over from a rejected set).
+        mine = {p.name[len(prefix):]: p.value for p in params
+                if p.name.startswith(prefix) and p.name in dynamic}
+        if not mine:
+            return
+        new = from_mapping(cls, mine, prefix=prefix, base=holder["settings"])
+        holder["settings"] = new
+        if on_change is not None:
+            on_change(new)
 
     node.add_on_set_parameters_callback(_validate)
     node.add_post_set_parameters_callback(_apply)

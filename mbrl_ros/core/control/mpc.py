@@ -107,8 +107,8 @@ class MPCController:
     def select(self, pid: str) -> None:
         """Switch to planner ``pid`` at the next replan (ValueError if unknown)."""
         self.validate_planner(pid)
-        if pid != self.active:
-            self._pending = pid
+        # Selecting the active planner again cancels a pending switch (A -> B -> A).
+        self._pending = None if pid == self.active else pid
 
     def set_model(self, model: DynamicsModel, version: int = 0) -> None:
         """Use ``model`` from the next replan on (ModelError if it is for other joints)."""
@@ -120,7 +120,9 @@ class MPCController:
         if model.spec.nu != self.effort_limits.size:
             raise ModelError(f"model has {model.spec.nu} actions, the robot "
                              f"{self.effort_limits.size} command joints")
-        if self._dt is None or abs(model.spec.dt - self._dt) > 1e-12:
+        # Fitted models take dt from median stamp intervals, which jitter on a real robot:
+        # rebuild (losing the warm start) only for a real change of the step.
+        if self._dt is None or abs(model.spec.dt - self._dt) > 1e-3 * self._dt:
             self._build_planners(model.spec)
         self.spec = model.spec
         self.model = model
@@ -140,6 +142,17 @@ class MPCController:
     def set_cost_settings(self, s: CostSettings) -> None:
         self.cost_settings = s
         self._rebuild_cost()
+
+    def rebuild_planners(self) -> None:
+        """Rebuild every planner (new settings or limits), warm-started from the current
+        plan of the active one."""
+        if self.spec is None:
+            return
+        nominal = self.planners[self.active].nominal if self.active in self.planners else None
+        t0 = self.planners[self.active].nominal_time if nominal is not None else None
+        self._build_planners(self.spec)
+        if nominal is not None:
+            self.planners[self.active].warm_start(nominal[1], t0=t0)
 
     def _build_planners(self, spec: ModelSpec) -> None:
         u_max = self.effort_scale * self.effort_limits
