@@ -179,13 +179,29 @@ def pack(uri: str | Path) -> bytes:
     return buf.getvalue()
 
 
-def unpack(data: bytes, root: str | Path, name: str, version: int) -> Path:
-    """Write a packed artifact under ``root/name/vNNNN`` (atomically) and return it."""
+_NAME_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
+
+
+def unpack(data: bytes, root: str | Path, name: str, version: int,
+           checksum: str | None = None) -> Path:
+    """Write a packed artifact under ``root/name/vNNNN`` (atomically) and return it.
+
+    An existing copy is reused only if its weights have ``checksum`` (a fitter restarted
+    with a fresh store numbers its versions from 1 again); otherwise the artifact goes to
+    ``vNNNN-<checksum prefix>``. ``name`` comes from the network: path separators and
+    '..' are refused.
+    """
+    if not _NAME_RE.match(name) or name in (".", ".."):
+        raise ModelError(f"received artifact name {name!r} is not a plain name")
     base = Path(root).expanduser().resolve() / name
     base.mkdir(parents=True, exist_ok=True)
-    target = base / f"v{version:04d}"
+    target = base / f"v{int(version):04d}"
     if target.exists():
-        return target
+        if checksum is None or _sha256(target / "weights.npz") == checksum:
+            return target
+        target = base / f"v{int(version):04d}-{checksum[:12]}"
+        if target.exists():
+            return target
     tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=base))
     try:
         with zipfile.ZipFile(io.BytesIO(data)) as z:

@@ -23,12 +23,16 @@ from mbrl_ros.ros.sim_node import SimNode
 
 
 class InProcessSystem:
-    """Nodes sharing one private context and a multi-threaded executor."""
+    """Nodes sharing one private context and executor (single-threaded by default)."""
 
     def __init__(self, domain_id: int | None = None, threads: int = 1):
         # Read by the middleware at init: keep discovery on this machine.
         os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
-        self.domain_id = domain_id if domain_id is not None else random.randint(150, 230)
+        if domain_id is None:
+            # 1..101 map to ports outside Linux's ephemeral range; avoid the user's domain.
+            current = os.environ.get("ROS_DOMAIN_ID", "0")
+            domain_id = random.choice([d for d in range(1, 102) if str(d) != current])
+        self.domain_id = domain_id
         self.context = rclpy.Context()
         rclpy.init(context=self.context, domain_id=self.domain_id)
         # One thread by default: lockstep simulation is sequential anyway, fits run on the

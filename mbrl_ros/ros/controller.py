@@ -353,7 +353,7 @@ class Controller(LifecycleNode):
         try:
             header = json.loads(msg.layout.dim[0].label)
             path = store.unpack(bytes(msg.data), os.path.expanduser(self.settings.artifact_cache),
-                                header["name"], int(header["version"]))
+                                header["name"], int(header["version"]), header.get("checksum"))
             header["uri"] = str(path)
         except (ModelError, ValueError, KeyError, IndexError, OSError) as e:
             self.counters["model_rejects"] += 1

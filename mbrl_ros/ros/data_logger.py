@@ -81,6 +81,7 @@ class DataLogger(Node):
         self.writer: BagWriter | None = None
         self.received: dict[str, int] = {}      # while recording; always == written
         self.ignored: dict[str, int] = {}       # arrived while not recording
+        self.write_errors: dict[str, int] = {}
         self._write_lock = threading.Lock()     # a callback never writes into a closed bag
         self.written_total = 0
         self._subs: dict[str, Subscription] = {}
@@ -125,8 +126,9 @@ class DataLogger(Node):
             prefix = f"{name}_r{run}"
         self.writer = BagWriter(root, name=prefix, max_bytes=int(s.max_bag_size * 1e6),
                                 max_duration_s=s.max_bag_duration)
-        for topic, sub in self._subs.items():
-            self.writer.add_topic(topic, self._types[topic])
+        self.received = {t: 0 for t in self.received}     # per bag: received == written
+        for topic in list(self._subs):
+            self._add_to_bag(topic)
         self.writer.add_topic(EPISODE_MARKER_TOPIC, "std_msgs/msg/UInt32")
         self.get_logger().info(f"recording {sorted(self.received)} to {self.writer.bag_paths[-1]}")
         return f"recording to {self.writer.bag_paths[-1]}"
@@ -173,12 +175,27 @@ class DataLogger(Node):
                 del self._pending[topic]
                 continue
             self._types[topic] = msgtype
-            if self.writer is not None:
-                self.writer.add_topic(topic, msgtype)
+            if self.writer is not None and not self._add_to_bag(topic):
+                del self._pending[topic]
+                continue
             self._subs[topic] = self.create_subscription(
                 cls, topic, self._make_callback(topic), self._qos, raw=True,
                 callback_group=self._group)
             del self._pending[topic]
+
+    def _add_to_bag(self, topic: str) -> bool:
+        """Register a topic with the open bag; a type the bag cannot describe is dropped
+        with an error instead of stopping the recording of everything else."""
+        try:
+            self.writer.add_topic(topic, self._types[topic])
+            return True
+        except ValueError as e:
+            self.get_logger().error(f"not recording {topic}: {e}")
+            sub = self._subs.pop(topic, None)
+            if sub is not None:
+                self.destroy_subscription(sub)
+            self.received.pop(topic, None)
+            return False
 
     def _make_callback(self, topic: str):
         def _cb(data: bytes, info) -> None:
@@ -186,7 +203,14 @@ class DataLogger(Node):
                 if self.writer is None:
                     self.ignored[topic] += 1
                     return
-                self.writer.write_raw(topic, int(info["received_timestamp"]), data)
+                try:
+                    self.writer.write_raw(topic, int(info["received_timestamp"]), data)
+                except (ValueError, OSError, RuntimeError) as e:
+                    # e.g. a full disk: say so loudly, keep the bag closable, keep counting
+                    self.write_errors[topic] = self.write_errors.get(topic, 0) + 1
+                    self.get_logger().error(f"could not write {topic}: {e}",
+                                            throttle_duration_sec=1.0)
+                    return
                 self.received[topic] += 1
                 self.written_total += 1
         return _cb
@@ -231,6 +255,10 @@ class DataLogger(Node):
                      for t, n in sorted(self.received.items())]
         st.values += [KeyValue(key=f"ignored while stopped {t}", value=str(n))
                       for t, n in sorted(self.ignored.items()) if n]
+        st.values += [KeyValue(key=f"write errors {t}", value=str(n))
+                      for t, n in sorted(self.write_errors.items())]
+        if self.write_errors:
+            st.level = DiagnosticStatus.ERROR
         st.values.append(KeyValue(key="written", value=str(self.written_total)))
         st.values.append(KeyValue(key="pending topics", value=",".join(self._pending)))
         arr.status = [st]

@@ -27,6 +27,7 @@ from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
+import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
 from rclpy.node import Node
@@ -205,10 +206,14 @@ class ModelFitter(Node):
                                  f"{s.min_transitions}")
             fs = FitSettings(model=s.model, val_fraction=s.val_fraction, horizon=s.horizon,
                              reject_factor=s.reject_factor, seed=s.seed)
+            model_settings = as_dict(self.model_settings)
+            if s.model == "mujoco":      # the known model: the robot's MJCF at the data's rate
+                if s.robot:
+                    model_settings["mjcf"] = s.robot
+                model_settings["control_period"] = float(np.median(batch.dt))
             # Later models must describe the same joints as the first one published.
-            result = fit_model(batch, fs, as_dict(self.model_settings), robot=s.robot,
-                               expect=self.spec)
-        except (ModelError, ValueError) as e:
+            result = fit_model(batch, fs, model_settings, robot=s.robot, expect=self.spec)
+        except Exception as e:      # any failure keeps the last good model and says why
             self.fits["failed"] += 1
             msg = f"fit failed ({reason}): {e}; " + self._keeping()
             self.get_logger().error(msg)
@@ -221,7 +226,14 @@ class ModelFitter(Node):
             self.get_logger().warning(msg)
             self.last_message = msg
             return False, msg
-        info = store.publish(result.model, s.store_dir, self.name, result.report)
+        try:
+            info = store.publish(result.model, s.store_dir, self.name, result.report)
+        except OSError as e:
+            self.fits["failed"] += 1
+            msg = f"could not write the model ({e}); " + self._keeping()
+            self.get_logger().error(msg)
+            self.last_message = msg
+            return False, msg
         self.last_good, self.last_info, self.spec = result.report, info, result.model.spec
         self.fits["ok"] += 1
         self._announce(info)

@@ -138,3 +138,35 @@ def test_accept_rejects_much_worse_models():
     assert not ok and "keeping the last good model" in why
     ok, _ = accept(FitReport(1, 1, 0.0, {"rollout_rmse": float("nan")}), None, 2.0)
     assert not ok
+
+
+def test_unpack_does_not_reuse_a_different_model_with_the_same_version(tmp_path):
+    a, b = fitted(0), fitted(1)
+    ia = store.publish(a.model, tmp_path / "s1", "m", a.report)
+    ib = store.publish(b.model, tmp_path / "s2", "m", b.report)   # a restarted fitter: v1 again
+    assert ia.version == ib.version == 1
+    pa = store.unpack(store.pack(ia.uri), tmp_path / "cache", "m", 1, ia.checksum)
+    pb = store.unpack(store.pack(ib.uri), tmp_path / "cache", "m", 1, ib.checksum)
+    assert pa != pb
+    assert store.load(pb, checksum=ib.checksum).spec == b.model.spec
+    with pytest.raises(ModelError, match="plain name"):
+        store.unpack(store.pack(ia.uri), tmp_path / "cache", "../evil", 1, ia.checksum)
+
+
+def test_short_validation_episodes_still_validate():
+    batch = linear_data(n_episodes=6, T=12)          # episodes shorter than the horizon 20
+    r = fit_model(batch, FitSettings(model="linear", horizon=20))
+    assert np.isfinite(r.report.metrics["rollout_rmse"])
+    assert r.report.metrics["rollout_horizon"] == 12
+    ok, _ = accept(r.report, None, 2.0)
+    assert ok
+
+
+def test_rollouts_do_not_cross_holes_in_an_episode():
+    from mbrl_ros.core.models.evaluate import rollouts
+    batch = linear_data(n_episodes=1, T=80, noise=0.0)
+    model = fit_model(batch, FitSettings(model="linear", val_fraction=0.0)).model
+    holed = batch.subset(np.r_[0:30, 35:80])          # 5 transitions dropped mid-episode
+    ro = rollouts(model, holed, 10)
+    assert len(ro.predicted) == 3 + 4                   # runs of 30 and 45 transitions
+    assert ro.rmse() < 1e-6                             # exact model: exact rollouts

@@ -54,13 +54,28 @@ class Rollouts:
             if len(self.predicted) else float("nan")
 
 
+def _contiguous_runs(batch: TransitionBatch) -> list[tuple[int, np.ndarray]]:
+    """(episode, indices) of runs where each transition starts where the previous ended:
+    a dropped state or command inside an episode leaves a hole no rollout may cross."""
+    runs = []
+    for e in np.unique(batch.episode):
+        m = np.flatnonzero(batch.episode == e)
+        if m.size == 0:
+            continue
+        joined = np.all(np.isclose(batch.states[m[1:]], batch.next_states[m[:-1]],
+                                   rtol=0.0, atol=1e-9), axis=1)
+        cuts = np.flatnonzero(~joined) + 1
+        runs += [(e, part) for part in np.split(m, cuts)]
+    return runs
+
+
 def rollouts(model: DynamicsModel, batch: TransitionBatch, horizon: int = 20) -> Rollouts:
-    """Open-loop rollouts of ``horizon`` steps, batched over all start points."""
+    """Open-loop rollouts of ``horizon`` steps, batched over all start points of the
+    contiguous runs of each episode."""
     if horizon < 1:
         raise ValueError(f"horizon must be >= 1, got {horizon}")
     starts, eps = [], []
-    for e in np.unique(batch.episode):
-        m = np.flatnonzero(batch.episode == e)
+    for e, m in _contiguous_runs(batch):
         for s in range(0, m.size - horizon + 1, horizon):
             starts.append(m[s:s + horizon])
             eps.append(e)
@@ -87,6 +102,10 @@ def validation_metrics(model: DynamicsModel, batch: TransitionBatch,
     if len(batch) == 0:
         return {"one_step_rmse": float("nan"), "rollout_rmse": float("nan")}
     err = one_step_errors(model, batch)
+    # Validation episodes shorter than the horizon would give no rollout at all (and a NaN
+    # that rejects every model): shorten the horizon to the longest contiguous run.
+    longest = max(m.size for _, m in _contiguous_runs(batch))
+    horizon = max(1, min(horizon, longest))
     ro = rollouts(model, batch, horizon)
     out = {"one_step_rmse": float(np.sqrt(np.mean(err ** 2))),
            "rollout_rmse": ro.rmse(), "rollout_final_rmse": ro.final_rmse(),
