@@ -86,7 +86,7 @@ def p2_model(p: dict):
     nx, nu = p["nx"], p["nu"]
     spec = ModelSpec(nx, nu, tuple(f"x{i}" for i in range(nx)),
                      tuple(f"u{i}" for i in range(nu)), 0.01)
-    model = EnsembleModel(EnsembleModel.Settings(), spec)
+    model = EnsembleModel(EnsembleModel.Settings(linear_prior=False), spec)
     arrays = {}
     layers = p["layers"]
     for i, (W, bias) in enumerate(layers):
@@ -161,6 +161,43 @@ def p3_factory(p: dict) -> dict:
         report = model.fit(data)
         return {"loss": report.metrics["train_nll"]}
     return {"epoch": epoch}
+
+
+# ------------------------------------------------------------------------------ P4: GP
+def p4_factory(p: dict) -> dict:
+    """Our GP on the same data, read as dynamics: inputs X = [x (14), u (7)], targets
+    Y (the next-state deltas). 'train50' is our whole fit (hyper-parameters by L-BFGS with
+    50 evaluations on a 300-point subset, then the exact posterior on all N), where the
+    peer runs 50 Adam steps on all N: compare the time together with rmse_test."""
+    from mbrl_ros.core.models.gp import GPModel
+    from mbrl_ros.core.types import TransitionBatch
+    X, Y = p["X"].astype(np.float64), p["Y"].T.astype(np.float64)
+    n = X.shape[0]
+    data = TransitionBatch(X[:, :14], X[:, 14:], X[:, :14] + Y, np.full(n, 0.01),
+                           np.arange(n) * 0.01, np.zeros(n, np.int64),
+                           [f"x{i}" for i in range(14)], [f"u{i}" for i in range(7)])
+    settings = GPModel.Settings(threads=1, val_fraction=0.0)
+    Xq = p["Xq"].astype(np.float64)
+    Yq = p["Yq"].T.astype(np.float64)
+    state = {"model": GPModel(settings)}
+    state["model"].fit(data)
+
+    def train50():
+        m = GPModel(settings)
+        m.fit(data)
+        state["model"] = m
+        return {}
+
+    def pred(k):
+        def run():
+            mean, var = state["model"].predict(Xq[:k, :14], Xq[:k, 14:])
+            out = {"shape": [14, k]}
+            if k > 1:
+                out["rmse_test"] = float(np.sqrt(np.mean((mean - Xq[:k, :14] - Yq[:k]) ** 2)))
+                out["min_var"] = float(var.min())
+            return out
+        return run
+    return {"train50": train50, "pred_1": pred(1), "pred_256": pred(256)}
 
 
 def main() -> None:
