@@ -1,9 +1,10 @@
 """Task metrics and report figures for learn-and-control runs (ROS-free).
 
 An *episode* is a TransitionBatch of one controlled run from a reset. Its task cost is
-the controller's own stage cost summed over the episode (quadratic in the joint error,
-velocity and normalised effort, as :class:`~mbrl_ros.core.control.mpc.CostSettings`
-weighs them) times dt, so it is comparable across rates; the final distance is the
+the quadratic part of the controller's stage cost (joint error, velocity and normalised
+effort, weighted as :class:`~mbrl_ros.core.control.mpc.CostSettings` weighs them; no
+joint-limit barrier, no terminal term) on each (u_t, x_t+1), integrated over time (x dt)
+so that it is comparable across control rates; the final distance is the
 end-effector distance to the target pose's end effector (forward kinematics from the
 MJCF), in metres, or the joint-space error where the model has no ``ee`` site.
 """
@@ -25,7 +26,8 @@ from mbrl_ros.core.types import TransitionBatch  # noqa: E402
 
 def episode_cost(ep: TransitionBatch, target_q: np.ndarray, effort_limits: np.ndarray,
                  s: CostSettings = CostSettings()) -> float:
-    """Integral of the task's stage cost over the episode (sum of cost x dt)."""
+    """Integral over the episode of the quadratic task cost of (u_t, x_t+1), sum of
+    cost x dt (see the module docstring)."""
     n = ep.nx // 2
     dq = ep.next_states[:, :n] - target_q
     qd = ep.next_states[:, n:]

@@ -80,7 +80,8 @@ def run_demo(cfg: DemoConfig) -> dict:
     t_wall = time.monotonic()
     rows: list[IterationMetrics] = []
     episodes: list[tuple[str, object]] = []
-    switching = bool(cfg.switch_to) and cfg.switch_to != cfg.planner
+    # The switch needs a control episode before and after it: iterations >= 3.
+    switching = bool(cfg.switch_to) and cfg.switch_to != cfg.planner and cfg.iterations >= 3
     switch_iteration = max(2, (cfg.iterations + 1) // 2) if switching else None
     switch_time = None
     total = cfg.excite_seconds + (cfg.iterations - 1) * cfg.episode_seconds
