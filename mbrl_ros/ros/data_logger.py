@@ -161,11 +161,16 @@ class DataLogger(Node):
             self._types = {}
         graph = None
         for topic, msgtype in list(self._pending.items()):
+            # Subscribe once a publisher exists, matching its QoS as `ros2 bag record`
+            # does: a reliable subscription would never match a best-effort publisher.
+            publishers = self.get_publishers_info_by_topic(topic)
+            if not publishers:
+                continue   # not advertised yet: try again on the next timer tick
             if msgtype is None:
                 graph = graph if graph is not None else dict(self.get_topic_names_and_types())
                 types = graph.get(topic)
                 if not types:
-                    continue   # not advertised yet: try again on the next timer tick
+                    continue
                 msgtype = types[0]
             try:
                 cls = _import_type(msgtype)
@@ -178,8 +183,12 @@ class DataLogger(Node):
             if self.writer is not None and not self._add_to_bag(topic):
                 del self._pending[topic]
                 continue
+            all_reliable = all(p.qos_profile.reliability == ReliabilityPolicy.RELIABLE
+                               for p in publishers)
+            qos = self._qos if all_reliable else QoSProfile(
+                depth=self.settings.qos_depth, reliability=ReliabilityPolicy.BEST_EFFORT)
             self._subs[topic] = self.create_subscription(
-                cls, topic, self._make_callback(topic), self._qos, raw=True,
+                cls, topic, self._make_callback(topic), qos, raw=True,
                 callback_group=self._group)
             del self._pending[topic]
 

@@ -5,6 +5,7 @@ import signal
 import pytest
 from diagnostic_msgs.msg import DiagnosticArray
 from rosbags.highlevel import AnyReader
+from sensor_msgs.msg import JointState
 from std_msgs.msg import Float64MultiArray
 from std_srvs.srv import Trigger
 
@@ -90,3 +91,20 @@ def test_stop_service_and_splitting(start_node, probe, tmp_path):
     assert logger.proc.poll() is None    # still running after stop
     probe.spin_until(lambda: diagnostics_values(diags, "mbrl_ros/data_logger")
                      .get("written") is not None, 5, "status after stop")
+
+
+def test_best_effort_publishers_are_recorded(start_node, probe, tmp_path):
+    from rclpy.qos import QoSProfile, ReliabilityPolicy
+    logger = start_node("data_logger", {"output_dir": str(tmp_path / "bags"), "bag_name": "be",
+                                        "topics": ["/joint_states"]})
+    pub = probe.node.create_publisher(JointState, "/joint_states", QoSProfile(
+        depth=10, reliability=ReliabilityPolicy.BEST_EFFORT))
+    probe.spin_until(lambda: pub.get_subscription_count() >= 1, 20, "logger subscribed")
+    for i in range(50):
+        pub.publish(JointState(name=["a"], position=[float(i)], velocity=[0.0]))
+        probe.spin_for(0.005)
+    probe.spin_for(0.3)
+    logger.signal(signal.SIGINT)
+    assert logger.wait(timeout=20) == 0
+    counts, _ = _bag_counts(sorted((tmp_path / "bags").iterdir()))
+    assert counts["/joint_states"] >= 45          # best effort on localhost: ~all arrive
