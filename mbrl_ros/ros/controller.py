@@ -89,7 +89,9 @@ class ControllerSettings:
     uncertainty_threshold: float = setting(0.0, "mean predicted std of the next state above "
                                            "which the fallback planner is used (0: off)",
                                            low=0.0, high=1e6, dynamic=True)
-    horizon: int = setting(30, "plan length", unit="model steps", low=2, high=10000)
+    horizon: int = setting(30, "plan length of every planner (overrides '<id>.horizon', so a "
+                           "switch hands over plans of equal length)", unit="model steps",
+                           low=2, high=10000)
     control_mode: str = setting("on_state", "'on_state': one command per joint state; "
                                 "'timer': commands at control_rate",
                                 choices=("on_state", "timer"))
