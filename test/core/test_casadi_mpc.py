@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from analytic_models import AnalyticModel as _Analytic
+from analytic_models import Pendulum
 from analytic_models import spec_for as _spec
 from mbrl_ros.core import registry
 from mbrl_ros.core.costs import JointLimitBarrier, QuadraticCost
@@ -51,32 +52,7 @@ class LinearModel(_Analytic):
                              np.broadcast_to(self.c, (T, self.spec.nx)).copy())
 
 
-class Pendulum(_Analytic):
-    """Damped pendulum, semi-implicit Euler, x = [theta, omega]."""
 
-    def __init__(self, dt=0.05):
-        super().__init__({}, _spec(2, 1, dt))
-        self.dt, self.g, self.b = dt, 9.81, 0.1
-
-    def predict(self, x, u, t=None):
-        x, u = check_xu(self.spec, x, u)
-        w = x[:, 1] + self.dt * (-self.g * np.sin(x[:, 0]) - self.b * x[:, 1] + u[:, 0])
-        return np.stack([x[:, 0] + self.dt * w, w], axis=1), None
-
-    def linearize(self, xs, us):
-        T, dt = xs.shape[0], self.dt
-        dw_dth = -dt * self.g * np.cos(xs[:, 0])
-        fx = np.empty((T, 2, 2))
-        fx[:, 1, 0] = dw_dth
-        fx[:, 1, 1] = 1.0 - dt * self.b
-        fx[:, 0, 0] = 1.0 + dt * dw_dth
-        fx[:, 0, 1] = dt * (1.0 - dt * self.b)
-        fu = np.zeros((T, 2, 1))
-        fu[:, 1, 0] = dt
-        fu[:, 0, 0] = dt * dt
-        f0 = self.predict(xs, us)[0] - np.einsum("tij,tj->ti", fx, xs) \
-            - np.einsum("tij,tj->ti", fu, us)
-        return Linearization(fx, fu, f0)
 
 
 class NanModel(LinearModel):

@@ -5,6 +5,7 @@ import pytest
 from scipy.optimize import minimize
 
 from analytic_models import AnalyticModel as _Analytic
+from analytic_models import Pendulum
 from analytic_models import spec_for as _spec
 from mbrl_ros.core import registry
 from mbrl_ros.core.costs import QuadraticCost
@@ -45,34 +46,7 @@ class LinearModel(_Analytic):
         return Linearization(A, B, np.zeros((T, self.spec.nx)))
 
 
-class Pendulum(_Analytic):
-    """Damped pendulum, theta = 0 hanging down; semi-implicit Euler.
-    theta'' = -(g/l) sin(theta) - b theta' + u / (m l^2)."""
 
-    def __init__(self, dt=0.05):
-        super().__init__({}, _spec(2, 1, dt))
-        self.dt, self.g, self.b = dt, 9.81, 0.1
-
-    def predict(self, x, u, t=None):
-        x, u = check_xu(self.spec, x, u)
-        w = x[:, 1] + self.dt * (-self.g * np.sin(x[:, 0]) - self.b * x[:, 1] + u[:, 0])
-        return np.stack([x[:, 0] + self.dt * w, w], axis=1), None
-
-    def linearize(self, xs, us):
-        T, dt = xs.shape[0], self.dt
-        dw_dth = -dt * self.g * np.cos(xs[:, 0])
-        dw_dw = 1.0 - dt * self.b
-        fx = np.empty((T, 2, 2))
-        fx[:, 1, 0] = dw_dth
-        fx[:, 1, 1] = dw_dw
-        fx[:, 0, 0] = 1.0 + dt * dw_dth
-        fx[:, 0, 1] = dt * dw_dw
-        fu = np.empty((T, 2, 1))
-        fu[:, 1, 0] = dt
-        fu[:, 0, 0] = dt * dt
-        xn = self.predict(xs, us)[0]
-        f0 = xn - np.einsum("tij,tj->ti", fx, xs) - np.einsum("tij,tj->ti", fu, us)
-        return Linearization(fx, fu, f0)
 
 
 def _lq_problem(seed, nx=5, nu=2, T=30, time_varying=False):
