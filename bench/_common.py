@@ -40,7 +40,8 @@ def write_json(path: str | None, payload: dict) -> None:
 
 def ros_env(domain_id: int | None = None) -> dict:
     env = dict(os.environ)
-    env.update(ROS_DOMAIN_ID=str(domain_id or random.randint(1, 100)),
+    # 81..101: apart from the tests (1..50) and in-process CLI runs (51..80)
+    env.update(ROS_DOMAIN_ID=str(domain_id or random.randint(81, 101)),
                ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST", PYTHONUNBUFFERED="1")
     return env
 

@@ -29,9 +29,10 @@ class InProcessSystem:
         # Read by the middleware at init: keep discovery on this machine.
         os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
         if domain_id is None:
-            # 1..101 map to ports outside Linux's ephemeral range; avoid the user's domain.
+            # 51..80: below 102 (ports outside Linux's ephemeral range) and apart from the
+            # ranges the tests (1..50) and benchmarks (81..101) use; never the user's domain.
             current = os.environ.get("ROS_DOMAIN_ID", "0")
-            domain_id = random.choice([d for d in range(1, 102) if str(d) != current])
+            domain_id = random.choice([d for d in range(51, 81) if str(d) != current])
         self.domain_id = domain_id
         self.context = rclpy.Context()
         rclpy.init(context=self.context, domain_id=self.domain_id)
