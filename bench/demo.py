@@ -68,22 +68,33 @@ def main() -> None:
                                      "error": f"{type(e).__name__}: {e}"})
                         print(runs[-1], file=sys.stderr, flush=True)
                         continue
-                    rows = summary["iterations"]
-                    first = next((r for r in rows if solved(robot, r)), None)
-                    runs.append({
-                        "robot": robot, "model": model, "planner": planner,
-                        "curve": [{k: r[k] for k in ("iteration", "interaction_seconds",
-                                                     "steps", "task_cost", "final_distance",
-                                                     "model_error")} for r in rows],
-                        "solved_at_seconds": first["interaction_seconds"] if first else None,
-                        "solved_at_steps": first["steps"] if first else None,
-                        "final_distance": rows[-1]["final_distance"],
-                        "wall_seconds": summary["wall_seconds"]})
+                    runs.append(summarize(summary))
                     print({k: v for k, v in runs[-1].items() if k != "curve"},
                           file=sys.stderr, flush=True)
-    write_json(a.json, {"benchmark": "demo", "runs": runs,
-                        "targets": {"arm2": "< 0.02 m within 2000 steps",
-                                    "cartpole": "upright within 20 s of interaction"}})
+                    write(a.json, runs)     # after every run: a time limit loses nothing
+    write(a.json, runs)
+
+
+def summarize(summary: dict) -> dict:
+    """One run's learning curve and when it first solved the task (from metrics.json)."""
+    robot = summary["config"]["robot"]
+    rows = summary["iterations"]
+    first = next((r for r in rows if solved(robot, r)), None)
+    return {"robot": robot, "model": summary["config"]["model"],
+            "planner": summary["config"]["planner"],
+            "curve": [{k: r[k] for k in ("iteration", "interaction_seconds", "steps",
+                                         "task_cost", "final_distance", "model_error")}
+                      for r in rows],
+            "solved_at_seconds": first["interaction_seconds"] if first else None,
+            "solved_at_steps": first["steps"] if first else None,
+            "final_distance": rows[-1]["final_distance"],
+            "wall_seconds": summary["wall_seconds"]}
+
+
+def write(path, runs) -> None:
+    write_json(path, {"benchmark": "demo", "runs": runs,
+                      "targets": {"arm2": "< 0.02 m within 2000 steps",
+                                  "cartpole": "upright within 20 s of interaction"}})
 
 
 if __name__ == "__main__":

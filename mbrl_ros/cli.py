@@ -161,8 +161,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
               f"{f(r['final_distance'], '10.4f'):>10} {f(r['model_error'], '10.4g'):>10} "
               f"{r['model_version']:>3}  {r['planner']}")
     last = summary["iterations"][-1]
-    unit = "m" if args.robot != "cartpole" else "rad"
-    print(f"\nfinal distance to target: {last['final_distance']:.4f} {unit} after "
+    print(f"\nfinal end-effector distance to the target: {last['final_distance']:.4f} m after "
           f"{last['interaction_seconds']:.1f} s ({last['steps']} steps) of simulated "
           f"interaction; demo took {summary['wall_seconds']} s")
     print(f"report: {Path(args.out) / 'metrics.json'}")
