@@ -161,7 +161,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
               f"{f(r['final_distance'], '10.4f'):>10} {f(r['model_error'], '10.4g'):>10} "
               f"{r['model_version']:>3}  {r['planner']}")
     last = summary["iterations"][-1]
-    print(f"\nfinal end-effector distance to the target: {last['final_distance']:.4f} m after "
+    dist = last["final_distance"]
+    dist = f"{dist:.4f} m" if dist is not None else "not measured (no episode data)"
+    print(f"\nfinal end-effector distance to the target: {dist} after "
           f"{last['interaction_seconds']:.1f} s ({last['steps']} steps) of simulated "
           f"interaction; demo took {summary['wall_seconds']} s")
     print(f"report: {Path(args.out) / 'metrics.json'}")
