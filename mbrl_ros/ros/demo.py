@@ -113,7 +113,8 @@ def run_demo(cfg: DemoConfig) -> dict:
             "state_timeout": 60.0,      # lockstep: time stands still while we fit
             **{f"{p}.{k}": v for p, ks in cfg.planner_settings.items() for k, v in ks.items()}})
         _wait(system, lambda: sim.state_pub.get_subscription_count() >= 3
-              and sim.command_subscription_count() >= 1 and not logger.pending_topics(),
+              and sim.command_subscription_count() >= 1 and not logger.pending_topics()
+              and sim.episode_pub.get_subscription_count() >= 2,   # logger and fitter
               20.0, "the nodes to connect")
 
         def run_sim_for(seconds: float) -> None:
