@@ -88,3 +88,58 @@ def wait_for(cond, timeout: float, spin) -> bool:
         if cond():
             return True
     return False
+
+
+class Probe:
+    """A measuring node in its own rclpy context on ``domain`` (localhost discovery)."""
+
+    def __init__(self, domain: int, name: str = "bench_probe"):
+        os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
+        import rclpy
+        from rclpy.executors import SingleThreadedExecutor
+        self.rclpy = rclpy
+        self.context = rclpy.Context()
+        rclpy.init(context=self.context, domain_id=domain)
+        self.node = rclpy.create_node(name, context=self.context)
+        self.executor = SingleThreadedExecutor(context=self.context)
+        self.executor.add_node(self.node)
+
+    def spin(self, timeout: float = 0.01) -> None:
+        self.executor.spin_once(timeout_sec=timeout)
+
+    def arrivals(self, msg_type, topic: str, seconds: float, warmup: int = 10,
+                 startup_timeout: float = 60.0) -> list[float]:
+        """perf_counter() arrival times of ``topic`` over ``seconds``, after ``warmup``
+        messages have shown that the publisher is up."""
+        from rclpy.qos import QoSProfile, ReliabilityPolicy
+        times: list[float] = []
+        self.node.create_subscription(msg_type, topic, lambda m: times.append(time.perf_counter()),
+                                      QoSProfile(depth=1000,
+                                                 reliability=ReliabilityPolicy.RELIABLE))
+        if not wait_for(lambda: len(times) > warmup, startup_timeout, lambda: self.spin(0.05)):
+            raise RuntimeError(f"nothing published on {topic}")
+        times.clear()
+        t0 = time.perf_counter()
+        while time.perf_counter() - t0 < seconds:
+            self.spin(0.01)
+        return times
+
+    def close(self) -> None:
+        self.executor.shutdown()
+        self.node.destroy_node()
+        self.rclpy.try_shutdown(context=self.context)
+
+
+def period_stats(arrivals: list[float], rate: float) -> dict:
+    """Achieved rate and deviation of the message periods from 1/rate."""
+    import numpy as np
+    dt = np.diff(arrivals)
+    dev = np.abs(dt - 1.0 / rate) * 1e3
+    achieved = (len(arrivals) - 1) / (arrivals[-1] - arrivals[0])
+    return {"requested_hz": rate, "achieved_hz": round(achieved, 2),
+            "ratio": round(achieved / rate, 4),
+            "period_ms_median": round(float(np.median(dt)) * 1e3, 4),
+            "period_dev_ms_median": round(float(np.median(dev)), 4),
+            "period_dev_ms_p99": round(percentile(dev, 99), 4),
+            "p99_dev_fraction_of_period": round(percentile(dev, 99) * rate / 1e3, 3),
+            "samples": len(arrivals)}

@@ -26,7 +26,8 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _common import Proc, node_cmd, percentile, ros_env, wait_for, write_json  # noqa: E402
+from _common import (Probe, Proc, node_cmd, percentile, period_stats, ros_env,  # noqa: E402
+                     write_json)
 
 from mbrl_ros.core import registry  # noqa: E402
 from mbrl_ros.core.control.mpc import CostSettings, MPCController  # noqa: E402
@@ -132,8 +133,6 @@ def ilqr_kernels(model, steps: int = 200) -> dict:
 
 def node_jitter(rate: float, seconds: float) -> dict:
     """Controller node in timer mode against sim_node in real time at the same rate."""
-    import rclpy
-    from rclpy.executors import SingleThreadedExecutor
     from std_msgs.msg import Float64MultiArray
     env = ros_env()
     domain = int(env["ROS_DOMAIN_ID"])
@@ -144,37 +143,15 @@ def node_jitter(rate: float, seconds: float) -> dict:
                                         "plan_rate": 20.0, "horizon": 30,
                                         "target_joint_positions": "[0.5,-0.5]",
                                         "diagnostics_rate": 0.0, "publish_plan": False}), env)
-    os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
-    ctx = rclpy.Context()
-    rclpy.init(context=ctx, domain_id=domain)
-    node = rclpy.create_node("jitter_probe", context=ctx)
-    ex = SingleThreadedExecutor(context=ctx)
-    ex.add_node(node)
-    arrivals: list[float] = []
-    node.create_subscription(Float64MultiArray, "/effort_controller/commands",
-                             lambda m: arrivals.append(time.perf_counter()), 1000)
+    probe = Probe(domain, "jitter_probe")
     try:
-        if not wait_for(lambda: len(arrivals) > 50, 60, lambda: ex.spin_once(timeout_sec=0.05)):
-            raise RuntimeError("controller published no commands")
-        arrivals.clear()
-        t0 = time.perf_counter()
-        while time.perf_counter() - t0 < seconds:
-            ex.spin_once(timeout_sec=0.01)
+        arrivals = probe.arrivals(Float64MultiArray, "/effort_controller/commands", seconds,
+                                  warmup=50)
     finally:
         ctrl.stop()
         sim.stop()
-        ex.shutdown()
-        node.destroy_node()
-        rclpy.try_shutdown(context=ctx)
-    dt = np.diff(arrivals)
-    dev = np.abs(dt - 1.0 / rate) * 1e3
-    return {"rate_hz": rate, "achieved_hz": round((len(arrivals) - 1) /
-                                                  (arrivals[-1] - arrivals[0]), 2),
-            "period_ms_median": round(float(np.median(dt)) * 1e3, 4),
-            "period_dev_ms_median": round(float(np.median(dev)), 4),
-            "period_dev_ms_p99": round(percentile(dev, 99), 4),
-            "p99_dev_fraction_of_period": round(percentile(dev, 99) * rate / 1e3, 3),
-            "samples": len(arrivals)}
+        probe.close()
+    return period_stats(arrivals, rate)
 
 
 def main() -> None:

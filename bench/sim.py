@@ -20,53 +20,21 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _common import Proc, node_cmd, percentile, ros_env, wait_for, write_json  # noqa: E402
-
-
-def _probe(domain: int):
-    os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
-    import rclpy
-    from rclpy.executors import SingleThreadedExecutor
-    ctx = rclpy.Context()
-    rclpy.init(context=ctx, domain_id=domain)
-    node = rclpy.create_node("bench_probe", context=ctx)
-    ex = SingleThreadedExecutor(context=ctx)
-    ex.add_node(node)
-    return rclpy, ctx, node, ex
+from _common import (Probe, Proc, node_cmd, period_stats, ros_env, wait_for,  # noqa: E402
+                     write_json)
 
 
 def realtime(rate: float, seconds: float, model: str) -> dict:
-    from rclpy.qos import QoSProfile, ReliabilityPolicy
     from sensor_msgs.msg import JointState
     env = ros_env()
-    domain = int(env["ROS_DOMAIN_ID"])
     sim = Proc(node_cmd("sim_node", {"model": model, "publish_rate": rate,
                                      "diagnostics_rate": 0.0}), env)
-    rclpy, ctx, node, ex = _probe(domain)
-    arrivals: list[float] = []
-    node.create_subscription(JointState, "/joint_states",
-                             lambda m: arrivals.append(time.perf_counter()),
-                             QoSProfile(depth=1000, reliability=ReliabilityPolicy.RELIABLE))
+    probe = Probe(int(env["ROS_DOMAIN_ID"]))
     try:
-        if not wait_for(lambda: len(arrivals) > 10, 30, lambda: ex.spin_once(timeout_sec=0.05)):
-            raise RuntimeError("sim_node published nothing")
-        arrivals.clear()
-        t0 = time.perf_counter()
-        while time.perf_counter() - t0 < seconds:
-            ex.spin_once(timeout_sec=0.01)
-        dt = np.diff(arrivals)
-        period = 1.0 / rate
-        achieved = (len(arrivals) - 1) / (arrivals[-1] - arrivals[0])
-        return {"requested_hz": rate, "achieved_hz": round(achieved, 2),
-                "ratio": round(achieved / rate, 4),
-                "period_dev_median_ms": round(1e3 * percentile(np.abs(dt - period), 50), 4),
-                "period_dev_p99_ms": round(1e3 * percentile(np.abs(dt - period), 99), 4),
-                "samples": len(arrivals)}
+        return period_stats(probe.arrivals(JointState, "/joint_states", seconds), rate)
     finally:
         sim.stop()
-        ex.shutdown()
-        node.destroy_node()
-        rclpy.try_shutdown(context=ctx)
+        probe.close()
 
 
 def lockstep(seconds: float, model: str) -> dict:
@@ -74,10 +42,10 @@ def lockstep(seconds: float, model: str) -> dict:
     from sensor_msgs.msg import JointState
     from std_msgs.msg import Float64MultiArray
     env = ros_env()
-    domain = int(env["ROS_DOMAIN_ID"])
     sim = Proc(node_cmd("sim_node", {"model": model, "publish_rate": 100.0, "lockstep": True,
                                      "diagnostics_rate": 0.0}), env)
-    rclpy, ctx, node, ex = _probe(domain)
+    probe = Probe(int(env["ROS_DOMAIN_ID"]))
+    node = probe.node
     qos = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
     pub = node.create_publisher(Float64MultiArray, "/effort_controller/commands", qos)
     count = [0]
@@ -90,17 +58,15 @@ def lockstep(seconds: float, model: str) -> dict:
     node.create_subscription(JointState, "/joint_states", on_state, qos)
     try:
         if not wait_for(lambda: count[0] > 20 and pub.get_subscription_count() > 0, 30,
-                        lambda: ex.spin_once(timeout_sec=0.05)):
+                        lambda: probe.spin(0.05)):
             raise RuntimeError("lockstep loop did not start")
         c0, t0 = count[0], time.perf_counter()
         while time.perf_counter() - t0 < seconds:
-            ex.spin_once(timeout_sec=0.01)
+            probe.spin(0.01)
         steps_per_s = (count[0] - c0) / (time.perf_counter() - t0)
     finally:
         sim.stop()
-        ex.shutdown()
-        node.destroy_node()
-        rclpy.try_shutdown(context=ctx)
+        probe.close()
     # The same simulator stepped bare, in this process: what ROS costs per step.
     from mbrl_ros.sim.env import MujocoSim
     s = MujocoSim(model, control_period=0.01)
