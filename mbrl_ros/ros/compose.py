@@ -116,8 +116,9 @@ def record(robot: str, seconds: float, out: Path, *, rate: float = 100.0, episod
         connected = system.spin_until(
             lambda: sim.state_pub.get_subscription_count() >= 2
             and sim.command_subscription_count() >= 1 and not logger.pending_topics()
-            # the latched episode-0 marker must reach the bag before the first state
-            and sim.episode_pub.get_subscription_count() >= 1,
+            # the latched episode-0 marker must be in the bag before the first state
+            # (a matched subscription is not enough: delivery of history is asynchronous)
+            and logger.markers_written >= 1,
             timeout=15.0)
         if not connected:
             raise RuntimeError("simulation, excitation and logger nodes did not connect "

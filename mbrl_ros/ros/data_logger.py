@@ -151,6 +151,11 @@ class DataLogger(Node):
 
     _types: dict[str, str]
 
+    @property
+    def markers_written(self) -> int:
+        """Episode markers recorded so far (the sim's latched episode-0 one included)."""
+        return self._episodes
+
     def pending_topics(self) -> list[str]:
         """Listed topics not yet subscribed (their type is not known yet)."""
         return list(self._pending)

@@ -114,6 +114,7 @@ def run_demo(cfg: DemoConfig) -> dict:
             **{f"{p}.{k}": v for p, ks in cfg.planner_settings.items() for k, v in ks.items()}})
         _wait(system, lambda: sim.state_pub.get_subscription_count() >= 3
               and sim.command_subscription_count() >= 1 and not logger.pending_topics()
+              and logger.markers_written >= 1       # episode-0 marker recorded
               and sim.episode_pub.get_subscription_count() >= 2,   # logger and fitter
               20.0, "the nodes to connect")
 
