@@ -38,6 +38,10 @@ class FitSettings:
     reject_factor: float = setting(2.0, "refuse a new model whose rollout error exceeds this "
                                    "times the last good model's", low=1.0, high=1e6)
     seed: int = setting(0, "random seed of the split and the model's fit", low=0)
+    continuous_joints: tuple[str, ...] = setting(
+        (), "joints whose position is an angle that wraps (URDF 'continuous'; learned models "
+        "see its sine and cosine); empty: the unlimited hinge joints of the robot's MJCF, "
+        "when the robot is a known model or MJCF file")
 
 
 @dataclass
@@ -101,6 +105,8 @@ def fit_model(batch: TransitionBatch, settings: FitSettings = FitSettings(),
     """Clean, split, fit and validate. Raises ModelError with the reason on failure
     (too few samples, dimensions not matching ``expect``, non-finite fit)."""
     batch, n_bad = drop_nonfinite(batch)
+    continuous = continuous_joints(batch, settings, robot)
+    batch = batch.replace(meta={**batch.meta, "continuous_joints": list(continuous)})
     data_spec = ModelSpec.from_batch(batch, robot=robot) if len(batch) else None
     if expect is not None and data_spec is not None:
         if (data_spec.nx, data_spec.nu) != (expect.nx, expect.nu):
@@ -133,6 +139,30 @@ def fit_model(batch: TransitionBatch, settings: FitSettings = FitSettings(),
     if n_bad:
         report.notes.append(f"{n_bad} transitions with NaN/inf dropped")
     return FitResult(model, report, n_bad)
+
+
+def continuous_joints(batch: TransitionBatch, settings: FitSettings, robot: str = ""
+                      ) -> tuple[str, ...]:
+    """The continuous joints of ``batch``: from ``settings.continuous_joints``, else the
+    batch's metadata, else the unlimited hinges of ``robot``'s MJCF (none if it has none or
+    ``robot`` is not a model this machine can load). ModelError for a name with no
+    '<joint>/position' state."""
+    names: tuple[str, ...] = tuple(settings.continuous_joints)
+    if not names and "continuous_joints" in batch.meta:
+        names = tuple(batch.meta["continuous_joints"])
+    elif not names and robot:
+        from mbrl_ros.sim.env import MujocoSim
+        try:
+            sim = MujocoSim(robot)
+        except (ValueError, FileNotFoundError, OSError):
+            return ()
+        names = tuple(j for j, c in zip(sim.joint_names, sim.continuous) if c)
+        names = tuple(j for j in names if f"{j}/position" in batch.state_names)
+    missing = [j for j in names if f"{j}/position" not in batch.state_names]
+    if missing:
+        raise ModelError(f"continuous joint(s) {missing} have no '<joint>/position' state; "
+                         f"states: {list(batch.state_names)}")
+    return names
 
 
 def accept(new: FitReport, previous: FitReport | None, reject_factor: float) -> tuple[bool, str]:

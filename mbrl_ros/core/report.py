@@ -1,9 +1,10 @@
 """Task metrics and report figures for learn-and-control runs (ROS-free).
 
 An *episode* is a TransitionBatch of one controlled run from a reset. Its task cost is
-the quadratic part of the controller's stage cost (joint error, velocity and normalised
-effort, weighted as :class:`~mbrl_ros.core.control.mpc.CostSettings` weighs them; no
-joint-limit barrier, no terminal term) on each (u_t, x_t+1), integrated over time (x dt)
+the quadratic part of the controller's stage cost (joint error, wrapping on continuous
+joints; velocity; normalised effort; weighted as
+:class:`~mbrl_ros.core.control.mpc.CostSettings` weighs them; no joint-limit barrier, no
+terminal term) on each (u_t, x_t+1), integrated over time (x dt)
 so that it is comparable across control rates; the final distance is the
 end-effector distance to the target pose's end effector (forward kinematics from the
 MJCF), in metres, or the joint-space error where the model has no ``ee`` site.
@@ -20,20 +21,17 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from mbrl_ros.core.control.mpc import CostSettings  # noqa: E402
+from mbrl_ros.core.control.mpc import CostSettings, task_cost  # noqa: E402
 from mbrl_ros.core.types import TransitionBatch  # noqa: E402
 
 
 def episode_cost(ep: TransitionBatch, target_q: np.ndarray, effort_limits: np.ndarray,
-                 s: CostSettings = CostSettings()) -> float:
-    """Integral over the episode of the quadratic task cost of (u_t, x_t+1), sum of
-    cost x dt (see the module docstring)."""
-    n = ep.nx // 2
-    dq = ep.next_states[:, :n] - target_q
-    qd = ep.next_states[:, n:]
-    u = ep.actions / np.maximum(effort_limits, 1e-9)
-    stage = 0.5 * (s.position_weight * (dq ** 2).sum(1) + s.velocity_weight * (qd ** 2).sum(1)
-                   + s.effort_weight * (u ** 2).sum(1))
+                 s: CostSettings = CostSettings(), continuous: np.ndarray | None = None
+                 ) -> float:
+    """Integral over the episode of the MPC's stage cost of (x_t+1, u_t) (:func:`task_cost`,
+    without the joint-limit barrier): sum of cost x dt."""
+    stage = task_cost(s, target_q, effort_limits, continuous).stage(ep.next_states,
+                                                                     ep.actions)
     return float((stage * ep.dt).sum())
 
 

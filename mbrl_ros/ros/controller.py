@@ -181,7 +181,8 @@ class Controller(LifecycleNode):
             self.mpc = MPCController(self._make_planner, list(s.planner_plugins),
                                      s.active_planner, s.horizon, self.robot.effort_limits,
                                      self.robot.position_limits, self.cost_settings,
-                                     s.fallback_planner, s.uncertainty_threshold)
+                                     s.fallback_planner, s.uncertainty_threshold,
+                                     continuous=self.robot.continuous)
             self.mpc.effort_scale = self.safety_settings.effort_scale
             if s.target_joint_positions:
                 self.mpc.set_target(np.asarray(s.target_joint_positions))

@@ -177,7 +177,8 @@ def run_demo(cfg: DemoConfig) -> dict:
             task_cost = final_distance = joint_error = None
             errors: list[float] = []
             if ep is not None and len(ep):
-                task_cost = episode_cost(ep, target, robot.effort_limits, cost_settings)
+                task_cost = episode_cost(ep, target, robot.effort_limits, cost_settings,
+                                         robot.continuous)
                 q_final = ep.next_states[-1, :robot.n_joints]
                 err = q_final - target
                 unlimited = ~np.isfinite(robot.position_limits).all(axis=1)

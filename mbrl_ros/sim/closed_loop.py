@@ -83,4 +83,6 @@ def simulate_excitation(robot: str, seconds: float, episodes: int = 1, seed: int
                                                           for j in sim.joint_names]
     return TransitionBatch(X, U, Xn, np.full(n, sim.control_period),
                            np.arange(n) * sim.control_period, np.repeat(np.arange(episodes), steps),
-                           names, list(sim.command_names), {"robot": robot})
+                           names, list(sim.command_names),
+                           {"robot": robot, "continuous_joints": [
+                               j for j, c in zip(sim.joint_names, sim.continuous) if c]})

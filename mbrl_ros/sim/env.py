@@ -210,6 +210,8 @@ class MujocoSim:
         self._dof_idx = m.jnt_dofadr[joint_ids].astype(np.intp)
 
         limited = m.jnt_limited[joint_ids].astype(bool)
+        # Unlimited hinges are continuous joints (URDF 'continuous'): their angle wraps.
+        self._continuous = (~limited) & (m.jnt_type[joint_ids] == int(mujoco.mjtJoint.mjJNT_HINGE))
         self._position_limits = np.where(
             limited[:, None], m.jnt_range[joint_ids], np.array([-np.inf, np.inf])
         ).astype(float)
@@ -340,6 +342,11 @@ class MujocoSim:
     def episode(self) -> int:
         """Episode counter: 0 after construction, incremented by every :meth:`reset`."""
         return self._episode
+
+    @property
+    def continuous(self) -> np.ndarray:
+        """(n_joints,) bool: unlimited hinge joints, whose angle is periodic (2 pi)."""
+        return self._continuous.copy()
 
     @property
     def position_limits(self) -> np.ndarray:

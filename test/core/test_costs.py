@@ -21,9 +21,19 @@ def _barrier():
                              margin=0.1, weight=50.0, terminal_weight=80.0)
 
 
+def _periodic(rng):
+    A = rng.standard_normal((NX, NX))
+    Q = A @ A.T
+    for i in (1, 4):             # a periodic index is not coupled to others: smooth cost
+        Q[i, :] = Q[:, i] = 0.0
+        Q[i, i] = 2.0 + i
+    return QuadraticCost(Q, np.eye(NU), 3.0 * np.eye(NX),
+                         x_target=rng.standard_normal(NX), periodic=[1, 4])
+
+
 def _costs(rng):
     q, b = _quadratic(rng), _barrier()
-    return {"quadratic": q, "barrier": b, "sum": q + b}
+    return {"quadratic": q, "barrier": b, "sum": q + b, "periodic": _periodic(rng)}
 
 
 def _away_from_kinks(rng, n):
@@ -97,7 +107,7 @@ def test_barrier_is_zero_inside_band_and_positive_outside():
         JointLimitBarrier([0.0], [0.1], nx=2, nu=1, margin=0.1)
 
 
-@pytest.mark.parametrize("name", ["quadratic", "barrier", "sum"])
+@pytest.mark.parametrize("name", ["quadratic", "barrier", "sum", "periodic"])
 def test_batch_numpy_and_torch_agree_with_stage(name):
     rng = np.random.default_rng(2)
     cost = _costs(rng)[name]
@@ -154,3 +164,43 @@ def test_diagonal_constructor_and_shape_errors():
     np.testing.assert_array_equal(q.Qf, np.diag([3.0, 4.0]))
     with pytest.raises(ValueError, match="x_target"):
         QuadraticCost(np.eye(2), np.eye(1), x_target=np.zeros(3))
+
+
+def test_periodic_error_wraps_is_smooth_and_has_exact_gradient():
+    """Continuous joints: the cost is 2 pi-periodic in the angle, equals the plain quadratic
+    for small errors, its gradient is exact and its Hessian is the Gauss-Newton J' Q J."""
+    rng = np.random.default_rng(5)
+    cost = _periodic(rng)
+    plain = QuadraticCost(cost.Q, cost.R, cost.Qf, x_target=cost.x_target)
+    xs = 3.0 * rng.standard_normal((T, NX))
+    us = rng.standard_normal((T, NU))
+    turn = np.zeros(NX)
+    turn[[1, 4]] = [2 * np.pi, -4 * np.pi]
+    np.testing.assert_allclose(cost.stage(xs + turn, us), cost.stage(xs, us), rtol=1e-9)
+    assert cost.terminal(xs[0] + turn) == pytest.approx(cost.terminal(xs[0]), rel=1e-9)
+    # not periodic on the other indices
+    other = np.zeros(NX)
+    other[0] = 2 * np.pi
+    assert cost.terminal(xs[0] + other) != pytest.approx(cost.terminal(xs[0]), rel=1e-3)
+    near = cost.x_target + 1e-4 * rng.standard_normal(NX)
+    assert cost.terminal(near) == pytest.approx(plain.terminal(near), rel=1e-6)
+    # pole hanging (error pi): the chord error is 2, the plain one pi
+    x = cost.x_target.copy()
+    x[1] += np.pi
+    e = np.zeros(NX)
+    e[1] = 2.0
+    assert cost.terminal(x) == pytest.approx(0.5 * e @ cost.Qf @ e)
+    lx, lu, lxx, _, _ = cost.stage_derivatives(xs, us)
+    for t in range(T):
+        z = np.concatenate([xs[t], us[t]])
+        g = _fd_grad(lambda zz: cost.stage(zz[None, :NX], zz[None, NX:])[0], z)
+        np.testing.assert_allclose(np.concatenate([lx[t], lu[t]]), g, rtol=1e-6, atol=1e-6)
+        J = np.ones(NX)
+        J[[1, 4]] = np.cos(0.5 * (xs[t, [1, 4]] - cost.x_target[[1, 4]]))
+        np.testing.assert_allclose(lxx[t], J[:, None] * cost.Q * J[None, :], atol=1e-12)
+        assert np.linalg.eigvalsh(lxx[t]).min() > -1e-9
+    gf, Hf = cost.terminal_derivatives(xs[0])
+    np.testing.assert_allclose(gf, _fd_grad(cost.terminal, xs[0]), rtol=1e-6, atol=1e-6)
+    assert cost.with_target(np.zeros(NX)).periodic.tolist() == [1, 4]
+    with pytest.raises(ValueError, match="out of range"):
+        QuadraticCost(np.eye(2), np.eye(1), periodic=[2])

@@ -42,6 +42,20 @@ class CostSettings:
                                   unit="rad|m", low=0.0, high=1.0, dynamic=True)
 
 
+def task_cost(s: CostSettings, target_q: np.ndarray, effort_limits: np.ndarray,
+              continuous: np.ndarray | None = None) -> QuadraticCost:
+    """The reaching cost of the MPC (without the joint-limit barrier): weights on the joint
+    position error (wrapping on ``continuous`` joints), joint velocities and efforts as
+    fractions of their limits; terminal weight ``terminal_factor`` x the stage weight.
+    State x = [q (n,), qd (n,)], n = target_q.size."""
+    n = np.asarray(target_q).size
+    q = np.r_[np.full(n, s.position_weight), np.full(n, s.velocity_weight)]
+    r = s.effort_weight / np.maximum(np.asarray(effort_limits, float), 1e-9) ** 2
+    periodic = () if continuous is None else np.flatnonzero(continuous)
+    return QuadraticCost.diagonal(q, r, s.terminal_factor * q,
+                                  x_target=np.r_[target_q, np.zeros(n)], periodic=periodic)
+
+
 def joints_of(spec: ModelSpec) -> tuple[str, ...]:
     """Joint names of a model whose states are '<joint>/position'..., '<joint>/velocity'."""
     n = spec.nx // 2
@@ -66,12 +80,15 @@ class MPCController:
         fallback: planner id used when the model is too uncertain ('' : none).
         uncertainty_threshold: mean predicted std [state units] above which the fallback
             planner is used (0: never).
+        continuous: (n_joints,) bool, continuous joints (unlimited hinges): their position
+            error in the cost wraps every 2 pi (default: none).
     """
 
     def __init__(self, planner_factory: Callable[..., Planner], planner_ids: list[str],
                  active: str, horizon: int, effort_limits: np.ndarray,
                  position_limits: np.ndarray, cost_settings: CostSettings,
-                 fallback: str = "", uncertainty_threshold: float = 0.0):
+                 fallback: str = "", uncertainty_threshold: float = 0.0,
+                 continuous: np.ndarray | None = None):
         if not planner_ids:
             raise ValueError("no planners configured (planner_plugins is empty)")
         for pid in [active] + ([fallback] if fallback else []):
@@ -87,6 +104,11 @@ class MPCController:
         self.horizon = int(horizon)
         self.effort_limits = np.asarray(effort_limits, dtype=float)
         self.position_limits = np.asarray(position_limits, dtype=float)
+        n_joints = self.position_limits.shape[0]
+        self.continuous = (np.zeros(n_joints, bool) if continuous is None
+                           else np.asarray(continuous, dtype=bool).reshape(-1))
+        if self.continuous.size != n_joints:
+            raise ValueError(f"continuous needs {n_joints} flags, got {self.continuous.size}")
         self.cost_settings = cost_settings
         self.effort_scale = 1.0
         self.model: DynamicsModel | None = None
@@ -168,11 +190,7 @@ class MPCController:
         if self.spec is None or self.target_q is None:
             return
         s = self.cost_settings
-        n = self.spec.nx // 2
-        q = np.r_[np.full(n, s.position_weight), np.full(n, s.velocity_weight)]
-        r = s.effort_weight / np.maximum(self.effort_limits, 1e-9) ** 2
-        x_target = np.r_[self.target_q, np.zeros(n)]
-        cost: Cost = QuadraticCost.diagonal(q, r, s.terminal_factor * q, x_target=x_target)
+        cost: Cost = task_cost(s, self.target_q, self.effort_limits, self.continuous)
         finite = np.isfinite(self.position_limits).all(axis=1)
         if s.limit_weight > 0 and finite.any():
             idx = np.flatnonzero(finite)

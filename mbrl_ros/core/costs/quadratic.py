@@ -134,8 +134,18 @@ def _quad_batch(d: Array, W: Array) -> Array:
 
 
 class QuadraticCost(Cost):
-    """``l = 0.5 (x - x*)' Q (x - x*) + 0.5 (u - u_ref)' R (u - u_ref)``,
-    ``l_f = 0.5 (x - x*)' Qf (x - x*)``.
+    """``l = 0.5 e' Q e + 0.5 (u - u_ref)' R (u - u_ref)``, ``l_f = 0.5 e' Qf e`` with the
+    state error ``e = x - x*``.
+
+    Angles of continuous joints (``periodic`` state indices, e.g. a cart-pole's pole) use the
+    chord ``e_i = 2 sin(w_i / 2)`` of the wrapped error ``w_i = x_i - x*_i`` in [-pi, pi)
+    instead: ``e_i^2 = 2 (1 - cos(x_i - x*_i))``, so the cost is 2*pi-periodic (a pole upright
+    after a full turn costs nothing), equals the quadratic for small errors and, with a
+    weight that does not couple a periodic index to others (diagonal Q, as the MPC's), is
+    smooth everywhere (a wrapped quadratic error is not: its slope jumps at +-pi, the
+    hanging start of a swing-up). Derivatives use the Gauss-Newton Hessian ``J' Q J`` with
+    ``J = diag(de/dx)``, ``de_i/dx_i = cos(w_i / 2) >= 0``: positive semi-definite
+    everywhere, as DDP needs.
 
     Args:
         Q: (nx, nx) symmetric PSD state weight per step.
@@ -143,10 +153,12 @@ class QuadraticCost(Cost):
         Qf: (nx, nx) symmetric PSD terminal weight (default: Q).
         x_target: (nx,) target state x* (default zeros).
         u_ref: (nu,) reference action, e.g. gravity compensation (default zeros).
+        periodic: state indices whose error wraps (angles of continuous joints).
     """
 
     def __init__(self, Q: np.ndarray, R: np.ndarray, Qf: np.ndarray | None = None,
-                 x_target: np.ndarray | None = None, u_ref: np.ndarray | None = None):
+                 x_target: np.ndarray | None = None, u_ref: np.ndarray | None = None,
+                 periodic: Sequence[int] = ()):
         Q = np.asarray(Q, dtype=np.float64)
         R = np.asarray(R, dtype=np.float64)
         nx, nu = Q.shape[0], R.shape[0]
@@ -159,51 +171,90 @@ class QuadraticCost(Cost):
         self.x_target = _frozen(np.zeros(nx) if x_target is None else x_target, (nx,),
                                 "x_target")
         self.u_ref = _frozen(np.zeros(nu) if u_ref is None else u_ref, (nu,), "u_ref")
+        periodic = np.unique(np.asarray(periodic, dtype=np.intp).reshape(-1))
+        if np.any(periodic < 0) or np.any(periodic >= nx):
+            raise ValueError(f"periodic indices {periodic.tolist()} out of range for nx={nx}")
+        self.periodic = periodic
+        self._pmask = _frozen(np.isin(np.arange(nx), periodic).astype(np.float64))
 
     @classmethod
     def diagonal(cls, q: Sequence[float], r: Sequence[float], qf: Sequence[float] | None = None,
-                 x_target: np.ndarray | None = None, u_ref: np.ndarray | None = None
-                 ) -> "QuadraticCost":
+                 x_target: np.ndarray | None = None, u_ref: np.ndarray | None = None,
+                 periodic: Sequence[int] = ()) -> "QuadraticCost":
         """Diagonal weights: q (nx,), r (nu,), qf (nx,) (default q)."""
-        return cls(np.diag(q), np.diag(r), None if qf is None else np.diag(qf), x_target, u_ref)
+        return cls(np.diag(q), np.diag(r), None if qf is None else np.diag(qf), x_target, u_ref,
+                   periodic)
 
     def with_target(self, x_target: np.ndarray) -> "QuadraticCost":
         """A copy with a new target state x_target (nx,)."""
-        return QuadraticCost(self.Q, self.R, self.Qf, x_target, self.u_ref)
+        return QuadraticCost(self.Q, self.R, self.Qf, x_target, self.u_ref, self.periodic)
 
     def with_reference_action(self, u_ref: np.ndarray) -> "QuadraticCost":
         """A copy with a new reference action u_ref (nu,)."""
-        return QuadraticCost(self.Q, self.R, self.Qf, self.x_target, u_ref)
+        return QuadraticCost(self.Q, self.R, self.Qf, self.x_target, u_ref, self.periodic)
+
+    def _error(self, x):
+        """State error e (..., nx) of numpy or torch states (chord on periodic indices)."""
+        d = x - self._const(self.x_target, x)
+        if not self.periodic.size:
+            return d
+        m = self._const(self._pmask, x)
+        # Blend instead of index assignment: the same code for numpy and torch batches.
+        return d + m * (2.0 * _half_sin(_wrap(d)) - d)
+
+    def _error_jacobian(self, x: np.ndarray) -> np.ndarray:
+        """de/dx (..., nx): 1, or cos(w/2) on periodic indices (numpy)."""
+        w = _wrap(x - self.x_target)
+        return 1.0 + self._pmask * (np.cos(0.5 * w) - 1.0)
 
     def stage(self, xs, us):
-        dx = xs - self.x_target
         du = us - self.u_ref
-        return _quad_batch(dx, self.Q) + _quad_batch(du, self.R)
+        return _quad_batch(self._error(xs), self.Q) + _quad_batch(du, self.R)
 
     def terminal(self, x):
-        dx = np.asarray(x) - self.x_target
-        return float(0.5 * dx @ self.Qf @ dx)
+        e = self._error(np.asarray(x, dtype=np.float64))
+        return float(0.5 * e @ self.Qf @ e)
 
     def stage_derivatives(self, xs, us):
         T = xs.shape[0]
-        lx = (xs - self.x_target) @ self.Q
         lu = (us - self.u_ref) @ self.R
-        return (lx, lu, np.broadcast_to(self.Q, (T, self.nx, self.nx)),
-                np.broadcast_to(self.R, (T, self.nu, self.nu)),
-                np.broadcast_to(np.zeros((self.nu, self.nx)), (T, self.nu, self.nx)))
+        luu = np.broadcast_to(self.R, (T, self.nu, self.nu))
+        lux = np.broadcast_to(np.zeros((self.nu, self.nx)), (T, self.nu, self.nx))
+        e = self._error(xs)
+        if not self.periodic.size:
+            return e @ self.Q, lu, np.broadcast_to(self.Q, (T, self.nx, self.nx)), luu, lux
+        J = self._error_jacobian(xs)                              # (T, nx)
+        lx = (e @ self.Q) * J
+        lxx = J[:, :, None] * self.Q[None] * J[:, None, :]        # Gauss-Newton J' Q J
+        return lx, lu, lxx, luu, lux
 
     def terminal_derivatives(self, x):
-        return (np.asarray(x) - self.x_target) @ self.Qf, self.Qf
+        x = np.asarray(x, dtype=np.float64)
+        e = self._error(x)
+        if not self.periodic.size:
+            return e @ self.Qf, self.Qf
+        J = self._error_jacobian(x)
+        return (e @ self.Qf) * J, J[:, None] * self.Qf * J[None, :]
 
     def stage_batch(self, xs, us):
-        dx = xs - self._const(self.x_target, xs)
         du = us - self._const(self.u_ref, us)
-        return (_quad_batch(dx, self._const(self.Q, xs))
+        return (_quad_batch(self._error(xs), self._const(self.Q, xs))
                 + _quad_batch(du, self._const(self.R, us))).sum(-1)
 
     def terminal_batch(self, x):
-        dx = x - self._const(self.x_target, x)
-        return _quad_batch(dx, self._const(self.Qf, x))
+        return _quad_batch(self._error(x), self._const(self.Qf, x))
+
+
+def _wrap(d: Array) -> Array:
+    """Angles wrapped to [-pi, pi), numpy or torch."""
+    if _is_torch(d):
+        return (d + np.pi).remainder(2 * np.pi) - np.pi
+    return np.mod(d + np.pi, 2 * np.pi) - np.pi
+
+
+def _half_sin(d: Array) -> Array:
+    """sin(d / 2) for numpy arrays or torch tensors."""
+    return (0.5 * d).sin() if _is_torch(d) else np.sin(0.5 * d)
 
 
 class JointLimitBarrier(Cost):

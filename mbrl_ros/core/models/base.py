@@ -32,12 +32,19 @@ class ModelSpec:
     action_names: tuple[str, ...]
     dt: float                      # control period [s] the model steps over
     robot: str = ""                # e.g. 'arm2' or an MJCF file name
+    # State indices that are angles of continuous joints (they wrap every 2 pi): learned
+    # models see their sine and cosine (:class:`InputFeatures`).
+    periodic: tuple[int, ...] = ()
 
     @classmethod
     def from_batch(cls, batch: TransitionBatch, robot: str = "") -> "ModelSpec":
+        """The spec of ``batch``; ``batch.meta['continuous_joints']`` (joint names) marks
+        their '<joint>/position' states periodic."""
         dt = float(np.median(batch.dt)) if len(batch) else 0.0
+        continuous = {f"{j}/position" for j in batch.meta.get("continuous_joints", ())}
+        periodic = tuple(i for i, n in enumerate(batch.state_names) if n in continuous)
         return cls(batch.nx, batch.nu, tuple(batch.state_names), tuple(batch.action_names),
-                   dt, robot or str(batch.meta.get("robot", "")))
+                   dt, robot or str(batch.meta.get("robot", "")), periodic)
 
     def check_compatible(self, other: "ModelSpec") -> None:
         """Raise ModelError if ``other`` describes different state/action spaces."""
@@ -53,7 +60,8 @@ class ModelSpec:
     @classmethod
     def from_json(cls, d: dict) -> "ModelSpec":
         return cls(int(d["nx"]), int(d["nu"]), tuple(d["state_names"]),
-                   tuple(d["action_names"]), float(d["dt"]), d.get("robot", ""))
+                   tuple(d["action_names"]), float(d["dt"]), d.get("robot", ""),
+                   tuple(int(i) for i in d.get("periodic", ())))
 
 
 @dataclass(frozen=True)
@@ -121,6 +129,61 @@ class Normalizer:
     @classmethod
     def from_arrays(cls, arrays: dict[str, np.ndarray], prefix: str) -> "Normalizer":
         return cls(arrays[f"{prefix}_mean"], arrays[f"{prefix}_std"])
+
+
+class InputFeatures:
+    """The inputs a learned model sees: ``z = [x', cos(x_P), u]`` where ``x'`` is x with the
+    periodic angles ``x_P`` (:attr:`ModelSpec.periodic`) replaced by their sines, so
+    z (..., nx + |P| + nu) is the same for angles a full turn apart and the effect of gravity
+    (sin, cos of the angle) is within reach of an affine map (the PILCO and PETS cart-pole
+    input encodings). Without periodic states ``z = [x, u]``. numpy or torch inputs.
+    """
+
+    def __init__(self, spec: ModelSpec):
+        self.nx, self.nu = spec.nx, spec.nu
+        self.periodic = np.asarray(spec.periodic, dtype=np.intp)
+        self.n_in = self.nx + self.periodic.size + self.nu
+        mask = np.zeros(self.nx)
+        mask[self.periodic] = 1.0
+        self._mask = mask
+        self._torch: dict = {}
+
+    def __call__(self, x, u):
+        if not self.periodic.size:
+            return (torch_cat([x, u]) if _is_torch(x) else np.concatenate([x, u], axis=-1))
+        p = self.periodic
+        if _is_torch(x):
+            key = (x.dtype, x.device)
+            if key not in self._torch:
+                import torch
+                self._torch[key] = (torch.as_tensor(self._mask, dtype=x.dtype, device=x.device),
+                                    torch.as_tensor(p, device=x.device))
+            m, pt = self._torch[key]
+            xp = x.index_select(-1, pt)
+            return torch_cat([x + m * (x.sin() - x), xp.cos(), u])
+        xs = x + self._mask * (np.sin(x) - x)
+        return np.concatenate([xs, np.cos(x[..., p]), u], axis=-1)
+
+    def chain(self, dfdz: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Jacobians w.r.t. x and u from one w.r.t. z: dfdz (T, m, n_in), x (T, nx) ->
+        (T, m, nx), (T, m, nu) (numpy)."""
+        nx, k = self.nx, self.periodic.size
+        dfdx = dfdz[..., :nx].copy()
+        if k:
+            p = self.periodic
+            # d sin/dx = cos x on the periodic columns, plus d cos/dx = -sin x
+            dfdx[..., p] = (dfdz[..., p] * np.cos(x[:, None, p])
+                            - dfdz[..., nx:nx + k] * np.sin(x[:, None, p]))
+        return dfdx, dfdz[..., nx + k:]
+
+
+def _is_torch(a) -> bool:
+    return type(a).__module__.startswith("torch")
+
+
+def torch_cat(parts):
+    import torch
+    return torch.cat(parts, dim=-1)
 
 
 def check_xu(spec: ModelSpec, x: np.ndarray, u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
