@@ -173,6 +173,36 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_gps(args: argparse.Namespace) -> int:
+    from mbrl_ros.core.algorithms.gps_run import GPSRunConfig, run_gps
+
+    cfg = GPSRunConfig(robot=args.robot, out=Path(args.out), iterations=args.iterations,
+                       quick=args.quick, conditions=args.conditions, samples=args.samples,
+                       horizon=args.horizon, seed=args.seed, name=args.name,
+                       progress=not args.no_progress).resolved()
+    print(f"guided policy search (MDGPS): {cfg.robot}, {cfg.conditions} conditions x "
+          f"{cfg.samples} samples x {cfg.horizon} steps, {cfg.iterations} iterations -> "
+          f"{cfg.out}")
+    rep = run_gps(cfg)
+    print(f"\n{'it':>3} {'samples':>7} {'sim s':>7} {'LG cost':>10} {'policy cost':>11} "
+          f"{'final err':>9} {'KL bound':>8} {'eta (mean)':>10}")
+    for r in rep["history"]:
+        pc = r["cost_policy"]
+        fd = r["policy_final_distance"]
+        print(f"{r['iteration']:>3} {r['samples']:>7} {r['interaction_seconds']:>7.1f} "
+              f"{np.mean(r['cost_lg']):>10.4g} "
+              f"{(format(np.mean(pc), '11.4g') if pc else '-'):>11} "
+              f"{(format(max(fd), '9.4f') if fd else '-'):>9} {r['epsilon']:>8.3g} "
+              f"{np.mean(r['eta']):>10.3g}")
+    print(f"\ndo-nothing final joint error: {min(rep['do_nothing_final_distance']):.3f} rad "
+          f"(smallest over the conditions); policy action(): "
+          f"{rep['policy_action_seconds'] * 1e6:.1f} us; took {rep['wall_seconds']:.1f} s")
+    print(f"artifact {rep['artifact']['uri']} (v{rep['artifact']['version']}; use "
+          f"{rep['artifact']['latest']} as the gps_policy planner's 'artifact')\n"
+          f"report {Path(args.out) / 'report.json'}\nplot {rep['plot']}")
+    return 0
+
+
 MODEL_FAMILIES = ("linear", "tvlg", "gp", "ensemble", "mujoco")
 PLANNERS = ("ilqr", "mppi", "cem", "casadi_mpc")
 NODE_SETTINGS = {
@@ -352,6 +382,29 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--seed", type=int, default=0)
     m.add_argument("--no-progress", action="store_true")
     m.set_defaults(func=_cmd_demo)
+
+    g = sub.add_parser("gps", help="train a global policy by guided policy search in simulation",
+                       description="Mirror-descent guided policy search on a joint-space "
+                                   "reaching task: local linear-Gaussian controllers from "
+                                   "fitted TVLG dynamics, distilled into one neural-network "
+                                   "policy. Writes OUT/report.json, OUT/gps.png and the policy "
+                                   "artifact OUT/NAME/vNNNN (for the gps_policy planner).")
+    g.add_argument("--robot", default="arm2", choices=["arm2"],
+                   help="robot with a default reaching task (default: arm2)")
+    g.add_argument("--iterations", type=int, default=0,
+                   help="GPS iterations (default 8, --quick 3)")
+    g.add_argument("--out", default="gps_out", help="output directory (default gps_out)")
+    g.add_argument("--quick", action="store_true",
+                   help="small run: 2 conditions, 4 samples, shorter S-steps")
+    g.add_argument("--conditions", type=int, default=0,
+                   help="initial conditions (default 3, --quick 2; at most 4)")
+    g.add_argument("--samples", type=int, default=0,
+                   help="samples per condition and iteration (default 5, --quick 4)")
+    g.add_argument("--horizon", type=int, default=40, help="steps of 0.05 s per trajectory")
+    g.add_argument("--name", default="gps_policy", help="artifact name (default gps_policy)")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--no-progress", action="store_true")
+    g.set_defaults(func=_cmd_gps)
 
     pa = sub.add_parser("params", help="print a node's parameters as a documented YAML file",
                         description="Print every parameter of NODE with type, unit, range and "

@@ -13,5 +13,6 @@ for _module in ("mbrl_ros.core.planners.ilqr.planner", "mbrl_ros.core.planners.c
                 "mbrl_ros.core.planners.mppi.planner"):
     registry.add_provider("planner", _module)
 registry.add_provider("planner", "mbrl_ros.core.planners.casadi_mpc.planner")
+registry.add_provider("planner", "mbrl_ros.core.planners.gps_policy.planner", "gps_policy")
 
 __all__ = ["Planner", "Policy"]

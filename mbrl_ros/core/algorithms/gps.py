@@ -1,0 +1,442 @@
+"""Mirror-descent guided policy search (MDGPS) with M initial conditions.
+
+Montgomery & Levine, "Guided Policy Search via Approximate Mirror Descent" (NIPS 2016),
+building on Levine & Abbeel, "Learning Neural Network Policies with Guided Policy Search
+under Unknown Dynamics" (NIPS 2014); the iteration follows the authors' reference
+implementation (cbfinn/gps ``AlgorithmMDGPS``). One iteration:
+
+1. **Sample** N trajectories of T steps from each condition's linear-Gaussian controller
+   p_m(u|x) on an :class:`Environment` (``reset(condition) -> x0``, ``step(u) -> x``).
+2. **Dynamics**: add all samples to one GMM prior shared by the conditions and fit each
+   condition's time-varying linear-Gaussian dynamics
+   (:class:`~mbrl_ros.core.models.tvlg.TVLGModel`).
+3. **Policy linearisation**: fit the global policy pi as a linear-Gaussian controller
+   around each condition's samples (:mod:`.policy_fit`).
+4. **Step size** (from the second iteration): compare the improvement of the global
+   policy that the last C-step predicted with the one that happened, under the Laplace
+   (LQG) cost estimate or the sample (Monte-Carlo) costs, and rescale the KL bound
+   (cbfinn/gps ``_stepadjust`` / ``_set_new_mult``): with the improvement modelled as
+   quadratic in the step, new_mult = predicted / (2 (predicted - actual)), clipped to
+   [min_mult, max_mult], and step_mult *= new_mult within [min_step_mult, max_step_mult].
+5. **C-step**: p_m <- argmin E[cost] s.t. KL(p_m || pi_m^lin) <= epsilon = kl_step *
+   step_mult * T (:func:`~mbrl_ros.core.algorithms.traj_opt.kl_constrained_update`).
+6. **S-step**: train pi on the controllers' mean actions at the sampled states, weighted
+   by their precisions (:class:`~mbrl_ros.core.algorithms.global_policy.PolicyTrainer`).
+
+On the first iteration the global policy is first trained on the initial controllers, so
+the first C-step is measured against something meaningful (as the reference does).
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Protocol, Sequence, runtime_checkable
+
+import numpy as np
+
+from mbrl_ros.core.algorithms.global_policy import NeuralPolicy, PolicySettings, PolicyTrainer
+from mbrl_ros.core.algorithms.policy_fit import PolicyPriorGMM, fit_policy_linearization
+from mbrl_ros.core.algorithms.traj_opt import (
+    CostExpansion,
+    TrajOptResult,
+    TrajOptSettings,
+    expected_cost,
+    forward,
+    kl_constrained_update,
+    policy_arrays,
+    sample_costs,
+)
+from mbrl_ros.core.costs.quadratic import Cost
+from mbrl_ros.core.models.base import Linearization
+from mbrl_ros.core.models.tvlg import TVLGModel, TVLGSettings
+from mbrl_ros.core.policies.linear_gaussian import LinearGaussianPolicy
+from mbrl_ros.core.settings import setting
+
+__all__ = ["Environment", "GPSSettings", "IterationRecord", "MDGPS", "initial_controller"]
+
+
+@runtime_checkable
+class Environment(Protocol):
+    """What GPS samples from: a resettable system stepped in fixed control periods.
+
+    Attributes:
+        nx, nu: state and action dimensions; dt: control period [s];
+        n_conditions: number of initial conditions; u_min, u_max: (nu,) action limits.
+    """
+    nx: int
+    nu: int
+    dt: float
+    n_conditions: int
+    u_min: np.ndarray
+    u_max: np.ndarray
+
+    def reset(self, condition: int) -> np.ndarray:
+        """Start an episode from initial condition ``condition``; returns x0 (nx,)."""
+        ...
+
+    def step(self, u: np.ndarray) -> np.ndarray:
+        """Apply action u (nu,) for one control period; returns the next state (nx,)."""
+        ...
+
+
+@dataclass(frozen=True)
+class GPSSettings:
+    """MDGPS hyper-parameters (defaults from cbfinn/gps and its MDGPS MuJoCo example)."""
+    horizon: int = setting(50, "time steps T per sample trajectory", unit="steps", low=2,
+                           high=100000)
+    samples: int = setting(5, "sample trajectories per condition and iteration", low=2,
+                           high=10000)
+    kl_step: float = setting(1.0, "base KL bound per time step; the C-step bound is "
+                             "kl_step * step_mult * T", unit="nats", low=1e-9)
+    min_step_mult: float = setting(0.5, "lower bound of the step multiplier", low=1e-9)
+    max_step_mult: float = setting(3.0, "upper bound of the step multiplier", low=1e-9)
+    min_mult: float = setting(0.1, "smallest change of the multiplier per iteration",
+                              low=1e-9, high=1.0)
+    max_mult: float = setting(5.0, "largest change of the multiplier per iteration", low=1.0)
+    step_rule: str = setting("laplace", "improvement measure of the step adaptation: the "
+                             "LQG (Laplace) estimate or the sample costs",
+                             choices=("laplace", "mc"))
+    init_std: float = setting(1.0, "std of the initial controllers' exploration noise",
+                              unit="action units", low=1e-9)
+    policy_prior: bool = setting(True, "GMM prior for the global policy's linearisation "
+                                 "(else a weak constant prior)")
+    policy_prior_samples: int = setting(20, "trajectories the policy prior keeps", low=1)
+    policy_prior_min_cluster: int = setting(40, "points per cluster of the policy prior",
+                                            low=1)
+    policy_prior_max_clusters: int = setting(20, "clusters of the policy prior", low=2)
+    evaluate_policy: bool = setting(True, "roll out the global policy's mean from every "
+                                    "condition after each S-step (not counted as "
+                                    "training interaction)")
+    seed: int = setting(0, "seed of the exploration noise and the GMM initialisations",
+                        low=0)
+
+    def __post_init__(self):
+        if self.min_step_mult > self.max_step_mult:
+            raise ValueError("min_step_mult must be <= max_step_mult")
+
+
+def initial_controller(nx: int, nu: int, horizon: int, dt: float, std: float | np.ndarray,
+                       u_min: np.ndarray, u_max: np.ndarray, K: np.ndarray | None = None,
+                       k: np.ndarray | None = None) -> LinearGaussianPolicy:
+    """u ~ N(K x + k, diag(std^2)) for every step (default K = 0, k = 0: exploration
+    around zero action).
+
+    Args:
+        K: (nu, nx) gains; k: (nu,) offset in GPS form; std: scalar or (nu,).
+    """
+    K = np.zeros((nu, nx)) if K is None else np.asarray(K, dtype=np.float64)
+    k = np.zeros(nu) if k is None else np.asarray(k, dtype=np.float64)
+    var = np.broadcast_to(np.asarray(std, dtype=np.float64) ** 2, (nu,))
+    return LinearGaussianPolicy(K=np.tile(K, (horizon, 1, 1)), k=np.tile(k, (horizon, 1)),
+                                xbar=np.zeros((horizon, nx)),
+                                cov=np.tile(np.diag(var), (horizon, 1, 1)), t0=0.0, dt=dt,
+                                u_min=u_min, u_max=u_max)
+
+
+@dataclass
+class IterationRecord:
+    """What one MDGPS iteration did (JSON-able with :meth:`to_json`).
+
+    Costs are trajectory costs (sum of stage costs + terminal). ``cost_lg`` is the mean
+    cost of this iteration's samples (drawn from the controllers *before* this C-step);
+    ``cost_policy`` / ``policy_final_distance`` come from rolling out the global policy's
+    mean after this S-step (None if not evaluated).
+    """
+    iteration: int
+    samples: int                       # trajectories sampled so far
+    interaction_seconds: float         # simulated time of those samples [s]
+    cost_lg: list[float]
+    cost_policy: list[float] | None
+    policy_final_distance: list[float] | None
+    epsilon: float                     # KL bound of this C-step (sum over T) [nats]
+    step_mult: float
+    kl: list[float]
+    eta: list[float]
+    traj_opt_status: list[str]
+    predicted_improvement: float | None
+    actual_improvement: float | None
+    policy_rmse: float                 # S-step imitation error [action units]
+    dynamics_rmse: list[float]         # one-step fit error of each TVLG model
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class _Iter:
+    """Per-iteration quantities the step adaptation compares across iterations."""
+    dyn: list[Linearization]
+    x0: list[tuple[np.ndarray, np.ndarray]]
+    expansion: list[CostExpansion]
+    pol_lin: list[LinearGaussianPolicy]
+    new_ctrl: list[LinearGaussianPolicy] | None
+    sample_cost: np.ndarray            # (M,) mean sample cost
+
+
+class MDGPS:
+    """Mirror-descent guided policy search.
+
+    Args:
+        env: the :class:`Environment` to sample from.
+        cost: one :class:`~mbrl_ros.core.costs.quadratic.Cost` for all conditions, or one
+            per condition.
+        settings: :class:`GPSSettings`.
+        dynamics: settings of the per-condition TVLG models and their shared prior
+            (default: cbfinn/gps MuJoCo example values, prior keeping 2 iterations).
+        traj_opt: :class:`~mbrl_ros.core.algorithms.traj_opt.TrajOptSettings`.
+        policy: :class:`~mbrl_ros.core.algorithms.global_policy.PolicySettings`.
+        initial_controllers: one LinearGaussianPolicy per condition (default:
+            :func:`initial_controller` with ``settings.init_std``).
+        distance: task metric of a final state (nx,) -> float reported per condition for
+            the global policy (e.g. the joint-position error); None: not reported.
+    """
+
+    def __init__(self, env: Environment, cost: Cost | Sequence[Cost],
+                 settings: GPSSettings | None = None, *,
+                 dynamics: TVLGSettings | None = None, traj_opt: TrajOptSettings | None = None,
+                 policy: PolicySettings | None = None,
+                 initial_controllers: Sequence[LinearGaussianPolicy] | None = None,
+                 distance: Callable[[np.ndarray], float] | None = None):
+        self.env = env
+        self.settings = s = settings or GPSSettings()
+        self.M = M = int(env.n_conditions)
+        self.nx, self.nu, self.T, self.dt = int(env.nx), int(env.nu), s.horizon, float(env.dt)
+        self.u_min = np.broadcast_to(np.asarray(env.u_min, dtype=np.float64), (self.nu,))
+        self.u_max = np.broadcast_to(np.asarray(env.u_max, dtype=np.float64), (self.nu,))
+        self.costs = list(cost) if isinstance(cost, (list, tuple)) else [cost] * M
+        if len(self.costs) != M:
+            raise ValueError(f"need one cost or {M} (one per condition), got {len(self.costs)}")
+        self.traj_opt_settings = traj_opt or TrajOptSettings()
+        dyn_settings = dynamics or TVLGSettings(
+            max_samples=max(20, 2 * M * s.samples), min_samples_per_cluster=40,
+            max_clusters=20, seed=s.seed)
+        self.models = [TVLGModel(dyn_settings) for _ in range(M)]
+        for m in self.models[1:]:          # one prior learns from every condition
+            m.prior = self.models[0].prior
+        self.prior = self.models[0].prior
+        self.trainer = PolicyTrainer(self.nx, self.nu, self.u_min, self.u_max, policy)
+        self.policy_prior = PolicyPriorGMM(
+            max(s.policy_prior_samples, M * s.samples), s.policy_prior_min_cluster,
+            s.policy_prior_max_clusters) if s.policy_prior else None
+        if initial_controllers is None:
+            initial_controllers = [initial_controller(self.nx, self.nu, self.T, self.dt,
+                                                      s.init_std, self.u_min, self.u_max)
+                                   for _ in range(M)]
+        if len(initial_controllers) != M or any(c.horizon < self.T or c.cov is None
+                                                for c in initial_controllers):
+            raise ValueError(f"need {M} initial controllers with >= {self.T} steps and a "
+                             "covariance")
+        self.controllers = list(initial_controllers)
+        self.distance = distance
+        self.eta = [1.0] * M
+        self.step_mult = 1.0
+        self.rng = np.random.default_rng(s.seed)
+        self._gmm_rng = np.random.default_rng(s.seed + 1)
+        self.iteration_count = 0
+        self.n_samples = 0
+        self.interaction_seconds = 0.0
+        self.history: list[IterationRecord] = []
+        self.last_results: list[TrajOptResult] = []
+        self.last_samples: tuple[np.ndarray, np.ndarray] | None = None
+        self._prev: _Iter | None = None
+
+    # ------------------------------------------------------------------ pieces
+    @property
+    def policy(self) -> NeuralPolicy:
+        """The current global policy (numpy snapshot)."""
+        return self.trainer.policy()
+
+    def sample(self, controllers: Sequence, n: int, noisy: bool = True
+               ) -> tuple[np.ndarray, np.ndarray]:
+        """Roll out ``controllers[m]`` n times from every condition m.
+
+        Args:
+            controllers: one policy per condition with ``sample(x, t, rng)`` (noisy) or
+                ``action(x, t)``.
+
+        Returns:
+            X (M, n, T+1, nx) states and U (M, n, T, nu) applied (clipped) actions.
+        """
+        T, dt = self.T, self.dt
+        X = np.empty((self.M, n, T + 1, self.nx))
+        U = np.empty((self.M, n, T, self.nu))
+        for m, ctrl in enumerate(controllers):
+            for i in range(n):
+                x = np.asarray(self.env.reset(m), dtype=np.float64)
+                X[m, i, 0] = x
+                for t in range(T):
+                    u = ctrl.sample(x, t * dt, self.rng) if noisy else ctrl.action(x, t * dt)
+                    u = np.clip(u, self.u_min, self.u_max)
+                    U[m, i, t] = u
+                    x = np.asarray(self.env.step(u), dtype=np.float64)
+                    X[m, i, t + 1] = x
+        return X, U
+
+    def evaluate(self, policy=None) -> tuple[list[float], list[float] | None, np.ndarray]:
+        """Deterministic rollout of ``policy`` (default: the global policy) from every
+        condition: (costs per condition, final distances or None, X (M, T+1, nx))."""
+        policy = policy or self.policy
+        X, U = self.sample([policy] * self.M, 1, noisy=False)
+        costs = [float(sample_costs(self.costs[m], X[m], U[m]).sum()) for m in range(self.M)]
+        dist = None if self.distance is None else \
+            [float(self.distance(X[m, 0, -1])) for m in range(self.M)]
+        return costs, dist, X[:, 0]
+
+    def _s_step(self, X: np.ndarray, controllers: Sequence[LinearGaussianPolicy]) -> dict:
+        """Train the global policy on the controllers' (clipped) mean actions at the
+        sampled states X (M, N, T+1, nx), weighted by their precisions."""
+        T = self.T
+        xs, us, ps = [], [], []
+        for m, c in enumerate(controllers):
+            Xm = X[m, :, :T]                                           # (N, T, nx)
+            mu = np.einsum("tij,ntj->nti", c.K[:T], Xm) + c.k_gps[:T]
+            prec = np.linalg.inv(c.cov[:T])
+            xs.append(Xm.reshape(-1, self.nx))
+            us.append(np.clip(mu, self.u_min, self.u_max).reshape(-1, self.nu))
+            ps.append(np.broadcast_to(prec, (Xm.shape[0],) + prec.shape)
+                      .reshape(-1, self.nu, self.nu))
+        return self.trainer.train(np.concatenate(xs), np.concatenate(us), np.concatenate(ps))
+
+    def _linearize_policy(self, X: np.ndarray) -> list[LinearGaussianPolicy]:
+        """The global policy as a linear-Gaussian controller around each condition's
+        samples X (M, N, T+1, nx)."""
+        T = self.T
+        pol = self.policy
+        if self.policy_prior is not None:
+            self.policy_prior.update(X[:, :, :T].reshape(-1, T, self.nx), pol.mean,
+                                     rng=self._gmm_rng)
+        out = []
+        for m in range(self.M):
+            Xm = X[m, :, :T]
+            pol_mu = pol.mean(Xm.reshape(-1, self.nx)).reshape(Xm.shape[0], T, self.nu)
+            K, k, S = fit_policy_linearization(Xm, pol_mu, pol.std ** 2, self.policy_prior)
+            xbar = Xm.mean(axis=0)
+            out.append(LinearGaussianPolicy(K=K, k=k + np.einsum("tij,tj->ti", K, xbar),
+                                            xbar=xbar, cov=S, t0=0.0, dt=self.dt,
+                                            u_min=self.u_min, u_max=self.u_max))
+        return out
+
+    @staticmethod
+    def _estimate(policy: LinearGaussianPolicy, dyn: Linearization,
+                  x0: tuple[np.ndarray, np.ndarray], expansion: CostExpansion) -> float:
+        """Laplace (LQG) estimate of the expected cost of ``policy``."""
+        K, k, cov = policy_arrays(policy)
+        return float(expected_cost(forward(K, k, cov, dyn, *x0), expansion).sum())
+
+    def _step_adjust(self, cur: _Iter) -> tuple[float, float]:
+        """MDGPS step-size rule (one multiplier for all conditions)."""
+        prev, s = self._prev, self.settings
+        M = self.M
+        prev_laplace = np.mean([self._estimate(prev.pol_lin[m], prev.dyn[m], prev.x0[m],
+                                               prev.expansion[m]) for m in range(M)])
+        prev_predicted = np.mean([self._estimate(prev.new_ctrl[m], prev.dyn[m], prev.x0[m],
+                                                 prev.expansion[m]) for m in range(M)])
+        if s.step_rule == "laplace":
+            cur_laplace = np.mean([self._estimate(cur.pol_lin[m], cur.dyn[m], cur.x0[m],
+                                                  cur.expansion[m]) for m in range(M)])
+            predicted = prev_laplace - prev_predicted
+            actual = prev_laplace - cur_laplace
+        else:
+            predicted = float(prev.sample_cost.mean()) - prev_predicted
+            actual = float(prev.sample_cost.mean() - cur.sample_cost.mean())
+        new_mult = predicted / (2.0 * max(1e-4, predicted - actual))
+        new_mult = min(max(new_mult, s.min_mult), s.max_mult)
+        self.step_mult = min(max(new_mult * self.step_mult, s.min_step_mult), s.max_step_mult)
+        return float(predicted), float(actual)
+
+    # ------------------------------------------------------------------ iteration
+    def iteration(self) -> IterationRecord:
+        """Run one MDGPS iteration (sample, fit, C-step, S-step) and return its record."""
+        s = self.settings
+        M, T = self.M, self.T
+        timings: dict[str, float] = {}
+        t0 = time.perf_counter()
+        X, U = self.sample(self.controllers, s.samples)
+        self.last_samples = (X, U)
+        self.n_samples += M * s.samples
+        self.interaction_seconds += M * s.samples * T * self.dt
+        costs = [sample_costs(self.costs[m], X[m], U[m]) for m in range(M)]
+        expansion = [CostExpansion.from_samples(self.costs[m], X[m], U[m]) for m in range(M)]
+        timings["sampling"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        self.prior.update(X.reshape(-1, T + 1, self.nx), U.reshape(-1, T, self.nu),
+                          rng=self._gmm_rng)
+        dyn, x0, dyn_rmse = [], [], []
+        floor = self.models[0].settings.initial_state_var
+        for m in range(M):
+            report = self.models[m].fit_trajectories(X[m], U[m])
+            mdl = self.models[m]
+            dyn.append(Linearization(mdl.fx, mdl.fu, mdl.f0, mdl.cov))
+            dyn_rmse.append(float(report.metrics["train_rmse"]))
+            # The condition's own initial-state spread: the shared prior's x0 statistics
+            # mix all conditions' start states.
+            x0s = X[m, :, 0]
+            x0.append((x0s.mean(axis=0), np.diag(np.maximum(x0s.var(axis=0), floor))))
+        timings["dynamics"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        if self.trainer.net is None:       # catch the policy up with the initial controllers
+            self._s_step(X, self.controllers)
+        timings["s_step_initial"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        pol_lin = self._linearize_policy(X)
+        timings["policy_linearization"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        cur = _Iter(dyn, x0, expansion, pol_lin, None,
+                    np.array([c.sum(axis=1).mean() for c in costs]))
+        predicted = actual = None
+        if self._prev is not None:
+            predicted, actual = self._step_adjust(cur)
+        epsilon = s.kl_step * self.step_mult * T
+        results = []
+        for m in range(M):
+            res = kl_constrained_update(dyn[m], x0[m][0], x0[m][1], expansion[m], pol_lin[m],
+                                        epsilon, self.eta[m], self.traj_opt_settings)
+            self.eta[m] = res.eta
+            results.append(res)
+        new_ctrl = [r.policy for r in results]
+        cur.new_ctrl = new_ctrl
+        self.last_results = results
+        timings["c_step"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        fit = self._s_step(X, new_ctrl)
+        timings["s_step"] = time.perf_counter() - t0 + timings.pop("s_step_initial")
+
+        t0 = time.perf_counter()
+        cost_pol = dist = None
+        if s.evaluate_policy:
+            cost_pol, dist, _ = self.evaluate()
+        timings["evaluation"] = time.perf_counter() - t0
+
+        self.controllers = new_ctrl
+        self._prev = cur
+        self.iteration_count += 1
+        rec = IterationRecord(
+            iteration=self.iteration_count, samples=self.n_samples,
+            interaction_seconds=round(self.interaction_seconds, 9),
+            cost_lg=[float(c) for c in cur.sample_cost], cost_policy=cost_pol,
+            policy_final_distance=dist, epsilon=float(epsilon),
+            step_mult=float(self.step_mult), kl=[float(r.kl) for r in results],
+            eta=[float(r.eta) for r in results],
+            traj_opt_status=[r.status for r in results], predicted_improvement=predicted,
+            actual_improvement=actual, policy_rmse=float(fit["rmse"]),
+            dynamics_rmse=dyn_rmse, timings={k: round(v, 6) for k, v in timings.items()})
+        self.history.append(rec)
+        return rec
+
+    def run(self, iterations: int, callback: Callable[[IterationRecord], None] | None = None
+            ) -> list[IterationRecord]:
+        """Run ``iterations`` iterations; ``callback(record)`` after each."""
+        out = []
+        for _ in range(iterations):
+            rec = self.iteration()
+            out.append(rec)
+            if callback is not None:
+                callback(rec)
+        return out
