@@ -5,11 +5,22 @@ every planner in ``planner_plugins`` and loads the initial model; *activate* sta
 commanding; *deactivate* sends the safe hold and stops; ``autostart`` does configure +
 activate at start (launch files and ``mbrl-ros`` bring it to active).
 
-Plan / act split: the replan loop (``plan_rate`` Hz on a timer in its own callback group,
-or every ``replan_every`` states in ``plan_mode: sync``) produces an immutable policy; the
+Plan / act split: the replan loop (``plan_rate`` Hz on a planning thread of its own, or
+every ``replan_every`` states in ``plan_mode: sync``) produces an immutable policy; the
 control step evaluates it on the newest state (on every joint state with
 ``control_mode: on_state``, or at ``control_rate`` with ``timer``) and publishes the effort
 command on ``/<controller_name>/commands`` (std_msgs/Float64MultiArray).
+
+Where the solver runs (``planning``, plan_mode timer): ``process`` (default) runs the
+MPCController in a worker process (:mod:`mbrl_ros.core.control.plan_process`); the node's
+planning thread only sends the newest state and waits, without the GIL, for the policy, so
+solves never delay the control timer; the worker runs at a lower priority (``plan_nice``).
+``thread`` solves in the node (a solve holds the GIL for milliseconds: the timer period
+jitters by as much). The worker runs while the node is active (stopped on deactivate,
+cleanup and SIGINT/SIGTERM); if it dies or does not answer a replan within
+``plan_timeout`` the node drops its plan at once (safe hold, as with no plan), counts it
+(``plan_process_failures``) and starts a new one at the next replan.
+``plan_mode: sync`` always plans in the node.
 
 Runtime changes: ``active_planner`` (dynamic parameter, or a std_msgs/String on
 ``~/switch_planner``): an unknown id is rejected with the valid ones; the switch happens at
@@ -28,6 +39,7 @@ visualization_msgs/MarkerArray of the end effector).
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
@@ -42,6 +54,7 @@ from geometry_msgs.msg import Point
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.lifecycle import LifecycleNode, TransitionCallbackReturn
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+from rclpy.timer import TimerInfo
 from sensor_msgs.msg import JointState
 from std_msgs.msg import Float64MultiArray, String, UInt8MultiArray
 from std_srvs.srv import Trigger
@@ -49,7 +62,8 @@ from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 from visualization_msgs.msg import Marker, MarkerArray
 
 from mbrl_ros.core import registry, store
-from mbrl_ros.core.control.mpc import CostSettings, MPCController, joints_of
+from mbrl_ros.core.control.mpc import CostSettings, MPCController
+from mbrl_ros.core.control.plan_process import PlanProcess, PlanProcessError, load_model
 from mbrl_ros.core.control.safety import SafetyFilter, SafetySettings
 from mbrl_ros.core.models.base import ModelError
 from mbrl_ros.core.settings import SettingsError, setting
@@ -106,6 +120,17 @@ class ControllerSettings:
     plan_rate: float = setting(50.0, "replanning rate in timer mode", unit="Hz", low=0.1,
                                high=2000.0)
     replan_every: int = setting(1, "states between replans in sync mode", low=1, high=10000)
+    planning: str = setting("process", "where timer-mode replans are solved: 'process' (a "
+                            "worker process: solves cannot hold the node's GIL, so the control "
+                            "timer keeps its period) or 'thread' (in the node: no worker, but "
+                            "each solve delays the control timer by up to milliseconds)",
+                            choices=("process", "thread"))
+    plan_timeout: float = setting(10.0, "planning process: a replan unanswered for this long "
+                                  "means it hangs; it is killed and restarted (the controller "
+                                  "holds safely meanwhile)", unit="s", low=0.05, high=3600.0)
+    plan_nice: int = setting(5, "planning process: niceness added to it, so that on a busy "
+                             "machine the scheduler runs the control loop before the solver "
+                             "(0: the node's priority)", low=0, high=19)
     target_joint_positions: tuple[float, ...] = setting((), "target joint positions (empty: "
                                                         "hold the first measured position)",
                                                         unit="rad|m", dynamic=True)
@@ -152,7 +177,8 @@ class Controller(LifecycleNode):
         self._state_dt = 0.0
         self._states_since_plan = 0
         self._last_cmd_wall: float | None = None
-        self._periods: deque = deque(maxlen=1000)
+        self._periods: deque = deque(maxlen=1000)   # between control-step starts [s]
+        self._late: deque = deque(maxlen=1000)      # timer callback start - schedule [s]
         self._solve_times: deque = deque(maxlen=200)
         self.counters = {"commands": 0, "holds": 0, "stale": 0, "bad_states": 0,
                          "deadline_misses": 0, "replans": 0, "replan_failures": 0,
@@ -178,11 +204,18 @@ class Controller(LifecycleNode):
             cmd_index = np.asarray(self.robot.command_index)
             self.safety = SafetyFilter(self.safety_settings, self.robot.effort_limits,
                                        self.robot.position_limits[cmd_index], cmd_index, n)
-            self.mpc = MPCController(self._make_planner, list(s.planner_plugins),
-                                     s.active_planner, s.horizon, self.robot.effort_limits,
-                                     self.robot.position_limits, self.cost_settings,
-                                     s.fallback_planner, s.uncertainty_threshold,
-                                     continuous=self.robot.continuous)
+            args = (list(s.planner_plugins), s.active_planner, s.horizon,
+                    self.robot.effort_limits, self.robot.position_limits, self.cost_settings,
+                    s.fallback_planner, s.uncertainty_threshold)
+            if self._in_process():
+                self.mpc = PlanProcess(s.robot, self._model_period(), self.robot.joint_names,
+                                       lambda: self._planner_settings, *args,
+                                       continuous=self.robot.continuous,
+                                       plan_timeout=s.plan_timeout, nice=s.plan_nice,
+                                       log=self._log_planning, on_lost=self._on_plan_lost)
+            else:
+                self.mpc = MPCController(self._make_planner, *args,
+                                         continuous=self.robot.continuous)
             self.mpc.effort_scale = self.safety_settings.effort_scale
             if s.target_joint_positions:
                 self.mpc.set_target(np.asarray(s.target_joint_positions))
@@ -220,7 +253,7 @@ class Controller(LifecycleNode):
         self.create_service(Trigger, "~/clear_error", self._srv_clear,
                             callback_group=self._plan_group)
         if s.control_mode == "timer":
-            self.create_timer(1.0 / s.control_rate, self._control_tick,
+            self.create_timer(1.0 / s.control_rate, self._on_control_timer,
                               callback_group=self._control_group)
         self._watchdog_period = min(0.02, self.safety_settings.state_timeout / 2)
         self.create_timer(self._watchdog_period, self._watchdog,
@@ -243,6 +276,8 @@ class Controller(LifecycleNode):
         self._clear_policy()
         self.active = True
         if self.settings.plan_mode == "timer":
+            if isinstance(self.mpc, PlanProcess):
+                self.mpc.start()            # ready in the background; no plan: safe hold
             self._plan_stop.clear()
             self._plan_thread = threading.Thread(target=self._plan_loop, name="planner",
                                                  daemon=True)
@@ -260,6 +295,8 @@ class Controller(LifecycleNode):
 
     def _stop_planning(self) -> None:
         self._plan_stop.set()
+        if isinstance(self.mpc, PlanProcess):
+            self.mpc.stop()                 # also ends a replan the thread waits for
         if self._plan_thread is not None:
             self._plan_thread.join(timeout=5.0)
             self._plan_thread = None
@@ -287,6 +324,8 @@ class Controller(LifecycleNode):
 
     def on_cleanup(self, state) -> TransitionCallbackReturn:
         self._destroy_configured()
+        if isinstance(self.mpc, PlanProcess):
+            self.mpc.stop()
         self.mpc = None
         return TransitionCallbackReturn.SUCCESS
 
@@ -316,7 +355,9 @@ class Controller(LifecycleNode):
         planners restart cold, the rate limit starts from zero."""
         with self._policy_lock:
             self._policy = None
-        if self.mpc is not None:
+        if isinstance(self.mpc, PlanProcess):
+            self.mpc.reset_planners()
+        elif self.mpc is not None:
             for p in self.mpc.planners.values():
                 p.reset(self.mpc.horizon)
         self.safety.reset()
@@ -328,27 +369,47 @@ class Controller(LifecycleNode):
         kind, settings = self._planner_settings[pid]
         return registry.lookup("planner", kind)(settings, nx, nu, u_min, u_max, dt)
 
+    def _in_process(self) -> bool:
+        """Replans solved by a planning process (else: in this node)."""
+        return self.settings.planning == "process" and self.settings.plan_mode == "timer"
+
+    def _mpc_guard(self):
+        """The lock around the in-node MPCController (the process proxy needs none: a
+        replan waiting for the process must not block parameter callbacks)."""
+        return contextlib.nullcontext() if isinstance(self.mpc, PlanProcess) \
+            else self._mpc_lock
+
+    def _use_model(self, source: str, version: int | None = None,
+                   checksum: str | None = None) -> int:
+        """Load, verify and use a model ('mujoco' or an artifact); returns its version.
+        With a planning process, the process loads it (or, inactive, it is verified here)."""
+        if isinstance(self.mpc, PlanProcess):
+            return self.mpc.load_model(source, version, checksum)
+        model, v = load_model(source, robot=self.settings.robot,
+                              control_period=self._model_period(),
+                              joint_names=self.robot.joint_names,
+                              expect=self.mpc.spec,
+                              checksum=checksum, version=version)
+        with self._mpc_guard():
+            self.mpc.set_model(model, v)        # one reference swapped
+        return v
+
     def _load_initial_model(self, source: str) -> None:
-        if source == "mujoco":
-            from mbrl_ros.core.models.mujoco_model import MujocoModel
-            model = MujocoModel.from_sim(self.settings.robot,
-                                         control_period=self._model_period())
-            self.mpc.set_model(model, 0)
-        else:
-            model = store.load(source, expect=None)
-            self._check_model_joints(model)
-            self.mpc.set_model(model, int(store.read_meta(source).get("version", 0)))
+        self._use_model(source)
         self.counters["model_loads"] += 1
 
     def _model_period(self) -> float:
         """The robot's control period [s]: the known model's step and the rate limit's dt."""
         return 1.0 / self.settings.control_rate
 
-    def _check_model_joints(self, model) -> None:
-        joints = joints_of(model.spec)
-        if tuple(joints) != tuple(self.robot.joint_names):
-            raise ModelError(f"model is for joints {list(joints)}, the robot has "
-                             f"{list(self.robot.joint_names)}")
+    def _log_planning(self, level: str, text: str) -> None:
+        log = self.get_logger()
+        {"error": log.error, "warning": log.warning}.get(level, log.info)(text)
+
+    def _on_plan_lost(self, reason: str) -> None:
+        """The planning process died or hung: its last plan is not followed any further
+        (safe hold until a new process plans again)."""
+        self._clear_policy()
 
     def _on_artifact(self, msg: UInt8MultiArray) -> None:
         """A packed artifact from another host: unpack locally, then load as announced."""
@@ -367,11 +428,9 @@ class Controller(LifecycleNode):
     def _on_model_announcement(self, msg: String) -> None:
         try:
             info = store.ArtifactInfo.from_json(msg.data)
-            model = store.load(info.uri, expect=self.mpc.spec if self.mpc else None,
-                               checksum=info.checksum)
-            self._check_model_joints(model)
-            with self._mpc_lock:
-                self.mpc.set_model(model, info.version)     # one reference swapped
+            if self.mpc is None:
+                raise ModelError("not configured")
+            self._use_model(info.uri, info.version, info.checksum)
         except (ModelError, ValueError, KeyError, OSError) as e:
             self.counters["model_rejects"] += 1
             self.get_logger().error(f"model announcement rejected, keeping model "
@@ -445,9 +504,15 @@ class Controller(LifecycleNode):
         if x is None or self.mpc is None or not self.mpc.ready:
             return
         try:
-            with self._mpc_lock:
+            with self._mpc_guard():
                 policy = self.mpc.replan(x, t)
                 st = dict(self.mpc.stats)
+        except PlanProcessError as e:   # no process (lost, restarting, stopped): hold
+            self._clear_policy()
+            if not self._plan_stop.is_set():
+                self.counters["replan_failures"] += 1
+                self.get_logger().error(f"replan failed: {e}", throttle_duration_sec=1.0)
+            return
         except Exception as e:      # any planner/model failure: keep the previous plan
             self.counters["replan_failures"] += 1
             self.get_logger().error(f"replan failed, keeping the previous plan: {e}",
@@ -468,6 +533,13 @@ class Controller(LifecycleNode):
             self._policy = policy
         if self.settings.publish_plan:
             self._publish_plan(t)
+
+    def _on_control_timer(self, info: TimerInfo) -> None:
+        """The control timer: note how late this call started against its schedule."""
+        late = self.get_clock().now().nanoseconds - info.expected_call_time.nanoseconds
+        if self.active:
+            self._late.append(late * 1e-9)
+        self._control_tick()
 
     def _control_tick(self) -> None:
         if not self.active:
@@ -604,7 +676,7 @@ class Controller(LifecycleNode):
         kind, _ = self._planner_settings[pid]
         self._planner_settings[pid] = (kind, new)
         if self.mpc is not None:
-            with self._mpc_lock:          # planners rebuilt with the new settings
+            with self._mpc_guard():       # planners rebuilt with the new settings
                 self.mpc.rebuild_planners()
 
     def _on_safety(self, s: SafetySettings) -> None:
@@ -612,7 +684,7 @@ class Controller(LifecycleNode):
         if self.mpc is not None:
             self.safety.settings = s
             if s.effort_scale != old.effort_scale:   # planners plan within the new limits
-                with self._mpc_lock:
+                with self._mpc_guard():
                     self.mpc.effort_scale = s.effort_scale
                     self.mpc.rebuild_planners()
 
@@ -664,8 +736,17 @@ class Controller(LifecycleNode):
             level, message = DiagnosticStatus.OK, "controlling"
         st = DiagnosticStatus(name="mbrl_ros/controller", level=level, message=message)
         periods = np.asarray(self._periods) * 1e3
+        dev = np.abs(periods - 1e3 / self.settings.control_rate)
+        late = np.asarray(self._late) * 1e3
         solves = np.asarray(self._solve_times) * 1e3
         vals = dict(self.counters)
+        process = self.mpc if isinstance(self.mpc, PlanProcess) else None
+        vals.update({
+            "planning": "sync" if self.settings.plan_mode == "sync"
+            else self.settings.planning,
+            "plan_process_pid": (process.pid or 0) if process else 0,
+            "plan_process_starts": process.counters["starts"] if process else 0,
+            "plan_process_failures": process.counters["failures"] if process else 0})
         vals.update({
             "active_planner": self.mpc.active if self.mpc else "",
             "model_version": self.mpc.model_version if self.mpc else 0,
@@ -673,13 +754,24 @@ class Controller(LifecycleNode):
             "solve_ms_p99": f"{np.percentile(solves, 99):.3f}" if solves.size else "",
             "period_ms_median": f"{np.median(periods):.3f}" if periods.size else "",
             "period_ms_p99": f"{np.percentile(periods, 99):.3f}" if periods.size else "",
+            # timer mode: |period - 1/control_rate| and callback start - schedule
+            "period_dev_ms_median": f"{np.median(dev):.3f}" if dev.size else "",
+            "period_dev_ms_p99": f"{np.percentile(dev, 99):.3f}" if dev.size else "",
+            "timer_late_ms_median": f"{np.median(late):.3f}" if late.size else "",
+            "timer_late_ms_p99": f"{np.percentile(late, 99):.3f}" if late.size else "",
             "fault": self.fault or ""})
         if self.mpc is not None and self.mpc.stats:
             vals["uncertainty"] = f"{self.mpc.stats.get('uncertainty', 0.0):.4g}"
             vals["fallback"] = str(self.mpc.stats.get("fallback", False))
+            vals["planned_model_version"] = self.mpc.stats.get("model_version", "")
         st.values = [KeyValue(key=k, value=str(v)) for k, v in vals.items()]
         arr.status = [st]
         self.diag_pub.publish(arr)
+
+
+# rclpy passes TimerInfo to a timer callback whose parameter is annotated with the class
+# itself; this module's annotations are strings (from __future__ import annotations).
+Controller._on_control_timer.__annotations__["info"] = TimerInfo
 
 
 def main(args=None) -> None:
