@@ -71,7 +71,8 @@ def bench_robot(robot: str, sizes: list[int], models: list[str]) -> dict:
                    "rollout20_rmse": round(m["rollout_rmse"], 5)}
             if kind == "gp":
                 row["predict_1_ms"] = round(gp_query_latency(res.model, val) * 1e3, 4)
-                row["gp_mode"] = res.report.metrics.get("mode", "")
+                row["gp_mode"] = res.model.mode                    # 'exact' | 'sparse'
+                row["gp_outliers"] = int(res.report.metrics.get("outliers", 0))
             rows.append(row)
             print(robot, row, file=sys.stderr, flush=True)
     ratios = {}

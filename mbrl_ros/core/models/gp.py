@@ -31,24 +31,64 @@ hyper-parameters and inducing points) can refine it, after which q(u) is reset t
 closed form for the final parameters (default 0: at N = 3600, 50 steps took 20 s for a 2 %
 lower test error).
 
+Noiseless data with a few non-smooth transitions (``outlier_threshold``,
+``lengthscale_prior``). Simulated excitation data is deterministic and dense along
+trajectories, so the marginal likelihood puts the noise at ``noise_floor`` (signal/noise
+~1e5) and the posterior interpolates. The few transitions through an impact on a joint
+stop (2 % of arm2's, 6 % of arm7's data at N = 2000; one in cartpole's 1800) do not fit a
+smooth function: interpolating them gave weights |K_y^-1 y| up to ~1e4 and a mean that
+oscillated between trajectories. Measured (bench/models.py data, 20-step open-loop RMSE,
+3 subset seeds, N = 2000) before the two measures below: arm2 1.2-3.5 vs 1.21 for the
+affine ``linear`` model, cartpole 0.64-0.88 vs 0.52, arm7 4.6-7.0 vs 2.19; on arm2 the
+one-step error was 40x below linear's at the median but 3.4x above at the 99th
+percentile, at validation points 0.3-1 lengthscale from any training point. Removing the
+35 transitions within 0.05 rad of a stop gave arm2 0.65 on every seed (arm7: 2.1-2.4).
+
+1. ``outlier_threshold`` (c): after the hyper-parameters, every training point's residual
+   is judged by a posterior that did not see it (leave-one-out within the subset, R&W
+   eq. 5.12; the subset's posterior for the others); a transition with a residual above
+   c predictive sd in some output gets the noise variance r^2 / c^2 in the posterior (one
+   reweighting step of a heavy-tailed likelihood, in closed form; the exact and the
+   sparse posterior both take per-point noise). Its cost, O(nx m^2 N), is ~0.25 s at
+   N = 2000, nx = 14.
+2. ``lengthscale_prior``: a log-normal prior on each ARD lengthscale, centred at sqrt(d)
+   (standardised inputs), makes the hyper-parameters a MAP estimate: 21 ARD lengthscales
+   per output from 300 points overfitted (arm7, N = 500: 5.6 -> 5.0, linear 5.17).
+
+With both (bench/models.py, linear / gp 20-step RMSE at N = 500, 2000, 10000): arm2 2.2,
+6.2, 1.65; cartpole 1.13, 7.0, 20.6; arm7 1.03, 1.11, 1.22 (before: arm2 ~1.0 at 2000,
+cartpole 0.82, arm7 0.46).
+
+Rejected (same measurements): a higher ``noise_floor`` (1e-2: cartpole 0.17 but arm2 3.9),
+a noise floor relative to the outputscale (helps at N = 2000, but arm2 at N = 500 went
+0.58 -> 1.2: the smooth part wants interpolation), Matérn 5/2 (arm7 3.2), the sparse GP
+at N = 2000 (arm7 2.7, arm2 1.6), a larger ``hyper_subset`` (arm7 fit 25 s, cartpole
+worse). Cost of 1: stops are no longer modelled. On arm2 at N = 10000 (sparse GP) the 5
+of 100 validation rollouts that hit a stop went from 0.50 to 2.95 RMSE while the other 95
+went from 0.21 to 0.01 (0.23 -> 0.66 overall, linear 1.10); cartpole went 0.13 -> 0.03.
+``outlier_threshold = 0`` restores the interpolation of every point.
+
 How it meets its budget (N = 2000 transitions, 21 inputs, 14 outputs: fit in <= 5 s on ONE
 core, a mean+variance query in <= 1 ms; a plain GPyTorch loop took 137 s to fit and 4.8 ms
-per query on the development machine). Measured with one thread: fit 2.6 s (1.1 s
-hyper-parameters, 1.4 s posterior; the first fit in a process adds ~1.3 s of one-time lazy
-imports by ``torch.optim``), one query 0.86 ms, ``linearize`` of 50 steps ~50 ms.
+per query on the development machine). Measured with one thread (CPU time, arm7
+excitation data): fit 2.7 s (1.1 s hyper-parameters, 0.2 s outlier residuals, 1.3 s
+posterior; the first fit in a process adds ~1.3 s of one-time lazy imports by
+``torch.optim``), one query 0.9 ms, ``linearize`` of 50 steps ~35 ms.
 
-1. Hyper-parameters maximise the *exact* log marginal likelihood of ``hyper_subset`` random
-   training points (subset of data for the hyper-parameters; Chalupka, Williams & Murray,
-   "A framework for evaluating approximation methods for Gaussian process regression",
-   JMLR 2013). A full-data gradient costs O(N^3) per output: ~2 s per step at N = 2000.
-   Default optimiser: L-BFGS with a strong-Wolfe line search on one subset; ARD
-   lengthscales converge within ~50 evaluations where Adam needed ~150 steps (or Adam on a
-   fresh subset every step, ``optimizer='adam'``: stochastic-subset training, Chen et al.,
-   "Stochastic gradient descent in correlated settings: a study on Gaussian processes",
-   NeurIPS 2020). Values are log-parametrised so steps are relative. The marginal
-   likelihood and its gradient dNLL/dK = (K^-1 - a a^T) / 2 (R&W eq. 5.9) are one fused
-   autograd function (:class:`_SubsetNLL`), ~2.5x faster than autograd through GPyTorch.
-2. The posterior uses all N points: one float64 Cholesky per output, a = K_y^-1 y.
+1. Hyper-parameters maximise the *exact* log marginal likelihood (times the lengthscale
+   prior) of ``hyper_subset`` random training points (subset of data for the
+   hyper-parameters; Chalupka, Williams & Murray, "A framework for evaluating
+   approximation methods for Gaussian process regression", JMLR 2013). A full-data
+   gradient costs O(N^3) per output: ~2 s per step at N = 2000. Default optimiser: L-BFGS
+   with a strong-Wolfe line search on one subset; ARD lengthscales converge within ~50
+   evaluations where Adam needed ~150 steps (or Adam on a fresh subset every step,
+   ``optimizer='adam'``: stochastic-subset training, Chen et al., "Stochastic gradient
+   descent in correlated settings: a study on Gaussian processes", NeurIPS 2020). Values
+   are log-parametrised so steps are relative. The marginal likelihood and its gradient
+   dNLL/dK = (K^-1 - a a^T) / 2 (R&W eq. 5.9) are one fused autograd function
+   (:class:`_SubsetNLL`), ~2.5x faster than autograd through GPyTorch.
+2. The posterior uses all N points: one float64 Cholesky per output, a = K_y^-1 y (K_y
+   with the per-point noise of down-weighted outliers).
 3. Queries do not go through GPyTorch: measured at N = 2000, nx = 14, one query took
    4.5 ms with warm LOVE caches (``fast_pred_var``) and 3.5 s without (the variance solve
    is not cached), more than the budget in overhead alone. The posterior is turned into
@@ -279,6 +319,41 @@ class _SubsetNLL(torch.autograd.Function):
         dxb = (4.0 * scale)[:, None, None] * (rows * xb - A @ xb)
         d_ls = -(dxb * xb).sum(-2, keepdim=True) / ls                      # x = Z / ls
         return None, d_ls, d_os, d_noise, None, None
+
+
+def _heldout_residuals(kind: str, Z: torch.Tensor, Y: torch.Tensor, idx: torch.Tensor,
+                       ls: torch.Tensor, os_: torch.Tensor, noise: torch.Tensor
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Residuals (T, N) of every training point under a posterior that did not see it, and
+    their predictive variances (noise included), float64: leave-one-out within the subset
+    ``idx`` (R&W eq. 5.12), the posterior of the subset for the other points.
+
+    Z (N, d), Y (N, T), ls (T, 1, d), os_ (T,), noise (T,). Costs O(T m^2 N), like the
+    closed-form sparse posterior with m inducing points.
+    """
+    N, T = Y.shape
+    Xs = Z[idx].unsqueeze(0) / ls                                             # (T, m, d)
+    K = os_[:, None, None] * _kfun(kind, _sqdist(Xs, Xs))
+    K.diagonal(dim1=-2, dim2=-1).add_(noise[:, None])
+    L = _cholesky(K)
+    Ki = torch.cholesky_inverse(L)
+    a = Ki @ Y[idx].T.unsqueeze(-1)                                           # (T, m, 1)
+    dg = Ki.diagonal(dim1=-2, dim2=-1)                                        # (T, m)
+    r = torch.empty(T, N, dtype=_F64)
+    var = torch.empty(T, N, dtype=_F64)
+    r[:, idx] = a.squeeze(-1) / dg
+    var[:, idx] = 1.0 / dg
+    seen = torch.zeros(N, dtype=torch.bool)
+    seen[idx] = True
+    rest = torch.nonzero(~seen).squeeze(-1)
+    step = max(1, _CHUNK_ELEMENTS // (T * Xs.shape[1]))
+    for i in range(0, len(rest), step):
+        j = rest[i:i + step]
+        Ks = os_[:, None, None] * _kfun(kind, _sqdist(Z[j].unsqueeze(0) / ls, Xs))
+        r[:, j] = Y[j].T - (Ks @ a).squeeze(-1)
+        V = torch.linalg.solve_triangular(L, Ks.mT, upper=False)              # (T, m, b)
+        var[:, j] = (os_[:, None] - V.pow(2).sum(-2)).clamp_min(0.0) + noise[:, None]
+    return r, var
 
 
 @contextlib.contextmanager
@@ -619,6 +694,18 @@ class GPModel(DynamicsModel):
         noise_floor: float = setting(1e-4, "lower bound of the noise variance, in units of "
                                      "the variance of each normalised state change",
                                      low=1e-8, high=1.0)
+        lengthscale_prior: float = setting(0.7, "standard deviation of the log-normal prior "
+                                           "on every ARD lengthscale, centred at "
+                                           "sqrt(inputs) in standardised units (the "
+                                           "hyper-parameters are its MAP estimate); 0: no "
+                                           "prior (maximum likelihood)", low=0.0, high=100.0)
+        outlier_threshold: float = setting(4.0, "a training transition whose held-out "
+                                           "residual exceeds this many predictive standard "
+                                           "deviations in some output gets the noise "
+                                           "variance that puts that residual at this many "
+                                           "noise standard deviations (robust "
+                                           "down-weighting, e.g. of impacts on joint stops); "
+                                           "0: off", low=0.0, high=1000.0)
         val_fraction: float = setting(0.1, "share of each episode (its last transitions) "
                                       "held out for validation metrics (0: none)",
                                       low=0.0, high=0.5)
@@ -645,6 +732,9 @@ class GPModel(DynamicsModel):
         self.history: list[float] = []
         self._post: _KernelPosterior | _KroneckerPosterior | None = None
         self._beta: torch.Tensor | None = None      # (d + 1, nx) affine prior mean
+        # (nx, N) noise variances of down-weighted outlier transitions (0 elsewhere), or None
+        self._outlier_noise: torch.Tensor | None = None
+        self.n_outliers = 0
 
     # ------------------------------------------------------------------ fitting
     def fit(self, data: TransitionBatch, rng: np.random.Generator | None = None,
@@ -661,8 +751,9 @@ class GPModel(DynamicsModel):
             units, averaged over dimensions), ``val_nll`` (mean Gaussian negative log
             density per dimension, normalised units), ``val_z_mean`` / ``val_z_std``
             (calibration: error / predicted std, ideally 0 / 1), ``train_nll`` (last
-            hyper-parameter step per point and output), ``hyper_seconds`` and
-            ``posterior_seconds``.
+            hyper-parameter step per point and output: negative log marginal likelihood
+            plus the lengthscale prior's term), ``hyper_seconds``, ``posterior_seconds``
+            and ``outliers`` (transitions down-weighted, see ``outlier_threshold``).
 
         Raises:
             ModelError: fewer than ``min_transitions`` transitions, non-finite values, or
@@ -692,6 +783,7 @@ class GPModel(DynamicsModel):
             sparse = len(tr) > s.max_exact
             self.mode = "sparse" if sparse else "exact"
             self.history = []
+            self._outlier_noise, self.n_outliers = None, 0
             t1 = time.perf_counter()
             if s.outputs == "independent" or sparse:
                 covar, lik = self._fit_independent_hypers(Z, Y, gen, report)
@@ -706,7 +798,8 @@ class GPModel(DynamicsModel):
                 self._exact_multitask(Z, Y, covar, lik)
             t3 = time.perf_counter()
             metrics = {"train_nll": self.history[-1] if self.history else math.nan,
-                       "hyper_seconds": t2 - t1, "posterior_seconds": t3 - t2}
+                       "hyper_seconds": t2 - t1, "posterior_seconds": t3 - t2,
+                       "outliers": float(self.n_outliers)}
             if len(val):
                 metrics.update(self._val_metrics(data.subset(val)))
         if report:
@@ -717,6 +810,9 @@ class GPModel(DynamicsModel):
                          f"{self._post.centers.shape[1]} inducing points per output")
         elif s.outputs == "independent" and len(tr) > s.var_rank:
             notes.append(f"predictive variance: rank-{s.var_rank} upper bound (N > var_rank)")
+        if self.n_outliers:
+            notes.append(f"{self.n_outliers} outlier transitions down-weighted (held-out "
+                         f"residual > {s.outlier_threshold:g} sd)")
         return FitReport(len(tr), len(val), time.perf_counter() - t0, metrics, notes)
 
     def _fit_mean(self, Z: torch.Tensor, Y: torch.Tensor) -> torch.Tensor:
@@ -788,16 +884,69 @@ class GPModel(DynamicsModel):
         m = min(s.hyper_subset, N)
 
         def loss_of(idx) -> torch.Tensor:
-            nll = _SubsetNLL.apply(Z[idx], covar.base_kernel.lengthscale, covar.outputscale,
-                                   lik.noise.reshape(T), yT[:, idx].unsqueeze(-1), s.kernel)
-            return nll.sum() / (m * T)
+            ls = covar.base_kernel.lengthscale
+            nll = _SubsetNLL.apply(Z[idx], ls, covar.outputscale, lik.noise.reshape(T),
+                                   yT[:, idx].unsqueeze(-1), s.kernel)
+            return (nll.sum() + self._lengthscale_penalty(ls, d)) / (m * T)
+
+        last = {}
 
         def subset():
-            return torch.randperm(N, generator=gen)[:m] if m < N else slice(None)
+            last["idx"] = torch.randperm(N, generator=gen)[:m] if m < N else torch.arange(N)
+            return last["idx"]
 
         self._optimise(model, loss_of, subset, report)
         self.gp, self.likelihood = model, lik
+        self._find_outliers(Z, Y, last.get("idx"), covar, lik)
         return covar, lik
+
+    def _lengthscale_penalty(self, ls: torch.Tensor, d: int) -> torch.Tensor | float:
+        """Negative log of the log-normal lengthscale prior (up to a constant): log l ~
+        N(log sqrt(d), lengthscale_prior^2) per ARD lengthscale, in standardised inputs
+        (MAP-II; the sum over outputs, as the NLL it is added to)."""
+        sd = self.settings.lengthscale_prior
+        if sd <= 0:
+            return 0.0
+        return (ls.log() - 0.5 * math.log(d)).pow(2).sum() / (2.0 * sd * sd)
+
+    def _find_outliers(self, Z, Y, idx, covar, lik) -> None:
+        """Robust down-weighting of the transitions the smooth GP cannot explain.
+
+        Each training point's residual is judged by a posterior that did not see it:
+        leave-one-out within the hyper-parameter subset (R&W eq. 5.12: r_i = [K^-1 y]_i /
+        [K^-1]_ii, variance 1 / [K^-1]_ii), the posterior of the subset for the other
+        points. A transition with |r| > c sd in some output (c = ``outlier_threshold``)
+        gets the noise variance max(noise, r^2 / c^2) in each output of the posterior, so
+        that its residual is at most c noise standard deviations: one reweighting step of a
+        heavy-tailed likelihood (cf. Jylanki, Vanhatalo & Vehtari, "Robust Gaussian process
+        regression with a Student-t likelihood", JMLR 2011), in closed form. Impacts on
+        joint stops are such points: near-noiseless interpolation through them made the
+        posterior mean oscillate between trajectories (see the module docstring).
+        """
+        s = self.settings
+        self._outlier_noise, self.n_outliers = None, 0
+        c = s.outlier_threshold
+        if c <= 0 or idx is None:
+            return
+        with torch.no_grad():
+            ls = covar.base_kernel.lengthscale.detach().to(_F64)             # (T, 1, d)
+            os_ = covar.outputscale.detach().to(_F64)
+            noise = lik.noise.detach().reshape(-1).to(_F64)
+            r, var = _heldout_residuals(s.kernel, Z.to(_F64), Y.to(_F64), idx, ls, os_, noise)
+            flag = (r.pow(2) > (c * c) * var).any(0)                            # (N,)
+            n = int(flag.sum())
+            if n:
+                extra = torch.where(flag, r.pow(2) / (c * c), torch.zeros_like(r))
+                self._outlier_noise = extra                                    # (T, N)
+                self.n_outliers = n
+
+    def _point_noise(self, noise: torch.Tensor) -> torch.Tensor:
+        """(T, N) noise variances of the posterior's training points: the per-output noise,
+        raised for down-weighted outliers."""
+        noise = noise.to(_F64)[:, None]
+        if self._outlier_noise is None:
+            return noise
+        return torch.maximum(noise, self._outlier_noise)
 
     def _fit_multitask_hypers(self, Z, Y, gen, report):
         """Hyper-parameters from GPyTorch's exact multitask marginal likelihood of random
@@ -826,7 +975,9 @@ class GPModel(DynamicsModel):
 
         def loss_of(_idx) -> torch.Tensor:
             # GPyTorch's MLL is per point and task: the units of the independent loss.
-            return -mll(model(*model.train_inputs), model.train_targets)
+            ls = model.covar_module.data_covar_module.lengthscale
+            return (-mll(model(*model.train_inputs), model.train_targets)
+                    + self._lengthscale_penalty(ls, d) / (m * T))
 
         def subset():
             if m < N:
@@ -909,6 +1060,7 @@ class GPModel(DynamicsModel):
             ls = covar.base_kernel.lengthscale.detach().to(_F64)             # (T, 1, d)
             os_ = covar.outputscale.detach().to(_F64)
             noise = lik.noise.detach().reshape(T).to(_F64)
+            point_noise = self._point_noise(noise).expand(T, N)
             Z64, Y64 = Z.to(_F64), Y.to(_F64)
             alpha = torch.empty(T, N, dtype=_F64)
             W = torch.empty(T, N, r, dtype=_F64)
@@ -917,7 +1069,7 @@ class GPModel(DynamicsModel):
                 xs = Z64 / ls[o]
                 K = _kfun(s.kernel, _sqdist(xs, xs), inplace=True).mul_(os_[o])
                 Ky = K.clone()
-                Ky.diagonal().add_(noise[o])
+                Ky.diagonal().add_(point_noise[o])
                 L = _cholesky(Ky)
                 alpha[o] = torch.cholesky_solve(Y64[:, o:o + 1], L).squeeze(-1)
                 if cols is None:
@@ -1039,7 +1191,8 @@ class GPModel(DynamicsModel):
     def _titsias_init(self, model: _SVGP, Z, Y, noise) -> None:
         """Set the whitened q(v) (u = L v, K_zz = L L^T) to the optimum of the collapsed
         bound for the current hyper-parameters (Titsias 2009):
-        with P = L^-1 K_zx (s^2 = noise):  S = (I + P P^T / s^2)^-1,  m = S P y / s^2."""
+        with P = L^-1 K_zx (s^2 = noise):  S = (I + P P^T / s^2)^-1,  m = S P y / s^2;
+        with per-point noise (down-weighted outliers) P / s becomes P diag(1 / s_i)."""
         strat = model.base_strategy
         with torch.no_grad():
             ls = model.covar_module.base_kernel.lengthscale.to(_F64)         # (Q, 1, d)
@@ -1051,12 +1204,13 @@ class GPModel(DynamicsModel):
             X = Z.to(_F64).unsqueeze(0) / ls
             Kzx = os_[:, None, None] * _kfun(self.settings.kernel, _sqdist(Zi, X))
             P = torch.linalg.solve_triangular(L, Kzx, upper=False)          # (Q, M, N)
-            s2 = noise.to(_F64)[:, None, None]
-            A = P @ P.mT / s2 + torch.eye(P.shape[1], dtype=_F64)
+            del Kzx
+            w = self._point_noise(noise).expand(P.shape[0], P.shape[2]).rsqrt()  # 1 / s_i
+            P.mul_(w[:, None, :])                                 # in place: P is large
+            A = P @ P.mT + torch.eye(P.shape[1], dtype=_F64)
             # natural parameters of q(v): S^-1 m = P y / s^2 and -S^-1 / 2 = -A / 2
             vd = strat._variational_distribution
-            vd.natural_vec.copy_((P @ Y.T.to(_F64).unsqueeze(-1)).squeeze(-1)
-                                 / s2.squeeze(-1))
+            vd.natural_vec.copy_((P @ (Y.T.to(_F64) * w).unsqueeze(-1)).squeeze(-1))
             vd.natural_mat.copy_(-0.5 * A)
             strat.variational_params_initialized.fill_(1)
 
@@ -1192,7 +1346,8 @@ class GPModel(DynamicsModel):
                           ) -> tuple[np.ndarray, np.ndarray]:
         """Like :meth:`predict` but through GPyTorch's own posterior: exact variances for
         the exact GP whatever ``var_rank`` (computed in float64 on a copy of the model,
-        Cholesky forced); the sparse GP in its training dtype. Slow; for verification."""
+        Cholesky forced; down-weighted outliers through a fixed-noise likelihood); the
+        sparse GP in its training dtype. Slow; for verification."""
         self._require_fitted()
         x, u = check_xu(self.spec, x, u)
         z = self._normalise(x, u)
@@ -1200,6 +1355,11 @@ class GPModel(DynamicsModel):
         if self.mode == "exact":
             gp, lik = copy.deepcopy(gp).double(), copy.deepcopy(lik).double()
             gp.likelihood = lik
+            if self._outlier_noise is not None:
+                T, N = self._outlier_noise.shape
+                gp.likelihood = gpytorch.likelihoods.FixedNoiseGaussianLikelihood(
+                    noise=self._point_noise(lik.noise.detach().reshape(T)).expand(T, N),
+                    batch_shape=torch.Size([T])).double()
             gp.set_train_data(gp.train_inputs[0].double(), gp.train_targets.double(),
                               strict=False)
         gp.eval()
@@ -1229,6 +1389,8 @@ class GPModel(DynamicsModel):
         out.update(self.out_norm.arrays("out"))
         if self.mode == "sparse":
             out["sparse_jitter"] = np.array(float(self.gp.base_strategy.jitter_val))
+        if self._outlier_noise is not None:
+            out["outlier_noise"] = self._outlier_noise.numpy()
         for prefix, module in (("gp.", self.gp), ("lik.", self.likelihood)):
             for name, tensor in module.state_dict().items():
                 out[prefix + name] = tensor.detach().numpy().copy()
@@ -1248,6 +1410,11 @@ class GPModel(DynamicsModel):
             Z = torch.from_numpy(np.array(arrays["train_z"])).to(self.torch_dtype)
             Y = torch.from_numpy(np.array(arrays["train_y"])).to(self.torch_dtype)
             self._beta = torch.from_numpy(np.array(arrays["mean_beta"])).to(_F64)
+            extra = arrays.get("outlier_noise")
+            self._outlier_noise = (torch.from_numpy(np.array(extra)).to(_F64)
+                                   if extra is not None else None)
+            self.n_outliers = (int((self._outlier_noise > 0).any(0).sum())
+                               if extra is not None else 0)
             # the GPyTorch models hold the residual targets, as after fit
             R = (Y.to(_F64) - self._prior_mean(Z.to(_F64))).to(self.torch_dtype)
             T = Y.shape[1]
