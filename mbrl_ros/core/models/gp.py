@@ -1,6 +1,7 @@
 """Gaussian-process dynamics model (registry name ``gp``), built on GPyTorch.
 
-The model predicts the state change ``d = x_{t+1} - x_t`` from ``z = [x_t, u_t]``, both
+The model predicts the state change ``d = x_{t+1} - x_t`` from ``z = [x_t, u_t]`` (with
+the sine and cosine of continuous joints' angles, :class:`InputFeatures`), both
 standardised by a :class:`Normalizer` (Deisenroth & Rasmussen, "PILCO", ICML 2011, for GP
 dynamics models; Rasmussen & Williams, "Gaussian Processes for Machine Learning", 2006, R&W
 below). Prior: an affine mean fitted by least squares (``mean='linear'``, R&W sec. 2.7 with
@@ -136,6 +137,7 @@ from mbrl_ros.core.models.base import (
     Linearization,
     ModelError,
     ModelSpec,
+    InputFeatures,
     Normalizer,
     check_xu,
 )
@@ -722,6 +724,7 @@ class GPModel(DynamicsModel):
     def __init__(self, settings=None, spec: ModelSpec | None = None):
         super().__init__(settings, spec)
         self.torch_dtype = _DTYPES[self.settings.dtype]
+        self.features: InputFeatures | None = None
         self.in_norm: Normalizer | None = None
         self.out_norm: Normalizer | None = None
         self.mode: str = ""
@@ -771,7 +774,8 @@ class GPModel(DynamicsModel):
         report = (lambda f: progress(float(min(max(f, 0.0), 1.0)))) if progress else None
         with _threads(s.threads):
             tr, val = self._split(data)
-            z = np.concatenate([data.states, data.actions], axis=1)
+            self.features = InputFeatures(self.spec)
+            z = self.features(data.states, data.actions)
             dy = data.next_states - data.states
             self.in_norm = Normalizer.fit(z[tr])
             self.out_norm = Normalizer.fit(dy[tr])
@@ -1263,7 +1267,7 @@ class GPModel(DynamicsModel):
             raise ModelError("gp model is not fitted (call fit or load an artifact)")
 
     def _normalise(self, x: np.ndarray, u: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(self.in_norm(np.concatenate([x, u], axis=1)))
+        return torch.from_numpy(self.in_norm(self.features(x, u)))
 
     def _predict_norm(self, x: np.ndarray, u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Normalised state-change mean and variance (B, nx) for (B, nx) x and (B, nu) u."""
@@ -1325,10 +1329,11 @@ class GPModel(DynamicsModel):
             zq = z.unsqueeze(0).repeat(post.n_latent, 1, 1).requires_grad_(True)
             (g,) = torch.autograd.grad(post.latent_mean(zq).sum(), zq)
         J = (post.mix_jacobian(g) + self._beta[:-1].T).numpy()               # (T, nx, d)
-        # Chain rule through both normalisers: d x_{t+1}/d[x,u] = I_x + diag(s_out) J / s_in.
+        # Chain rule through both normalisers (d x_{t+1}/dz = diag(s_out) J / s_in) and the
+        # input features z(x, u) (sin/cos of periodic angles): I_x + dz/d[x, u].
         J = J * self.out_norm.std[None, :, None] / self.in_norm.std[None, None, :]
-        fx = J[:, :, :nx] + np.eye(nx)[None]
-        fu = J[:, :, nx:]
+        Jx, fu = self.features.chain(J, xs)
+        fx = Jx + np.eye(nx)[None]
         mean_next, var = self.predict(xs, us)
         f0 = mean_next - np.einsum("tij,tj->ti", fx, xs) - np.einsum("tij,tj->ti", fu, us)
         cov = np.zeros((len(xs), nx, nx))
@@ -1418,10 +1423,12 @@ class GPModel(DynamicsModel):
             # the GPyTorch models hold the residual targets, as after fit
             R = (Y.to(_F64) - self._prior_mean(Z.to(_F64))).to(self.torch_dtype)
             T = Y.shape[1]
-            if self.spec is not None and (T != self.spec.nx or
-                                          Z.shape[1] != self.spec.nx + self.spec.nu):
+            self.features = InputFeatures(self.spec)
+            if T != self.spec.nx or Z.shape[1] != self.features.n_in:
                 raise ModelError(f"gp: arrays are for {T} outputs / {Z.shape[1]} inputs, "
-                                 f"spec has nx={self.spec.nx}, nu={self.spec.nu}")
+                                 f"spec has nx={self.spec.nx}, nu={self.spec.nu} and "
+                                 f"{len(self.spec.periodic)} periodic states "
+                                 f"({self.features.n_in} inputs)")
             gp_state = {k[3:]: torch.from_numpy(np.array(v)) for k, v in arrays.items()
                         if k.startswith("gp.")}
             lik_state = {k[4:]: torch.from_numpy(np.array(v)) for k, v in arrays.items()
