@@ -57,8 +57,7 @@ def main() -> None:
                 for planner in planners:
                     cfg = DemoConfig(robot=robot, model=model, planner=planner, switch_to="",
                                      iterations=3 if a.quick else a.iterations,
-                                     excite_seconds=5.0,
-                                     episode_seconds=5.0 if robot == "cartpole" else 3.0,
+                                     excite_seconds=None if robot == "cartpole" else 5.0,
                                      out=Path(tmp) / f"{robot}_{model}_{planner}",
                                      progress=False)
                     try:

@@ -145,8 +145,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     cfg = DemoConfig(robot=args.robot, model=args.model, planner=args.planner,
                      switch_to=args.switch_to, out=Path(args.out), seed=args.seed,
                      iterations=args.iterations or (3 if quick else 6),
-                     excite_seconds=5.0 if quick else 8.0,
-                     episode_seconds=3.0, progress=not args.no_progress,
+                     excite_seconds=5.0 if quick and args.robot != "cartpole" else None,
+                     progress=not args.no_progress,
                      model_settings=json.loads(args.model_settings or "{}"))
     print(f"learn-and-control demo: {cfg.robot}, {cfg.model} model, planner {cfg.planner} "
           f"(switch to {cfg.switch_to} half way), {cfg.iterations} iterations -> {cfg.out}")

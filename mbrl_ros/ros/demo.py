@@ -9,6 +9,7 @@ ROS domain with localhost-only discovery (see :mod:`mbrl_ros.ros.compose`).
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import time
@@ -32,11 +33,16 @@ from mbrl_ros.ros.model_fitter import ModelFitter
 from mbrl_ros.ros.sim_node import SimNode
 from mbrl_ros.sim.env import MujocoSim
 
-# Reaching targets and rates per shipped robot (config/<robot>.yaml holds the same).
+# Task, rates and loop timing per shipped robot (config/<robot>.yaml holds the same
+# targets and rates): excitation seconds, episode seconds and planner settings.
 ROBOT_DEFAULTS = {
-    "arm2": {"target": (0.5, -0.5), "rate": 100.0, "horizon": 30},
-    "arm7": {"target": (0.3, -0.5, 0.0, -2.0, 0.0, 1.6, 0.8), "rate": 100.0, "horizon": 30},
-    "cartpole": {"target": (0.0, 0.0), "rate": 50.0, "horizon": 75},
+    "arm2": {"target": (0.5, -0.5), "rate": 100.0, "horizon": 30, "excite": 8.0,
+             "episode": 3.0, "planners": {}},
+    "arm7": {"target": (0.3, -0.5, 0.0, -2.0, 0.0, 1.6, 0.8), "rate": 100.0, "horizon": 30,
+             "excite": 8.0, "episode": 3.0, "planners": {}},
+    # swing-up: 4 s episodes (the swing takes ~3 s), a 2 s horizon, 3 iLQR iterations a replan
+    "cartpole": {"target": (0.0, 0.0), "rate": 50.0, "horizon": 100, "excite": 4.0,
+                 "episode": 4.0, "planners": {"ilqr": {"max_iterations": 3}}},
 }
 
 
@@ -47,14 +53,14 @@ class DemoConfig:
     planner: str = "ilqr"
     switch_to: str = "mppi"
     iterations: int = 5                 # including the excitation iteration
-    excite_seconds: float = 8.0
-    episode_seconds: float = 3.0
+    excite_seconds: float | None = None   # None: the robot's default
+    episode_seconds: float | None = None  # None: the robot's default
     seed: int = 0
     initial_noise: float = 0.1
     out: Path = Path("demo_out")
     progress: bool = True
     model_settings: dict = field(default_factory=dict)
-    planner_settings: dict = field(default_factory=dict)
+    planner_settings: dict = field(default_factory=dict)   # on top of the robot's defaults
 
 
 def _wait(system: InProcessSystem, cond, timeout: float, what: str) -> None:
@@ -70,6 +76,12 @@ def run_demo(cfg: DemoConfig) -> dict:
     if defaults is None:
         raise ValueError(f"demo robot must be one of {', '.join(ROBOT_DEFAULTS)}")
     rate, target = defaults["rate"], np.asarray(defaults["target"])
+    cfg = dataclasses.replace(
+        cfg, excite_seconds=cfg.excite_seconds or defaults["excite"],
+        episode_seconds=cfg.episode_seconds or defaults["episode"],
+        planner_settings={p: {**defaults["planners"].get(p, {}),
+                              **cfg.planner_settings.get(p, {})}
+                          for p in {*defaults["planners"], *cfg.planner_settings}})
     out = Path(cfg.out)
     for sub in ("bags", "models"):           # the demo owns these: a re-run replaces them
         if (out / sub).exists():
@@ -111,7 +123,8 @@ def run_demo(cfg: DemoConfig) -> dict:
             "target_joint_positions": tuple(float(v) for v in target),
             "diagnostics_rate": 0.0, "publish_plan": False,
             "state_timeout": 60.0,      # lockstep: time stands still while we fit
-            **{f"{p}.{k}": v for p, ks in cfg.planner_settings.items() for k, v in ks.items()}})
+            **{f"{p}.{k}": v for p, ks in cfg.planner_settings.items() if p in plugins
+               for k, v in ks.items()}})
         _wait(system, lambda: sim.state_pub.get_subscription_count() >= 3
               and sim.command_subscription_count() >= 1 and not logger.pending_topics()
               and logger.markers_written >= 1       # episode-0 marker recorded
