@@ -105,6 +105,10 @@ def p2_model(p: dict):
 
 
 def p2_factory(p: dict) -> dict:
+    """Our MPPI and CEM on P2. The variants named as the peers' use the peers' settings
+    (TS-inf, row r -> member r % 5; MPPI: noise 0.25, lambda 1 in cost units, the
+    control-cost term; CEM: mbrl-lib's PETS configuration); '*_default' are our planners'
+    defaults (no peer: absolute times only)."""
     from mbrl_ros.core.planners.cem import CEMPlanner, CEMSettings
     from mbrl_ros.core.planners.mppi import MPPIPlanner, MPPISettings
     model = p2_model(p)
@@ -125,17 +129,24 @@ def p2_factory(p: dict) -> dict:
                     "rows_per_call": st.get("rows_per_call")}
         return run
 
-    def mppi(nominal_rollout: bool):
-        return MPPIPlanner(MPPISettings(horizon=T, samples=p["samples"], temperature=1.0,
-                                        noise_sigma=(0.25,), noise_units="absolute",
-                                        nominal_rollout=nominal_rollout), nx, nu, -b, b, 0.01)
+    def mppi(**kw):
+        peer = dict(temperature=1.0, temperature_units="absolute", noise_sigma=(0.25,),
+                    noise_units="absolute", control_cost=1.0, keep_nominal=False,
+                    propagation="tsinf")
+        return MPPIPlanner(MPPISettings(horizon=T, samples=p["samples"], **{**peer, **kw}),
+                           nx, nu, -b, b, 0.01)
 
-    def cem(particles: int):
-        return CEMPlanner(CEMSettings(horizon=T, population=p["samples"], iterations=5,
-                                      elite_ratio=0.1, alpha=0.1, n_particles=particles),
-                          nx, nu, -b, b, 0.01)
-    return {"mppi": unit(mppi(True)), "mppi_no_mean_rollout": unit(mppi(False)),
-            "cem": unit(cem(20)), "cem_1particle": unit(cem(1))}
+    def cem(**kw):
+        peer = dict(population=p["samples"], iterations=5, elite_ratio=0.1, alpha=0.1,
+                    init_std=(0.5,), keep_elites=0.0, keep_mean=False, aleatoric=True,
+                    propagation="tsinf")
+        return CEMPlanner(CEMSettings(horizon=T, **{**peer, **kw}), nx, nu, -b, b, 0.01)
+
+    return {"mppi": unit(mppi()), "mppi_no_mean_rollout": unit(mppi(nominal_rollout=False)),
+            "mppi_M20": unit(mppi(n_particles=20)),
+            "mppi_default": unit(MPPIPlanner(MPPISettings(horizon=T), nx, nu, -b, b, 0.01)),
+            "cem": unit(cem(n_particles=20)), "cem_1particle": unit(cem(n_particles=1)),
+            "cem_default": unit(CEMPlanner(CEMSettings(horizon=T), nx, nu, -b, b, 0.01))}
 
 
 # ------------------------------------------------------------------------------ P3: ensemble

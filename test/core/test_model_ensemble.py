@@ -142,6 +142,147 @@ def test_tsinf_keeps_each_particle_on_its_member_over_a_horizon(toy_model):
     torch.testing.assert_close(x, ref[members, torch.arange(P)])
 
 
+@pytest.fixture(scope="module")
+def pendulum_models():
+    """Small float64 ensembles (4 members, 3 elites) on the pendulum, with and without the
+    linear prior, whose normalisers are far from identity (angles +-2, rates +-2)."""
+    data = _pendulum(600)
+    out = {}
+    for prior in (True, False):
+        m = EnsembleModel(EnsembleModel.Settings(members=4, n_elites=3, hidden_layers=2,
+                                                 hidden_units=24, epochs=4, dtype="float64",
+                                                 linear_prior=prior, seed=2))
+        m.fit(data)
+        out[prior] = m
+    return out
+
+
+def _per_member_reference(model, x0, U, member, sample_gen=None):
+    """Reference TS rollout computed member by member from member_means and the
+    log-variances of member_outputs: row r takes elite member[t][r] at step t."""
+    n, T, _ = U.shape
+    E = model.n_elite
+    x = x0.expand(n, -1).clone()
+    xs = [x]
+    std = torch.as_tensor(model.out_norm.std, dtype=model.torch_dtype)
+    for t in range(T):
+        m_t = member[t]
+        nxt = torch.empty_like(x)
+        lv_all = None
+        if sample_gen is not None:
+            _, lv = model.member_outputs(x.numpy(), U[:, t].numpy())
+            lv_all = torch.as_tensor(lv[model.elites], dtype=model.torch_dtype)
+        for e in range(E):
+            rows = torch.nonzero(m_t == e).flatten()
+            nxt[rows] = model.member_means(x[rows], U[rows, t])[e]
+        if sample_gen is not None:
+            noise = torch.randn((n, x.shape[1]), generator=sample_gen, dtype=x.dtype)
+            sd = torch.exp(0.5 * lv_all[m_t, torch.arange(n)]) * std
+            nxt = nxt + sd * noise
+        x = nxt
+        xs.append(x)
+    return torch.stack(xs)
+
+
+@pytest.mark.parametrize("prior", [True, False])
+@pytest.mark.parametrize("sample", [False, True])
+def test_rollout_tsinf_equals_the_per_member_computation(pendulum_models, prior, sample):
+    # The member-sorted rollout (rows regrouped once, normalisers folded into the weights)
+    # gives the states of the plain per-member computation and of T propagate() calls.
+    model = pendulum_models[prior]
+    E, n, T = model.n_elite, 12, 7
+    gen = torch.Generator().manual_seed(4)
+    U = torch.rand((n, T, 1), generator=gen, dtype=torch.float64) * 2 - 1
+    x0 = torch.tensor([0.4, -0.3], dtype=torch.float64)
+    xs = model.rollout(x0, U, "tsinf", torch.Generator().manual_seed(9), sample=sample)
+    assert xs.shape == (T + 1, n, 2) and torch.equal(xs[0], x0.expand(n, 2))
+    member = [torch.arange(n) % E] * T
+    ref = _per_member_reference(model, x0, U, member,
+                                torch.Generator().manual_seed(9) if sample else None)
+    torch.testing.assert_close(xs, ref, rtol=1e-12, atol=1e-12)
+    g = torch.Generator().manual_seed(9)
+    x = x0.expand(n, 2)
+    for t in range(T):
+        x = model.propagate(x, U[:, t], "tsinf", torch.arange(n) % E, g, sample=sample)
+        torch.testing.assert_close(xs[t + 1], x, rtol=1e-12, atol=1e-12)
+    # Per-row initial states and a caller's buffer.
+    x0s = x0 + 0.1 * torch.arange(n, dtype=torch.float64)[:, None]
+    out = torch.empty((T + 1, n, 2), dtype=torch.float64)
+    assert model.rollout(x0s, U, "tsinf", sample=False, out=out) is out
+    ref = _per_member_reference(model, x0s, U, member)
+    torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("mode", ["ts1", "expectation"])
+def test_rollout_other_modes_equal_propagate(pendulum_models, mode, monkeypatch):
+    import mbrl_ros.core.models.ensemble as ens
+    model = pendulum_models[True]
+    n, T = 9, 6
+    gen = torch.Generator().manual_seed(1)
+    U = torch.rand((n, T, 1), generator=gen, dtype=torch.float64) * 2 - 1
+    x0 = torch.tensor([-0.2, 0.5], dtype=torch.float64)
+    for chunk in (1024, 2):           # also the chunked path (rows per member > _CHUNK)
+        monkeypatch.setattr(ens, "_CHUNK", chunk)
+        for sample in ((False, True) if mode == "ts1" else (False,)):
+            xs = model.rollout(x0, U, mode, torch.Generator().manual_seed(3), sample=sample)
+            g = torch.Generator().manual_seed(3)
+            x = x0.expand(n, 2)
+            for t in range(T):
+                x = model.propagate(x, U[:, t], mode, None, g, sample=sample)
+                torch.testing.assert_close(xs[t + 1], x, rtol=1e-12, atol=1e-12)
+
+
+def test_expectation_rollout_returns_the_disagreement_along_it(pendulum_models):
+    model = pendulum_models[True]
+    n, T = 3, 5
+    U = torch.linspace(-1, 1, n * T, dtype=torch.float64).view(n, T, 1)
+    x0 = torch.tensor([0.5, 1.0], dtype=torch.float64)
+    unc = torch.empty((T, n), dtype=torch.float64)
+    xs = model.rollout(x0, U, "expectation", disagreement=unc)
+    for t in range(T):
+        ref = model.uncertainty(xs[t].numpy(), U[:, t].numpy())
+        np.testing.assert_allclose(unc[t].numpy(), ref, rtol=1e-9, atol=1e-15)
+    assert float(unc.max()) > 0
+    with pytest.raises(ModelError, match="disagreement"):
+        model.rollout(x0, U[:3], "tsinf", disagreement=unc)
+
+
+def test_rollout_float32_and_errors(toy_model, monkeypatch):
+    import mbrl_ros.core.models.ensemble as ens
+    model, _ = toy_model                                      # float32, linear prior
+    E = model.n_elite
+    n, T = 3 * E, 5
+    U = torch.linspace(-1, 1, n * T, dtype=torch.float32).view(n, T, 1)
+    x0 = torch.tensor([0.3])
+    member = torch.arange(n) % E
+    for chunk in (1024, 2):
+        monkeypatch.setattr(ens, "_CHUNK", chunk)
+        xs = model.rollout(x0, U, "tsinf", sample=False)
+        ref = _per_member_reference(model, x0, U, [member] * T)
+        torch.testing.assert_close(xs, ref, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ModelError, match="multiple of 4"):
+        model.rollout(x0, U[:n - 1], "tsinf")
+    with pytest.raises(ModelError, match="unknown propagation mode"):
+        model.rollout(x0, U, "ts2")
+    with pytest.raises(ModelError, match="expected U"):
+        model.rollout(x0, U[:, :, 0])
+    with pytest.raises(ModelError, match="out must be"):
+        model.rollout(x0, U, out=torch.empty((T, n, 1)))
+    # Loading (or refitting) replaces the folded weights built by an earlier rollout.
+    arrays = model.state_arrays()
+    other = dict(arrays, W1=arrays["W1"] * 1.5, in_mean=arrays["in_mean"] + 0.2)
+    a, b = EnsembleModel(model.settings, model.spec), EnsembleModel(model.settings, model.spec)
+    a.load_state_arrays(arrays)
+    torch.testing.assert_close(a.rollout(x0, U, "expectation"),
+                               model.rollout(x0, U, "expectation"), rtol=0, atol=0)
+    a.load_state_arrays(other)
+    b.load_state_arrays(other)
+    torch.testing.assert_close(a.rollout(x0, U, "expectation"),
+                               b.rollout(x0, U, "expectation"), rtol=0, atol=0)
+    assert not torch.allclose(a.rollout(x0, U, "expectation"),
+                              model.rollout(x0, U, "expectation"))
+
+
 def test_log_variance_stays_within_the_learned_bounds(toy_model):
     model, _ = toy_model
     lo, hi = model.logvar_bounds()

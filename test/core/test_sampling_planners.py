@@ -119,8 +119,7 @@ def _di_cost():
 def _mppi(**kw):
     kw.setdefault("horizon", 15)
     kw.setdefault("samples", 128)
-    # lambda on the scale of the cost differences near the target (cost ~ 0.1-1).
-    kw.setdefault("temperature", 0.1)
+    kw.setdefault("temperature", 0.1)     # x the sampled cost spread (relative units)
     return MPPIPlanner(MPPISettings(**kw), 2, 1, -1.0, 1.0, DT)
 
 
@@ -201,8 +200,8 @@ def test_cem_mean_converges_to_analytic_optimum():
     # minimise sum_t (u_t - c)^2 inside [-1, 1]: u* = c at every step.
     c = np.array([0.3, -0.6])
     cost = QuadraticCost.diagonal([0.0], [2.0, 2.0], qf=[0.0], u_ref=c)
-    planner = CEMPlanner(CEMSettings(horizon=4, population=200, iterations=8, n_particles=1),
-                         1, 2, -1.0, 1.0, DT)
+    planner = CEMPlanner(CEMSettings(horizon=4, population=200, iterations=8, n_particles=1,
+                                     init_std=(0.5,)), 1, 2, -1.0, 1.0, DT)
     pol = planner.optimize(np.zeros(1), 0.0, Static(nu=2), cost)
     np.testing.assert_allclose(pol.k, np.broadcast_to(c, (4, 2)), atol=0.02)
     assert planner.stats["std_mean"] < 0.05
@@ -216,6 +215,7 @@ def test_mppi_mean_converges_to_analytic_fixed_point(control_cost):
     c, sigma, lam = 1.0, 0.5, 0.5
     cost = QuadraticCost.diagonal([0.0], [2.0], qf=[0.0], u_ref=[c])
     planner = MPPIPlanner(MPPISettings(horizon=3, samples=1000, temperature=lam,
+                                       temperature_units="absolute", keep_nominal=False,
                                        noise_sigma=(sigma,), noise_units="absolute",
                                        iterations=20, control_cost=control_cost),
                           1, 1, -10.0, 10.0, DT)
@@ -254,7 +254,8 @@ def test_rollout_engine_tsinf_keeps_member_per_row():
 def test_cem_particles_keep_their_member_and_cover_all_members():
     ens = StandInEnsemble(members=3)
     planner = CEMPlanner(CEMSettings(horizon=6, population=10, iterations=2, n_particles=3,
-                                     nominal_rollout=False), 2, 1, -1.0, 1.0, DT)
+                                     nominal_rollout=False, propagation="tsinf"),
+                         2, 1, -1.0, 1.0, DT)
     planner.optimize(np.zeros(2), 0.0, ens, _di_cost())
     tsinf = [r for r, m in zip(ens.recorded, ens.modes) if m == "tsinf"]
     assert len(tsinf) == 2 * 6                       # iterations x horizon
@@ -266,7 +267,7 @@ def test_cem_particles_keep_their_member_and_cover_all_members():
 
 def test_mppi_sample_k_uses_member_k_mod_e_and_reports_disagreement():
     ens = StandInEnsemble(members=4)
-    planner = _mppi(samples=10, horizon=5)
+    planner = _mppi(samples=10, horizon=5, propagation="tsinf")
     planner.optimize(np.zeros(2), 0.0, ens, _di_cost())
     tsinf = [r for r, m in zip(ens.recorded, ens.modes) if m == "tsinf"]
     assert len(tsinf) == 5 and all(torch.equal(r[:10], torch.arange(10) % 4) for r in tsinf)
@@ -374,9 +375,9 @@ def test_settings_schema_registry_and_limits():
     assert registry.lookup("planner", "cem") is CEMPlanner
     assert registry.lookup("planner", "mppi") is MPPIPlanner
     p = registry.create("planner", "mppi", None, 2, 1, -3.0, 3.0, DT)
-    np.testing.assert_allclose(p.noise_std, [0.75])                   # 0.25 * 3
+    np.testing.assert_allclose(p.noise_std, [0.15])                   # 0.05 * 3
     p = registry.create("planner", "cem", None, 2, 2, [-1.0, -4.0], [1.0, 2.0], DT)
-    np.testing.assert_allclose(p.initial_std, [0.5, 1.5])             # 0.5 * half range
+    np.testing.assert_allclose(p.initial_std, [0.1, 0.3])             # 0.1 * half range
     names = {s.name for s in specs(MPPISettings)}
     assert {"horizon", "samples", "temperature", "noise_sigma", "noise_units", "iterations",
             "noise_beta", "threads", "dtype", "seed", "propagation"} <= names
@@ -438,6 +439,10 @@ def test_with_fitted_ensemble_model():
         st = planner.stats
         assert st["uncertainty_source"] == "uncertainty" and st["uncertainty_max"] >= 0
         assert st["rows_per_call"] % model.n_elite == 0
+        # Taken from the mean rollout's forward pass: model.uncertainty along the plan.
+        xs, us = planner.nominal
+        np.testing.assert_allclose(planner.plan_uncertainty, model.uncertainty(xs[:8], us),
+                                   rtol=1e-4, atol=1e-9)
 
 
 def test_mppi_drives_mujoco_arm2_toward_target():
@@ -453,8 +458,9 @@ def test_mppi_drives_mujoco_arm2_toward_target():
     # noise is small (0.05 x 3 N m) and the zero-action prior of the control-cost term,
     # lambda/2 u' Sigma^-1 u, would dominate the cost: it is switched off.
     planner = MPPIPlanner(MPPISettings(horizon=12, samples=64, noise_sigma=(0.05,),
-                                       temperature=10.0, control_cost=0.0,
-                                       keep_nominal=True), nx, nu, -3.0, 3.0, dt)
+                                       temperature=10.0, temperature_units="absolute",
+                                       control_cost=0.0, keep_nominal=True),
+                          nx, nu, -3.0, 3.0, dt)
     x = np.zeros(nx)
     for i in range(int(2.0 / dt)):
         pol = planner.optimize(x, i * dt, model, cost)
@@ -463,3 +469,147 @@ def test_mppi_drives_mujoco_arm2_toward_target():
         x = model.predict(x, u)[0][0]
     assert np.max(np.abs(x[:2] - target[:2])) < 0.08, x
     assert np.max(np.abs(x[2:])) < 0.6, x
+
+
+class Recording(DoubleIntegrator):
+    """Double integrator that records the action rows of every rollout (numpy path:
+    one predict call per step, all rows at once)."""
+
+    def __init__(self, dt=0.1):
+        super().__init__(dt)
+        self.batches: list[np.ndarray] = []
+        self._steps: list[np.ndarray] = []
+
+    def predict(self, x, u, t=None):
+        u2 = np.atleast_2d(u)
+        self._steps.append(u2.copy())
+        out = super().predict(x, u)
+        return out
+
+    def rollouts(self, T):
+        """(N, T, nu) action batches of the rollouts so far (mean rollouts excluded)."""
+        steps, self._steps = self._steps, []
+        out, i = [], 0
+        while i < len(steps):
+            if steps[i].shape[0] == 1:        # the single-row mean rollout of the plan
+                i += T
+                continue
+            out.append(np.stack(steps[i:i + T], axis=1))
+            i += T
+        return out
+
+
+def test_cem_keeps_the_mean_and_elites_across_iterations_and_calls():
+    model = Recording(DT)
+    T, pop = 6, 40
+    planner = _cem(horizon=T, population=pop, iterations=3, keep_elites=0.5, keep_mean=True,
+                   alpha=0.0)
+    cost = _di_cost()
+    n_elite, n_keep = 4, 2
+    planner.optimize(np.array([0.1, 0.0]), 0.0, model, cost)
+    assert planner.stats["n_kept"] == n_keep
+    batches = model.rollouts(T)
+    assert len(batches) == 3 and all(b.shape == (pop, T, 1) for b in batches)
+
+    def costs(batch):
+        xs = np.empty((pop, T + 1, 2))
+        xs[:, 0] = [0.1, 0.0]
+        for t in range(T):
+            xs[:, t + 1] = DoubleIntegrator(DT).predict(xs[:, t], batch[:, t])[0]
+        return cost.stage_batch(xs[:, :T], batch) + cost.terminal_batch(xs[:, T])
+
+    for prev, nxt in zip(batches[:-1], batches[1:]):
+        J = costs(prev)
+        elite = prev[np.argsort(J, kind="stable")[:n_elite]]
+        # alpha = 0: the new mean is the elites' mean, and candidate 0 of the next iteration.
+        np.testing.assert_allclose(nxt[0], np.clip(elite.mean(axis=0), -1, 1), atol=1e-6)
+        # The two best elites are candidates again (re-evaluated, so the best cost of an
+        # iteration never exceeds the previous one on a deterministic model).
+        np.testing.assert_allclose(nxt[1:1 + n_keep], elite[:n_keep], atol=1e-6)
+        assert costs(nxt).min() <= J.min() + 1e-9
+    last_elites = batches[-1][np.argsort(costs(batches[-1]), kind="stable")[:n_keep]]
+    # Next call, 2 steps later: the kept elites come back shifted like the mean.
+    planner.optimize(np.array([0.1, 0.0]), 2 * DT, model, cost)
+    first = model.rollouts(T)[0]
+    shifted = np.concatenate([last_elites[:, 2:], np.repeat(last_elites[:, -1:], 2, 1)], 1)
+    np.testing.assert_allclose(first[1:1 + n_keep], shifted, atol=1e-6)
+    np.testing.assert_allclose(first[0], shift_trajectory(planner.initial_actions, 0),
+                               atol=1e-6)
+    # A hand-over from another plan drops them (candidates 1.. are fresh samples).
+    planner.warm_start(np.zeros((T, 1)))
+    planner.optimize(np.array([0.1, 0.0]), 3 * DT, model, cost)
+    first = model.rollouts(T)[0]
+    assert not np.allclose(first[1], shift_trajectory(last_elites, 3)[0], atol=1e-3)
+    # keep_elites = 0 and keep_mean = False: mbrl-lib's CEM, every candidate sampled.
+    plain = _cem(horizon=T, population=pop, iterations=2, keep_elites=0.0, keep_mean=False)
+    plain.optimize(np.array([0.1, 0.0]), 0.0, model, cost)
+    assert plain.stats["n_kept"] == 0
+
+
+def test_cem_truncated_samples_stay_within_two_std():
+    planner = _cem()
+    z = planner._truncated_normal((20000, 3))
+    assert float(z.abs().max()) <= 2.0
+    # Variance of N(0, 1) truncated to [-2, 2]: 1 - 4 phi(2) / (2 Phi(2) - 1) = 0.774.
+    assert float(z.var()) == pytest.approx(0.774, abs=0.02)
+    assert abs(float(z.mean())) < 0.02
+
+
+def test_mppi_relative_temperature_ignores_the_cost_scale():
+    model = DoubleIntegrator(DT)
+    x0 = np.array([0.2, 0.0])
+
+    def plan(units, scale):
+        cost = QuadraticCost.diagonal([10.0 * scale, scale], [0.01 * scale],
+                                      qf=[100.0 * scale, 10.0 * scale], x_target=TARGET)
+        p = _mppi(temperature_units=units, temperature=0.1, dtype="float64", seed=3)
+        for i in range(3):
+            p.optimize(x0, i * DT, model, cost)
+        return p.nominal[1], p.stats
+
+    a, st_a = plan("relative", 1.0)
+    b, st_b = plan("relative", 1000.0)
+    np.testing.assert_allclose(a, b, atol=1e-9)
+    assert st_b["temperature"] == pytest.approx(1000.0 * st_a["temperature"], rel=1e-9)
+    assert st_a["ess"] > 1.0 and st_b["ess"] == pytest.approx(st_a["ess"], rel=1e-9)
+    # In cost units the same lambda means greedier weights on the larger costs.
+    c, st_c = plan("absolute", 0.01)
+    d, st_d = plan("absolute", 1.0)
+    assert st_d["ess"] < st_c["ess"] and not np.allclose(c, d, atol=1e-3)
+
+
+def test_engine_whole_horizon_rollout_matches_the_per_step_path(monkeypatch):
+    ensemble = pytest.importorskip("mbrl_ros.core.models.ensemble")
+    from mbrl_ros.core.planners import sampling
+    from mbrl_ros.core.types import TransitionBatch
+    rng = np.random.default_rng(1)
+    x = rng.uniform(-1, 1, (300, 2))
+    u = rng.uniform(-1, 1, (300, 1))
+    data = TransitionBatch(states=x, actions=u, next_states=DoubleIntegrator(DT).predict(x, u)[0],
+                           dt=np.full(300, DT), time=np.arange(300) * DT,
+                           episode=np.zeros(300, dtype=np.int64), state_names=("p", "v"),
+                           action_names=("u",))
+    model = ensemble.EnsembleModel(ensemble.EnsembleModel.Settings(
+        members=3, n_elites=3, hidden_layers=2, hidden_units=16, epochs=3, dtype="float64"))
+    model.fit(data)
+    U = torch.rand((10, 7, 1), generator=torch.Generator().manual_seed(0),
+                   dtype=torch.float64) * 2 - 1
+    x0 = np.array([0.2, -0.1])
+    results = {}
+    for fused in (True, False):
+        monkeypatch.setattr(sampling, "_has_rollout", lambda m, f=fused: f)
+        engine = RolloutEngine(2, 1, torch.float64)
+        for mode in ("tsinf", "ts1", "expectation"):
+            for aleatoric in (False, True):
+                J, xs = engine.run(model, _di_cost(), x0, U, mode,
+                                   torch.Generator().manual_seed(5), aleatoric)
+                results[fused, mode, aleatoric] = (J.clone(), xs.clone(), engine.rows)
+        xm = engine.mean_rollout(model, x0, U[0].numpy())
+        results[fused, "mean"] = xm
+    for key, val in results.items():
+        if key[0] and key[1] != "mean":
+            (J, xs, rows), (J2, xs2, rows2) = val, results[(False,) + key[1:]]
+            assert rows == rows2 == (10 if key[1] == "expectation" else 12)
+            torch.testing.assert_close(J, J2, rtol=1e-12, atol=1e-10)
+            torch.testing.assert_close(xs, xs2, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(results[True, "mean"], results[False, "mean"], atol=1e-12)

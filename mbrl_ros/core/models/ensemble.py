@@ -53,7 +53,7 @@ import torch.nn.functional as F
 
 from mbrl_ros.core import registry
 from mbrl_ros.core.models.base import (DynamicsModel, FitReport, Linearization, ModelError,
-                                       ModelSpec, Normalizer, check_xu)
+                                       InputFeatures, ModelSpec, Normalizer, check_xu)
 from mbrl_ros.core.settings import setting
 from mbrl_ros.core.types import TransitionBatch
 
@@ -145,9 +145,13 @@ class EnsembleModel(DynamicsModel):
         self.min_logvar: torch.Tensor | None = None   # (M, 1, nx)
         self.elites = np.zeros(0, dtype=np.int64)
         self.val_mse = np.zeros(0)
+        self.features: InputFeatures | None = None
         self.in_norm: Normalizer | None = None
         self.out_norm: Normalizer | None = None
         self._elite_params: tuple | None = None
+        # Elite parameters with the normalisers and the linear prior folded in, for
+        # rollout(); built on first use after every fit/load.
+        self._folded: dict | None = None
         # Linear prior (numpy float64 A (in, nx), c (nx,), residual std (nx,)) and its
         # torch form used inside the forward pass; None without the prior.
         self.linear: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
@@ -222,6 +226,7 @@ class EnsembleModel(DynamicsModel):
         """Elite weights as contiguous no-grad tensors, and torch copies of the normalisers,
         so every prediction avoids re-indexing the weights and numpy conversions."""
         e = torch.as_tensor(self.elites, dtype=torch.long)
+        self._folded = None
         with torch.no_grad():
             self._elite_params = ([W.detach()[e].contiguous() for W in self.weights],
                                   [b.detach()[e].contiguous() for b in self.biases],
@@ -277,7 +282,8 @@ class EnsembleModel(DynamicsModel):
         t0 = time.perf_counter()
         self._check_fit_data(data)
         s = self.settings
-        X = np.concatenate([data.states, data.actions], axis=1)
+        self.features = InputFeatures(self.spec)
+        X = self.features(data.states, data.actions)
         Y = data.next_states - data.states
         if not (np.isfinite(X).all() and np.isfinite(Y).all()):
             raise ModelError("ensemble: transitions contain NaN or inf")
@@ -286,14 +292,16 @@ class EnsembleModel(DynamicsModel):
         if s.threads > 0:
             torch.set_num_threads(s.threads)
         try:
-            report = self._train(X, Y, seed, progress)
+            report = self._train(X, Y, seed, progress, data.states, data.actions)
         finally:
             torch.set_num_threads(prev_threads)
         report.fit_seconds = time.perf_counter() - t0
         return report
 
     def _train(self, X: np.ndarray, Y: np.ndarray, seed: int,
-               progress: Callable[[float], None] | None) -> FitReport:
+               progress: Callable[[float], None] | None, states: np.ndarray,
+               actions: np.ndarray) -> FitReport:
+        """Train on inputs X = features(states, actions) and state changes Y."""
         s = self.settings
         N = X.shape[0]
         M, dt = s.members, self.torch_dtype
@@ -406,17 +414,16 @@ class EnsembleModel(DynamicsModel):
                    "best_epoch": float(best_epoch),
                    "epoch_seconds": float(np.mean(epoch_times)) if epoch_times else 0.0}
         if n_val:
-            nx = Y.shape[1]
-            vx = X[val_idx]
-            pred, _ = self.predict(vx[:, :nx], vx[:, nx:])
-            err = pred - (vx[:, :nx] + Y[val_idx])
+            vs = states[val_idx]
+            pred, _ = self.predict(vs, actions[val_idx])
+            err = pred - (vs + Y[val_idx])
             metrics["val_rmse"] = float(np.sqrt(np.mean(err ** 2)))
         notes = [stop_reason] if stop_reason else []
         return FitReport(n_tr, n_val, 0.0, metrics, notes)
 
     # ------------------------------------------------------------------ torch API
     def _norm_in(self, x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-        return (torch.cat([x, u], dim=-1) - self._t_in_mean) / self._t_in_std
+        return (self.features(x, u) - self._t_in_mean) / self._t_in_std
 
     def _check_torch(self, x: torch.Tensor, u: torch.Tensor) -> None:
         spec = self.spec
@@ -535,6 +542,257 @@ class EnsembleModel(DynamicsModel):
                 delta = mean + torch.exp(0.5 * logvar) * noise
         return x + self._t_out_mean + self._t_out_std * delta
 
+    # ------------------------------------------------------------------ whole-horizon rollouts
+    def _fold(self) -> dict:
+        """Elite parameters with the normalisers and the linear prior folded in (cached).
+
+        In centred coordinates ``xc = x - in_mean[:nx]``, ``uc = u - in_mean[nx:]`` the
+        normalised input is ``[xc, uc] / in_std``, so the first layer is
+        ``b0 + xc @ (W0x / sx) + uc @ (W0u / su)``: the division is folded into the weights
+        while the centring stays a subtraction (no cancellation for columns with a tiny
+        floored std). The linear prior and the output de-normalisation,
+        ``out_mean + out_std (c + z A + res_std net)``, are affine too: their input terms
+        become ``nx`` extra output columns of the first layer's product, the scales go
+        into the last layer's mean columns and the constants into one per-member bias.
+        Computed in float64, stored in ``torch_dtype``.
+        """
+        if self._folded is not None:
+            return self._folded
+        f64, dt = torch.float64, self.torch_dtype
+        Ws, bs, max_lv, min_lv = self._elite_params
+        nx, nu = self.spec.nx, self.spec.nu
+        E = Ws[0].shape[0]
+        s = torch.as_tensor(self.in_norm.std, dtype=f64)
+        om = torch.as_tensor(self.out_norm.mean, dtype=f64)
+        osd = torch.as_tensor(self.out_norm.std, dtype=f64)
+        W0 = Ws[0].to(f64) / s[:, None]                                   # (E, in, H)
+        WL, bL = Ws[-1].to(f64), bs[-1].to(f64)                           # (E, H, 2nx)
+        if self.linear is not None:
+            A, c, res_std = (torch.as_tensor(a, dtype=f64) for a in self.linear)
+            lin = A / s[:, None] * osd                                     # (in, nx)
+            const = om + osd * c
+            scale = osd * res_std
+            lv_shift = 2.0 * torch.log(res_std)
+        else:
+            lin = torch.zeros(nx + nu, nx, dtype=f64)
+            const, scale, lv_shift = om, osd, torch.zeros(nx, dtype=f64)
+        first_w = torch.cat([W0, lin.expand(E, nx + nu, nx)], dim=2)     # (E, in, H + nx)
+        first_b = torch.cat([bs[0].to(f64), bL[..., :nx] * scale + const], dim=2)
+        def t(a):
+            return a.to(dt).contiguous()
+        self._folded = {
+            "x_mean": t(torch.as_tensor(self.in_norm.mean[:nx], dtype=f64)),
+            "u_mean": t(torch.as_tensor(self.in_norm.mean[nx:], dtype=f64)),
+            "first_w": t(first_w), "first_b": t(first_b),
+            "hidden": [(t(W), t(b)) for W, b in zip(Ws[1:-1], bs[1:-1])],
+            "last_mean": t(WL[..., :nx] * scale), "last_lv": t(WL[..., nx:]),
+            "last_lv_b": t(bL[..., nx:] + lv_shift), "out_std": t(osd),
+            "max_lv": max_lv, "min_lv": min_lv, "H": Ws[0].shape[2]}
+        return self._folded
+
+    def _rollout_stepwise(self, x0, U, mode, generator, sample, out, disagreement):
+        """:meth:`rollout` by :meth:`propagate` steps (same member assignment): for models
+        with sin/cos inputs, which :meth:`_fold`'s affine first layer cannot take."""
+        n, T, _ = U.shape
+        nx = self.spec.nx
+        xs = out if out is not None else torch.empty((T + 1, n, nx), dtype=self.torch_dtype)
+        x = x0.expand(n, nx) if x0.ndim == 1 else x0
+        xs[0] = x
+        member = torch.arange(n) % self.n_elite if mode == "tsinf" else None
+        for t in range(T):
+            u = U[:, t]
+            if disagreement is not None and mode == "expectation":
+                z = self._norm_in(x, u).unsqueeze(0).expand(self.n_elite, -1, -1)
+                disagreement[t] = self._forward_elites(z)[0].var(dim=0, unbiased=False
+                                                                 ).mean(dim=-1)
+            x = self.propagate(x, u, mode, member, generator, sample=sample)
+            xs[t + 1] = x
+        return xs
+
+    def _rollout_chunk(self, f: dict, z: torch.Tensor, E: int
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One step of every member on its rows z (E or 1, r, nx + nu) = centred [x, u]
+        (a batch of 1 is shared by all members). Returns the state change (E, r, nx) in
+        state units (the members' means) and the last hidden activations (E, r, H)."""
+        H = f["H"]
+        # One product gives the first layer's pre-activations and, in the last nx
+        # columns, the affine part of the output (linear prior + de-normalisation).
+        pre = torch.baddbmm(f["first_b"], z.expand(E, -1, -1), f["first_w"])
+        h = self._act(pre[..., :H])
+        inplace = self._act is F.silu
+        for W, b in f["hidden"]:
+            h = torch.baddbmm(b, h, W)
+            h = F.silu(h, inplace=True) if inplace else self._act(h)
+        return torch.baddbmm(pre[..., H:], h, f["last_mean"]), h
+
+    @torch.no_grad()
+    def rollout(self, x0: torch.Tensor, U: torch.Tensor, mode: str = "tsinf",
+                generator: torch.Generator | None = None, sample: bool = True,
+                out: torch.Tensor | None = None,
+                disagreement: torch.Tensor | None = None) -> torch.Tensor:
+        """Open-loop rollouts of n action sequences over T steps, in one call.
+
+        The same states as T calls of :meth:`propagate` (up to rounding) with the member
+        assignment the sampling planners use, and the same draws from ``generator``,
+        without the per-step overhead: every step is one batched product per layer over
+        (E, n / E, .) blocks, and the normalisers and the linear prior are folded into
+        the weights (:meth:`_fold`).
+
+        * 'tsinf': row r keeps elite ``r % E`` over the horizon (``propagate(x, u,
+          'tsinf', arange(n) % E, generator)`` at every step). The rows are regrouped by
+          member once per call (member-major blocks), so the steps need no gather,
+          scatter or concatenation.
+        * 'ts1': every step draws a new balanced random assignment, exactly as
+          ``propagate(x, u, 'ts1', generator=generator)`` does (one gather and one
+          scatter of the (n, nx + nu) rows per step).
+        * 'expectation': the mean of the elites at every step (deterministic).
+
+        Args:
+            x0: (nx,) or (n, nx) initial states (``torch_dtype``).
+            U: (n, T, nu) actions.
+            mode: 'tsinf', 'ts1' (n must be a multiple of E for both) or 'expectation'.
+            generator: torch generator for the member draws ('ts1') and the Gaussian
+                noise (``sample``).
+            sample: TS modes only: add each member's predicted Gaussian noise (PETS).
+            out: optional contiguous (T+1, n, nx) tensor to write the states into.
+            disagreement: 'expectation' only: optional (T, n) tensor that receives
+                :meth:`uncertainty` at every step's (x_t, u_t) (variance of the elites'
+                normalised means, averaged over dimensions), from the same forward pass.
+
+        Returns:
+            xs (T+1, n, nx) states, xs[0] = x0, state units.
+
+        Raises:
+            ModelError: unknown mode, wrong shapes, n not a multiple of E.
+        """
+        self._require_fitted()
+        spec = self.spec
+        if U.ndim != 3 or U.shape[2] != spec.nu:
+            raise ModelError(f"expected U (n, T, {spec.nu}), got {tuple(U.shape)}")
+        n, T, nu = U.shape
+        nx = spec.nx
+        if tuple(x0.shape) not in ((nx,), (n, nx)):
+            raise ModelError(f"expected x0 ({nx},) or ({n}, {nx}), got {tuple(x0.shape)}")
+        if mode not in _MODES:
+            raise ModelError(f"unknown propagation mode {mode!r}; one of {', '.join(_MODES)}")
+        E = self.n_elite
+        if mode != "expectation" and n % E:
+            raise ModelError(f"rollout(mode={mode!r}) needs a multiple of {E} rows, got {n}")
+        if self.features.periodic.size:
+            return self._rollout_stepwise(x0, U, mode, generator, sample, out, disagreement)
+        f = self._fold()
+        dt = self.torch_dtype
+        if out is None:
+            out = torch.empty((T + 1, n, nx), dtype=dt)
+        elif tuple(out.shape) != (T + 1, n, nx) or out.dtype != dt or not out.is_contiguous():
+            raise ModelError(f"out must be a contiguous ({T + 1}, {n}, {nx}) {dt} tensor")
+        if disagreement is not None and (mode != "expectation"
+                                         or tuple(disagreement.shape) != (T, n)):
+            raise ModelError(f"disagreement needs mode 'expectation' and shape ({T}, {n})")
+        U = U.to(dt)
+        x0c = x0.to(dt) - f["x_mean"]
+        if mode == "tsinf":
+            self._rollout_tsinf(f, x0c, U, generator, sample, out)
+        elif mode == "ts1":
+            self._rollout_ts1(f, x0c, U, generator, sample, out)
+        else:
+            # One block shared by all members; their mean is the step.
+            Z = torch.empty((T + 1, 1, n, nx + nu), dtype=dt)
+            torch.sub(U.transpose(0, 1)[:, None], f["u_mean"], out=Z[:T, ..., nx:])
+            Z[T, ..., nx:] = 0.0
+            Zx = Z[..., :nx]
+            Zx[0] = x0c
+            inv_var = 1.0 / f["out_std"] ** 2
+            for t in range(T):
+                for a in range(0, n, _CHUNK):
+                    b = min(n, a + _CHUNK)
+                    d, _ = self._rollout_chunk(f, Z[t, :, a:b], E)
+                    torch.add(Zx[t, :, a:b], d.mean(dim=0, keepdim=True),
+                              out=Zx[t + 1, :, a:b])
+                    if disagreement is not None:
+                        # The members differ only in the network part: d_e = out_std *
+                        # (normalised mean_e) + a member-independent term.
+                        disagreement[t, a:b] = (d.var(dim=0, unbiased=False)
+                                                * inv_var).mean(dim=-1)
+            torch.add(Zx[:, 0], f["x_mean"], out=out)
+        return out
+
+    def _rollout_tsinf(self, f: dict, x0c: torch.Tensor, U: torch.Tensor,
+                       generator: torch.Generator | None, sample: bool,
+                       out: torch.Tensor) -> None:
+        n, T, nu = U.shape
+        nx, E, dt = self.spec.nx, self.n_elite, self.torch_dtype
+        k = n // E
+        # Z[t] = centred [x_t, u_t] grouped by member: row r = j E + e is block [e, j],
+        # member-major, so each step reads contiguous (k, nx + nu) blocks.
+        Z = torch.empty((T + 1, E, k, nx + nu), dtype=dt)
+        Zx = Z[..., :nx]
+        torch.sub(U.view(k, E, T, nu).permute(2, 1, 0, 3), f["u_mean"], out=Z[:T, ..., nx:])
+        Z[T, ..., nx:] = 0.0
+        Zx[0] = x0c.view(k, E, nx).transpose(0, 1) if x0c.ndim == 2 else x0c
+        for t in range(T):
+            noise = None
+            if sample:
+                # propagate draws (n, nx) noise in row order: the same numbers, regrouped.
+                noise = torch.randn((k, E, nx), generator=generator, dtype=dt).transpose(0, 1)
+            # Long particle sets in chunks of _CHUNK rows per member, whose hidden
+            # activations stay in cache.
+            for a in range(0, k, _CHUNK):
+                b = min(k, a + _CHUNK)
+                d, h = self._rollout_chunk(f, Z[t, :, a:b], E)
+                nxt = Zx[t + 1, :, a:b]
+                torch.add(Zx[t, :, a:b], d, out=nxt)
+                if noise is not None:
+                    nxt.addcmul_(self._noise_std(f, h), noise[:, a:b])
+        # Back to row order and state units.
+        torch.add(Zx.permute(0, 2, 1, 3), f["x_mean"], out=out.view(T + 1, k, E, nx))
+
+    def _rollout_ts1(self, f: dict, x0c: torch.Tensor, U: torch.Tensor,
+                     generator: torch.Generator | None, sample: bool,
+                     out: torch.Tensor) -> None:
+        n, T, nu = U.shape
+        nx, E, dt = self.spec.nx, self.n_elite, self.torch_dtype
+        k = n // E
+        d_in = nx + nu
+        # Rows stay in row order; every step gathers them into member blocks and back.
+        Z = torch.empty((T + 1, n, d_in), dtype=dt)
+        Zx = Z[..., :nx]
+        torch.sub(U.transpose(0, 1), f["u_mean"], out=Z[:T, :, nx:])
+        Z[T, :, nx:] = 0.0
+        Zx[0] = x0c
+        delta = torch.empty((n, nx), dtype=dt)
+        for t in range(T):
+            member = self.draw_members(n, generator)            # as propagate('ts1')
+            order = torch.argsort(member, stable=True)
+            zg = Z[t].index_select(0, order).view(E, k, d_in)
+            dg = delta.view(E, k, nx)
+            std = torch.empty((E, k, nx), dtype=dt) if sample else None
+            for a in range(0, k, _CHUNK):
+                b = min(k, a + _CHUNK)
+                d, h = self._rollout_chunk(f, zg[:, a:b], E)
+                dg[:, a:b] = d
+                if std is not None:
+                    std[:, a:b] = self._noise_std(f, h)
+            nxt = Zx[t + 1]
+            nxt.copy_(Zx[t])
+            nxt.index_add_(0, order, delta)
+            if std is not None:
+                noise = torch.randn((n, nx), generator=generator, dtype=dt)
+                s_rows = torch.empty((n, nx), dtype=dt)
+                s_rows[order] = std.view(n, nx)
+                nxt.addcmul_(s_rows, noise)
+        torch.add(Zx, f["x_mean"], out=out)
+
+    def _noise_std(self, f: dict, h: torch.Tensor) -> torch.Tensor:
+        """Standard deviation (state units) of each member's Gaussian from the last hidden
+        activations h (E, r, H), with the soft log-variance clamp of the forward pass."""
+        raw = torch.baddbmm(f["last_lv_b"], h, f["last_lv"])
+        max_lv, min_lv = f["max_lv"], f["min_lv"]
+        logvar = max_lv - F.softplus(max_lv - raw)
+        logvar = min_lv + F.softplus(logvar - min_lv)
+        return torch.exp(0.5 * logvar) * f["out_std"]
+
+
     @torch.no_grad()
     def member_outputs(self, x: np.ndarray, u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Raw outputs of ALL members (not only elites), for diagnostics.
@@ -544,7 +802,7 @@ class EnsembleModel(DynamicsModel):
         """
         self._require_fitted()
         x, u = check_xu(self.spec, x, u)
-        z = torch.as_tensor(self.in_norm(np.concatenate([x, u], 1)), dtype=self.torch_dtype)
+        z = torch.as_tensor(self.in_norm(self.features(x, u)), dtype=self.torch_dtype)
         mean, logvar = self._forward_all(z.unsqueeze(0).expand(self.settings.members, -1, -1))
         return mean.numpy().astype(np.float64), logvar.numpy().astype(np.float64)
 
@@ -561,7 +819,7 @@ class EnsembleModel(DynamicsModel):
 
     # ------------------------------------------------------------------ numpy API
     def _elite_moments(self, x: np.ndarray, u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        z = torch.as_tensor(self.in_norm(np.concatenate([x, u], 1)), dtype=self.torch_dtype)
+        z = torch.as_tensor(self.in_norm(self.features(x, u)), dtype=self.torch_dtype)
         with torch.no_grad():
             mean, logvar = self._forward_elites(z.unsqueeze(0).expand(self.n_elite, -1, -1))
         return mean.numpy().astype(np.float64), logvar.numpy().astype(np.float64)
@@ -614,7 +872,7 @@ class EnsembleModel(DynamicsModel):
         self._require_fitted()
         xs, us = check_xu(self.spec, xs, us)
         T, nx = xs.shape
-        zn = torch.as_tensor(self.in_norm(np.concatenate([xs, us], 1)), dtype=self.torch_dtype)
+        zn = torch.as_tensor(self.in_norm(self.features(xs, us)), dtype=self.torch_dtype)
         E = self.n_elite
         # One forward/backward for all T knots and all nx outputs: replicate the inputs
         # nx times; replica i only back-propagates output dimension i.
@@ -625,11 +883,11 @@ class EnsembleModel(DynamicsModel):
             sel = torch.diagonal(mbar, dim1=0, dim2=2).sum()              # sum_i mbar[i,:,i]
             (grad,) = torch.autograd.grad(sel, zr)
         J = grad.detach().numpy().astype(np.float64).transpose(1, 0, 2)    # (T, nx, in)
-        # Chain rule through the normalisers: next = x + out_mean + out_std * f(z),
-        # z = (xu - in_mean) / in_std.
+        # Chain rule through the normalisers, next = x + out_mean + out_std * f(z),
+        # z = (features(x, u) - in_mean) / in_std, and the features (sin/cos of angles).
         J = J * self.out_norm.std[None, :, None] / self.in_norm.std[None, None, :]
-        fx = J[:, :, :nx] + np.eye(nx)[None]
-        fu = J[:, :, nx:]
+        Jx, fu = self.features.chain(J, xs)
+        fx = Jx + np.eye(nx)[None]
         mean_np, var = self.predict(xs, us)
         f0 = mean_np - np.einsum("tij,tj->ti", fx, xs) - np.einsum("tij,tj->ti", fu, us)
         cov = np.zeros((T, nx, nx))
@@ -666,14 +924,16 @@ class EnsembleModel(DynamicsModel):
         if spec is None:
             raise ModelError("ensemble: load_state_arrays needs the spec")
         M, H, L = s.members, s.hidden_units, s.hidden_layers
-        sizes = [spec.nx + spec.nu] + [H] * L + [2 * spec.nx]
+        self.features = InputFeatures(spec)
+        n_in = self.features.n_in
+        sizes = [n_in] + [H] * L + [2 * spec.nx]
         expected = {f"W{i}": (M, a, b) for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:]))}
         expected.update({f"b{i}": (M, 1, b) for i, b in enumerate(sizes[1:])})
         expected.update(max_logvar=(M, 1, spec.nx), min_logvar=(M, 1, spec.nx),
-                        in_mean=(spec.nx + spec.nu,), in_std=(spec.nx + spec.nu,),
+                        in_mean=(n_in,), in_std=(n_in,),
                         out_mean=(spec.nx,), out_std=(spec.nx,), val_mse=(M,))
         if s.linear_prior:
-            expected.update(lin_A=(spec.nx + spec.nu, spec.nx), lin_c=(spec.nx,),
+            expected.update(lin_A=(n_in, spec.nx), lin_c=(spec.nx,),
                             lin_std=(spec.nx,))
         for name, shape in expected.items():
             if name not in arrays:

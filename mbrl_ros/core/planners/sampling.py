@@ -13,8 +13,11 @@ shared lives here, written once:
   Models with a torch ``propagate`` (the PETS ensemble, :mod:`mbrl_ros.core.models.ensemble`)
   are stepped in torch without numpy round trips, with trajectory sampling (Chua et al.,
   "Deep Reinforcement Learning in a Handful of Trials using Probabilistic Dynamics Models",
-  NeurIPS 2018): under TS-inf row r keeps elite member ``member_idx[r]`` for the whole
-  horizon. Any other model is stepped through its numpy ``predict`` with one conversion per
+  NeurIPS 2018): under TS-1 a random elite member at every step, under TS-inf row r keeps
+  elite member ``r % E`` for the whole horizon. A model with a whole-horizon ``rollout``
+  (the ensemble: rows grouped by member once per rollout, normalisers folded into the
+  weights) rolls the batch out in one call; otherwise ``propagate`` is called once per
+  step. Any other model is stepped through its numpy ``predict`` with one conversion per
   rollout. The cost is evaluated once per rollout on the whole (N, T, .) batch
   (``Cost.stage_batch`` / ``terminal_batch``), one call instead of T.
 * :class:`SamplingPlanner` -- the part of ``optimize`` both planners share: warm start from
@@ -45,6 +48,8 @@ __all__ = ["DTYPES", "PROPAGATION_MODES", "STD_UNITS", "RolloutEngine", "Samplin
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 PROPAGATION_MODES = ("tsinf", "ts1", "expectation")
 STD_UNITS = ("limit_fraction", "absolute")
+# Modes a model's whole-horizon ``rollout`` serves (see EnsembleModel.rollout).
+ROLLOUT_MODES = ("tsinf", "ts1", "expectation")
 
 
 @dataclass(frozen=True)
@@ -56,19 +61,28 @@ class SamplingSettings:
         "colored noise, Pinneri et al. 2020): 0 white, 1 pink, 2 brown; larger values give "
         "smoother action sequences", low=0.0, high=6.0, dynamic=True)
     propagation: str = setting(
-        "tsinf", "how models with a torch propagate() (ensembles) step the samples: 'tsinf' "
-        "each sample keeps one elite member over the horizon (PETS TS-inf; member = sample "
-        "row % E), 'ts1' a random member at every step, 'expectation' the mean of the "
-        "members; models with only predict() always use their mean prediction",
-        choices=PROPAGATION_MODES, dynamic=True)
+        "ts1", "how models with a torch propagate() (ensembles) step the samples: 'ts1' a "
+        "random elite member at every step (PETS TS-1), 'tsinf' each sample row keeps one "
+        "member over the horizon (PETS TS-inf; member = row % E), 'expectation' the mean of "
+        "the members (E times the network work); models with only predict() always use "
+        "their mean prediction. With one particle per sample, 'tsinf' lets the weights "
+        "pick the member that is optimistic everywhere rather than the better actions (on "
+        "arm7 the plan then follows that member and diverges); 'ts1' averages the members "
+        "along every trajectory", choices=PROPAGATION_MODES, dynamic=True)
+    n_particles: int = setting(
+        1, "particles per sampled action sequence (PETS: 20); its cost is the mean over its "
+        "particles; rows c * P + j, so with 'tsinf' and a multiple of E particles every "
+        "sequence is scored by every member. Each particle is a model row per step: P "
+        "multiplies the time per iteration", low=1, high=10_000, dynamic=True)
     aleatoric: bool = setting(
         False, "in 'tsinf'/'ts1', add each member's predicted Gaussian noise to the samples "
         "(PETS); ignored by models whose propagate() has no 'sample' argument", dynamic=True)
     nominal_rollout: bool = setting(
         True, "roll the returned plan out with the model's mean prediction for the policy's "
-        "xbar, the plan's cost and the disagreement along it (T single-row model calls, ~6 "
-        "ms for a 5 x 4x200 ensemble); false: use the weighted average of the sampled "
-        "trajectories (MPPI weights / CEM elites) of the last iteration instead (free)",
+        "xbar, the plan's cost and the disagreement along it (one rollout of one row: about "
+        "5 ms for a 5 x 4x200 ensemble on one core, as every step reads all weights); false: "
+        "use the weighted average of the sampled trajectories (MPPI weights / CEM elites) "
+        "of the last iteration instead (free)",
         dynamic=True)
     seed: int = setting(0, "seed of the planner's torch generator (set again by reset())",
                         low=0)
@@ -164,6 +178,20 @@ def limit_scaled_std(values: tuple[float, ...], units: str, u_min: np.ndarray,
     return v * half
 
 
+def _has_rollout(model: Any) -> bool:
+    """True if the torch model rolls whole horizons out itself (``rollout``, as
+    :meth:`mbrl_ros.core.models.ensemble.EnsembleModel.rollout`)."""
+    return callable(getattr(model, "rollout", None))
+
+
+def _rollout_disagrees(model: Any) -> bool:
+    """True if the model's ``rollout`` can return its ``uncertainty`` along the states."""
+    try:
+        return "disagreement" in inspect.signature(model.rollout).parameters
+    except (TypeError, ValueError):
+        return False
+
+
 def _accepts_sample(model: Any) -> bool:
     try:
         return "sample" in inspect.signature(model.propagate).parameters
@@ -198,6 +226,7 @@ class RolloutEngine:
         self._sample_arg: dict[type, bool] = {}
         self.model_calls = 0
         self.rows = 0
+        self.mean_disagreement: np.ndarray | None = None
 
     def _buffer(self, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
         key = (shape, dtype)
@@ -224,8 +253,9 @@ class RolloutEngine:
         """Roll out N action sequences from x0 and return their total costs.
 
         Args:
-            model: a DynamicsModel; torch models (``propagate``) are stepped with ``mode``
-                ('tsinf': row r uses member r % E), others with ``predict`` (mean).
+            model: a DynamicsModel; torch models (``propagate``, and ``rollout`` if they
+                have it) are stepped with ``mode`` ('tsinf': row r uses member r % E),
+                others with ``predict`` (mean).
             cost: a :class:`~mbrl_ros.core.costs.quadratic.Cost`.
             x0: (nx,) initial state.
             U: (N, T, nu) actions.
@@ -258,7 +288,7 @@ class RolloutEngine:
         return self._finite(J), torch.from_numpy(xs)
 
     def _run_torch(self, model, cost, x0, U, mode, generator, aleatoric):
-        N, T, nu = U.shape
+        N, T, _ = U.shape
         mdtype = model.torch_dtype
         x0t = torch.as_tensor(x0, dtype=mdtype)
         kwargs: dict[str, Any] = {}
@@ -278,19 +308,23 @@ class RolloutEngine:
                 member = self.member_index(n, E)
         if n != N:
             U = torch.cat([U, U[:n - N]], dim=0)
-        # Time-major copy so every step reads a contiguous (n, nu) block.
-        Ut = U.transpose(0, 1).to(mdtype).contiguous()
+        U = U.to(mdtype)
         xs = self._buffer((T + 1, n, self.nx), mdtype)
-        xs[0] = x0t
-        propagate = model.propagate
-        x = xs[0].expand(n, self.nx)
-        for t in range(T):
-            x = propagate(x, Ut[t], mode, member, generator, **kwargs)
-            xs[t + 1] = x
+        if mode in ROLLOUT_MODES and _has_rollout(model):
+            # The whole horizon in one call: no per-step regrouping (see EnsembleModel.rollout).
+            model.rollout(x0t, U, mode, generator, out=xs, **kwargs)
+        else:
+            # Time-major copy so every step reads a contiguous (n, nu) block.
+            Ut = U.transpose(0, 1).contiguous()
+            xs[0] = x0t
+            propagate = model.propagate
+            x = xs[0].expand(n, self.nx)
+            for t in range(T):
+                x = propagate(x, Ut[t], mode, member, generator, **kwargs)
+                xs[t + 1] = x
         self.model_calls += T
         self.rows = n
-        J = cost.stage_batch(xs[:T, :N].transpose(0, 1), Ut[:, :N].transpose(0, 1)) \
-            + cost.terminal_batch(xs[T, :N])
+        J = cost.stage_batch(xs[:T, :N].transpose(0, 1), U[:N]) + cost.terminal_batch(xs[T, :N])
         return self._finite(J.to(self.dtype)), xs
 
     @staticmethod
@@ -306,20 +340,31 @@ class RolloutEngine:
             x0: (nx,) initial state; us: (T, nu) actions.
 
         Returns:
-            xs (T+1, nx) float64.
+            xs (T+1, nx) float64. If the model's ``rollout`` also returns its
+            ``uncertainty`` along the way, :attr:`mean_disagreement` holds it ((T,)
+            float64), else None.
         """
         T = us.shape[0]
         xs = np.empty((T + 1, self.nx))
         xs[0] = x0
+        self.mean_disagreement = None
         if is_torch_model(model):
             mdtype = model.torch_dtype
             ut = torch.as_tensor(us, dtype=mdtype)
             out = self._buffer((T + 1, 1, self.nx), mdtype)
-            out[0, 0] = torch.as_tensor(x0, dtype=mdtype)
-            x = out[0]
-            for t in range(T):
-                x = model.propagate(x, ut[t:t + 1], "expectation")
-                out[t + 1] = x
+            x0t = torch.as_tensor(x0, dtype=mdtype)
+            if _has_rollout(model):
+                unc = self._buffer((T, 1), mdtype) if _rollout_disagrees(model) else None
+                model.rollout(x0t, ut[None], "expectation", out=out,
+                              **({} if unc is None else {"disagreement": unc}))
+                if unc is not None:
+                    self.mean_disagreement = unc[:, 0].to(torch.float64).numpy().copy()
+            else:
+                out[0, 0] = x0t
+                x = out[0]
+                for t in range(T):
+                    x = model.propagate(x, ut[t:t + 1], "expectation")
+                    out[t + 1] = x
             xs[:] = out[:, 0].to(torch.float64).numpy()
         else:
             tv = bool(getattr(model, "time_varying", False))
@@ -420,6 +465,7 @@ class SamplingPlanner(Planner):
         if not np.all(np.isfinite(x0)):
             raise ValueError(f"{self.name}: x0 must be finite, got {x0.tolist()}")
         us0, shift = self._initial_actions(t0)
+        self._shift = shift
         self.initial_actions = us0.copy()
         threads = torch.get_num_threads()
         if s.threads > 0 and s.threads != threads:
@@ -440,10 +486,15 @@ class SamplingPlanner(Planner):
                 states = stats.pop("states", None)
                 if s.nominal_rollout or states is None:
                     xs = engine.mean_rollout(model, x0, us)
+                    unc = engine.mean_disagreement
                 else:
                     xs = states.to(torch.float64).numpy().copy()
                     xs[0] = x0
-                unc, source = self._disagreement(model, xs, us)
+                    unc = None
+                if unc is not None and np.all(np.isfinite(xs[:self.horizon])):
+                    source = "uncertainty"     # model.uncertainty, from the mean rollout
+                else:
+                    unc, source = self._disagreement(model, xs, us)
                 tac = time.perf_counter()
         finally:
             if s.threads > 0 and s.threads != threads:

@@ -12,11 +12,14 @@ cost terms and update of pytorch_mppi (UM-ARM-Lab/pytorch_mppi, ``MPPI``). One
    a. sample K perturbations eps_k ~ N(0, Sigma), Sigma = diag(sigma^2) (white, or colored
       along time with ``noise_beta`` > 0: the temporal smoothing option); V_k =
       clip(U + eps_k) and eps_k = V_k - U (the perturbation actually applied);
-   b. roll the V_k out (one batch of K rows; for an ensemble under TS-inf sample k keeps
-      member k % E, as in the peer benchmark) and score them, S_k = trajectory cost
+   b. roll the V_k out (one batch of K x ``n_particles`` rows; over an ensemble a random
+      member at every step by default, or under TS-inf row r keeps member r % E, as in the
+      peer benchmark) and score them, S_k = trajectory cost (mean over its particles)
       + gamma sum_t U_t' Sigma^-1 eps_kt (the control-cost term, gamma = ``control_cost``
       x lambda);
-   c. w = softmax(-(S - min S) / lambda), U = clip(U + sum_k w_k eps_k).
+   c. w = softmax(-(S - min S) / lambda), U = clip(U + sum_k w_k eps_k), with lambda =
+      ``temperature`` in cost units, or (``temperature_units = 'relative'``, the default)
+      times the spread median(J) - min(J) of this batch's costs.
 
 3. Return U.
 
@@ -28,6 +31,11 @@ update tends to the weighted mean of exp(-S/lambda) N(U, Sigma); Williams, Drews
 Rehg & Theodorou, "Information-Theoretic Model Predictive Control: Theory and Applications
 to Autonomous Driving", IEEE T-RO 2018, interpolate with gamma = lambda (1 - alpha).
 ``keep_nominal`` makes sample 0 the unperturbed plan (eps = 0).
+
+A relative temperature keeps the effective sample size in the same range whatever the
+cost's scale and the distance to the target (Williams et al. tune lambda per task; with
+lambda = 1 in cost units the reaching costs of the arms, 10^2-10^3, put all weight on one
+sample and the plan becomes that sample's noise).
 """
 from __future__ import annotations
 
@@ -57,7 +65,8 @@ class MPPIPlanner(SamplingPlanner):
     ``stats`` after ``optimize``, besides those of
     :class:`~mbrl_ros.core.planners.sampling.SamplingPlanner`: iterations, best_cost and
     mean_cost (lowest and mean finite trajectory cost of the last samples, without the
-    control-cost term), ess (effective sample size 1 / sum w^2 of the last update, 1..K).
+    control-cost term), ess (effective sample size 1 / sum w^2 of the last update, 1..K),
+    temperature (lambda of the last update, cost units).
 
     Raises (constructor): ValueError if ``noise_sigma`` has the wrong length or needs
     finite limits it does not have.
@@ -79,15 +88,25 @@ class MPPIPlanner(SamplingPlanner):
         return limit_scaled_std(s.noise_sigma, s.noise_units, self.u_min, self.u_max,
                                 "noise_sigma")
 
+    def _lambda(self, J: torch.Tensor, finite: torch.Tensor) -> float:
+        """Temperature lambda in cost units for the finite costs J[finite]."""
+        s = self.settings
+        lam = float(s.temperature)
+        if s.temperature_units == "relative":
+            Jf = J[finite]
+            spread = float(Jf.median() - Jf.min())
+            # All samples equally good: any lambda gives uniform weights.
+            lam *= spread if spread > 0.0 and math.isfinite(spread) else 1.0
+        return lam
+
     def _improve(self, x0: np.ndarray, U: torch.Tensor, model: Any, cost: Any
                  ) -> tuple[torch.Tensor, dict[str, Any]]:
         s = self.settings
-        K, T = int(s.samples), U.shape[0]
-        lam = float(s.temperature)
+        K, T, P = int(s.samples), U.shape[0], int(s.n_particles)
         std = self.noise_std
         sigma = torch.as_tensor(std, dtype=self.dtype)
         sigma_inv = torch.as_tensor(1.0 / std ** 2, dtype=self.dtype)
-        best_cost = mean_cost = math.inf
+        best_cost = mean_cost = lam = math.inf
         ess = 0.0
         any_finite = False
         states = None
@@ -97,13 +116,16 @@ class MPPIPlanner(SamplingPlanner):
                 noise[0] = 0.0
             V = self._clamp(U + sigma * noise)                          # (K, T, nu)
             eps = V - U
-            J, xs = self._evaluate(model, cost, x0, V)
+            J, xs = self._evaluate(model, cost, x0, V if P == 1 else V.repeat_interleave(P, 0))
+            if P > 1:
+                J = J.view(K, P).mean(dim=1)      # the mean over a sample's particles
             finite = torch.isfinite(J)
             if not bool(finite.any()):
                 continue   # no information in this batch; keep U and resample
             any_finite = True
             best_cost = float(J[finite].min())
             mean_cost = float(J[finite].mean())
+            lam = self._lambda(J, finite)
             S = J
             if s.control_cost > 0.0:
                 S = J + (s.control_cost * lam) * ((eps * sigma_inv) * U).sum(dim=(1, 2))
@@ -112,8 +134,11 @@ class MPPIPlanner(SamplingPlanner):
             ess = float(1.0 / (w * w).sum())
             U = self._clamp(U + (w @ eps.reshape(K, -1)).view(T, self.nu))
             if not s.nominal_rollout:
-                # Importance-weighted state trajectory: the estimate of the new plan's states.
+                # Importance-weighted state trajectory: the estimate of the new plan's states
+                # (the mean over each sample's particles).
                 w_x = w.to(xs.dtype)
-                states = torch.einsum("k,tkn->tn", w_x, torch.nan_to_num(xs[:, :K]))
+                xk = torch.nan_to_num(xs[:, :K * P]).view(-1, K, P, self.nx).mean(dim=2)
+                states = torch.einsum("k,tkn->tn", w_x, xk)
         return U, dict(any_finite=any_finite, iterations=int(s.iterations),
-                       best_cost=best_cost, mean_cost=mean_cost, ess=ess, states=states)
+                       best_cost=best_cost, mean_cost=mean_cost, ess=ess, states=states,
+                       temperature=lam)
