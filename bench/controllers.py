@@ -72,7 +72,8 @@ def closed_loop(robot: str, model_kind: str, planner: str, model, steps: int, ho
     r = res.replan_s[1:] * 1e3          # the first replan is a cold start
     err = res.final_joint_error(TARGETS[robot])
     return {"robot": robot, "model": model_kind, "planner": planner, "horizon": horizon,
-            "steps": steps, "replan_every": replan_every, "replan_ms_median": round(float(np.median(r)), 3),
+            "steps": steps, "replan_every": replan_every,
+            "replan_ms_median": round(float(np.median(r)), 3),
             "replan_ms_p99": round(percentile(r, 99), 3),
             "replan_hz_median": round(1e3 / float(np.median(r)), 1),
             "first_replan_ms": round(res.replan_s[0] * 1e3, 2),

@@ -14,14 +14,12 @@ covariance. The regression is the same conditional-Gaussian fit as the TVLG dyna
 """
 from __future__ import annotations
 
-import math
 from typing import Callable
 
 import numpy as np
-from scipy.special import logsumexp
 
 from mbrl_ros.core.models.gmm import GaussianMixture
-from mbrl_ros.core.models.tvlg import gauss_fit_joint_prior
+from mbrl_ros.core.models.tvlg import gauss_fit_joint_prior, gmm_prior_steps
 
 __all__ = ["PolicyPriorGMM", "fit_policy_linearization"]
 
@@ -81,16 +79,7 @@ class PolicyPriorGMM:
         Returns:
             mu0 (T, D), Phi (T, D, D) (scaled by m), m, n0.
         """
-        N, T, D = pts.shape
-        logp = self.gmm.log_prob_components(pts.reshape(N * T, D)).reshape(N, T, -1)
-        logr = logp - logsumexp(logp, axis=2, keepdims=True)
-        wts = np.exp(logsumexp(logr, axis=0) - math.log(N))              # (T, K)
-        wts /= wts.sum(axis=1, keepdims=True)
-        mu0, phi = self.gmm.moments(wts)
-        n = max(self.gmm.n_points, 1)
-        m = self.strength
-        n0 = self.strength * max(float(n - 2 - D) / n, 0.0)
-        return mu0, phi * m, m, n0
+        return gmm_prior_steps(self.gmm, pts, self.strength)
 
 
 def fit_policy_linearization(X: np.ndarray, pol_mu: np.ndarray, pol_var: np.ndarray,

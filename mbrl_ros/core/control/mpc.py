@@ -56,6 +56,16 @@ def task_cost(s: CostSettings, target_q: np.ndarray, effort_limits: np.ndarray,
                                   x_target=np.r_[target_q, np.zeros(n)], periodic=periodic)
 
 
+def check_target(q_target, n_joints: int) -> np.ndarray:
+    """A target as (n_joints,) float64; ValueError if NaN/inf or of another size."""
+    q_target = np.asarray(q_target, dtype=float).reshape(-1)
+    if not np.all(np.isfinite(q_target)):
+        raise ValueError("target contains NaN or inf")
+    if q_target.size != n_joints:
+        raise ValueError(f"target needs {n_joints} joint positions, got {q_target.size}")
+    return q_target
+
+
 def joints_of(spec: ModelSpec) -> tuple[str, ...]:
     """Joint names of a model whose states are '<joint>/position'..., '<joint>/velocity'."""
     n = spec.nx // 2
@@ -152,12 +162,7 @@ class MPCController:
         self._rebuild_cost()
 
     def set_target(self, q_target: np.ndarray) -> None:
-        q_target = np.asarray(q_target, dtype=float).reshape(-1)
-        if not np.all(np.isfinite(q_target)):
-            raise ValueError("target contains NaN or inf")
-        n = self.position_limits.shape[0]
-        if q_target.size != n:
-            raise ValueError(f"target needs {n} joint positions, got {q_target.size}")
+        q_target = check_target(q_target, self.position_limits.shape[0])
         self.target_q = q_target
         self._rebuild_cost()
 

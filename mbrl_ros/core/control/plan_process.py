@@ -529,12 +529,8 @@ class PlanProcess:
             self._command("select", pid)
 
     def set_target(self, q_target: np.ndarray) -> None:
-        q_target = np.asarray(q_target, dtype=float).reshape(-1)
-        if not np.all(np.isfinite(q_target)):
-            raise ValueError("target contains NaN or inf")
-        n = self.position_limits.shape[0]
-        if q_target.size != n:
-            raise ValueError(f"target needs {n} joint positions, got {q_target.size}")
+        from mbrl_ros.core.control.mpc import check_target
+        q_target = check_target(q_target, self.position_limits.shape[0])
         with self._lock:
             self.target_q = q_target
             self._command("target", q_target)

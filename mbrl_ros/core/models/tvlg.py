@@ -129,6 +129,32 @@ def gauss_fit_joint_prior(pts: np.ndarray, mu0: np.ndarray, Phi: np.ndarray, m: 
 
 
 # ---------------------------------------------------------------------- prior
+def gmm_prior_steps(gmm: GaussianMixture, pts: np.ndarray, strength: float
+                    ) -> tuple[np.ndarray, np.ndarray, float, float]:
+    """Normal-inverse-Wishart prior per step from a GMM fitted on all data (cbfinn/gps
+    ``DynamicsPriorGMM.eval`` / ``PolicyPriorGMM.eval``, for T steps at once): the mixture
+    of the components weighted by the responsibilities of each step's N points.
+
+    Args:
+        gmm: the fitted mixture over D-dimensional points.
+        pts: (N, T, D) the N samples of each of T steps.
+        strength: prior strength m (in pseudo-points).
+
+    Returns:
+        mu0 (T, D), Phi (T, D, D) (scaled by m), m, n0 (scalars, shared by all steps).
+    """
+    N, T, D = pts.shape
+    logp = gmm.log_prob_components(pts.reshape(N * T, D)).reshape(N, T, -1)
+    # responsibilities per point, averaged over the N samples of each step
+    logr = logp - logsumexp(logp, axis=2, keepdims=True)
+    wts = np.exp(logsumexp(logr, axis=0) - math.log(N))        # (T, K)
+    wts /= wts.sum(axis=1, keepdims=True)
+    mu0, phi = gmm.moments(wts)
+    n = max(gmm.n_points, 1)
+    n0 = strength * max(float(n - 2 - D) / n, 0.0)
+    return mu0, phi * strength, strength, n0
+
+
 class DynamicsPriorGMM:
     """NIW prior for per-step dynamics from a GMM over [x_t, u_t, x_{t+1}] points
     (Levine et al. 2016, App. A.3).
@@ -242,16 +268,7 @@ class DynamicsPriorGMM:
         N, T, D = pts.shape
         if D != self.gmm.dim:
             raise ModelError(f"prior was fitted on {self.gmm.dim}-D points, got {D}-D")
-        logp = self.gmm.log_prob_components(pts.reshape(N * T, D)).reshape(N, T, -1)
-        # responsibilities per point, averaged over the N samples of each step
-        logr = logp - logsumexp(logp, axis=2, keepdims=True)
-        wts = np.exp(logsumexp(logr, axis=0) - math.log(N))        # (T, K)
-        wts /= wts.sum(axis=1, keepdims=True)
-        mu0, phi = self.gmm.moments(wts)
-        n = max(self.gmm.n_points, 1)
-        m = self.strength
-        n0 = self.strength * max(float(n - 2 - D) / n, 0.0)
-        return mu0, phi * m, m, n0
+        return gmm_prior_steps(self.gmm, pts, self.strength)
 
     def initial_state(self) -> tuple[np.ndarray, np.ndarray, float, float]:
         """NIW prior (mu0 (nx,), Phi (nx, nx) scaled by m, m, n0) for the initial state,
