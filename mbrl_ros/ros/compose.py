@@ -22,6 +22,28 @@ from mbrl_ros.ros.excitation_node import ExcitationNode
 from mbrl_ros.ros.sim_node import SimNode
 
 
+def _claim_free_domain(candidates: list[int], listen: float = 0.5
+                       ) -> tuple[rclpy.Context, int]:
+    """A context on a domain where no other node is seen within ``listen`` seconds: two
+    demos (or a demo and a record) on one machine must not share a domain, or each would
+    take the other's joint states and commands."""
+    for domain in random.sample(candidates, len(candidates)):
+        context = rclpy.Context()
+        rclpy.init(context=context, domain_id=domain)
+        probe = rclpy.create_node("mbrl_domain_probe", context=context)
+        end = time.monotonic() + listen
+        busy = False
+        while not busy and time.monotonic() < end:
+            busy = any(name != probe.get_name() for name in probe.get_node_names())
+            time.sleep(0.05)
+        probe.destroy_node()
+        if not busy:
+            return context, domain
+        rclpy.try_shutdown(context=context)
+    raise RuntimeError(f"every private ROS domain in {min(candidates)}..{max(candidates)} "
+                       "is in use by other nodes on this machine")
+
+
 class InProcessSystem:
     """Nodes sharing one private context and executor (single-threaded by default)."""
 
@@ -32,10 +54,12 @@ class InProcessSystem:
             # 51..80: below 102 (ports outside Linux's ephemeral range) and apart from the
             # ranges the tests (1..50) and benchmarks (81..101) use; never the user's domain.
             current = os.environ.get("ROS_DOMAIN_ID", "0")
-            domain_id = random.choice([d for d in range(51, 81) if str(d) != current])
-        self.domain_id = domain_id
-        self.context = rclpy.Context()
-        rclpy.init(context=self.context, domain_id=self.domain_id)
+            self.context, self.domain_id = _claim_free_domain(
+                [d for d in range(51, 81) if str(d) != current])
+        else:
+            self.domain_id = domain_id
+            self.context = rclpy.Context()
+            rclpy.init(context=self.context, domain_id=self.domain_id)
         # One thread by default: lockstep simulation is sequential anyway, fits run on the
         # fitter's own worker thread, and rclpy's multi-threaded executor costs ~1 ms per
         # callback (measured: lockstep 315 -> 934 steps/s going single-threaded).
