@@ -22,7 +22,7 @@ from mbrl_ros.ros.excitation_node import ExcitationNode
 from mbrl_ros.ros.sim_node import SimNode
 
 
-def _claim_free_domain(candidates: list[int], listen: float = 0.5
+def _claim_free_domain(candidates: list[int], listen: float = 1.0
                        ) -> tuple[rclpy.Context, int]:
     """A context on a domain where no other node is seen within ``listen`` seconds: two
     demos (or a demo and a record) on one machine must not share a domain, or each would

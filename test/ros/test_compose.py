@@ -12,7 +12,7 @@ def test_claims_a_domain_without_foreign_nodes(monkeypatch):
     node = rclpy.create_node("someone_elses_sim", context=other)
     try:
         for _ in range(3):                 # the busy domain is skipped whatever the order
-            context, domain = _claim_free_domain([busy_domain, free_domain], listen=1.0)
+            context, domain = _claim_free_domain([busy_domain, free_domain], listen=3.0)
             rclpy.try_shutdown(context=context)
             assert domain == free_domain
     finally:
