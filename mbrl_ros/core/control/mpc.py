@@ -56,6 +56,16 @@ def task_cost(s: CostSettings, target_q: np.ndarray, effort_limits: np.ndarray,
                                   x_target=np.r_[target_q, np.zeros(n)], periodic=periodic)
 
 
+def check_planner_ids(planner_ids: list[str], active: str, fallback: str = "") -> None:
+    """ValueError unless ``active`` (and ``fallback``, if set) are configured planners."""
+    if not planner_ids:
+        raise ValueError("no planners configured (planner_plugins is empty)")
+    for pid in [active] + ([fallback] if fallback else []):
+        if pid not in planner_ids:
+            raise ValueError(f"planner {pid!r} is not configured; planner_plugins: "
+                             f"{', '.join(planner_ids)}")
+
+
 def check_target(q_target, n_joints: int) -> np.ndarray:
     """A target as (n_joints,) float64; ValueError if NaN/inf or of another size."""
     q_target = np.asarray(q_target, dtype=float).reshape(-1)
@@ -99,12 +109,7 @@ class MPCController:
                  position_limits: np.ndarray, cost_settings: CostSettings,
                  fallback: str = "", uncertainty_threshold: float = 0.0,
                  continuous: np.ndarray | None = None):
-        if not planner_ids:
-            raise ValueError("no planners configured (planner_plugins is empty)")
-        for pid in [active] + ([fallback] if fallback else []):
-            if pid not in planner_ids:
-                raise ValueError(f"planner {pid!r} is not configured; planner_plugins: "
-                                 f"{', '.join(planner_ids)}")
+        check_planner_ids(planner_ids, active, fallback)
         self._factory = planner_factory
         self.planner_ids = list(planner_ids)
         self.active = active

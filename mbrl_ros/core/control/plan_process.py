@@ -311,12 +311,8 @@ class PlanProcess:
                  start_timeout: float = START_TIMEOUT, nice: int = 0,
                  log: Callable[[str, str], None] | None = None,
                  on_lost: Callable[[str], None] | None = None):
-        if not planner_ids:
-            raise ValueError("no planners configured (planner_plugins is empty)")
-        for pid in [active] + ([fallback] if fallback else []):
-            if pid not in planner_ids:
-                raise ValueError(f"planner {pid!r} is not configured; planner_plugins: "
-                                 f"{', '.join(planner_ids)}")
+        from mbrl_ros.core.control.mpc import check_planner_ids
+        check_planner_ids(planner_ids, active, fallback)
         self.robot, self.control_period = robot, float(control_period)
         self.joint_names = tuple(joint_names)
         self._planner_settings = planner_settings
