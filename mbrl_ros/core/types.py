@@ -21,6 +21,12 @@ _FORMAT = "mbrl_ros.TransitionBatch/1"
 _ARRAY_FIELDS = ("states", "actions", "next_states", "dt", "time", "episode")
 
 
+
+def is_torch(a: Any) -> bool:
+    """True for a torch tensor; checked by module name so callers need not import torch."""
+    return type(a).__module__.startswith("torch")
+
+
 def _as_names(value: Any, what: str) -> tuple[str, ...]:
     if isinstance(value, str):
         raise ValueError(f"TransitionBatch: {what} must be a sequence of strings, got the string {value!r}")

@@ -31,7 +31,8 @@ from collections.abc import Sequence
 import mujoco
 import numpy as np
 
-from mbrl_ros.core.costs.quadratic import Array, Cost, _frozen, _is_torch
+from mbrl_ros.core.costs.quadratic import Array, Cost, _frozen
+from mbrl_ros.core.types import is_torch
 from mbrl_ros.sim.models import resolve_model
 
 __all__ = ["EndEffectorCost"]
@@ -190,7 +191,7 @@ class EndEffectorCost(Cost):
         body/joint frame recursion evaluated on one point. Working on (..., 3) points instead
         of (..., 3, 3) frames is several times faster for torch batches.
         """
-        if _is_torch(q):
+        if is_torch(q):
             import torch
             sin, cos = torch.sin, torch.cos
         else:

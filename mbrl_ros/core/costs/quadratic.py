@@ -26,14 +26,13 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from mbrl_ros.core.types import is_torch
+
 __all__ = ["Cost", "QuadraticCost", "JointLimitBarrier", "SumCost"]
 
 Array = Any  # numpy.ndarray or torch.Tensor
 
 
-def _is_torch(a: Any) -> bool:
-    # Checked by module name so that importing the costs does not import torch.
-    return type(a).__module__.startswith("torch")
 
 
 def _frozen(a: Any, shape: tuple[int, ...] | None = None, name: str = "") -> np.ndarray:
@@ -111,7 +110,7 @@ class Cost(ABC):
 
     def _const(self, a: np.ndarray, like: Array) -> Array:
         """``a`` as an array usable with ``like`` (cached torch copy on like's device)."""
-        if not _is_torch(like):
+        if not is_torch(like):
             return a
         key = (id(a), like.dtype, like.device)
         t = self._torch_cache.get(key)
@@ -247,14 +246,14 @@ class QuadraticCost(Cost):
 
 def _wrap(d: Array) -> Array:
     """Angles wrapped to [-pi, pi), numpy or torch."""
-    if _is_torch(d):
+    if is_torch(d):
         return (d + np.pi).remainder(2 * np.pi) - np.pi
     return np.mod(d + np.pi, 2 * np.pi) - np.pi
 
 
 def _half_sin(d: Array) -> Array:
     """sin(d / 2) for numpy arrays or torch tensors."""
-    return (0.5 * d).sin() if _is_torch(d) else np.sin(0.5 * d)
+    return (0.5 * d).sin() if is_torch(d) else np.sin(0.5 * d)
 
 
 class JointLimitBarrier(Cost):
@@ -301,7 +300,7 @@ class JointLimitBarrier(Cost):
         self._S = _frozen(S)
 
     def _violations(self, q):
-        if _is_torch(q):
+        if is_torch(q):
             return ((q - self._const(self.hi, q)).clamp(min=0),
                     (self._const(self.lo, q) - q).clamp(min=0))
         return np.maximum(q - self.hi, 0.0), np.maximum(self.lo - q, 0.0)

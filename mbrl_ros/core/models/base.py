@@ -16,7 +16,7 @@ from typing import Any, Callable, ClassVar
 
 import numpy as np
 
-from mbrl_ros.core.types import TransitionBatch
+from mbrl_ros.core.types import TransitionBatch, is_torch
 
 
 class ModelError(ValueError):
@@ -150,9 +150,9 @@ class InputFeatures:
 
     def __call__(self, x, u):
         if not self.periodic.size:
-            return (torch_cat([x, u]) if _is_torch(x) else np.concatenate([x, u], axis=-1))
+            return (_torch_cat([x, u]) if is_torch(x) else np.concatenate([x, u], axis=-1))
         p = self.periodic
-        if _is_torch(x):
+        if is_torch(x):
             key = (x.dtype, x.device)
             if key not in self._torch:
                 import torch
@@ -160,7 +160,7 @@ class InputFeatures:
                                     torch.as_tensor(p, device=x.device))
             m, pt = self._torch[key]
             xp = x.index_select(-1, pt)
-            return torch_cat([x + m * (x.sin() - x), xp.cos(), u])
+            return _torch_cat([x + m * (x.sin() - x), xp.cos(), u])
         xs = x + self._mask * (np.sin(x) - x)
         return np.concatenate([xs, np.cos(x[..., p]), u], axis=-1)
 
@@ -177,11 +177,7 @@ class InputFeatures:
         return dfdx, dfdz[..., nx + k:]
 
 
-def _is_torch(a) -> bool:
-    return type(a).__module__.startswith("torch")
-
-
-def torch_cat(parts):
+def _torch_cat(parts):
     import torch
     return torch.cat(parts, dim=-1)
 
