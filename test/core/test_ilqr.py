@@ -241,7 +241,7 @@ def test_warm_start_beats_cold_start_with_same_budget(parallel):
     cost = _pendulum_cost()
     T, dt = 60, 0.05
     warm = _planner(2, 1, limit=4.0, horizon=T, max_iterations=3, mu_init=1.0,
-                    parallel_line_search=parallel)
+                    parallel_line_search="always" if parallel else "never")
     x = np.zeros(2)
     for _ in range(8):                          # converge somewhat at t = 0 (no shift)
         pol = warm.optimize(x, 0.0, model, cost)
@@ -251,7 +251,7 @@ def test_warm_start_beats_cold_start_with_same_budget(parallel):
     warm.optimize(x1, dt, model, cost)
     assert warm.stats["warm_start_shift"] == 1
     cold = _planner(2, 1, limit=4.0, horizon=T, max_iterations=3, mu_init=1.0,
-                    parallel_line_search=parallel)
+                    parallel_line_search="always" if parallel else "never")
     cold.optimize(x1, dt, model, cost)
     assert warm.stats["cost"] <= cold.stats["cost"]
     # The warm start began from the shifted previous actions (followed by the feedback
@@ -266,7 +266,7 @@ def test_parallel_line_search_matches_sequential():
     out = []
     for parallel in (False, True):
         p = _planner(2, 1, limit=4.0, horizon=50, max_iterations=15, mu_init=1.0,
-                     parallel_line_search=parallel)
+                     parallel_line_search="always" if parallel else "never")
         p.optimize(np.zeros(2), 0.0, model, cost)
         out.append((p.nominal[1], p.stats["cost"]))
     np.testing.assert_allclose(out[0][0], out[1][0], atol=1e-8)

@@ -238,6 +238,10 @@ class DynamicsModel(ABC):
     Settings: ClassVar[type]
     time_varying: ClassVar[bool] = False
     min_transitions: ClassVar[int] = 1
+    # predict on a batch of B rows costs about as much as on one row (per-call overhead
+    # dominates: learned models); False where each row is its own simulation (MuJoCo).
+    # Planners batch their candidate rollouts (e.g. iLQR's line search) when it is True.
+    vectorized: ClassVar[bool] = True
 
     def __init__(self, settings: Any = None, spec: ModelSpec | None = None):
         self.settings = settings if settings is not None else self.Settings()

@@ -78,6 +78,7 @@ class MujocoModel(DynamicsModel):
 
     kind = "mujoco"
     min_transitions = 1
+    vectorized = False          # predict simulates each row (mujoco.rollout)
 
     @dataclass(frozen=True)
     class Settings:

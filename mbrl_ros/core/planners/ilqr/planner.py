@@ -265,7 +265,8 @@ class ILQRPlanner(Planner):
             tic = time.perf_counter()
             accepted_step = False
             dV = res.dV
-            if s.parallel_line_search:
+            if s.parallel_line_search == "always" or (
+                    s.parallel_line_search == "auto" and getattr(model, "vectorized", False)):
                 xs_a, us_a = self._rollout(model, x0, us, xs, K, res.k, alphas)
                 Js = self._cost(cost, xs_a, us_a)
                 for i, a in enumerate(alphas):
