@@ -51,6 +51,9 @@ class FitResult:
     report: FitReport
     n_dropped_nonfinite: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
+    # the transitions the validation metrics were computed on (held-out episodes, or the
+    # training set when none were held out): to score another model on the same data
+    validation: TransitionBatch | None = None
 
 
 def drop_nonfinite(batch: TransitionBatch) -> tuple[TransitionBatch, int]:
@@ -129,7 +132,8 @@ def fit_model(batch: TransitionBatch, settings: FitSettings = FitSettings(),
     if robot and model.spec is not None:       # fit() takes the spec from the data
         model.spec = dataclasses.replace(model.spec, robot=robot)
     metrics = dict(report.metrics)
-    metrics.update(validation_metrics(model, val if len(val) else train, settings.horizon))
+    validation = val if len(val) else train
+    metrics.update(validation_metrics(model, validation, settings.horizon))
     if not len(val):
         report.notes.append("no held-out episodes: validation metrics are on training data")
     if not math.isfinite(metrics["one_step_rmse"]):
@@ -138,7 +142,18 @@ def fit_model(batch: TransitionBatch, settings: FitSettings = FitSettings(),
                        metrics=metrics, notes=list(report.notes))
     if n_bad:
         report.notes.append(f"{n_bad} transitions with NaN/inf dropped")
-    return FitResult(model, report, n_bad)
+    return FitResult(model, report, n_bad, validation=validation)
+
+
+def rescore(previous: DynamicsModel, result: FitResult, horizon: int) -> FitReport:
+    """``previous`` evaluated on the held-out data of a new fit ``result``, as a report
+    :func:`accept` can compare with ``result.report`` (errors on different validation sets
+    are not comparable: the new data may simply be harder)."""
+    if result.validation is None:
+        raise ModelError("the fit result has no validation data to rescore on")
+    metrics = validation_metrics(previous, result.validation, horizon)
+    return FitReport(n_train=0, n_val=len(result.validation), fit_seconds=0.0,
+                     metrics=metrics, notes=["previous model on the new validation data"])
 
 
 def continuous_joints(batch: TransitionBatch, settings: FitSettings, robot: str = ""
@@ -175,5 +190,6 @@ def accept(new: FitReport, previous: FitReport | None, reject_factor: float) -> 
     prev = previous.metrics.get("rollout_rmse", float("nan"))
     if math.isfinite(prev) and err > reject_factor * prev:
         return False, (f"rollout RMSE {err:.4g} is worse than {reject_factor:g} x the last good "
-                       f"model's {prev:.4g}: keeping the last good model")
+                       f"model's {prev:.4g} (on the same held-out data when the fitter could rescore it): "
+                       "keeping the last good model")
     return True, f"rollout RMSE {err:.4g} (previous {prev:.4g})"

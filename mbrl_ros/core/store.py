@@ -65,6 +65,14 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def versions(root: str | Path, name: str) -> list[int]:
     d = Path(root) / name
     if not d.is_dir():
@@ -95,7 +103,10 @@ def publish(model: DynamicsModel, root: str | Path, name: str,
                     "checksum": checksum,
                     "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                     "report": report.to_json() if report else None}
-            (tmp / "model.json").write_text(json.dumps(meta, indent=2))
+            with open(tmp / "model.json", "w") as f:
+                f.write(json.dumps(meta, indent=2))
+                f.flush()
+                os.fsync(f.fileno())
             target = base / f"v{version:04d}"
             try:
                 os.rename(tmp, target)
@@ -108,6 +119,7 @@ def publish(model: DynamicsModel, root: str | Path, name: str,
             link_tmp.unlink()
         os.symlink(target.name, link_tmp)
         os.replace(link_tmp, base / "latest")
+        _fsync_dir(base)            # the renames survive a power cut once this returns
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -139,7 +151,9 @@ def load(uri: str | Path, expect: ModelSpec | None = None,
     Raises:
         ModelError: missing/corrupt/truncated files, checksum mismatch, other robot.
     """
-    path = Path(str(uri).removeprefix("file://"))
+    # Resolve ``latest`` once: a publish repointing it mid-load cannot pair one version's
+    # model.json with another's weights.
+    path = Path(str(uri).removeprefix("file://")).resolve()
     meta = read_meta(path)
     weights = path / "weights.npz"
     if not weights.exists():

@@ -39,8 +39,8 @@ from std_srvs.srv import Trigger
 from mbrl_ros.core import registry, store
 from mbrl_ros.core.data.alignment import AlignmentConfig, align, bag_to_dataset
 from mbrl_ros.core.data.bag import BagError
-from mbrl_ros.core.fitting import FitSettings, accept, fit_model
-from mbrl_ros.core.models.base import FitReport, ModelError, ModelSpec
+from mbrl_ros.core.fitting import FitSettings, accept, fit_model, rescore
+from mbrl_ros.core.models.base import DynamicsModel, FitReport, ModelError, ModelSpec
 from mbrl_ros.core.settings import as_dict, setting
 from mbrl_ros.core.types import TransitionBatch
 from mbrl_ros.ros.conversions import command_values, time_to_ns
@@ -99,6 +99,7 @@ class ModelFitter(Node):
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fit")
         self._running: Future | None = None
         self.last_good: FitReport | None = None
+        self.last_model: DynamicsModel | None = None
         self.last_info: store.ArtifactInfo | None = None
         self.spec: ModelSpec | None = None
         self.fits = {"ok": 0, "rejected": 0, "failed": 0}
@@ -219,7 +220,14 @@ class ModelFitter(Node):
             self.get_logger().error(msg)
             self.last_message = msg
             return False, msg
-        ok, why = accept(result.report, self.last_good, s.reject_factor)
+        previous = self.last_good
+        if self.last_model is not None:
+            try:    # compare both models on the same (new) held-out data
+                previous = rescore(self.last_model, result, s.horizon)
+            except Exception as e:      # noqa: BLE001 -- fall back to the stored report
+                self.get_logger().warning(f"could not rescore the last good model on the new "
+                                          f"validation data ({e}); comparing with its own")
+        ok, why = accept(result.report, previous, s.reject_factor)
         if not ok:
             self.fits["rejected"] += 1
             msg = f"new model rejected: {why}"
@@ -235,6 +243,7 @@ class ModelFitter(Node):
             self.last_message = msg
             return False, msg
         self.last_good, self.last_info, self.spec = result.report, info, result.model.spec
+        self.last_model = result.model
         self.fits["ok"] += 1
         self._announce(info)
         m = result.report.metrics

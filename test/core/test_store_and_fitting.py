@@ -6,7 +6,7 @@ import pytest
 
 from mbrl_ros.core import store
 from mbrl_ros.core.fitting import (FitSettings, accept, drop_nonfinite, fit_model,
-                                   split_episodes)
+                                   rescore, split_episodes)
 from mbrl_ros.core.models.base import FitReport, ModelError, ModelSpec
 from mbrl_ros.core.types import TransitionBatch
 
@@ -48,6 +48,24 @@ def test_publish_load_roundtrip_versions_and_latest(tmp_path):
     np.testing.assert_array_equal(loaded.predict(x, u)[0], r2.model.predict(x, u)[0])
     assert store.ArtifactInfo.from_json(b.to_json()) == b
     assert not [p for p in (tmp_path / "m").iterdir() if p.name.startswith(".")]
+
+
+def test_latest_repointed_during_a_load_gives_one_consistent_version(tmp_path, monkeypatch):
+    r1, r2 = fitted(0), fitted(1)
+    store.publish(r1.model, tmp_path, "m", r1.report)
+    read_meta = store.read_meta
+
+    def read_then_publish(path):            # a fitter publishes v2 right after the read
+        meta = read_meta(path)
+        monkeypatch.setattr(store, "read_meta", read_meta)
+        store.publish(r2.model, tmp_path, "m", r2.report)
+        return meta
+
+    monkeypatch.setattr(store, "read_meta", read_then_publish)
+    loaded = store.load(tmp_path / "m" / "latest")      # v1 throughout, not v1 meta + v2 weights
+    x, u = np.ones((3, 4)), np.ones((3, 2))
+    np.testing.assert_array_equal(loaded.predict(x, u)[0], r1.model.predict(x, u)[0])
+    assert os.readlink(tmp_path / "m" / "latest") == "v0002"
 
 
 def test_truncated_or_modified_weights_are_refused(tmp_path):
@@ -170,3 +188,23 @@ def test_rollouts_do_not_cross_holes_in_an_episode():
     ro = rollouts(model, holed, 10)
     assert len(ro.predicted) == 3 + 4                   # runs of 30 and 45 transitions
     assert ro.rmse() < 1e-6                             # exact model: exact rollouts
+
+
+def test_previous_model_is_judged_on_the_new_validation_data():
+    # The first model saw quiet data; the new data is 100x noisier. The new model's error
+    # is far above the old model's *own* report, but on the new held-out data the old
+    # model does no better: comparing like with like accepts the new one.
+    fs = FitSettings(model="linear")
+    old = fit_model(linear_data(seed=0, noise=1e-3), fs)
+    new = fit_model(linear_data(seed=0, noise=1e-1), fs)
+    assert not accept(new.report, old.report, 2.0)[0]            # different data: misleading
+    prev = rescore(old.model, new, fs.horizon)
+    assert prev.n_val == len(new.validation) > 0
+    ok, why = accept(new.report, prev, 2.0)
+    assert ok, why
+    # and a genuinely worse model is still rejected on the same data
+    quiet = fit_model(linear_data(seed=1, noise=1e-3), fs)
+    quiet.model.A = quiet.model.A + 0.05                        # a broken fit
+    quiet.report.metrics.update(rescore(quiet.model, quiet, fs.horizon).metrics)
+    ok, why = accept(quiet.report, rescore(old.model, quiet, fs.horizon), 2.0)
+    assert not ok and "same held-out data" in why
