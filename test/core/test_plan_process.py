@@ -19,6 +19,7 @@ from mbrl_ros.core.models.base import ModelError
 from mbrl_ros.core.models.mujoco_model import MujocoModel
 from mbrl_ros.core.policies.linear_gaussian import LinearGaussianPolicy
 from mbrl_ros.sim.env import MujocoSim
+from proc_util import alive
 
 pytestmark = pytest.mark.timeout(120)
 ROBOT = MujocoSim("arm2")
@@ -36,14 +37,6 @@ def controller_args():
     return dict(planner_ids=["a", "b"], active="a", horizon=20,
                 effort_limits=ROBOT.effort_limits, position_limits=ROBOT.position_limits,
                 cost_settings=CostSettings(), continuous=ROBOT.continuous)
-
-
-def alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 def wait_until(cond, timeout: float) -> bool:
@@ -156,14 +149,14 @@ def test_child_exits_when_the_parent_dies(tmp_path):
     script = tmp_path / "parent.py"
     script.write_text(
         "import os, sys, numpy as np\n"
-        "sys.path.insert(0, %r)\n"
+        "sys.path[:0] = [%r, os.path.dirname(%r)]\n"
         "from test_plan_process import ROBOT, planner_settings, controller_args, X0, TARGET\n"
         "from mbrl_ros.core.control.plan_process import PlanProcess\n"
         "p = PlanProcess('arm2', 0.01, ROBOT.joint_names, planner_settings, "
         "**controller_args())\n"
         "p.load_model('mujoco'); p.set_target(TARGET); p.start(); p.replan(X0, 0.0)\n"
         "print(p.pid, flush=True)\n"
-        "os.kill(os.getpid(), 9)\n" % os.path.dirname(__file__))
+        "os.kill(os.getpid(), 9)\n" % ((os.path.dirname(__file__),) * 2))
     out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
                          timeout=90)
     pid = int(out.stdout.split()[0])

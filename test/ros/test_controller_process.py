@@ -13,18 +13,11 @@ from sensor_msgs.msg import JointState
 from std_msgs.msg import Float64MultiArray, String
 
 from conftest import diagnostics_values
+from proc_util import alive
 from test_controller import BASE, CMD, near_target
 
 pytestmark = pytest.mark.timeout(120)
 DIAG = "mbrl_ros/controller"
-
-
-def alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 def children(pid: int) -> list[int]:
