@@ -140,19 +140,24 @@ def read_meta(uri: str | Path) -> dict[str, Any]:
     return meta
 
 
-def load(uri: str | Path, expect: ModelSpec | None = None,
-         checksum: str | None = None) -> DynamicsModel:
-    """Load and verify an artifact (a version directory, or ``<root>/<name>/latest``).
+def read_verified(uri: str | Path, expect: ModelSpec | None = None,
+                  checksum: str | None = None
+                  ) -> tuple[Path, dict[str, Any], ModelSpec, dict[str, np.ndarray]]:
+    """Read an artifact of any kind and verify it, without building anything from it.
 
     Args:
-        expect: refuse the model unless it has these state and action names.
+        uri: a version directory, or ``<root>/<name>/latest`` (resolved once, so a publish
+            repointing it meanwhile cannot pair one version's model.json with another's
+            weights).
+        expect: refuse the artifact unless it has these state and action names.
         checksum: refuse unless the weights have this SHA-256 (from an announcement).
+
+    Returns:
+        The resolved version directory, model.json, its spec and the weight arrays.
 
     Raises:
         ModelError: missing/corrupt/truncated files, checksum mismatch, other robot.
     """
-    # Resolve ``latest`` once: a publish repointing it mid-load cannot pair one version's
-    # model.json with another's weights.
     path = Path(str(uri).removeprefix("file://")).resolve()
     meta = read_meta(path)
     weights = path / "weights.npz"
@@ -169,16 +174,28 @@ def load(uri: str | Path, expect: ModelSpec | None = None,
     if expect is not None:
         expect.check_compatible(spec)
     try:
+        with np.load(weights, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as e:
+        raise ModelError(f"{weights}: unreadable: {e}") from e
+    return path, meta, spec, arrays
+
+
+def load(uri: str | Path, expect: ModelSpec | None = None,
+         checksum: str | None = None) -> DynamicsModel:
+    """Load and verify a dynamics-model artifact (see :func:`read_verified`).
+
+    Raises:
+        ModelError: missing/corrupt/truncated files, checksum mismatch, other robot,
+            unknown model kind.
+    """
+    path, meta, spec, arrays = read_verified(uri, expect, checksum)
+    try:
         cls = registry.lookup("model", meta["kind"])
     except KeyError as e:
         raise ModelError(f"{path}: {e.args[0]}") from e
     settings = from_mapping(cls.Settings, meta.get("settings") or {})
     model = cls(settings, spec)
-    try:
-        with np.load(weights, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as e:
-        raise ModelError(f"{weights}: unreadable: {e}") from e
     model.load_state_arrays(arrays)
     return model
 

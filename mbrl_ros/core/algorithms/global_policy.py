@@ -20,10 +20,8 @@
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import math
 import time
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -394,31 +392,12 @@ def load_policy(uri: str | Path, expect: ModelSpec | None = None,
         ModelError: not a policy artifact, missing/corrupt/modified weights, checksum
             mismatch, or (with ``expect``) other state/action names.
     """
-    path = Path(str(uri).removeprefix("file://"))
-    meta = store.read_meta(path)
+    meta = store.read_meta(Path(str(uri).removeprefix("file://")).resolve())
     if meta.get("kind") != POLICY_KIND:
-        raise ModelError(f"{path}: artifact kind {meta.get('kind')!r} is not a "
+        raise ModelError(f"{uri}: artifact kind {meta.get('kind')!r} is not a "
                          f"{POLICY_KIND!r} (a dynamics model? load it with store.load)")
-    weights = path / "weights.npz"
-    if not weights.exists():
-        raise ModelError(f"{path}: weights.npz is missing")
-    h = hashlib.sha256()
-    with open(weights, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    actual = h.hexdigest()
-    if actual != meta["checksum"] or (checksum is not None and actual != checksum):
-        raise ModelError(f"{weights}: checksum {actual[:12]}… does not match "
-                         f"{(checksum or meta['checksum'])[:12]}…: truncated or modified")
-    spec = ModelSpec.from_json(meta["spec"])
-    if expect is not None:
-        expect.check_compatible(spec)
+    path, meta, spec, arrays = store.read_verified(uri, expect, checksum)
     settings = from_mapping(PolicySettings, meta.get("settings") or {})
-    try:
-        with np.load(weights, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as e:
-        raise ModelError(f"{weights}: unreadable: {e}") from e
     try:
         policy = NeuralPolicy.from_arrays(arrays, settings.activation)
     except ValueError as e:
@@ -426,6 +405,6 @@ def load_policy(uri: str | Path, expect: ModelSpec | None = None,
     if (policy.nx, policy.nu) != (spec.nx, spec.nu):
         raise ModelError(f"{path}: weights are for nx={policy.nx}, nu={policy.nu} but "
                          f"model.json says nx={spec.nx}, nu={spec.nu}")
-    meta = dict(meta, spec=spec, path=str(path.resolve()),
+    meta = dict(meta, spec=spec, path=str(path),
                 task={k[5:]: v for k, v in arrays.items() if k.startswith("task_")})
     return policy, meta
