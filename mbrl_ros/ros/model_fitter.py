@@ -7,7 +7,8 @@ same alignment as ``mbrl-ros dataset``; ``bags`` adds recorded data.
 Fitting runs on a worker thread, so the node keeps answering while a model trains: every
 ``fit_every`` new commands, or on request (``~/fit``, std_srvs/Trigger, which answers with
 the result). A new model is validated on held-out episodes and published only if its
-rollout error is not worse than ``reject_factor`` times the last good model's; otherwise,
+rollout error is not worse than ``reject_factor`` times the last good model's on the same
+held-out episodes (the last good model is re-scored on the new fit's); otherwise,
 or if the fit fails, the last good model stays and the reply says why.
 
 Publication: the artifact is written atomically into ``<store_dir>/<artifact_name>/vNNNN``
@@ -76,7 +77,8 @@ class FitterSettings:
     horizon: int = setting(20, "validation rollout length", unit="steps", low=1, high=10000,
                            dynamic=True)
     reject_factor: float = setting(2.0, "keep the last good model if the new one's rollout "
-                                   "error is worse than this factor times its error",
+                                   "error is worse than this factor times the last good model's error on the "
+                                   "same held-out data",
                                    low=1.0, high=1e6, dynamic=True)
     seed: int = setting(0, "random seed of the split and the fit", low=0)
     serve_artifact: bool = setting(False, "also publish packed artifacts on ~/artifact")
