@@ -11,6 +11,18 @@ control step evaluates it on the newest state (on every joint state with
 ``control_mode: on_state``, or at ``control_rate`` with ``timer``) and publishes the effort
 command on ``/<controller_name>/commands`` (std_msgs/Float64MultiArray).
 
+What runs the timer-mode control step (``control_loop``): ``thread`` (default) is a control
+thread of its own, running only while the node is active: it sleeps to absolute deadlines
+of the monotonic clock (the last 0.3 ms by yielding), asks for SCHED_FIFO
+(``control_priority``; without the permission it stays at normal priority, shown in
+/diagnostics as ``control_sched``) and shortens Python's GIL switch interval
+(``gil_switch_interval``) so the executor's callbacks cannot delay it by more than that.
+A step that overruns the next deadline makes that step start late; further missed
+deadlines are skipped, never made up in a burst (``control_overruns``). ``executor`` is
+an rclpy timer on the node's executor; with ``use_sim_time`` the executor timer is always
+used, because only it follows /clock. Both call the same control step (safety filter,
+watchdog hold, NaN latch).
+
 Where the solver runs (``planning``, plan_mode timer): ``process`` (default) runs the
 MPCController in a worker process (:mod:`mbrl_ros.core.control.plan_process`); the node's
 planning thread only sends the newest state and waits, without the GIL, for the policy, so
@@ -41,6 +53,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -113,6 +127,20 @@ class ControllerSettings:
                                   "in on_state mode the robot's joint-state rate (the known "
                                   "model's step and the rate limit use 1/control_rate)",
                                   unit="Hz", low=1.0, high=5000.0)
+    control_loop: str = setting("thread", "timer mode: what runs the control step: "
+                                "'thread' (a control thread of its own sleeping to absolute "
+                                "deadlines, not queued behind executor callbacks) or 'executor' "
+                                "(an rclpy timer on the node's executor). With use_sim_time "
+                                "the executor timer is used: it follows /clock",
+                                choices=("thread", "executor"))
+    control_priority: int = setting(50, "control thread: SCHED_FIFO priority it asks for "
+                                    "(0: normal scheduling); refused without the permission "
+                                    "(CAP_SYS_NICE or an rtprio limit) it runs at normal "
+                                    "priority (/diagnostics: control_sched)", low=0, high=99)
+    gil_switch_interval: float = setting(0.0005, "control thread: Python's GIL switch "
+                                         "interval (sys.setswitchinterval) while it runs, so "
+                                         "it gets the GIL soon after waking (0: Python's "
+                                         "5 ms)", unit="s", low=0.0, high=0.1)
     plan_mode: str = setting("timer", "'timer': replan at plan_rate in the background; "
                              "'sync': replan every replan_every states before acting "
                              "(deterministic, for lockstep simulation)",
@@ -164,6 +192,9 @@ class Controller(LifecycleNode):
         self._x: np.ndarray | None = None            # newest valid state
         self._t = 0.0                                # its stamp [s]
         self._x_wall = -np.inf                       # monotonic time it arrived
+        # (x, t, x_wall) of the newest state as one reference: the control thread reads
+        # the three together while the executor thread replaces them.
+        self._latest: tuple = (None, 0.0, -np.inf)
         self._policy_lock = threading.Lock()
         # Replanning has a thread of its own (as mujoco_mpc's planning thread): in an
         # executor callback a 10 ms solve competed with the executor loop for the GIL and
@@ -172,18 +203,26 @@ class Controller(LifecycleNode):
         self._plan_stop = threading.Event()
         self._plan_thread: threading.Thread | None = None
         self._loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model_load")
+        # Timer mode with control_loop 'thread': the control step runs on a thread of its
+        # own while active (an executor timer's period jitters by the executor's work and
+        # by every GIL hand-off with subscription callbacks).
+        self._control_stop = threading.Event()
+        self._control_thread: threading.Thread | None = None
+        self._control_clock = "on_state"        # what runs the control step (configure)
+        self._control_sched = ""                # the control thread's scheduling
+        self._saved_switch_interval: float | None = None
         self.fault: str | None = None                # latched error
         self._policy = None
         self._state_dt = 0.0
         self._states_since_plan = 0
         self._last_cmd_wall: float | None = None
         self._periods: deque = deque(maxlen=1000)   # between control-step starts [s]
-        self._late: deque = deque(maxlen=1000)      # timer callback start - schedule [s]
+        self._late: deque = deque(maxlen=1000)      # control step start - its deadline [s]
         self._solve_times: deque = deque(maxlen=200)
         self.counters = {"commands": 0, "holds": 0, "stale": 0, "bad_states": 0,
                          "deadline_misses": 0, "replans": 0, "replan_failures": 0,
                          "fallbacks": 0, "model_loads": 0, "model_rejects": 0,
-                         "switches": 0, "nonfinite_blocked": 0}
+                         "switches": 0, "nonfinite_blocked": 0, "control_overruns": 0}
         self.get_logger().info("unconfigured; "
                                + ("autostart: configuring" if self.settings.autostart
                                   else "waiting for configure"))
@@ -252,7 +291,8 @@ class Controller(LifecycleNode):
                 callback_group=self._model_group)
         self.create_service(Trigger, "~/clear_error", self._srv_clear,
                             callback_group=self._plan_group)
-        if s.control_mode == "timer":
+        self._control_clock = self._choose_control_clock()
+        if self._control_clock.startswith("executor"):
             self.create_timer(1.0 / s.control_rate, self._on_control_timer,
                               callback_group=self._control_group)
         self._watchdog_period = min(0.02, self.safety_settings.state_timeout / 2)
@@ -274,7 +314,9 @@ class Controller(LifecycleNode):
     def on_activate(self, state) -> TransitionCallbackReturn:
         self.safety.reset()
         self._clear_policy()
+        self._last_cmd_wall = None          # no period across an inactive stretch
         self.active = True
+        self._start_control_thread()
         if self.settings.plan_mode == "timer":
             if isinstance(self.mpc, PlanProcess):
                 self.mpc.start()            # ready in the background; no plan: safe hold
@@ -288,6 +330,7 @@ class Controller(LifecycleNode):
 
     def on_deactivate(self, state) -> TransitionCallbackReturn:
         self.active = False
+        self._stop_control_thread()         # before the release: one publisher at a time
         self._stop_planning()
         self._release()
         self._clear_policy()
@@ -323,6 +366,7 @@ class Controller(LifecycleNode):
         self._configured = None
 
     def on_cleanup(self, state) -> TransitionCallbackReturn:
+        self._stop_control_thread()
         self._destroy_configured()
         if isinstance(self.mpc, PlanProcess):
             self.mpc.stop()
@@ -331,6 +375,7 @@ class Controller(LifecycleNode):
 
     def on_shutdown(self, state) -> TransitionCallbackReturn:
         was_active, self.active = self.active, False
+        self._stop_control_thread()
         self._stop_planning()
         if was_active:
             self._release()
@@ -340,11 +385,14 @@ class Controller(LifecycleNode):
         """SIGINT/SIGTERM (run_node): leave the arm with zero effort, not the last one."""
         if self.active:
             self.active = False
+            self._stop_control_thread()
             self._stop_planning()
             self._release()
 
     def destroy_node(self) -> None:
         self.active = False
+        if hasattr(self, "_control_stop"):
+            self._stop_control_thread()
         if hasattr(self, "_plan_stop"):
             self._stop_planning()
             self._loader.shutdown(wait=True, cancel_futures=True)
@@ -363,6 +411,7 @@ class Controller(LifecycleNode):
         self.safety.reset()
         self._states_since_plan = 0
         self._x, self._x_wall = None, -np.inf
+        self._latest = (None, 0.0, -np.inf)
 
     # ================================================================== models, planners
     def _make_planner(self, pid: str, nx: int, nu: int, u_min, u_max, dt: float):
@@ -456,6 +505,7 @@ class Controller(LifecycleNode):
         self._x = np.concatenate([q, qd])
         self._t = t
         self._x_wall = time.monotonic()
+        self._latest = (self._x, t, self._x_wall)
         if self.mpc is not None and self.mpc.target_q is None:
             self.mpc.set_target(q)          # no target given: hold where we are
         if self.settings.plan_mode == "sync" and self.active:
@@ -541,6 +591,96 @@ class Controller(LifecycleNode):
             self._late.append(late * 1e-9)
         self._control_tick()
 
+    # ------------------------------------------------------------ control thread
+    def _choose_control_clock(self) -> str:
+        """What runs the control step: 'on_state', 'thread' or 'executor' (+ why).
+
+        A control thread sleeps on the monotonic clock; with use_sim_time the control
+        period is simulated time, which only the executor timer follows (it waits for
+        /clock), so sim time keeps the executor timer."""
+        s = self.settings
+        if s.control_mode != "timer":
+            return "on_state"
+        if s.control_loop == "executor":
+            return "executor"
+        if self.get_parameter("use_sim_time").value:
+            self.get_logger().info("use_sim_time: the control step runs on the executor "
+                                   "timer (it follows /clock), not on a control thread")
+            return "executor (use_sim_time)"
+        return "thread"
+
+    def _start_control_thread(self) -> None:
+        if self._control_clock != "thread" or self._control_thread is not None:
+            return
+        if self.settings.gil_switch_interval > 0:   # process-wide: restored on stop
+            self._saved_switch_interval = sys.getswitchinterval()
+            sys.setswitchinterval(min(self.settings.gil_switch_interval,
+                                      self._saved_switch_interval))
+        self._control_stop.clear()
+        self._control_thread = threading.Thread(target=self._control_loop,
+                                                name="mbrl_control", daemon=True)
+        self._control_thread.start()
+
+    def _stop_control_thread(self) -> None:
+        self._control_stop.set()
+        thread, self._control_thread = self._control_thread, None
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout=5.0)
+        if self._saved_switch_interval is not None:
+            sys.setswitchinterval(self._saved_switch_interval)
+            self._saved_switch_interval = None
+
+    # The last stretch before a deadline (at most a tenth of the period) is waited by
+    # yielding, not sleeping: a sleep wakes up to ~0.1 ms late (timer slack, wake-up).
+    _SPIN_S = 0.0003
+
+    def _control_loop(self) -> None:
+        """The control thread: a control step at every deadline k / control_rate (monotonic
+        clock), as long as the node is active. When a step overruns the next deadline,
+        that step runs at once (late) and any further deadlines passed are skipped, never
+        made up in a burst (as rcl timers do); control_overruns counts the deadlines a step
+        overran."""
+        self._control_sched = self._raise_priority()
+        _set_thread_name(b"mbrl_control")
+        period = 1.0 / self.settings.control_rate
+        spin = min(self._SPIN_S, 0.1 * period)
+        stop = self._control_stop
+        deadline = time.monotonic() + period
+        while not stop.is_set():
+            wait = deadline - time.monotonic() - spin
+            if wait > 0 and stop.wait(wait):
+                break
+            while time.monotonic() < deadline:
+                os.sched_yield()                   # releases the GIL
+            if stop.is_set():
+                break
+            start = time.monotonic()
+            if self.active:
+                self._late.append(start - deadline)
+            try:
+                self._control_tick()
+            except Exception as e:       # the loop must outlive a failing publish
+                self.get_logger().error(f"control step raised {e!r}",
+                                        throttle_duration_sec=1.0)
+            deadline += period
+            behind = time.monotonic() - deadline
+            if behind > 0:                          # next deadline passed: skip the rest
+                missed = int(behind // period)
+                deadline += missed * period
+                self.counters["control_overruns"] += missed + 1
+
+    def _raise_priority(self) -> str:
+        """Ask for SCHED_FIFO for the calling thread (Linux applies it per thread);
+        without the permission, stay at normal priority and say so."""
+        prio = self.settings.control_priority
+        if prio <= 0 or not hasattr(os, "SCHED_FIFO"):
+            return "SCHED_OTHER"
+        try:
+            os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(prio))
+        except OSError as e:
+            return f"SCHED_OTHER (SCHED_FIFO {prio} refused: {e.strerror})"
+        return f"SCHED_FIFO {prio}"
+
     def _control_tick(self) -> None:
         if not self.active:
             return
@@ -552,9 +692,9 @@ class Controller(LifecycleNode):
                     period > 1.5 / self.settings.control_rate:
                 self.counters["deadline_misses"] += 1
         self._last_cmd_wall = now
-        x, t = self._x, self._t
+        x, t, x_wall = self._latest
         dt = self._step_dt()
-        if x is None or now - self._x_wall > self.safety_settings.state_timeout:
+        if x is None or now - x_wall > self.safety_settings.state_timeout:
             # Stale: damping on an old velocity would be open-loop effort; hold zero.
             self._send(self.safety.rate_limit(self.safety.hold(None), dt), hold=True)
             return
@@ -746,7 +886,11 @@ class Controller(LifecycleNode):
             else self.settings.planning,
             "plan_process_pid": (process.pid or 0) if process else 0,
             "plan_process_starts": process.counters["starts"] if process else 0,
-            "plan_process_failures": process.counters["failures"] if process else 0})
+            "plan_process_failures": process.counters["failures"] if process else 0,
+            # what runs the control step; the control thread's scheduling policy
+            "control_loop": self._control_clock,
+            "control_sched": self._control_sched if self._control_clock == "thread" else "",
+            "gil_switch_interval_ms": f"{sys.getswitchinterval() * 1e3:g}"})
         vals.update({
             "active_planner": self.mpc.active if self.mpc else "",
             "model_version": self.mpc.model_version if self.mpc else 0,
@@ -754,7 +898,7 @@ class Controller(LifecycleNode):
             "solve_ms_p99": f"{np.percentile(solves, 99):.3f}" if solves.size else "",
             "period_ms_median": f"{np.median(periods):.3f}" if periods.size else "",
             "period_ms_p99": f"{np.percentile(periods, 99):.3f}" if periods.size else "",
-            # timer mode: |period - 1/control_rate| and callback start - schedule
+            # timer mode: |period - 1/control_rate| and step start - its deadline
             "period_dev_ms_median": f"{np.median(dev):.3f}" if dev.size else "",
             "period_dev_ms_p99": f"{np.percentile(dev, 99):.3f}" if dev.size else "",
             "timer_late_ms_median": f"{np.median(late):.3f}" if late.size else "",
@@ -767,6 +911,15 @@ class Controller(LifecycleNode):
         st.values = [KeyValue(key=k, value=str(v)) for k, v in vals.items()]
         arr.status = [st]
         self.diag_pub.publish(arr)
+
+
+def _set_thread_name(name: bytes) -> None:
+    """Name the calling OS thread (top -H, ps -L, /proc/<pid>/task/*/comm)."""
+    try:
+        import ctypes
+        ctypes.CDLL(None).prctl(15, name[:15], 0, 0, 0)   # PR_SET_NAME
+    except (OSError, AttributeError):
+        pass
 
 
 # rclpy passes TimerInfo to a timer callback whose parameter is annotated with the class
