@@ -28,6 +28,7 @@ shared lives here, written once:
 """
 from __future__ import annotations
 
+import functools
 import inspect
 import math
 import time
@@ -184,19 +185,23 @@ def _has_rollout(model: Any) -> bool:
     return callable(getattr(model, "rollout", None))
 
 
+@functools.lru_cache(maxsize=64)
+def _takes(cls: type, method: str, parameter: str) -> bool:
+    """True if ``cls.method`` has a parameter ``parameter`` (cached per class: signature
+    inspection costs ~0.2 ms, a noticeable share of a 30 ms replan)."""
+    try:
+        return parameter in inspect.signature(getattr(cls, method)).parameters
+    except (TypeError, ValueError, AttributeError):
+        return False
+
+
 def _rollout_disagrees(model: Any) -> bool:
     """True if the model's ``rollout`` can return its ``uncertainty`` along the states."""
-    try:
-        return "disagreement" in inspect.signature(model.rollout).parameters
-    except (TypeError, ValueError):
-        return False
+    return _takes(type(model), "rollout", "disagreement")
 
 
 def _accepts_sample(model: Any) -> bool:
-    try:
-        return "sample" in inspect.signature(model.propagate).parameters
-    except (TypeError, ValueError):
-        return False
+    return _takes(type(model), "propagate", "sample")
 
 
 def _member_count(model: Any, x0: torch.Tensor, u: torch.Tensor) -> int:
