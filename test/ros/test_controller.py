@@ -79,8 +79,13 @@ def test_stale_state_gives_safe_hold(start_node, probe):
     assert cmds[-1].data.tolist() == [0.0, 0.0]
 
 
-def test_nan_state_latches_safe_hold_until_cleared(start_node, probe):
-    ctrl = start_node("controller", {**BASE, "autostart": True, "hold_mode": "zero"})
+# on_state: a command per joint state; thread: the timer-mode control thread, which keeps
+# commanding (the hold) between states and must latch the same way.
+@pytest.mark.parametrize("loop", [
+    {}, {"control_mode": "timer", "control_rate": 100.0, "control_loop": "thread",
+         "planning": "thread", "state_timeout": 5.0}], ids=["on_state", "control_thread"])
+def test_nan_state_latches_safe_hold_until_cleared(start_node, probe, loop):
+    ctrl = start_node("controller", {**BASE, "autostart": True, "hold_mode": "zero", **loop})
     pub = probe.node.create_publisher(JointState, "/joint_states", 10)
     cmds = probe.collect(Float64MultiArray, CMD)
     diags = probe.collect(DiagnosticArray, "/diagnostics")
@@ -97,9 +102,12 @@ def test_nan_state_latches_safe_hold_until_cleared(start_node, probe):
     for _ in range(5):                                 # valid states again: still held
         pub.publish(good)
         probe.spin_for(0.02)
-    probe.spin_until(lambda: len(cmds) > n + 3, 5, "hold commands")
+    probe.spin_until(lambda: len(cmds) > n + (20 if loop else 3), 5, "hold commands")
+    assert all(np.all(np.isfinite(c.data)) for c in cmds)
     assert all(c.data.tolist() == [0.0, 0.0] for c in cmds[n:])
     assert ctrl.proc.poll() is None
+    if loop:
+        assert diagnostics_values(diags, "mbrl_ros/controller")["control_loop"] == "thread"
     res = probe.call(Trigger, "/controller/clear_error")
     assert res.success and "non-finite" in res.message
     probe.spin_until(lambda: diagnostics_values(diags, "mbrl_ros/controller")
