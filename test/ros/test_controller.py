@@ -62,6 +62,21 @@ def test_reaches_target_and_switches_planner_bumplessly(start_node, probe):
     assert near_target(states), "arm left the target after the switch"
 
 
+def test_casadi_mpc_reaches_the_target_in_the_node(start_node, probe):
+    """A second planner family closes the loop in the node against sim_node (iLQR above;
+    MPPI runs in the node in the demo test, after its mid-run switch)."""
+    start_node("sim_node", {"model": "arm2", "publish_rate": 100.0})
+    start_node("controller", {**BASE, "autostart": True, "planner_plugins": ["casadi_mpc"],
+                              "active_planner": "casadi_mpc"})
+    states = probe.collect(JointState, "/joint_states")
+    diags = probe.collect(DiagnosticArray, "/diagnostics")
+    probe.spin_until(lambda: near_target(states), 40, "arm at the target with casadi_mpc")
+    probe.spin_for(1.0)
+    assert near_target(states), "casadi_mpc did not hold the target"
+    d = diagnostics_values(diags, "mbrl_ros/controller")
+    assert d["active_planner"] == "casadi_mpc" and int(d["replans"]) > 0
+
+
 def test_stale_state_gives_safe_hold(start_node, probe):
     sim = start_node("sim_node", {"model": "arm2", "publish_rate": 100.0})
     start_node("controller", {**BASE, "autostart": True, "state_timeout": 0.1})
