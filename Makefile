@@ -32,6 +32,8 @@ bench: $(STAMP)
 	$(PY) bench/logger.py --quick
 	$(PY) bench/models.py --quick
 	$(PY) bench/controllers.py --quick
+	$(PY) bench/sampling_rate.py --quick
+	$(PY) bench/jitter.py --quick
 	$(PY) bench/demo.py --quick
 
 # Peers (Crocoddyl, pytorch_mppi, mbrl-lib, GPyTorch) need their own environment.
