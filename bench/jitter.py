@@ -44,6 +44,7 @@ from _common import Probe, Proc, node_cmd, period_stats, ros_env, wait_for, writ
 CMD = "/effort_controller/commands"
 TICKS = 1000                 # the node's diagnostics window (deque length)
 # name -> controller parameters (besides the common ones in run_one)
+QUICK = ("idle-executor", "idle-thread", "process-executor", "process-thread")
 CONFIGS = {
     "idle-executor": {"planning": "thread", "plan_rate": 0.1, "control_loop": "executor"},
     "idle-thread": {"planning": "thread", "plan_rate": 0.1, "control_loop": "thread"},
@@ -172,13 +173,15 @@ def table(rows: list[dict]) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true", help="one repeat (about a minute)")
+    ap.add_argument("--quick", action="store_true", help="one repeat of idle/process x "
+                    "executor/thread (about two minutes)")
     ap.add_argument("--repeats", type=int, help="runs per mode and rate (default 3; "
                     "--quick: 1)")
     ap.add_argument("--json", help="write the figures to this file")
     ap.add_argument("--configs", help="comma-separated subset of: " + ", ".join(MODES))
     a = ap.parse_args()
-    modes = tuple(a.configs.split(",")) if a.configs else MODES
+    modes = (tuple(a.configs.split(",")) if a.configs else
+             QUICK if a.quick else MODES)
     unknown = set(modes) - set(MODES)
     if unknown:
         ap.error(f"unknown configs {sorted(unknown)}; valid: {', '.join(MODES)}")
