@@ -189,11 +189,9 @@ class Controller(LifecycleNode):
                 on_change=lambda new, pid=pid: self._on_planner_settings(pid, new)))
         self.mpc: MPCController | None = None
         self.active = False
-        self._x: np.ndarray | None = None            # newest valid state
-        self._t = 0.0                                # its stamp [s]
-        self._x_wall = -np.inf                       # monotonic time it arrived
-        # (x, t, x_wall) of the newest state as one reference: the control thread reads
-        # the three together while the executor thread replaces them.
+        # The newest valid state as one reference (x, its stamp t [s], the monotonic time
+        # it arrived): the control and planning threads read the three together while the
+        # executor thread replaces them.
         self._latest: tuple = (None, 0.0, -np.inf)
         self._policy_lock = threading.Lock()
         # Replanning has a thread of its own (as mujoco_mpc's planning thread): in an
@@ -410,7 +408,6 @@ class Controller(LifecycleNode):
                 p.reset(self.mpc.horizon)
         self.safety.reset()
         self._states_since_plan = 0
-        self._x, self._x_wall = None, -np.inf
         self._latest = (None, 0.0, -np.inf)
 
     # ================================================================== models, planners
@@ -501,11 +498,9 @@ class Controller(LifecycleNode):
                                           throttle_duration_sec=1.0)
             return
         t = time_to_ns(msg.header.stamp) * 1e-9
-        self._state_dt = t - self._t if self._x is not None else 0.0
-        self._x = np.concatenate([q, qd])
-        self._t = t
-        self._x_wall = time.monotonic()
-        self._latest = (self._x, t, self._x_wall)
+        prev_x, prev_t, _ = self._latest
+        self._state_dt = t - prev_t if prev_x is not None else 0.0
+        self._latest = (np.concatenate([q, qd]), t, time.monotonic())
         if self.mpc is not None and self.mpc.target_q is None:
             self.mpc.set_target(q)          # no target given: hold where we are
         if self.settings.plan_mode == "sync" and self.active:
@@ -536,7 +531,7 @@ class Controller(LifecycleNode):
         period = 1.0 / self.settings.plan_rate
         next_t = time.monotonic()
         while not self._plan_stop.is_set():
-            if self.active and self._x is not None and self.fault is None:
+            if self.active and self._latest[0] is not None and self.fault is None:
                 try:
                     self._replan()
                 except Exception as e:   # the loop must survive anything a model does
@@ -550,7 +545,7 @@ class Controller(LifecycleNode):
             self._plan_stop.wait(delay)
 
     def _replan(self) -> None:
-        x, t = self._x, self._t
+        x, t, _ = self._latest
         if x is None or self.mpc is None or not self.mpc.ready:
             return
         try:
@@ -730,9 +725,10 @@ class Controller(LifecycleNode):
 
     def _watchdog(self) -> None:
         """Stale state: in on_state mode nothing else would command the robot."""
-        if not self.active or self._x_wall == -np.inf:
+        x_wall = self._latest[2]
+        if not self.active or x_wall == -np.inf:
             return
-        if time.monotonic() - self._x_wall > self.safety_settings.state_timeout:
+        if time.monotonic() - x_wall > self.safety_settings.state_timeout:
             self.counters["stale"] += 1
             self.get_logger().warning(f"no joint state for more than "
                                       f"{self.safety_settings.state_timeout:g} s: safe hold",
