@@ -456,8 +456,8 @@ def test_block_validation_scores_each_members_open_loop_rollout():
     # The held-out blocks: 10 of the 20-step blocks of the episodes, drawn first from the
     # settings' seed. Recompute the elites' scores: open loop from each block's first
     # state on the logged actions, errors in units of the training states' spread.
-    from mbrl_ros.core.models.ensemble import _blocks
-    cand = _blocks(data, 20)
+    from mbrl_ros.core.models.evaluate import blocks as contiguous_blocks
+    cand = contiguous_blocks(data, 20)[0]
     assert cand.shape == (100, 20)
     blocks = cand[np.sort(np.random.default_rng(0).choice(100, 10, replace=False))]
     scale = np.std(np.delete(data.states, blocks.reshape(-1), axis=0), axis=0)

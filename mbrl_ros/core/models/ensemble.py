@@ -36,7 +36,7 @@ Two more for small data sets (a few thousand transitions), where the ensemble ot
 lost to the plain linear model on arm7:
 
 * The prior's ridge (``prior_ridge: 0``) is chosen by 5-fold cross-validation over
-  contiguous blocks of ``val_horizon`` steps, scored on their open-loop error: the
+  contiguous 20-step blocks, scored on their open-loop error: the
   smallest candidate within 15 % of the best (large at small N, 1e-4 at large N).
 * With at least ``min_val_blocks`` held-out blocks, members are checkpointed and elites
   chosen on the held-out ``val_horizon``-step open-loop error instead of a random split's
@@ -65,7 +65,7 @@ import torch.nn.functional as F
 from mbrl_ros.core import registry
 from mbrl_ros.core.models.base import (DynamicsModel, FitReport, Linearization, ModelError,
                                        InputFeatures, ModelSpec, Normalizer, check_xu)
-from mbrl_ros.core.models.evaluate import _contiguous_runs
+from mbrl_ros.core.models import evaluate
 from mbrl_ros.core.settings import setting
 from mbrl_ros.core.types import TransitionBatch
 
@@ -345,7 +345,7 @@ class EnsembleModel(DynamicsModel):
         M, dt = s.members, self.torch_dtype
         rs = np.random.default_rng(seed)
         H = s.val_horizon
-        cand = _blocks(data, H) if H > 1 else np.zeros((0, H), np.int64)
+        cand = evaluate.blocks(data, H)[0] if H > 1 else np.zeros((0, H), np.int64)
         n_blocks = int(round(s.val_fraction * N / H))
         val_blocks = None
         if H > 1 and n_blocks >= s.min_val_blocks and len(cand) >= 2 * n_blocks:
@@ -376,7 +376,7 @@ class EnsembleModel(DynamicsModel):
         if s.linear_prior:
             ridge = s.prior_ridge
             if not ridge:
-                cv_blocks = _blocks(data, _CV_BLOCK)
+                cv_blocks = evaluate.blocks(data, _CV_BLOCK)[0]
                 ridge = self._cv_ridge(self.in_norm(X), self.out_norm(Y), data, cv_blocks,
                                        st_std, rs) \
                     if len(cv_blocks) >= _CV_FOLDS else _RIDGE_DEFAULT
@@ -1098,14 +1098,6 @@ _CV_BLOCK = 20
 # <= 3 % where the small ridge serves the ensemble better (arm2, cartpole; arm7 at
 # 10,000: ~11 %) and by >= 22 % where it does not (arm7 at 500 and 2,000).
 _CV_TOLERANCE = 0.15
-
-
-def _blocks(data: TransitionBatch, length: int) -> np.ndarray:
-    """(R, length) transition indices of disjoint contiguous blocks: every ``length``-th
-    start of each contiguous run (as in evaluate.rollouts), none crossing a hole."""
-    out = [m[a:a + length] for _, m in _contiguous_runs(data)
-           for a in range(0, m.size - length + 1, length)]
-    return np.stack(out) if out else np.zeros((0, length), np.int64)
 
 
 def _rollout_mse(step: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],

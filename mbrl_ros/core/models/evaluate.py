@@ -69,21 +69,35 @@ def _contiguous_runs(batch: TransitionBatch) -> list[tuple[int, np.ndarray]]:
     return runs
 
 
+def blocks(batch: TransitionBatch, length: int) -> tuple[np.ndarray, np.ndarray]:
+    """Disjoint contiguous blocks of ``length`` transitions: every ``length``-th start of
+    each contiguous run, none crossing a hole.
+
+    Returns:
+        (R, length) transition indices and (R,) the episode of each block.
+    """
+    if length < 1:
+        raise ValueError(f"block length must be >= 1, got {length}")
+    idx, eps = [], []
+    for e, m in _contiguous_runs(batch):
+        for s in range(0, m.size - length + 1, length):
+            idx.append(m[s:s + length])
+            eps.append(e)
+    if not idx:
+        return np.zeros((0, length), np.int64), np.zeros(0, np.int64)
+    return np.stack(idx), np.asarray(eps)
+
+
 def rollouts(model: DynamicsModel, batch: TransitionBatch, horizon: int = 20) -> Rollouts:
     """Open-loop rollouts of ``horizon`` steps, batched over all start points of the
     contiguous runs of each episode."""
     if horizon < 1:
         raise ValueError(f"horizon must be >= 1, got {horizon}")
-    starts, eps = [], []
-    for e, m in _contiguous_runs(batch):
-        for s in range(0, m.size - horizon + 1, horizon):
-            starts.append(m[s:s + horizon])
-            eps.append(e)
+    idx, eps = blocks(batch, horizon)                   # (R, H) transition indices
     nx = batch.nx
-    if not starts:
+    if not len(idx):
         z = np.zeros((0, horizon + 1, nx))
         return Rollouts(z, z.copy(), np.zeros((0, horizon + 1)), np.zeros(0, np.int64))
-    idx = np.stack(starts)                              # (R, H) transition indices
     step = _step_index(batch)
     R = idx.shape[0]
     pred = np.empty((R, horizon + 1, nx))
@@ -93,7 +107,7 @@ def rollouts(model: DynamicsModel, batch: TransitionBatch, horizon: int = 20) ->
     actual = np.concatenate([batch.states[idx[:, :1]], batch.next_states[idx]], axis=1)
     dt = batch.dt[idx]
     time = np.concatenate([np.zeros((R, 1)), np.cumsum(dt, axis=1)], axis=1)
-    return Rollouts(pred, actual, time, np.asarray(eps))
+    return Rollouts(pred, actual, time, eps)
 
 
 def validation_metrics(model: DynamicsModel, batch: TransitionBatch,
