@@ -1,5 +1,6 @@
 """The controller lifecycle node against sim_node over DDS."""
 import math
+import time
 
 import numpy as np
 import pytest
@@ -77,9 +78,18 @@ def test_casadi_mpc_reaches_the_target_in_the_node(start_node, probe):
     assert d["active_planner"] == "casadi_mpc" and int(d["replans"]) > 0
 
 
-def test_stale_state_gives_safe_hold(start_node, probe):
+# on_state: the watchdog timer commands the hold; control thread: the thread keeps its
+# rate with no states at all.
+CONTROL_THREAD = {"control_mode": "timer", "control_rate": 100.0, "control_loop": "thread",
+                  "planning": "thread"}
+LOOPS = pytest.mark.parametrize("loop", [{}, CONTROL_THREAD],
+                                ids=["on_state", "control_thread"])
+
+
+@LOOPS
+def test_stale_state_gives_safe_hold(start_node, probe, loop):
     sim = start_node("sim_node", {"model": "arm2", "publish_rate": 100.0})
-    start_node("controller", {**BASE, "autostart": True, "state_timeout": 0.1})
+    start_node("controller", {**BASE, "autostart": True, "state_timeout": 0.1, **loop})
     states = probe.collect(JointState, "/joint_states")
     cmds = probe.collect(Float64MultiArray, CMD)
     diags = probe.collect(DiagnosticArray, "/diagnostics")
@@ -87,20 +97,23 @@ def test_stale_state_gives_safe_hold(start_node, probe):
     sim.stop()                                         # the robot goes silent
     probe.spin_until(lambda: int(diagnostics_values(diags, "mbrl_ros/controller")
                                  .get("stale", 0)) > 3, 10, "watchdog")
-    n = len(cmds)
-    probe.spin_for(0.5)
+    n, t0 = len(cmds), time.monotonic()
+    probe.spin_for(1.0)
     assert len(cmds) > n, "controller stopped commanding instead of holding"
+    if loop:
+        rate = (len(cmds) - n) / (time.monotonic() - t0)
+        assert rate > 50.0, f"{rate:.1f} commands/s without states: the thread is not holding"
+        assert diagnostics_values(diags, "mbrl_ros/controller")["control_loop"] == "thread"
     # Damping on a stale velocity would be open-loop effort: the hold ramps to zero.
     assert cmds[-1].data.tolist() == [0.0, 0.0]
 
 
 # on_state: a command per joint state; thread: the timer-mode control thread, which keeps
 # commanding (the hold) between states and must latch the same way.
-@pytest.mark.parametrize("loop", [
-    {}, {"control_mode": "timer", "control_rate": 100.0, "control_loop": "thread",
-         "planning": "thread", "state_timeout": 5.0}], ids=["on_state", "control_thread"])
+@LOOPS
 def test_nan_state_latches_safe_hold_until_cleared(start_node, probe, loop):
-    ctrl = start_node("controller", {**BASE, "autostart": True, "hold_mode": "zero", **loop})
+    ctrl = start_node("controller", {**BASE, "autostart": True, "hold_mode": "zero",
+                                     **loop, **({"state_timeout": 5.0} if loop else {})})
     pub = probe.node.create_publisher(JointState, "/joint_states", 10)
     cmds = probe.collect(Float64MultiArray, CMD)
     diags = probe.collect(DiagnosticArray, "/diagnostics")
