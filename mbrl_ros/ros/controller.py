@@ -153,6 +153,14 @@ class ControllerSettings:
                             "timer keeps its period) or 'thread' (in the node: no worker, but "
                             "each solve delays the control timer by up to milliseconds)",
                             choices=("process", "thread"))
+    latency_compensation: bool = setting(
+        True, "timer mode: plan from the state predicted (current policy, model mean) for "
+        "when the new plan will take over -- the state's time plus the median of the last "
+        "10 plan latencies (state arrival to plan ready) -- and switch to it at that time, "
+        "instead of planning from the measured state, whose first planned steps have "
+        "passed by then (emulated on arm2, CEM replanning every 5 periods with a 4-period "
+        "solve: 0.062 -> 0.020 rad around the target; /diagnostics lookahead_steps, "
+        "plan_latency_ms_median)", dynamic=True)
     plan_timeout: float = setting(10.0, "planning process: a replan unanswered for this long "
                                   "means it hangs; it is killed and restarted (the controller "
                                   "holds safely meanwhile)", unit="s", low=0.05, high=3600.0)
@@ -211,12 +219,17 @@ class Controller(LifecycleNode):
         self._saved_switch_interval: float | None = None
         self.fault: str | None = None                # latched error
         self._policy = None
+        # A plan started ahead of its state (latency compensation) takes over at its t0:
+        # until then the current policy -- the one the prediction assumed -- stays in use.
+        self._next_policy = None
         self._state_dt = 0.0
         self._states_since_plan = 0
         self._last_cmd_wall: float | None = None
         self._periods: deque = deque(maxlen=1000)   # between control-step starts [s]
         self._late: deque = deque(maxlen=1000)      # control step start - its deadline [s]
         self._solve_times: deque = deque(maxlen=200)
+        self._plan_latency: deque = deque(maxlen=10)    # s, state arrival -> policy in use
+        self._lookahead_steps = 0
         self.counters = {"commands": 0, "holds": 0, "stale": 0, "bad_states": 0,
                          "deadline_misses": 0, "replans": 0, "replan_failures": 0,
                          "fallbacks": 0, "model_loads": 0, "model_rejects": 0,
@@ -399,8 +412,7 @@ class Controller(LifecycleNode):
     def reset_episode(self) -> None:
         """Forget the current plan and the last command (a new episode starts elsewhere):
         planners restart cold, the rate limit starts from zero."""
-        with self._policy_lock:
-            self._policy = None
+        self._clear_policy()
         if isinstance(self.mpc, PlanProcess):
             self.mpc.reset_planners()
         elif self.mpc is not None:
@@ -544,13 +556,21 @@ class Controller(LifecycleNode):
                 delay = 0.0
             self._plan_stop.wait(delay)
 
+    def _lookahead(self) -> float:
+        """Latency compensation [s]: the median of the last 10 plan latencies (from the
+        state's arrival to its policy taking over; timer mode)."""
+        if (not self.settings.latency_compensation or self.settings.plan_mode != "timer"
+                or not self._plan_latency):
+            return 0.0
+        return float(np.median(self._plan_latency))
+
     def _replan(self) -> None:
-        x, t, _ = self._latest
+        x, t, x_wall = self._latest
         if x is None or self.mpc is None or not self.mpc.ready:
             return
         try:
             with self._mpc_guard():
-                policy = self.mpc.replan(x, t)
+                policy = self.mpc.replan(x, t, self._lookahead())
                 st = dict(self.mpc.stats)
         except PlanProcessError as e:   # no process (lost, restarting, stopped): hold
             self._clear_policy()
@@ -575,7 +595,14 @@ class Controller(LifecycleNode):
                 st["replan_seconds"] > 1.0 / self.settings.plan_rate:
             self.counters["deadline_misses"] += 1
         with self._policy_lock:
-            self._policy = policy
+            warm = self._policy is not None
+            if st.get("lookahead_steps", 0) > 0 and warm:
+                self._next_policy = policy
+            else:
+                self._policy, self._next_policy = policy, None
+        if warm:          # a cold plan's latency (first solve, process start) is no guide
+            self._plan_latency.append(time.monotonic() - x_wall)
+        self._lookahead_steps = int(st.get("lookahead_steps", 0))
         if self.settings.publish_plan:
             self._publish_plan(t)
 
@@ -697,6 +724,9 @@ class Controller(LifecycleNode):
             self._send(self.safety.rate_limit(self.safety.hold(x), dt), hold=True)
             return
         with self._policy_lock:
+            nxt = self._next_policy
+            if nxt is not None and t >= getattr(nxt, "t0", -np.inf) - 1e-9:
+                self._policy, self._next_policy = nxt, None
             policy = self._policy
         if policy is None or t > getattr(policy, "t_end", np.inf):
             # No plan, or the plan ran out (replanning failed or fell behind): a constant
@@ -770,7 +800,7 @@ class Controller(LifecycleNode):
 
     def _clear_policy(self) -> None:
         with self._policy_lock:
-            self._policy = None
+            self._policy = self._next_policy = None
 
     def _srv_clear(self, request, response):
         previous = self.fault
@@ -892,6 +922,11 @@ class Controller(LifecycleNode):
             "model_version": self.mpc.model_version if self.mpc else 0,
             "solve_ms_median": f"{np.median(solves):.3f}" if solves.size else "",
             "solve_ms_p99": f"{np.percentile(solves, 99):.3f}" if solves.size else "",
+            # latency compensation: plan latency (state arrival -> policy in use) and the
+            # model steps the last plan was started ahead of its state
+            "plan_latency_ms_median": (f"{np.median(self._plan_latency) * 1e3:.3f}"
+                                       if self._plan_latency else ""),
+            "lookahead_steps": self._lookahead_steps,
             "period_ms_median": f"{np.median(periods):.3f}" if periods.size else "",
             "period_ms_p99": f"{np.percentile(periods, 99):.3f}" if periods.size else "",
             # timer mode: |period - 1/control_rate| and step start - its deadline

@@ -105,6 +105,31 @@ def test_mpc_reaches_target_and_switch_is_warm_started():
     assert jump[59:62].max() < 0.5, "switch made the command jump"
 
 
+def test_latency_compensation_plans_from_the_predicted_state():
+    mpc = make_mpc()
+    model = DoubleIntegrator()
+    mpc.set_model(model, 1)
+    mpc.set_target(np.array([0.5, -0.5]))
+    x0 = np.zeros(4)
+    first = mpc.replan(x0, 0.0, lookahead=0.03)      # no current policy: plans from x0
+    assert mpc.stats["lookahead_steps"] == 0 and first.t0 == 0.0
+    # 0.034 s ahead = 3 model steps (0.01 s) under the current policy, mean prediction.
+    x, t = x0.copy(), 0.0
+    for _ in range(3):
+        x = model.predict(x, first.action(x, t))[0][0]
+        t += 0.01
+    second = mpc.replan(x0, 0.0, lookahead=0.034)
+    assert mpc.stats["lookahead_steps"] == 3
+    assert second.t0 == pytest.approx(0.03)
+    np.testing.assert_allclose(second.xbar[0], x, atol=1e-12)
+    # Beyond the horizon it is capped; a non-finite prediction plans from the measurement.
+    mpc.replan(x0, 0.0, lookahead=10.0)
+    assert mpc.stats["lookahead_steps"] == mpc.horizon
+    model.predict = lambda x, u, t=None: (np.full((1, 4), np.nan), None)
+    xp, tp, steps = mpc._predict_ahead(x0, 0.0, 0.03)
+    assert steps == 0 and tp == 0.0 and xp is x0
+
+
 def test_model_for_other_joints_is_refused():
     mpc = make_mpc()
     mpc.set_model(DoubleIntegrator(), 1)

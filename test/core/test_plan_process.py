@@ -100,8 +100,8 @@ def test_latest_state_wins_while_the_child_is_busy(proc):
     child = proc._child
     os.kill(child.pid, signal.SIGSTOP)         # "busy": nothing is read meanwhile
     try:
-        old = child.request("plan", X0, 0.01)
-        new = child.request("plan", X0 + 0.1, 0.02)
+        old = child.request("plan", X0, 0.01, 0.0)
+        new = child.request("plan", X0 + 0.1, 0.02, 0.0)
     finally:
         os.kill(child.pid, signal.SIGCONT)
     assert old.result(10)[0] == "skipped"

@@ -290,12 +290,18 @@ def test_warm_start_from_shifted_mean_and_handover(make):
     us1 = planner.nominal[1]
     planner.optimize(np.array([0.01, 0.1]), 2 * DT, model, _di_cost())
     assert planner.stats["warm_start_shift"] == 2
-    np.testing.assert_array_equal(planner.initial_actions, shift_trajectory(us1, 2))
+    # The two appended steps hold the plan's final position at rest: u = 0 here.
+    assert planner.stats["warm_start_fill"] == "hold"
+    expected = shift_trajectory(us1, 2)
+    expected[-2:] = 0.0
+    np.testing.assert_allclose(planner.initial_actions, expected, atol=1e-12)
     # Hand-over from another planner's nominal, shifted by the elapsed time.
     other = _cem() if isinstance(planner, MPPIPlanner) else _mppi()
     other.optimize(np.zeros(2), 1.0, model, _di_cost())
     planner.warm_start(other.nominal[1], other.nominal_time)
     planner.optimize(np.zeros(2), 1.0 + DT, model, _di_cost())
+    # Another plan's actions come without their final state: the last action is repeated.
+    assert planner.stats["warm_start_fill"] == "repeat"
     np.testing.assert_array_equal(planner.initial_actions, shift_trajectory(other.nominal[1], 1))
 
 
@@ -491,6 +497,9 @@ class Recording(DoubleIntegrator):
         steps, self._steps = self._steps, []
         out, i = [], 0
         while i < len(steps):
+            if steps[i].shape[0] == 2:        # warm_start_fill 'hold': nu + 1 rows, once
+                i += 1
+                continue
             if steps[i].shape[0] == 1:        # the single-row mean rollout of the plan
                 i += T
                 continue
@@ -528,10 +537,12 @@ def test_cem_keeps_the_mean_and_elites_across_iterations_and_calls():
         np.testing.assert_allclose(nxt[1:1 + n_keep], elite[:n_keep], atol=1e-6)
         assert costs(nxt).min() <= J.min() + 1e-9
     last_elites = batches[-1][np.argsort(costs(batches[-1]), kind="stable")[:n_keep]]
-    # Next call, 2 steps later: the kept elites come back shifted like the mean.
+    # Next call, 2 steps later: the kept elites come back shifted like the mean, with the
+    # mean's appended actions (warm_start_fill 'hold': u = 0 holds the double integrator).
     planner.optimize(np.array([0.1, 0.0]), 2 * DT, model, cost)
     first = model.rollouts(T)[0]
-    shifted = np.concatenate([last_elites[:, 2:], np.repeat(last_elites[:, -1:], 2, 1)], 1)
+    assert planner.stats["warm_start_fill"] == "hold"
+    shifted = np.concatenate([last_elites[:, 2:], np.zeros((n_keep, 2, 1))], 1)
     np.testing.assert_allclose(first[1:1 + n_keep], shifted, atol=1e-6)
     np.testing.assert_allclose(first[0], shift_trajectory(planner.initial_actions, 0),
                                atol=1e-6)
@@ -613,3 +624,78 @@ def test_engine_whole_horizon_rollout_matches_the_per_step_path(monkeypatch):
             torch.testing.assert_close(J, J2, rtol=1e-12, atol=1e-10)
             torch.testing.assert_close(xs, xs2, rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(results[True, "mean"], results[False, "mean"], atol=1e-12)
+
+
+def test_hold_action_holds_mujoco_arm7_at_rest():
+    mm = pytest.importorskip("mbrl_ros.core.models.mujoco_model",
+                             reason="MuJoCo dynamics model not available")
+    from mbrl_ros.core.planners.sampling import hold_action
+    model = mm.MujocoModel.from_sim("arm7", control_period=0.01)
+    n = 7
+    lim = np.array([87.0] * 4 + [12.0] * 3)
+    q = np.array([0.3, -0.5, 0.0, -2.0, 0.0, 1.6, 0.8])
+    x = np.concatenate([q, np.full(n, 0.7)])       # its velocity is not what is held
+    at_rest = np.concatenate([q, np.zeros(n)])
+    v_free = model.predict(at_rest, np.zeros(n))[0][0, n:]
+    assert np.max(np.abs(v_free)) > 0.02            # gravity: zero torque falls
+    u = hold_action(model, x, np.zeros(n), -lim, lim)
+    v_held = model.predict(at_rest, u)[0][0, n:]
+    assert np.max(np.abs(v_held)) < 1e-3 * np.max(np.abs(v_free)), (u, v_held)
+    # Not computable: a time-varying model, a state that is not [q, qd], a NaN state.
+    tv = type("TV", (), {"time_varying": True})()
+    assert hold_action(tv, x, np.zeros(n), -lim, lim) is None
+    assert hold_action(model, x[:-1], np.zeros(n), -lim, lim) is None
+    assert hold_action(model, np.full(2 * n, np.nan), np.zeros(n), -lim, lim) is None
+
+
+@pytest.mark.parametrize("fill", ["hold", "repeat"])
+@pytest.mark.parametrize("planner", ["mppi", "cem"])
+def test_replanning_every_five_steps_holds_arm2_with_the_hold_fill(planner, fill):
+    """Replanning every 5 control periods (a 50 ms solve at 100 Hz), 64 samples, horizon
+    40 on arm2 with the known model: the appended steps decide whether the arm holds the
+    target. Repeating the plan's last action drifts into a joint stop (measured: 1.8-3.5
+    rad); holding the final configuration stays within a few mrad."""
+    pytest.importorskip("mbrl_ros.core.models.mujoco_model",
+                        reason="MuJoCo dynamics model not available")
+    from mbrl_ros.core.control.mpc import CostSettings, MPCController
+    from mbrl_ros.core.models.mujoco_model import MujocoModel
+    from mbrl_ros.sim.closed_loop import run_episode
+    from mbrl_ros.sim.env import MujocoSim
+    sim = MujocoSim("arm2", control_period=0.01)
+    cls = registry.lookup("planner", planner)
+    size = {"samples": 64} if planner == "mppi" else {"population": 64}
+    s = cls.Settings(horizon=40, warm_start_fill=fill, **size)
+    mpc = MPCController(lambda pid, nx, nu, lo, hi, d: cls(s, nx, nu, lo, hi, d), [planner],
+                        planner, 40, sim.effort_limits, sim.position_limits, CostSettings())
+    mpc.set_model(MujocoModel.from_sim("arm2", control_period=0.01))
+    target = np.array([0.5, -0.5])
+    mpc.set_target(target)
+    res = run_episode(sim, mpc, 500, replan_every=5)
+    late = np.abs(res.xs[250:, :2] - target).max()
+    if fill == "hold":
+        assert late < 0.05, late
+        assert mpc.stats["warm_start_fill"] == "hold"
+    else:
+        assert late > 0.5, late
+
+
+@pytest.mark.parametrize("make", [_mppi, _cem], ids=["mppi", "cem"])
+def test_lqr_feedback_gains_are_the_riccati_gains_of_the_plan(make):
+    """feedback 'lqr': on a linear model with a quadratic cost the gains along the plan are
+    the discrete-time finite-horizon LQR gains (independent of the plan itself); 'none'
+    returns the open-loop plan."""
+    model = DoubleIntegrator(DT)
+    cost = _di_cost()
+    x0 = np.array([0.95, 0.0])          # near the target: no action at its limit
+    pol = make(feedback="lqr").optimize(x0, 0.0, model, cost)
+    assert np.abs(pol.k).max() < 0.9     # unclamped, so every step has its gain
+    A = np.array([[1.0, DT], [0.0, 1.0]])
+    B = np.array([[DT * DT], [DT]])
+    Q, R, P = np.diag([10.0, 1.0]), np.array([[0.01]]), np.diag([100.0, 10.0])
+    K = np.zeros((15, 1, 2))
+    for t in range(14, -1, -1):
+        K[t] = -np.linalg.solve(R + B.T @ P @ B, B.T @ P @ A)
+        P = Q + A.T @ P @ (A + B @ K[t])
+    np.testing.assert_allclose(pol.K, K, rtol=1e-6, atol=1e-9)
+    open_loop = make().optimize(x0, 0.0, model, cost)
+    assert not np.any(open_loop.K)

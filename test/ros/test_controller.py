@@ -63,19 +63,39 @@ def test_reaches_target_and_switches_planner_bumplessly(start_node, probe):
     assert near_target(states), "arm left the target after the switch"
 
 
-def test_casadi_mpc_reaches_the_target_in_the_node(start_node, probe):
-    """A second planner family closes the loop in the node against sim_node (iLQR above;
-    MPPI runs in the node in the demo test, after its mid-run switch)."""
+# Each planner family closes the loop in the node against sim_node (iLQR above). The
+# sampling planners replan every 4-7 control periods here (64-128 samples x 40 steps of the
+# MuJoCo model per solve, 40-65 ms): they hold the target because the steps appended to
+# the shifted plan hold its final configuration (warm_start_fill 'hold'; with the last
+# action repeated the arm drifted into a joint stop) and the plan starts at the state
+# predicted for when it takes over (latency_compensation; without it CEM wandered 0.08-0.11
+# rad around the target in 2 of 3 runs).
+PLANNERS = {"casadi_mpc": {},
+            "mppi": {"horizon": 40, "plan_rate": 50.0, "mppi.samples": 64},
+            "cem": {"horizon": 40, "plan_rate": 50.0, "cem.population": 128}}
+
+
+@pytest.mark.parametrize("planner", list(PLANNERS))
+def test_planner_reaches_and_holds_the_target_in_the_node(start_node, probe, planner):
     start_node("sim_node", {"model": "arm2", "publish_rate": 100.0})
-    start_node("controller", {**BASE, "autostart": True, "planner_plugins": ["casadi_mpc"],
-                              "active_planner": "casadi_mpc"})
+    start_node("controller", {**BASE, "autostart": True, "planner_plugins": [planner],
+                              "active_planner": planner, **PLANNERS[planner]})
     states = probe.collect(JointState, "/joint_states")
     diags = probe.collect(DiagnosticArray, "/diagnostics")
-    probe.spin_until(lambda: near_target(states), 40, "arm at the target with casadi_mpc")
-    probe.spin_for(1.0)
-    assert near_target(states), "casadi_mpc did not hold the target"
+    probe.spin_until(lambda: near_target(states), 40, f"arm at the target with {planner}")
+    probe.spin_for(2.0)                 # settling: the first entry into the band may overshoot
+    n = len(states)
+    probe.spin_for(3.0)
+    err = np.abs(np.array([m.position for m in states[n:]]) - TARGET).max(axis=1)
+    assert len(err) > 100, len(err)
+    # Held: within 0.05 rad 95 % of the time and never 0.1 rad away (a late plan on this
+    # 2-core machine can cost one spike of ~0.06 rad).
+    assert np.percentile(err, 95) < 0.05 and err.max() < 0.1, \
+        (planner, np.round(err[::25], 3))
     d = diagnostics_values(diags, "mbrl_ros/controller")
-    assert d["active_planner"] == "casadi_mpc" and int(d["replans"]) > 0
+    assert d["active_planner"] == planner and int(d["replans"]) > 0
+    if planner != "casadi_mpc":
+        assert int(d["lookahead_steps"]) > 0        # latency compensation at work
 
 
 # on_state: the watchdog timer commands the hold; control thread: the thread keeps its

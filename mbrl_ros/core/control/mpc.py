@@ -215,11 +215,24 @@ class MPCController:
     def ready(self) -> bool:
         return self.model is not None and self.cost is not None
 
-    def replan(self, x: np.ndarray, t: float) -> Policy:
-        """Plan from state ``x`` at time ``t`` [s]; returns the new policy."""
+    def replan(self, x: np.ndarray, t: float, lookahead: float = 0.0) -> Policy:
+        """Plan from state ``x`` at time ``t`` [s]; returns the new policy.
+
+        Args:
+            x: (nx,) measured state at time t.
+            t: its time [s].
+            lookahead: latency compensation [s]: the time until the new policy takes over
+                from the current one (the expected solve time). The state is predicted
+                that many model steps ahead (rounded, at most the horizon) under the
+                current policy with the model's mean, and the plan starts there, so that
+                its first actions are not ones the robot has already passed (0, no current
+                policy, a time-varying model or a non-finite prediction: plan from x).
+        """
         if not self.ready:
             raise ModelError("no model or no target yet")
         t_start = time.perf_counter()
+        x, t, ahead = self._predict_ahead(np.asarray(x, dtype=np.float64), float(t),
+                                          lookahead)
         switched = None
         if self._pending is not None:
             previous = self.planners[self.active]
@@ -245,8 +258,24 @@ class MPCController:
                       "planner": self.fallback if fallback else pid, "fallback": fallback,
                       "uncertainty": uncertainty, "switched": switched,
                       "replan_seconds": time.perf_counter() - t_start,
-                      "model_version": self.model_version}
+                      "lookahead_steps": ahead, "model_version": self.model_version}
         return policy
+
+    def _predict_ahead(self, x: np.ndarray, t: float, lookahead: float
+                       ) -> tuple[np.ndarray, float, int]:
+        """(state, time, steps) ``lookahead`` seconds ahead under the current policy."""
+        steps = int(round(lookahead / self._dt)) if lookahead > 0 and self._dt else 0
+        steps = min(steps, self.horizon)
+        if steps == 0 or self.policy is None or getattr(self.model, "time_varying", False):
+            return x, t, 0
+        xp, tp = x, t
+        with np.errstate(invalid="ignore", over="ignore"):
+            for _ in range(steps):
+                xp = self.model.predict(xp, self.policy.action(xp, tp))[0][0]
+                tp += self._dt
+        if not np.all(np.isfinite(xp)):
+            return x, t, 0
+        return xp, tp, steps
 
     def _uncertainty(self, x: np.ndarray, u: np.ndarray) -> float:
         if self.uncertainty_threshold <= 0:

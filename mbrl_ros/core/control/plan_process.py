@@ -19,7 +19,7 @@ that runs DDS threads; not multiprocessing's 'spawn' either, which re-imports th
 parent -> child                        child -> parent
 =====================================  ==================================================
 ``("init", config)`` (first)           ``("ready", 0, info)`` or ``("error", 0, text)``
-``("plan", id, x, t)``                 ``("policy", id, kind, fields, stats, nominal,
+``("plan", id, x, t, lookahead)``      ``("policy", id, kind, fields, stats, nominal,
                                        active)``, ``("error", id, text)`` or
                                        ``("skipped", id)`` (a newer plan came in)
 ``("load_model", id, source)``         ``("model", id, version, spec)`` / ``("error", ...)``
@@ -430,8 +430,9 @@ class PlanProcess:
     def ready(self) -> bool:
         return self.spec is not None and self.target_q is not None
 
-    def replan(self, x: np.ndarray, t: float) -> Any:
-        """Plan from state ``x`` at time ``t`` [s] in the child; returns the new policy.
+    def replan(self, x: np.ndarray, t: float, lookahead: float = 0.0) -> Any:
+        """Plan from state ``x`` at time ``t`` [s] in the child (``lookahead``: latency
+        compensation, as MPCController.replan); returns the new policy.
 
         Raises:
             PlanProcessError: the child is gone, hung (killed after ``plan_timeout``), or
@@ -441,7 +442,7 @@ class PlanProcess:
         if not self.ready:
             raise ModelError("no model or no target yet")
         child = self._ready_child()
-        f = child.request("plan", np.asarray(x, dtype=float), float(t))
+        f = child.request("plan", np.asarray(x, dtype=float), float(t), float(lookahead))
         try:
             msg = f.result(timeout=self.plan_timeout)
         except FutureTimeout:
@@ -646,12 +647,12 @@ class _Worker:
                 else:
                     self._handle(msg)
             if plan is not None:
-                self._plan(plan[1], plan[2], plan[3])
+                self._plan(plan[1], plan[2], plan[3], plan[4])
 
-    def _plan(self, i: int, x: np.ndarray, t: float) -> None:
+    def _plan(self, i: int, x: np.ndarray, t: float, lookahead: float) -> None:
         try:
             with self._mpc_lock:
-                policy = self.mpc.replan(x, t)
+                policy = self.mpc.replan(x, t, lookahead)
                 stats = _plain(dict(self.mpc.stats))
                 nominal = self.mpc.nominal_states()
                 active = self.mpc.active

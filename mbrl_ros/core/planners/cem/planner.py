@@ -126,13 +126,16 @@ class CEMPlanner(SamplingPlanner):
         self._kept = None     # elites of another plan
 
     def _carried_elites(self, T: int) -> torch.Tensor | None:
-        """The elites kept at the end of the previous call, shifted like the mean (last
-        action repeated), or None."""
+        """The elites kept at the end of the previous call, shifted like the mean (with its
+        ``warm_start_fill`` appended, or their own last action repeated), or None."""
         kept, shift = self._kept, self._shift
         if kept is None or kept.shape[1] != T or shift >= T:
             return None
         if shift > 0:
-            kept = torch.cat([kept[:, shift:], kept[:, -1:].expand(-1, shift, -1)], dim=1)
+            tail = (kept[:, -1:].expand(-1, shift, -1) if self._fill is None else
+                    torch.as_tensor(self._fill, dtype=kept.dtype).expand(kept.shape[0],
+                                                                        shift, -1))
+            kept = torch.cat([kept[:, shift:], tail], dim=1)
         return kept
 
     def _improve(self, x0: np.ndarray, U: torch.Tensor, model: Any, cost: Any
