@@ -28,24 +28,39 @@ class EpisodeResult:
 
 
 def run_episode(sim: MujocoSim, mpc: MPCController, steps: int, replan_every: int = 1,
-                switch_at: int | None = None, switch_to: str | None = None) -> EpisodeResult:
+                switch_at: int | None = None, switch_to: str | None = None,
+                plan_delay: int = 0, compensate: bool = False) -> EpisodeResult:
     """Run ``steps`` control periods of ``sim`` under ``mpc`` from the sim's current state.
 
     The sim's control period must equal the model's step. Optionally switch the planner
     to ``switch_to`` before step ``switch_at``.
+
+    ``plan_delay`` emulates the solve time of a real-time controller: a plan from the
+    state at step k takes over at step k + plan_delay (the previous policy runs
+    meanwhile; the first plan is used at once), and no new plan starts while one is
+    pending. ``compensate`` passes that delay to :meth:`MPCController.replan` as its
+    ``lookahead`` (what the node's ``latency_compensation`` does with measured latencies).
     """
     x = sim.state()
     t = sim.time
+    dt = sim.control_period
     xs, us, replans, actions, planners = [x.copy()], [], [], [], []
     policy = None
+    pending: tuple[int, object] | None = None
     for k in range(steps):
         if switch_at is not None and k == switch_at:
             mpc.select(switch_to)
-        if k % replan_every == 0 or policy is None:
+        if pending is not None and k >= pending[0]:
+            policy, pending = pending[1], None
+        if pending is None and (k % replan_every == 0 or policy is None):
             t0 = time.perf_counter()
-            policy = mpc.replan(x, t)
+            new = mpc.replan(x, t, plan_delay * dt if compensate else 0.0)
             replans.append(time.perf_counter() - t0)
             planners.append(mpc.stats["planner"])
+            if policy is None or plan_delay <= 0:
+                policy = new
+            else:
+                pending = (k + plan_delay, new)
         t0 = time.perf_counter()
         u = policy.action(x, t)
         actions.append(time.perf_counter() - t0)

@@ -47,3 +47,27 @@ def test_ilqr_swings_the_cartpole_up():
     assert abs(res.xs[0, 1] - np.pi) < 1e-9                # it really started hanging
     assert np.abs(pole[-10:]).max() < 0.2, "pole not upright at the end"
     assert np.all(np.abs(res.xs[:, 0]) < 1.8)              # cart stayed on its rail
+
+
+@pytest.mark.parametrize("compensate", [False, True])
+def test_plan_delay_emulates_a_solve_time(compensate):
+    """A plan from step k takes over at k + plan_delay; with compensation it was started
+    from the state predicted for then (and is dated then)."""
+    sim = MujocoSim("arm2", control_period=0.01)
+    mpc = make_mpc("ilqr", sim, 20)
+    mpc.set_model(MujocoModel.from_sim("arm2", control_period=0.01))
+    mpc.set_target(np.array([0.5, -0.5]))
+    policies = []
+    replan = mpc.replan
+    mpc.replan = lambda x, t, lookahead=0.0: policies.append(
+        (t, replan(x, t, lookahead))) or policies[-1][1]
+    res = run_episode(sim, mpc, 40, replan_every=5, plan_delay=4, compensate=compensate)
+    assert len(res.replan_s) == 8                         # steps 0, 5, ..., 35
+    assert mpc.stats["lookahead_steps"] == (4 if compensate else 0)
+    t, last = policies[-1]
+    assert last.t0 == pytest.approx(t + (0.04 if compensate else 0.0))
+    # Each plan acted from 4 steps after its state: the actions at those steps are its own.
+    t_first_use = t + 0.04
+    k = int(round((t_first_use - policies[0][0]) / 0.01))
+    np.testing.assert_allclose(res.us[k], last.action(res.xs[k], t_first_use), atol=1e-12)
+    np.testing.assert_allclose(res.us[0], policies[0][1].action(res.xs[0], 0.0), atol=1e-12)
