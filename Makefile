@@ -33,6 +33,7 @@ bench: $(STAMP)
 	$(PY) bench/models.py --quick
 	$(PY) bench/controllers.py --quick
 	$(PY) bench/sampling_rate.py --quick
+	$(PY) bench/slow_replans.py --quick
 	$(PY) bench/jitter.py --quick
 	$(PY) bench/demo.py --quick
 
