@@ -887,9 +887,15 @@ class EnsembleModel(DynamicsModel):
         Z[T, :, nx:] = 0.0
         Zx[0] = x0c
         delta = torch.empty((n, nx), dtype=dt)
+        rows = torch.arange(n)
+        inv = torch.empty(n, dtype=torch.long)
         for t in range(T):
-            member = self.draw_members(n, generator)            # as propagate('ts1')
-            order = torch.argsort(member, stable=True)
+            # The draw of propagate('ts1') (draw_members: row r -> member perm[r] % E), and
+            # the rows grouped by member without a sort: with inv the inverse permutation,
+            # inv[v] for v = j, j + E, ... are member j's rows.
+            perm = torch.randperm(n, generator=generator)
+            inv[perm] = rows
+            order = inv.view(k, E).t().reshape(-1)
             zg = Z[t].index_select(0, order).view(E, k, d_in)
             dg = delta.view(E, k, nx)
             std = torch.empty((E, k, nx), dtype=dt) if sample else None
