@@ -904,7 +904,9 @@ class Controller(LifecycleNode):
         periods = np.asarray(self._periods) * 1e3
         dev = np.abs(periods - 1e3 / self.settings.control_rate)
         late = np.asarray(self._late) * 1e3
-        solves = np.asarray(self._solve_times) * 1e3
+        # list(deque) copies under the GIL: the planning thread appends concurrently.
+        solves = np.asarray(list(self._solve_times)) * 1e3
+        latency = list(self._plan_latency)
         vals = dict(self.counters)
         process = self.mpc if isinstance(self.mpc, PlanProcess) else None
         vals.update({
@@ -924,8 +926,7 @@ class Controller(LifecycleNode):
             "solve_ms_p99": f"{np.percentile(solves, 99):.3f}" if solves.size else "",
             # latency compensation: plan latency (state arrival -> policy in use) and the
             # model steps the last plan was started ahead of its state
-            "plan_latency_ms_median": (f"{np.median(self._plan_latency) * 1e3:.3f}"
-                                       if self._plan_latency else ""),
+            "plan_latency_ms_median": f"{np.median(latency) * 1e3:.3f}" if latency else "",
             "lookahead_steps": self._lookahead_steps,
             "period_ms_median": f"{np.median(periods):.3f}" if periods.size else "",
             "period_ms_p99": f"{np.percentile(periods, 99):.3f}" if periods.size else "",
