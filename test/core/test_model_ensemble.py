@@ -468,3 +468,42 @@ def test_block_validation_scores_each_members_open_loop_rollout():
             x = model.member_means(x, torch.as_tensor(data.actions[blocks[:, h]]))[k]
             err += np.mean(((x.numpy() - data.next_states[blocks[:, h]]) / scale) ** 2)
         np.testing.assert_allclose(err / 20, model.val_mse[model.elites[k]], rtol=1e-9)
+
+
+def test_small_data_gets_small_minibatches_and_enough_steps_per_epoch():
+    """Below min_batches x batch_size training transitions the minibatch shrinks (not
+    below 32) and an epoch repeats passes until it has made epoch_steps gradient steps;
+    on enough data one pass of batch_size-row minibatches is an epoch, as before."""
+    def fit(n, **kw):
+        model = EnsembleModel(EnsembleModel.Settings(**{**_TINY, "epochs": 3, **kw}))
+        return model.fit(_toy(n)).metrics
+    # 270 training transitions: 270 // 16 = 16 -> 32 rows, 9 minibatches a pass, 4 passes.
+    m = fit(300)
+    assert m["batch_size"] == 32 and m["steps"] == 3 * 4 * 9, m
+    # 1,800 training transitions: 1,800 // 16 = 112 rows, 17 minibatches, 2 passes.
+    m = fit(2000)
+    assert m["batch_size"] == 112 and m["steps"] == 3 * 2 * 17, m
+    # Enough data for the setting's batch size (16 x 32 and 32 x 32 <= 1,800): one pass
+    # of batch_size rows per epoch, as before.
+    m = fit(2000, batch_size=32)
+    assert m["batch_size"] == 32 and m["steps"] == 3 * 57, m
+    # min_batches = epoch_steps = 1: one pass of min(batch_size, N) rows per epoch.
+    m = fit(300, min_batches=1, epoch_steps=1)
+    assert m["batch_size"] == 256 and m["steps"] == 3 * 2, m
+
+
+def test_small_data_rule_trains_a_more_accurate_model():
+    """300 pendulum transitions: the small-data rule (default) predicts held-out states
+    clearly better than one pass of 256-row minibatches per epoch with the same early
+    stopping, which stops after a few dozen gradient steps."""
+    train, test = _pendulum(300, seed=4), _pendulum(500, seed=5)
+
+    def rmse(**kw):
+        model = EnsembleModel(EnsembleModel.Settings(seed=2, **kw))
+        rep = model.fit(train)
+        pred, _ = model.predict(test.states, test.actions)
+        return float(np.sqrt(np.mean((pred - test.next_states) ** 2))), rep.metrics["steps"]
+    new, new_steps = rmse()
+    old, old_steps = rmse(min_batches=1, epoch_steps=1)
+    assert new_steps > 5 * old_steps
+    assert new < 0.5 * old, (new, old)
