@@ -1,12 +1,22 @@
 """Bag I/O, state/command alignment and replay buffer (ROS-free)."""
 
 from .alignment import AlignmentConfig, AlignmentReport, align, bag_to_dataset, messages_to_streams
-from .bag import BagError, BagMessage, BagReadReport, BagWriter, default_typestore, qos_profile, read_bag
+from .bag import (
+    BagDamage,
+    BagError,
+    BagMessage,
+    BagReadReport,
+    BagWriter,
+    default_typestore,
+    qos_profile,
+    read_bag,
+)
 from .replay_buffer import ReplayBuffer
 
 __all__ = [
     "AlignmentConfig",
     "AlignmentReport",
+    "BagDamage",
     "BagError",
     "BagMessage",
     "BagReadReport",

@@ -20,12 +20,15 @@ Nothing here imports rclpy or ROS message packages.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import re
+import shutil
 import struct
 import threading
-from collections import Counter
+import zlib
+from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -33,15 +36,18 @@ from pathlib import Path
 from typing import Any
 
 from mcap.data_stream import ReadDataStream
+from mcap.reader import SeekingReader
 from mcap.records import Channel, Chunk, Message, Schema
-from mcap.stream_reader import StreamReader, get_chunk_data_stream
+from mcap.stream_reader import get_chunk_data_stream
 from rosbags.highlevel import AnyReader
 from rosbags.interfaces import Qos, QosDurability, QosHistory, QosLiveliness, QosReliability, QosTime
 from rosbags.rosbag2 import StoragePlugin, Writer
+from rosbags.rosbag2.storage_mcap import McapWriter, write_channel, write_schema
 from rosbags.serde import SerdeError
 from rosbags.typesys import Stores, get_types_from_idl, get_types_from_msg, get_typestore
 
 __all__ = [
+    "BagDamage",
     "BagError",
     "BagMessage",
     "BagReadReport",
@@ -61,6 +67,7 @@ _OP_NAMES = {
     0x0B: "Statistics", 0x0C: "Metadata", 0x0D: "MetadataIndex", 0x0E: "SummaryOffset", 0x0F: "DataEnd",
 }
 _OP_HEADER, _OP_FOOTER, _OP_SCHEMA, _OP_CHANNEL, _OP_MESSAGE, _OP_CHUNK = 0x01, 0x02, 0x03, 0x04, 0x05, 0x06
+_OP_MESSAGE_INDEX = 0x07
 
 
 class BagError(Exception):
@@ -78,12 +85,35 @@ class BagMessage:
 
 
 @dataclass
+class BagDamage:
+    """One damaged place in a bag file.
+
+    file: the storage file; offset: byte offset of the damaged record or of where reading stopped
+    (None if the damage has no single place); what: what is wrong; messages_lost: messages that
+    could not be read because of it (None: unknown, e.g. a truncated file without a summary).
+    """
+
+    file: str
+    offset: int | None
+    what: str
+    messages_lost: int | None = None
+
+    def __str__(self) -> str:
+        where = f" at byte {self.offset}" if self.offset is not None else ""
+        lost = "messages lost: unknown" if self.messages_lost is None else f"{self.messages_lost} messages lost"
+        return f"{self.file}{where}: {self.what}; {lost}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"file": self.file, "offset": self.offset, "what": self.what, "messages_lost": self.messages_lost}
+
+
+@dataclass
 class BagReadReport:
     """What :func:`read_bag` read.
 
     paths:   the bags read (rosbag2 directories or bare storage files), in reading order.
     counts:  messages returned per topic (requested topics that do not exist have count 0).
-    damage:  human-readable damage descriptions, each naming the file and where the damage is.
+    damage:  every damaged place found (:class:`BagDamage`: file, byte offset, what, messages lost).
     complete: False if any damage was found (some data could not be read).
     topics:  every topic available in the bags -> message type.
     notes:   non-damage remarks (e.g. why AnyReader was not used for a file).
@@ -91,7 +121,7 @@ class BagReadReport:
 
     paths: list[str] = field(default_factory=list)
     counts: dict[str, int] = field(default_factory=dict)
-    damage: list[str] = field(default_factory=list)
+    damage: list[BagDamage] = field(default_factory=list)
     complete: bool = True
     topics: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
@@ -254,7 +284,7 @@ def _storage_files(bagdir: Path) -> list[Path]:
 class _UnitResult:
     messages: list[BagMessage] = field(default_factory=list)
     topics: dict[str, str] = field(default_factory=dict)
-    damage: list[str] = field(default_factory=list)
+    damage: list[BagDamage] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     n_readable: int = 0  # messages readable on any topic (not only the requested ones)
 
@@ -289,7 +319,14 @@ def _parse_body(cls: Any, body: bytes | memoryview, *args: Any) -> Any:
 
 
 class _McapSalvager:
-    """Stream one MCAP file from the start, keeping everything before the first damage."""
+    """Stream one MCAP file from the start and keep every message that can be trusted.
+
+    A chunk whose CRC or decompression fails is skipped; its messages are counted as lost from the
+    MessageIndex records that follow it. Records after a break in the framing (overwritten bytes)
+    are reached again through the summary's chunk index when the file has an intact summary.
+    The message count in the summary's Statistics, if readable, settles losses that could not be
+    counted where they happened.
+    """
 
     def __init__(self, path: Path, topics: set[str] | None):
         self.path = path
@@ -298,10 +335,20 @@ class _McapSalvager:
         self.channels: dict[int, tuple[str, int, str]] = {}  # id -> (topic, schema_id, message_encoding)
         self.raw: list[tuple[int, int, bytes]] = []  # (channel_id, log_time, data)
         self.n_messages = 0  # all readable messages (any topic)
-        self.damage: list[str] = []
+        self.damage: list[BagDamage] = []
         self.notes: list[str] = []
         self.unknown_channel = 0
         self.footer_end: int | None = None
+        self.summary: Any = None  # mcap Summary of the file, if its footer and summary are readable
+        # the chunk just read, until the MessageIndex records after it are counted:
+        # (damage entry or None, messages read from it, chunk offset)
+        self._open_chunk: tuple[BagDamage | None, int, int] | None = None
+        self._indexed: int | None = None  # messages listed by those MessageIndex records
+
+    def _damage(self, offset: int | None, what: str, lost: int | None = None) -> BagDamage:
+        d = BagDamage(str(self.path), offset, what, lost)
+        self.damage.append(d)
+        return d
 
     # -- records ------------------------------------------------------------------------
     def _record(self, op: int, body: memoryview) -> None:
@@ -321,6 +368,20 @@ class _McapSalvager:
                 self.unknown_channel += 1
             elif self.topics is None or ch[0] in self.topics:
                 self.raw.append((m.channel_id, m.log_time, m.data))
+
+    def _close_open_chunk(self) -> None:
+        """The MessageIndex records of the last chunk are all seen: settle its message count."""
+        if self._open_chunk is None:
+            return
+        entry, kept, pos = self._open_chunk
+        indexed, self._open_chunk, self._indexed = self._indexed, None, None
+        if indexed is None:
+            return  # a writer without message indexes: nothing to compare with
+        if entry is not None:
+            entry.messages_lost = max(indexed - kept, 0)
+        elif indexed != kept:
+            self._damage(pos, f"chunk holds {kept} messages but its message index lists {indexed}",
+                         max(indexed - kept, 0))
 
     def _scan(self, buf: Any, pos: int, end: int, where: str, inner: bool) -> tuple[int, str | None]:
         """Walk records in buf[pos:end]. Returns (stop position, problem or None).
@@ -344,11 +405,19 @@ class _McapSalvager:
                 )
             body = memoryview(buf)[pos + 9 : body_end]
             try:
-                if not inner and op == _OP_CHUNK:
-                    self._chunk(body, pos)
-                elif not inner and op == _OP_FOOTER:
-                    self.footer_end = body_end
-                    return body_end, None
+                if not inner and op == _OP_MESSAGE_INDEX:
+                    if self._open_chunk is not None:
+                        (n_bytes,) = struct.unpack_from("<I", body, 2)
+                        self._indexed = (self._indexed or 0) + n_bytes // 16
+                elif not inner:
+                    self._close_open_chunk()
+                    if op == _OP_CHUNK:
+                        self._chunk(body, pos)
+                    elif op == _OP_FOOTER:
+                        self.footer_end = body_end
+                        return body_end, None
+                    else:
+                        self._record(op, body)
                 else:
                     self._record(op, body)
             except Exception as exc:  # noqa: BLE001 - corrupt record content
@@ -362,15 +431,14 @@ class _McapSalvager:
             stream, size = get_chunk_data_stream(chunk, validate_crc=True)
             data = stream.read(size) if size else b""
         except Exception as exc:  # noqa: BLE001 - CRC mismatch / decompression failure: skip this chunk only
-            self.damage.append(f"{self.path}: chunk at byte {pos} is unreadable and was skipped ({exc})")
+            self._open_chunk = (self._damage(pos, f"chunk unreadable, skipped ({exc})"), 0, pos)
             return
         before = self.n_messages
         _, problem = self._scan(data, 0, len(data), f" (inside chunk at byte {pos})", inner=True)
+        entry = None
         if problem:
-            self.damage.append(
-                f"{self.path}: chunk at byte {pos} is corrupt: {problem} inside the chunk; "
-                f"kept {self.n_messages - before} messages before it"
-            )
+            entry = self._damage(pos, f"chunk corrupt ({problem}), kept {self.n_messages - before} messages before it")
+        self._open_chunk = (entry, self.n_messages - before, pos)
 
     def _partial_chunk(self, buf: Any, pos: int, end: int) -> None:
         """Recover complete messages from the start of a chunk cut off by the end of the file."""
@@ -401,6 +469,13 @@ class _McapSalvager:
                 f"{self.path}: recovered {self.n_messages - before} messages from the truncated chunk at byte {pos}"
             )
 
+    def _read_summary(self) -> None:
+        try:
+            with self.path.open("rb") as f:
+                self.summary = SeekingReader(f, validate_crcs=True).get_summary()
+        except Exception:  # noqa: BLE001 - no usable summary (truncated, killed writer, damaged end)
+            self.summary = None
+
     # -- file ---------------------------------------------------------------------------
     def run(self) -> None:
         path = self.path
@@ -413,18 +488,47 @@ class _McapSalvager:
             raise BagError(f"{path}: empty file (0 bytes), not a bag")
         if buf[: len(MCAP_MAGIC)] != MCAP_MAGIC:
             raise BagError(f"{path}: not an MCAP file (bad magic {buf[:8]!r})")
-        stop, problem = self._scan(buf, len(MCAP_MAGIC), size, "", inner=False)
-        if problem is None:
-            if self.footer_end is None:
-                problem = f"file ends at byte {size} without a Footer record (recording was not finished)"
-            elif buf[stop:] != MCAP_MAGIC:
-                problem = f"{size - stop} unexpected bytes after the Footer (expected the 8-byte closing magic)"
-        if problem:
-            self.damage.append(
-                f"{path}: truncated or corrupt at byte {stop} after {self.n_messages} messages ({problem})"
-            )
+        self._read_summary()
+        chunk_starts = sorted(ci.chunk_start_offset for ci in self.summary.chunk_indexes) if self.summary else []
+        pos = len(MCAP_MAGIC)
+        while True:
+            stop, problem = self._scan(buf, pos, size, "", inner=False)
+            self._close_open_chunk()
+            if problem is None:
+                break
+            resume = next((c for c in chunk_starts if c > stop and c < size and buf[c] == _OP_CHUNK), None)
+            if resume is None:
+                self._damage(stop, f"truncated or corrupt after {self.n_messages} messages ({problem})")
+                return self._settle()
+            self._damage(stop, f"corrupt data ({problem}); resumed at the chunk at byte {resume} "
+                               "(found through the summary's chunk index)")
+            pos = resume
+        if self.footer_end is None:
+            self._damage(stop, f"file ends without a Footer record after {self.n_messages} messages "
+                               "(recording was not finished)")
+        elif buf[stop:] != MCAP_MAGIC:
+            self._damage(stop, f"{size - stop} unexpected bytes after the Footer (expected the 8-byte closing magic)", 0)
         if self.unknown_channel:
-            self.damage.append(f"{path}: {self.unknown_channel} messages refer to unknown channels (skipped)")
+            self._damage(None, f"{self.unknown_channel} messages refer to unknown channels (skipped)",
+                         self.unknown_channel)
+        self._settle()
+
+    def _settle(self) -> None:
+        """Assign losses not counted where they happened, from the summary's message count."""
+        stats = self.summary.statistics if self.summary is not None else None
+        if stats is None:
+            return
+        lost = stats.message_count - (self.n_messages - self.unknown_channel)
+        unknown = [d for d in self.damage if d.messages_lost is None]
+        counted = sum(d.messages_lost for d in self.damage if d.messages_lost is not None)
+        if len(unknown) == 1:
+            unknown[0].messages_lost = max(lost - counted, 0)
+        elif unknown and lost > counted:
+            self.notes.append(f"{self.path}: {lost} of the {stats.message_count} messages in the file's statistics "
+                              "could not be read")
+        elif not unknown and lost > counted:
+            self._damage(None, f"{stats.message_count} messages in the file's statistics but only "
+                               f"{self.n_messages} readable", lost - counted)
 
 
 def _read_mcap_stream(path: Path, topics: set[str] | None) -> _UnitResult:
@@ -457,7 +561,8 @@ def _read_mcap_stream(path: Path, topics: set[str] | None) -> _UnitResult:
         trailing[topic] += extra
         res.messages.append(BagMessage(topic, msgtype, int(t), msg))
     for topic, n in failed.items():
-        res.damage.append(f"{path}: {n} messages on {topic} could not be decoded (first: {first_error[topic]})")
+        res.damage.append(BagDamage(str(path), None, f"messages on {topic} could not be decoded "
+                                              f"(first: {first_error[topic]})", n))
     for (topic, enc), n in skipped_enc.items():
         res.notes.append(f"{path}: {n} messages on {topic} use encoding {enc!r}, not cdr (skipped)")
     for topic, n in trailing.items():
@@ -467,16 +572,16 @@ def _read_mcap_stream(path: Path, topics: set[str] | None) -> _UnitResult:
 
 
 def _verify_mcap(path: Path) -> None:
-    """Walk an MCAP file's records and check its CRCs (raises on any damage).
+    """Walk every record of an MCAP file, inside chunks too (raises BagError on any damage).
 
     AnyReader does not check chunk CRCs, so without this a corrupt chunk in a file with an intact
     summary could silently yield wrong values. Chunks written without a CRC (rosbags writes 0) are
-    only checked for framing.
+    checked for framing and against their message indexes and the summary's message count.
     """
-    with path.open("rb") as f:
-        for rec in StreamReader(f, emit_chunks=True, validate_crcs=True).records:
-            if isinstance(rec, Chunk) and rec.uncompressed_crc:
-                get_chunk_data_stream(rec, validate_crc=True)
+    sal = _McapSalvager(path, set())
+    sal.run()
+    if sal.damage:
+        raise BagError("; ".join(str(d) for d in sal.damage))
 
 
 def _read_unit(unit: _Unit, topics: set[str] | None, verify_crc: bool = True) -> _UnitResult:
@@ -495,36 +600,42 @@ def _read_unit(unit: _Unit, topics: set[str] | None, verify_crc: bool = True) ->
             if verify_crc:
                 for f in files:
                     if f.suffix == ".mcap":
-                        try:
-                            _verify_mcap(f)
-                        except Exception as exc:  # noqa: BLE001
-                            raise BagError(f"{f}: {type(exc).__name__}: {exc}") from None
+                        _verify_mcap(f)
             return _read_anyreader(path, topics)
         except Exception as exc:  # noqa: BLE001 - damaged: fall back to streaming the records
             why = f"{type(exc).__name__}: {exc}"
     if not any(f.suffix == ".mcap" for f in files):
         raise BagError(f"{path}: cannot read bag ({why}) and it has no MCAP storage file to salvage")
     res = _UnitResult(notes=[f"{path}: AnyReader could not read it ({why}); streamed the MCAP records instead"])
+    expected: dict[str, int] = {}  # file name -> message count in metadata.yaml
     if unit.kind == "rosbag2":
         try:
             import yaml
 
             meta = yaml.safe_load((path / "metadata.yaml").read_text())
-            listed = [Path(x).name for x in meta["rosbag2_bagfile_information"]["relative_file_paths"]]
+            info = meta["rosbag2_bagfile_information"]
+            for entry in info.get("files") or []:
+                with contextlib.suppress(Exception):
+                    expected[Path(entry["path"]).name] = int(entry["message_count"])
+            listed = [Path(x).name for x in info["relative_file_paths"]]
             for name in listed:
                 if not (path / name).exists():
-                    res.damage.append(f"{path / name}: storage file listed in metadata.yaml is missing")
+                    res.damage.append(BagDamage(str(path / name), None, "storage file listed in metadata.yaml is missing"))
         except Exception as exc:  # noqa: BLE001
             res.notes.append(f"{path / 'metadata.yaml'}: unreadable ({type(exc).__name__}: {exc})")
     for f in files:
         try:
             sub = _read_anyreader(f, topics) if f.suffix == ".db3" else _read_mcap_stream(f, topics)
         except BagError as exc:
-            res.damage.append(str(exc))
+            res.damage.append(BagDamage(str(f), None, str(exc).removeprefix(f"{f}: ")))
             continue
         except Exception as exc:  # noqa: BLE001
-            res.damage.append(f"{f}: cannot read storage file ({type(exc).__name__}: {exc})")
+            res.damage.append(BagDamage(str(f), None, f"cannot read storage file ({type(exc).__name__}: {exc})"))
             continue
+        unknown = [d for d in sub.damage if d.messages_lost is None]
+        if f.name in expected and len(unknown) == 1:  # e.g. truncated: the loss from metadata.yaml
+            counted = sum(d.messages_lost for d in sub.damage if d.messages_lost is not None)
+            unknown[0].messages_lost = max(expected[f.name] - sub.n_readable - counted, 0)
         res.messages.extend(sub.messages)
         res.damage.extend(sub.damage)
         res.notes.extend(sub.notes)
@@ -578,7 +689,7 @@ def read_bag(
     for unit in units:
         res = _read_unit(unit, wanted, verify_crc)
         if res.damage and res.n_readable == 0:
-            raise BagError(f"{unit.path}: damaged bag with no readable messages: " + "; ".join(res.damage))
+            raise BagError(f"{unit.path}: damaged bag with no readable messages: " + "; ".join(map(str, res.damage)))
         report.paths.append(str(unit.path))
         report.damage.extend(res.damage)
         report.notes.extend(res.notes)
@@ -632,6 +743,188 @@ _MSG_OVERHEAD = 31 + 16  # Message record header + its MessageIndex entry
 _BAG_OVERHEAD = 1500  # magic, header, footer, statistics, summary offsets, metadata base
 _CHUNK_OVERHEAD = 150  # chunk record header + chunk index + message index headers (approx)
 _TOPIC_METADATA = 600  # per topic: its entry in the embedded metadata YAML (QoS, type hash)
+_MAX_CHUNK_BYTES = 2**20  # chunk size cap when chunk_bytes is 0 (rosbags' own limit)
+
+
+# ---------------------------------------------------------------------- MCAP storage with CRCs
+# The MCAP chunk record starts: opcode (1) + record length (8) + message start/end time (8 + 8) +
+# uncompressed size (8), then the 4-byte CRC32 of the uncompressed records (MCAP spec).
+_CHUNK_CRC_OFFSET = 1 + 8 + 8 + 8 + 8
+RESERVE_NAME = ".mbrl_reserve"  # space held in the bag directory so a full disk can still close it
+
+
+class ChunkWriteError(OSError):
+    """A chunk could not be written (e.g. disk full); its messages were dropped, the file was cut
+    back to the end of the last complete chunk. ``dropped``: connection id -> messages dropped."""
+
+    def __init__(self, cause: OSError, dropped: Mapping[int, int]):
+        super().__init__(cause.errno, f"chunk of {sum(dropped.values())} messages not written: "
+                         f"{cause.strerror or cause}")
+        self.dropped = dict(dropped)
+
+
+class _Staging(io.BytesIO):
+    """Collects records in memory while reporting file offsets (rosbags writes ``bio.tell()`` into
+    indexes), so a chunk or the summary reaches the file in one write that is undone if it fails."""
+
+    def __init__(self, base: int):
+        super().__init__()
+        self.base = base
+
+    def tell(self) -> int:
+        return self.base + super().tell()
+
+    def close(self) -> None:  # rosbags closes its bio at the end of close(); the file is ours
+        pass
+
+
+class _Reserve:
+    """A file of zeros that holds disk space; released at close so the summary and metadata.yaml
+    of a bag fit even when the recording filled the disk."""
+
+    def __init__(self, path: Path, size: int):
+        self.path = path
+        self.size = 0
+        self.ensure(size)
+
+    def ensure(self, size: int) -> None:
+        if size <= self.size:
+            return
+        try:
+            with self.path.open("ab") as f:
+                f.write(b"\0" * (size - self.size))
+                f.flush()
+                os.fsync(f.fileno())  # the blocks must really be allocated (tmpfs, delayed allocation)
+            self.size = size
+        except OSError:
+            pass  # keep what we have; the data writes report the full disk
+
+    def release(self) -> None:
+        try:
+            self.path.unlink()
+        except FileNotFoundError:
+            pass
+        self.size = 0
+
+
+class _CrcMcapStorage(McapWriter):
+    """rosbags' MCAP storage with two changes for logging:
+
+    * every chunk carries the CRC32 of its records (rosbags writes 0, so damage went unnoticed);
+    * a chunk is written to the file in one piece or not at all: if the write fails (disk full),
+      the file is cut back to the previous chunk's end, the chunk's messages are counted in
+      ``dropped`` and :class:`ChunkWriteError` is raised, so the file stays readable and the
+      summary written at close lists only what is in the file.
+
+    Chunks are closed only on request (``close_chunk``), never inside ``write``, so the caller
+    knows which messages a failed chunk held.
+    """
+
+    def __init__(self, path: Path, compression: Any) -> None:
+        super().__init__(path, compression)
+        self.bio.flush()
+        self._file = self.bio.detach()  # unbuffered: a failed write leaves nothing in a buffer
+        self.bio = self._file
+        self._end = self._file.tell()
+        self.written: Counter = Counter()  # connection id -> messages in chunks on disk
+        self.dropped: Counter = Counter()  # connection id -> messages of chunks that failed
+        self.t_range: tuple[int, int] | None = None  # log time span of the messages on disk, ns
+        self._in_write = False
+        self._defs_on_disk = False
+        self.reserve = _Reserve(path / RESERVE_NAME, 64 * 1024)
+
+    def write(self, connection: Any, timestamp: int, data: bytes | memoryview) -> None:
+        self._in_write = True
+        try:
+            super().write(connection, timestamp, data)
+        finally:
+            self._in_write = False
+
+    def pending_bytes(self) -> int:
+        return self.chunk.bio.tell()
+
+    def _write_at_end(self, data: bytes | bytearray | memoryview) -> None:
+        pos = self._end
+        view = memoryview(data)
+        try:
+            while view:
+                n = self._file.write(view)
+                view = view[n:]
+        except OSError:
+            try:  # undo a partial record so the file ends at a record boundary
+                self._file.truncate(pos)
+                self._file.seek(pos)
+            except OSError:
+                pass
+            raise
+        self._end = pos + len(data)
+
+    def close_chunk(self) -> None:
+        if self._in_write:
+            return  # rosbags' own 1 MiB rule; the BagWriter flushes after counting the message
+        counts = {cid: len(v) for cid, v in self.chunk.msgs.items()}
+        t_lo, t_hi = self.chunk.message_start_time, self.chunk.message_end_time
+        crc = zlib.crc32(self.chunk.bio.getbuffer())
+        n_indexes = len(self.chunks)
+        stage = _Staging(self._end)
+        self.bio = stage
+        try:
+            super().close_chunk()  # writes the records and resets self.chunk
+        finally:
+            self.bio = self._file
+        data = bytearray(stage.getbuffer())
+        struct.pack_into("<I", data, _CHUNK_CRC_OFFSET, crc)
+        try:
+            self._write_at_end(data)
+        except OSError as exc:
+            del self.chunks[n_indexes:]
+            for cid, n in counts.items():
+                self.channel_stats[cid] -= n
+                self.dropped[cid] += n
+            if not self._defs_on_disk:  # the lost chunk held the schema/channel records
+                for schema in self.schemas:
+                    write_schema(self.chunk.bio, schema)
+                for channel in self.channels:
+                    write_channel(self.chunk.bio, channel, self.schemas)
+            raise ChunkWriteError(exc, counts) from exc
+        self._defs_on_disk = True
+        self.written.update(counts)
+        if counts:
+            lo, hi = self.t_range or (t_lo, t_hi)
+            self.t_range = (min(lo, t_lo), max(hi, t_hi))
+        # room for the summary: a chunk index per chunk, schemas/channels, statistics, metadata
+        self.reserve.ensure(64 * 1024 + 256 * len(self.chunks) + 4096 * len(self.channels))
+
+    def close(self, version: int, metadata: str) -> None:
+        self.reserve.release()
+        try:
+            if any(self.chunk.msgs.values()):
+                try:
+                    self.close_chunk()
+                except ChunkWriteError:
+                    pass  # counted in self.dropped
+            # a chunk holding only definitions is not needed: the summary repeats them
+            self.chunk = type(self.chunk)(2**63 - 1, 0, io.BytesIO(), defaultdict(list))
+            self.message_start_time, self.message_end_time = self.t_range or (0, 0)
+            stage = _Staging(self._end)
+            self.bio = stage
+            try:
+                super().close(version, metadata)
+            finally:
+                self.bio = self._file
+            self._write_at_end(stage.getbuffer())
+        finally:
+            self._file.close()
+
+    def abort(self) -> None:
+        self.reserve.release()
+        self._file.close()
+
+
+class _RosbagWriter(Writer):
+    """rosbags' rosbag2 writer (metadata.yaml, version 9) over :class:`_CrcMcapStorage`."""
+
+    STORAGE_PLUGINS = {**Writer.STORAGE_PLUGINS, StoragePlugin.MCAP: _CrcMcapStorage}
 
 
 class BagWriter:
@@ -680,7 +973,9 @@ class BagWriter:
         self.bag_paths: list[Path] = []
         self.messages_written = 0
         self.bytes_written = 0
-        self.counts: dict[str, int] = {}
+        self.counts: dict[str, int] = {}  # topic -> messages in the bags (pending chunk included)
+        self.dropped: dict[str, int] = {}  # topic -> messages lost because a chunk write failed
+        self.errors: list[str] = []  # write failures, oldest first (at most 100 kept)
 
         self._lock = threading.RLock()
         self._busy = False
@@ -707,11 +1002,17 @@ class BagWriter:
             if not path.is_dir() or any(path.iterdir()):
                 raise FileExistsError(f"{path}: bag directory already exists and is not empty; refusing to overwrite")
             path.rmdir()
-        writer = Writer(path, version=9, storage_plugin=StoragePlugin.MCAP)
+        writer = _RosbagWriter(path, version=9, storage_plugin=StoragePlugin.MCAP)
         writer.set_custom_data("mbrl_ros.split_index", str(len(self.bag_paths)))
         for k, v in self.custom_data.items():
             writer.set_custom_data(k, v)
-        writer.open()
+        try:
+            writer.open()
+        except OSError:
+            # e.g. a full disk: remove the half-made directory so the next attempt can use the name
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            raise
         self._writer = writer
         self.bag_paths.append(path)
         self._conns = {}
@@ -731,17 +1032,32 @@ class BagWriter:
         self._bag_types.add(msgtype)
         self._bag_bytes += 2 * (schema + len(topic) + 60 + 300 * len(qos)) + _TOPIC_METADATA + 15
 
-    def _flush_chunk(self) -> None:
+    def _storage(self) -> _CrcMcapStorage | None:
         storage = getattr(self._writer, "storage", None)
-        chunk = getattr(storage, "chunk", None)
-        if storage is None or chunk is None or not hasattr(storage, "close_chunk"):
+        return storage if isinstance(storage, _CrcMcapStorage) else None
+
+    def _flush_chunk(self) -> None:
+        """Write the pending chunk (unbuffered). A failed write drops its messages: they are moved
+        from ``counts`` to ``dropped`` and removed from the counts rosbags writes into metadata.yaml,
+        then the ChunkWriteError is raised."""
+        storage = self._storage()
+        if storage is None or not any(storage.chunk.msgs.values()):
             return
-        if getattr(chunk, "msgs", None):
+        try:
             storage.close_chunk()
-            self._bag_bytes += _CHUNK_OVERHEAD
-        bio = getattr(storage, "bio", None)
-        if bio is not None:
-            bio.flush()
+        except ChunkWriteError as exc:
+            topic_of = {conn.id: topic for topic, conn in self._conns.items()}
+            assert self._writer is not None
+            for cid, n in exc.dropped.items():
+                topic = topic_of[cid]
+                self.counts[topic] -= n
+                self.dropped[topic] = self.dropped.get(topic, 0) + n
+                self._writer.counts[cid] -= n
+                self.messages_written -= n
+            if len(self.errors) < 100:
+                self.errors.append(f"{storage.path}: {exc}")
+            raise
+        self._bag_bytes += _CHUNK_OVERHEAD
 
     def _enter(self) -> None:
         self._lock.acquire()
@@ -756,10 +1072,35 @@ class BagWriter:
             self._lock.release()
 
     def _close_impl(self) -> None:
-        writer, self._writer = self._writer, None
         self._closed = True
-        if writer is not None:
+        self._finish_bag()
+
+    def _finish_bag(self) -> None:
+        """Close the current bag: release the disk reserve, write the last chunk (or count it as
+        dropped), then the summary and a metadata.yaml that counts only what is in the file.
+        Raises OSError (naming the bag and ``mbrl-ros reindex``) if even that cannot be written."""
+        writer, storage = self._writer, self._storage()
+        if writer is None:
+            return
+        if storage is not None:
+            storage.reserve.release()
+            try:
+                self._flush_chunk()
+            except ChunkWriteError:
+                pass  # counted as dropped
+            if storage.t_range is not None:
+                writer.min_timestamp, writer.max_timestamp = storage.t_range
+            else:
+                writer.min_timestamp, writer.max_timestamp = 0, 0
+        self._writer = None
+        try:
             writer.close()
+        except OSError as exc:
+            with contextlib.suppress(Exception):
+                writer.abort()
+            bag = self.bag_paths[-1]
+            raise OSError(exc.errno, f"{bag}: cannot finish the bag ({exc.strerror or exc}); its flushed "
+                          f"chunks are on disk: `mbrl-ros reindex {bag}` rebuilds metadata.yaml") from exc
 
     def _check_open(self) -> None:
         if self._closed or self._close_requested:
@@ -822,7 +1163,8 @@ class BagWriter:
                 or (self.max_duration_ns and t - self._bag_t0 >= self.max_duration_ns)
             ):
                 self._rotate()
-            assert self._writer is not None
+            if self._writer is None:  # the previous split could not be finished/started
+                self._open_next()
             self._writer.write(self._conns[topic], t, data)
             if self._bag_t0 is None:
                 self._bag_t0 = t
@@ -832,13 +1174,13 @@ class BagWriter:
             self.bytes_written += size
             self.messages_written += 1
             self.counts[topic] = self.counts.get(topic, 0) + 1
-            storage = getattr(self._writer, "storage", None)
-            chunk_size = storage.chunk.bio.tell() if storage is not None and hasattr(storage, "chunk") else 0
-            if (self.chunk_bytes and chunk_size >= self.chunk_bytes) or (
+            storage = self._storage()
+            chunk_size = storage.pending_bytes() if storage is not None else 0
+            if chunk_size >= (self.chunk_bytes or _MAX_CHUNK_BYTES) or (
                 self.flush_interval_ns and t - self._last_flush_t >= self.flush_interval_ns
             ):
-                self._flush_chunk()
                 self._last_flush_t = t
+                self._flush_chunk()
         finally:
             self._exit()
 
@@ -854,10 +1196,11 @@ class BagWriter:
         self.write_raw(topic, log_time_ns, data)
 
     def _rotate(self) -> None:
-        assert self._writer is not None
-        writer, self._writer = self._writer, None
-        writer.close()
-        self._open_next()
+        try:
+            self._finish_bag()
+        finally:
+            # a failure to finish the old bag must not stop the recording into the next one
+            self._open_next()
 
     def flush(self) -> None:
         """Write the chunk being built to the file now (it becomes recoverable after a crash)."""
