@@ -11,6 +11,11 @@ Whatever the planner asks for, :class:`SafetyFilter` makes the command safe to s
 
 :meth:`SafetyFilter.hold` gives the safe-hold command (joint damping or zero effort) used
 when the state is stale, a fault is latched, or no model is available yet.
+
+:class:`SafetySettings` also carries the joint-state plausibility bounds
+(:class:`~mbrl_ros.core.control.plausibility.PlausibilitySettings`, inherited): the
+controller's safety parameters are one schema, and the excitation node declares the same
+plausibility fields from the same class.
 """
 from __future__ import annotations
 
@@ -18,11 +23,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from mbrl_ros.core.control.plausibility import PlausibilitySettings
 from mbrl_ros.core.settings import setting
 
 
 @dataclass(frozen=True)
-class SafetySettings:
+class SafetySettings(PlausibilitySettings):
     effort_scale: float = setting(1.0, "fraction of the robot's effort limits the controller "
                                   "may use", low=0.0, high=1.0, dynamic=True)
     max_effort_rate: float = setting(500.0, "largest change of any effort command per second",
