@@ -241,13 +241,25 @@ def test_missing_joint_velocity_and_wrong_command_length():
     assert accounting_ok(rep)
 
 
-def test_command_names_default_and_mismatch():
+def test_command_length_that_never_fits_the_robot_is_an_error():
+    """Issue 11: 3-value commands for a 2-motor arm must not become a 3-action dataset."""
     states, commands, u, x = synthetic(n=10)
-    cmds2 = [(t, np.r_[c, 0.0]) for t, c in commands]  # 4 columns for 3 joints
-    b, _ = align(states, cmds2, [], AlignmentConfig())
-    assert b.action_names == ("u0", "u1", "u2", "u3")
-    b, rep = align(states, commands, [], AlignmentConfig(command_names=("a", "b")))
-    assert rep.n_transitions == 0 and rep.dropped == {"wrong_command_length": 10}
+    cmds4 = [(t, np.r_[c, 0.0]) for t, c in commands]  # 4 columns for 3 state joints
+    with pytest.raises(ValueError, match=r"4 values \(all 10 commands\).*3 joints"):
+        align(states, cmds4, [], AlignmentConfig())
+    # the robot's command joints given (mbrl-ros dataset --robot): its count must match
+    with pytest.raises(ValueError, match=r"3 values \(all 10 commands\).*2 command joints \['a', 'b'\]"):
+        align(states, commands, [], AlignmentConfig(command_names=("a", "b")))
+    # some commands of the right length: the others are dropped and counted, not an error
+    mixed = commands[:7] + [(t, np.r_[c, 0.0]) for t, c in commands[7:]]
+    b, rep = align(states, mixed, [], AlignmentConfig())
+    assert b.action_names == JOINTS and rep.dropped["wrong_command_length"] == 3
+    # an under-actuated robot (fewer command values than state joints, e.g. the cart-pole) is valid
+    one = [(t, c[:1]) for t, c in commands]
+    b, rep = align(states, one, [], AlignmentConfig())
+    assert b.action_names == ("u0",) and rep.n_transitions == 9
+    b, rep = align(states, one, [], AlignmentConfig(command_names=("shoulder",)))
+    assert b.action_names == ("shoulder",) and rep.n_transitions == 9
 
 
 def test_empty_inputs():
@@ -289,3 +301,64 @@ def test_config_validation():
         AlignmentConfig(joint_names=("a", "a"))
     with pytest.raises(ValueError, match="not a string"):
         AlignmentConfig(joint_names="abc")
+
+
+def _stepped(n=300, step_at=100, step_ms=1000):
+    """synthetic() whose log clock steps back by step_ms at state step_at (stamps unaffected),
+    listed in recording order with seq numbers: S0 C0 S1 C1 ... (as a logger writes them)."""
+    states, commands, u, x = synthetic(n=n)
+    st, cm = [], []
+    for k, ((t, s, names, p, v), (tc, c)) in enumerate(zip(states, commands)):
+        back = step_ms * MS if k >= step_at else 0
+        st.append((t - back, s, names, p, v, 2 * k))
+        cm.append((tc - back, c, 2 * k + 1))
+    return st, cm, u, x
+
+
+def test_log_time_stepping_back_never_pairs_across_the_step():
+    """Issue 11: a wall-clock step back by 1 s while logging. Sorted by log time the two sides
+    interleave (states ~1 s apart paired); with the recording order the step is found, the
+    transition spanning it is dropped and counted, and every kept transition is a true one."""
+    st, cm, u, x = _stepped()
+    batch, rep = align(st, cm, [], AlignmentConfig())
+    assert rep.lost_transitions == {"clock_step": 1} and rep.dropped == {"clock_step": 1}
+    assert rep.n_transitions == 298 and accounting_ok(rep) and rep.n_episodes == 2
+    check_pairing(batch, u, x, [k for k in range(299) if k != 99])
+    assert len(rep.warnings) == 1 and "stepped back 1 time" in rep.warnings[0] and "0.99 s" in rep.warnings[0]
+    table = rep.table()
+    assert "clock_step" in table and "warning: log time stepped back" in table
+    assert batch.meta["clock_steps"] == 1
+    # Without the recording order (old behaviour) the same data gives wrong pairs: the test can fail.
+    bad, _ = align([s[:5] for s in st], [c[:2] for c in cm], [], AlignmentConfig())
+    assert not np.allclose(bad.next_states[:, :3] - bad.states[:, :3], bad.actions)
+
+
+def test_command_logged_across_the_step_is_dropped():
+    """A command recorded after the step but before the next state carries the new clock: it must
+    not become the action of a transition ~1 s earlier on the old clock."""
+    st, cm, u, x = _stepped(n=300, step_at=200, step_ms=995)
+    k = 199   # command 199 is logged after the clock stepped back (recorded before state 200)
+    cm[k] = (cm[k][0] - 995 * MS, cm[k][1], cm[k][2])   # lands in [t99, t100), after command 99
+    batch, rep = align(st, cm, [], AlignmentConfig())
+    assert rep.dropped["clock_step_command"] == 1 and accounting_ok(rep)
+    assert rep.n_transitions == 298   # 199 + 99; 199 -> 200 spans the step
+    check_pairing(batch, u, x, [k for k in range(299) if k != 199])
+
+
+def test_clock_step_through_a_bag(tmp_path):
+    """The recording order survives writing and reading a bag (BagMessage.seq)."""
+    ts = default_typestore()
+    JS, Header, Time = (ts.types[k] for k in ("sensor_msgs/msg/JointState", "std_msgs/msg/Header", "builtin_interfaces/msg/Time"))
+    F64, Layout = (ts.types[k] for k in ("std_msgs/msg/Float64MultiArray", "std_msgs/msg/MultiArrayLayout"))
+    cfg = AlignmentConfig()
+    st, cm, u, x = _stepped()
+    with BagWriter(tmp_path) as w:
+        w.add_topic(cfg.state_topic, "sensor_msgs/msg/JointState")
+        w.add_topic(cfg.command_topic, "std_msgs/msg/Float64MultiArray")
+        for (t, s, n, p, v, _), (tc, c, _) in zip(st, cm):
+            w.write(cfg.state_topic, t, JS(header=Header(stamp=Time(sec=s // 10**9, nanosec=s % 10**9), frame_id=""),
+                                           name=n, position=p, velocity=v, effort=np.zeros(0)))
+            w.write(cfg.command_topic, tc, F64(layout=Layout(dim=[], data_offset=0), data=c))
+    batch, rep, bag_rep = bag_to_dataset(tmp_path, cfg)
+    assert bag_rep.complete and rep.lost_transitions == {"clock_step": 1} and rep.n_transitions == 298
+    check_pairing(batch, u, x, [k for k in range(299) if k != 99])

@@ -39,6 +39,22 @@ window contains the marker ('episode_boundary') or the gap ('gap') is lost. With
 ``split_on_drop=True`` every lost candidate also starts a new episode (so each episode is a contiguous
 chain with next_states[i] == states[i+1]). Episode ids are 0..E-1 in time order.
 
+Command length. The commands' length must be the robot's number of command joints:
+``len(command_names)`` when given (``mbrl-ros dataset --robot``), else inferred from the states:
+the number of state joints if any command has that length, else (an under-actuated robot such as
+the cart-pole) the most common length that is at most the number of state joints. If no command at
+all has a valid length, :func:`align` raises ValueError naming both counts (a 3-value command
+stream for a 2-joint arm is the wrong topic or the wrong robot, not a 3-action dataset).
+
+Clock steps. Log times come from the logging computer's wall clock, which can step (NTP, a manual
+change). When the inputs carry their recording order (``seq``, as :func:`bag_to_dataset` passes
+it), a state whose log time is more than ``clock_step_tolerance`` before an earlier state's (in
+recording order) marks a step backwards: the recording is split there and each part is aligned on
+its own, so no transition pairs states from either side of the step (without this, sorting by log
+time interleaves both sides and pairs states ~1 s apart). The candidate spanning each step is lost
+as 'clock_step'; commands logged out of order across a step are dropped ('clock_step_command'); a
+new episode starts after each step; the report carries a warning.
+
 Accounting (AlignmentReport): ``dropped`` counts dropped items per reason (states for state reasons,
 commands for command reasons, candidates for gap / episode_boundary / stale_command / no_command /
 bad_dt); ``lost_transitions`` assigns every candidate that did not become a transition exactly one
@@ -64,12 +80,13 @@ from .bag import BagReadReport, read_bag
 
 __all__ = ["AlignmentConfig", "AlignmentReport", "align", "bag_to_dataset", "messages_to_streams"]
 
+CLOCK_STEP = "clock_step"
 STATE_REASONS = (
     "duplicate_state", "missing_joint", "missing_position", "missing_velocity", "malformed_state",
     "nonfinite_state",
 )
-COMMAND_REASONS = ("nonfinite_command", "wrong_command_length")
-INTERVAL_REASONS = ("episode_boundary", "gap", "bad_dt", "no_command", "stale_command")
+COMMAND_REASONS = ("nonfinite_command", "wrong_command_length", "clock_step_command")
+INTERVAL_REASONS = ("episode_boundary", "gap", "bad_dt", "no_command", "stale_command", CLOCK_STEP)
 
 
 @dataclass(frozen=True)
@@ -82,6 +99,7 @@ class AlignmentConfig:
     max_command_age: float = 0.5  # s; a held command older than this at t_{k+1} -> 'stale_command'
     gap_factor: float = 3.0  # interval dt > gap_factor x median dt -> gap (<= 0 disables)
     split_on_drop: bool = False  # also start a new episode after every lost candidate transition
+    clock_step_tolerance: float = 0.001  # s; log time going back more than this in recording order = clock step
 
     def __post_init__(self) -> None:
         for name in ("joint_names", "command_names"):
@@ -95,6 +113,8 @@ class AlignmentConfig:
                 object.__setattr__(self, name, value)
         if self.max_command_age < 0:
             raise ValueError("AlignmentConfig.max_command_age must be >= 0")
+        if not self.clock_step_tolerance >= 0:
+            raise ValueError("AlignmentConfig.clock_step_tolerance must be >= 0")
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -116,6 +136,7 @@ class AlignmentReport:
     n_candidates: int = 0  # consecutive distinct states (n_states - duplicates - 1)
     n_markers: int = 0
     n_held: int = 0  # transitions whose action is a held (zero-order hold) command
+    warnings: list[str] = field(default_factory=list)  # data problems a user must see (also in the table)
 
     def table(self) -> str:
         """A readable summary table."""
@@ -139,6 +160,7 @@ class AlignmentReport:
             f"  candidate transitions (consecutive distinct states): {self.n_candidates}"
             f" = {self.n_transitions} kept + {total_lost} lost"
         )
+        lines += [f"  warning: {w}" for w in self.warnings]
         lines += [f"  note: {n}" for n in self.notes]
         return "\n".join(lines)
 
@@ -172,17 +194,159 @@ def _state_names(joint_names: Sequence[str]) -> tuple[str, ...]:
 
 
 # ---------------------------------------------------------------------------------- align
+def _describe_lengths(lengths: Counter) -> str:
+    if len(lengths) == 1:
+        (n, c), = lengths.items()
+        return f"{n} values (all {c} commands)"
+    return "lengths " + ", ".join(f"{n} ({c} commands)" for n, c in sorted(lengths.items()))
+
+
+def _resolve_names(
+    states: Sequence[tuple], commands: Sequence[tuple], config: AlignmentConfig
+) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(state joint names, command names) for these streams; ValueError if no command has a length
+    the robot can take (see 'Command length' in the module docstring)."""
+    joint_names = config.joint_names
+    if joint_names is None:
+        first = min((s for s in states if len(s[2])), key=lambda s: int(s[0]), default=None)
+        joint_names = tuple(str(n) for n in first[2]) if first is not None else ()
+        if len(set(joint_names)) != len(joint_names):
+            raise ValueError(f"align: duplicate joint names in the first JointState: {joint_names}")
+    nj = len(joint_names)
+    lengths = Counter(int(np.size(c[1])) for c in commands)
+    if config.command_names is not None:
+        command_names = config.command_names
+        if lengths and not lengths[len(command_names)]:
+            raise ValueError(
+                f"{config.command_topic}: the commands have {_describe_lengths(lengths)} but the robot has "
+                f"{len(command_names)} command joints {list(command_names)}; wrong topic or wrong robot?")
+        return joint_names, command_names
+    if not lengths:
+        nu = nj
+    elif nj and lengths[nj]:
+        nu = nj
+    else:
+        valid = {n: c for n, c in lengths.items() if 1 <= n <= nj} if nj else dict(lengths)
+        if not valid:
+            raise ValueError(
+                f"{config.command_topic}: the commands have {_describe_lengths(lengths)} but the states have "
+                f"{nj} joints {list(joint_names)}, so the robot has at most {nj} command joints; wrong topic, "
+                "or give the robot (--robot) to name its command joints")
+        nu = max(sorted(valid), key=lambda n: valid[n])
+    return joint_names, (tuple(joint_names) if nu == nj else tuple(f"u{i}" for i in range(nu)))
+
+
+def _clock_segments(states: Sequence[tuple], tolerance_ns: int) -> tuple[list[int], float]:
+    """Recording-order positions (seq) where a new clock segment starts, and the largest step (s)."""
+    starts: list[int] = []
+    biggest = 0.0
+    run_max: int | None = None
+    for st in sorted(states, key=lambda s: s[5]):
+        t = int(st[0])
+        if run_max is not None and t < run_max - tolerance_ns:
+            starts.append(st[5])
+            biggest = max(biggest, (run_max - t) / 1e9)
+            run_max = t
+        else:
+            run_max = t if run_max is None else max(run_max, t)
+    return starts, biggest
+
+
 def align(
-    states: Sequence[tuple[int, int, Sequence[str], Any, Any]],
-    commands: Sequence[tuple[int, Any]],
-    episode_marks: Sequence[int],
+    states: Sequence[tuple],
+    commands: Sequence[tuple],
+    episode_marks: Sequence[Any],
     config: AlignmentConfig = AlignmentConfig(),
 ) -> tuple[TransitionBatch, AlignmentReport]:
     """Pair states and commands into transitions (see the module docstring for the exact rules).
 
-    states: (log_time_ns, stamp_ns, names, positions, velocities); commands: (log_time_ns, values);
-    episode_marks: log_time_ns of episode markers. Inputs need not be sorted.
+    states: (log_time_ns, stamp_ns, names, positions, velocities[, seq]); commands:
+    (log_time_ns, values[, seq]); episode_marks: log_time_ns or (log_time_ns, seq). ``seq`` is the
+    recording order (any increasing integers); given for every item, clock steps backwards are
+    detected. Without it the inputs need not be sorted.
+    Raises ValueError if the command length never fits the robot (see 'Command length').
     """
+    joint_names, command_names = _resolve_names(states, commands, config)
+    cfg = dataclasses.replace(config, joint_names=joint_names, command_names=command_names)
+    has_seq = bool(states) and all(len(s) > 5 for s in states) and all(len(c) > 2 for c in commands) \
+        and all(isinstance(m, tuple) for m in episode_marks)
+    mark_t = [int(m[0]) if isinstance(m, tuple) else int(m) for m in episode_marks]
+    starts, biggest = _clock_segments(states, int(config.clock_step_tolerance * 1e9)) if has_seq else ([], 0.0)
+    if not starts:
+        batch, rep = _align_segment([s[:5] for s in states], [c[:2] for c in commands], mark_t, cfg)
+        return _finish(batch.replace(meta={**batch.meta, "alignment": config.to_dict()}), rep, config, joint_names)
+
+    # ---- split at the clock steps; commands/markers belong to the part they were recorded in
+    def part(seq: int) -> int:
+        return int(np.searchsorted(starts, seq, side="right"))
+
+    n_parts = len(starts) + 1
+    p_states: list[list] = [[] for _ in range(n_parts)]
+    p_cmds: list[list] = [[] for _ in range(n_parts)]
+    p_marks: list[list] = [[] for _ in range(n_parts)]
+    for s in states:
+        p_states[part(s[5])].append(s[:5])
+    stale_cmds = 0
+    run_max: dict[int, int] = {}
+    for c in sorted(commands, key=lambda c: c[2]):
+        k, t = part(c[2]), int(c[0])
+        if k in run_max and t < run_max[k] - config.clock_step_tolerance * 1e9:
+            stale_cmds += 1  # logged after the step but recorded before the next state: other clock
+            continue
+        run_max[k] = max(run_max.get(k, t), t)
+        p_cmds[k].append(c[:2])
+    for m in episode_marks:
+        p_marks[part(m[1])].append(int(m[0]))
+    results = [_align_segment(p_states[k], p_cmds[k], p_marks[k], cfg) for k in range(n_parts)]
+
+    rep = AlignmentReport(n_states=len(states), n_commands=len(commands), n_markers=len(episode_marks))
+    dropped: Counter = Counter()
+    lost: Counter = Counter()
+    for _, r in results:
+        dropped.update(r.dropped)
+        lost.update(r.lost_transitions)
+        rep.n_candidates += r.n_candidates
+        rep.n_held += r.n_held
+        rep.notes += [n for n in r.notes if n not in rep.notes]
+    n_steps = n_parts - 1
+    rep.n_candidates += n_steps
+    dropped[CLOCK_STEP] += n_steps
+    lost[CLOCK_STEP] += n_steps
+    if stale_cmds:
+        dropped["clock_step_command"] += stale_cmds
+    rep.dropped = {r: int(n) for r, n in dropped.items() if n}
+    rep.lost_transitions = {r: int(n) for r, n in lost.items() if n}
+    rep.warnings.append(
+        f"log time stepped back {n_steps} time(s) (up to {biggest:.3g} s) while recording (a wall-clock step): "
+        f"the recording was split there; {n_steps} transition(s) spanning the step(s) and {stale_cmds} "
+        "command(s) logged across them dropped")
+    batch = TransitionBatch.concat([b for b, _ in results], renumber_episodes=True)
+    largest = max(results, key=lambda br: br[1].n_candidates)[0]
+    meta = {**largest.meta, "alignment": config.to_dict(), "clock_steps": n_steps,
+            "dt_source": "/".join(sorted({b.meta["dt_source"] for b, _ in results}))}
+    batch = batch.replace(meta=meta)
+    rep.n_transitions = len(batch)
+    rep.n_episodes = int(len(np.unique(batch.episode))) if len(batch) else 0
+    assert rep.n_transitions + sum(lost.values()) == rep.n_candidates
+    return _finish(batch, rep, config, joint_names)
+
+
+def _finish(batch: TransitionBatch, rep: AlignmentReport, config: AlignmentConfig,
+            joint_names: tuple[str, ...]) -> tuple[TransitionBatch, AlignmentReport]:
+    missing = rep.dropped.get("missing_joint")
+    if config.joint_names is None and missing:
+        rep.notes.append(f"joint_names taken from the first JointState {list(joint_names)}; {missing} states "
+                         "lack some of them - set AlignmentConfig.joint_names")
+    return batch, rep
+
+
+def _align_segment(
+    states: Sequence[tuple[int, int, Sequence[str], Any, Any]],
+    commands: Sequence[tuple[int, Any]],
+    episode_marks: Sequence[int],
+    config: AlignmentConfig,
+) -> tuple[TransitionBatch, AlignmentReport]:
+    """:func:`align` for one stretch of monotonic log time; ``config`` names the joints and commands."""
     rep = AlignmentReport(n_states=len(states), n_commands=len(commands), n_markers=len(episode_marks))
     dropped: Counter = Counter()
     lost: Counter = Counter()
@@ -190,11 +354,7 @@ def align(
     # ---- states
     order = sorted(range(len(states)), key=lambda i: int(states[i][0]))
     joint_names = config.joint_names
-    if joint_names is None:
-        first = next((states[i][2] for i in order if len(states[i][2])), None)
-        joint_names = tuple(first) if first is not None else ()
-        if first is not None and len(set(joint_names)) != len(joint_names):
-            raise ValueError(f"align: duplicate joint names in the first JointState: {joint_names}")
+    assert joint_names is not None and config.command_names is not None
     nj = len(joint_names)
     s_t: list[int] = []
     s_stamp: list[int] = []
@@ -226,18 +386,8 @@ def align(
     # ---- commands
     c_order = sorted(range(len(commands)), key=lambda i: int(commands[i][0]))
     c_vals = [np.asarray(commands[i][1], dtype=np.float64).reshape(-1) for i in c_order]
-    if config.command_names is not None:
-        nu = len(config.command_names)
-    elif c_vals:
-        nu = Counter(len(v) for v in c_vals).most_common(1)[0][0]
-    else:
-        nu = nj
-    if config.command_names is not None:
-        command_names = config.command_names
-    elif nu == nj:
-        command_names = tuple(joint_names)
-    else:
-        command_names = tuple(f"u{i}" for i in range(nu))
+    command_names = config.command_names
+    nu = len(command_names)
     ct = np.asarray([int(commands[i][0]) for i in c_order], dtype=np.int64)
     U = np.full((len(c_vals), nu), np.nan)
     c_reason: list[str | None] = []
@@ -345,11 +495,6 @@ def align(
     rep.n_episodes = int(len(np.unique(ep))) if ep.size else 0
     rep.dropped = {r: int(n) for r, n in dropped.items() if n}
     rep.lost_transitions = {r: int(n) for r, n in lost.items() if n}
-    if config.joint_names is None and dropped.get("missing_joint"):
-        rep.notes.append(
-            f"joint_names taken from the first JointState {list(joint_names)}; {dropped['missing_joint']} states "
-            "lack some of them - set AlignmentConfig.joint_names"
-        )
     if nj == 0:
         rep.notes.append("no joint names (no JointState with names and no config.joint_names): no transitions")
     if median_dt > 0:
@@ -380,7 +525,8 @@ def align(
 
 # ---------------------------------------------------------------------------------- bags
 def messages_to_streams(messages: Sequence[Any], config: AlignmentConfig = AlignmentConfig()) -> tuple[list, list, list]:
-    """Split BagMessages into the (states, commands, episode_marks) inputs of :func:`align`."""
+    """Split BagMessages into the (states, commands, episode_marks) inputs of :func:`align`, each
+    with the message's recording order (``BagMessage.seq``) so clock steps are detected."""
     states: list = []
     commands: list = []
     marks: list = []
@@ -391,27 +537,29 @@ def messages_to_streams(messages: Sequence[Any], config: AlignmentConfig = Align
                 raise ValueError(f"{config.state_topic}: expected sensor_msgs/msg/JointState messages, got {bm.msgtype}")
             stamp = msg.header.stamp
             states.append((bm.log_time_ns, int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec), list(msg.name),
-                           msg.position, msg.velocity))
+                           msg.position, msg.velocity, bm.seq))
         elif bm.topic == config.command_topic:
             if not hasattr(bm.msg, "data"):
                 raise ValueError(f"{config.command_topic}: expected std_msgs/msg/Float64MultiArray, got {bm.msgtype}")
-            commands.append((bm.log_time_ns, bm.msg.data))
+            commands.append((bm.log_time_ns, bm.msg.data, bm.seq))
         elif bm.topic == config.episode_topic:
-            marks.append(bm.log_time_ns)
+            marks.append((bm.log_time_ns, bm.seq))
     return states, commands, marks
 
 
 def bag_to_dataset(paths: Any, config: AlignmentConfig = AlignmentConfig()) -> tuple[TransitionBatch, AlignmentReport, BagReadReport]:
     """Read bags (see :func:`read_bag`) and align them. A damaged bag contributes what was readable;
-    its damage is in the BagReadReport, repeated in the alignment notes and in ``batch.meta``."""
+    its damage is in the BagReadReport, repeated in the alignment warnings and in ``batch.meta``
+    (``bags_complete``; ``bag_damage``: one dict per damaged place: file, offset, what, messages_lost).
+    Raises BagError (unreadable bags) or ValueError (commands that never fit the robot)."""
     topics = [config.state_topic, config.command_topic, config.episode_topic]
     messages, bag_report = read_bag(paths, topics=topics)
     states, commands, marks = messages_to_streams(messages, config)
     batch, rep = align(states, commands, marks, config)
     for d in bag_report.damage:
-        rep.notes.append(f"bag damage: {d}")
+        rep.warnings.append(f"bag damage: {d}")
     if not states:
         rep.notes.append(f"no messages on {config.state_topic} (available topics: {sorted(bag_report.topics)})")
     meta = dict(batch.meta)
-    meta.update(source_bags=list(bag_report.paths), bags_complete=bag_report.complete, bag_damage=list(bag_report.damage))
+    meta.update(source_bags=list(bag_report.paths), bags_complete=bag_report.complete, bag_damage=[d.to_dict() for d in bag_report.damage])
     return batch.replace(meta=meta), rep, bag_report

@@ -82,6 +82,7 @@ class BagMessage:
     msgtype: str
     log_time_ns: int
     msg: object
+    seq: int = -1  # position in recording (file) order over all bags read; -1: unknown
 
 
 @dataclass
@@ -584,6 +585,17 @@ def _verify_mcap(path: Path) -> None:
         raise BagError("; ".join(str(d) for d in sal.damage))
 
 
+def _rosbag2_compressed(bagdir: Path) -> bool:
+    """True if metadata.yaml says the bag uses rosbag2 compression (message or file mode)."""
+    try:
+        import yaml
+
+        info = yaml.safe_load((bagdir / "metadata.yaml").read_text())["rosbag2_bagfile_information"]
+        return bool(info.get("compression_mode") or info.get("compression_format"))
+    except Exception:  # noqa: BLE001 - no or unreadable metadata: the files tell
+        return False
+
+
 def _read_unit(unit: _Unit, topics: set[str] | None, verify_crc: bool = True) -> _UnitResult:
     path = unit.path
     if unit.kind == "db3":
@@ -591,22 +603,30 @@ def _read_unit(unit: _Unit, topics: set[str] | None, verify_crc: bool = True) ->
             return _read_anyreader(path, topics)
         except Exception as exc:  # noqa: BLE001 - no salvage path for sqlite3
             raise BagError(f"{path}: cannot read sqlite3 bag: {type(exc).__name__}: {exc}") from None
-    # storage files we can salvage (rosbag2 'file' compression, e.g. .mcap.zstd, is left to AnyReader)
+    # MCAP files are streamed record by record: that checks every chunk, keeps the recording
+    # order (BagMessage.seq; AnyReader returns log-time order, which hides clock steps) and keeps
+    # what is readable in a damaged file. rosbag2 compression (per message or .mcap.zstd files) is
+    # left to AnyReader.
     files = [path] if unit.kind == "mcap" else _storage_files(path)
-    if unit.kind == "mcap" and path.suffix != ".mcap":
-        why = "file suffix is not .mcap"
+    stream = unit.kind == "mcap" or (
+        bool(files) and all(f.suffix == ".mcap" for f in files) and not _rosbag2_compressed(path))
+    if stream:
+        res = _UnitResult()
     else:
         try:
             if verify_crc:
                 for f in files:
                     if f.suffix == ".mcap":
                         _verify_mcap(f)
-            return _read_anyreader(path, topics)
+            res = _read_anyreader(path, topics)
+            res.notes.append(f"{path}: read with AnyReader (rosbag2 compression): messages in log-time order, "
+                             "clock steps backwards cannot be detected")
+            return res
         except Exception as exc:  # noqa: BLE001 - damaged: fall back to streaming the records
             why = f"{type(exc).__name__}: {exc}"
-    if not any(f.suffix == ".mcap" for f in files):
-        raise BagError(f"{path}: cannot read bag ({why}) and it has no MCAP storage file to salvage")
-    res = _UnitResult(notes=[f"{path}: AnyReader could not read it ({why}); streamed the MCAP records instead"])
+        if not any(f.suffix == ".mcap" for f in files):
+            raise BagError(f"{path}: cannot read bag ({why}) and it has no MCAP storage file to salvage")
+        res = _UnitResult(notes=[f"{path}: AnyReader could not read it ({why}); streamed the MCAP records instead"])
     expected: dict[str, int] = {}  # file name -> message count in metadata.yaml
     if unit.kind == "rosbag2":
         try:
@@ -661,7 +681,7 @@ def read_bag(
     topics: Sequence[str] | None = None,
     verify_crc: bool = True,
 ) -> tuple[list[BagMessage], BagReadReport]:
-    """Read messages (sorted by log time) from one or more bags.
+    """Read messages (sorted by log time; ``seq`` gives the recording order) from one or more bags.
 
     ``paths``: a rosbag2 directory, a bare .mcap/.db3 file, a directory of bag directories (all read,
     natural-sorted by name), or a list of these. ``topics``: only these topics (None = all); unknown
@@ -695,8 +715,9 @@ def read_bag(
         report.notes.extend(res.notes)
         for k, v in res.topics.items():
             report.topics.setdefault(k, v)
-        messages.extend(res.messages)
-    messages.sort(key=lambda m: m.log_time_ns)
+        n = len(messages)
+        messages.extend(BagMessage(m.topic, m.msgtype, m.log_time_ns, m.msg, n + i) for i, m in enumerate(res.messages))
+    messages.sort(key=lambda m: m.log_time_ns)  # stable: equal log times stay in recording order
     counts = Counter(m.topic for m in messages)
     keys = sorted(wanted) if wanted is not None else sorted(set(report.topics) | set(counts))
     report.counts = {k: counts.get(k, 0) for k in keys}
