@@ -3,10 +3,15 @@
 One implementation used by the model-fitting node, ``mbrl-ros fit`` and the benchmarks:
 
 1. clean: rows with NaN/inf are dropped and counted (the dataset converter drops most);
+   data without excitation (every action, or every state, constant: an arm at rest) is
+   refused, since no model can be identified from it (:func:`check_excitation`);
 2. split by whole episodes (the last ``val_fraction`` of episodes, at least one) so the
    validation rollouts are on trajectories the model never saw; a single-episode dataset
    is split in time instead;
 3. fit on the training part, then validate: one-step and ``horizon``-step open-loop RMSE;
+   a model with a NaN/inf weight, a non-finite one-step prediction (from the validation
+   states and the robot's home state) or, for a robot whose MJCF loads, other joints or
+   command joints than the robot's is refused (:func:`check_fitted`);
 4. :func:`accept` compares with the last good model: a new model whose rollout error is
    worse than ``reject_factor`` x the previous one is refused (the previous one is kept).
 """
@@ -21,7 +26,8 @@ from typing import Any, Callable
 import numpy as np
 
 from mbrl_ros.core import registry
-from mbrl_ros.core.models.base import DynamicsModel, FitReport, ModelError, ModelSpec
+from mbrl_ros.core.models.base import (DynamicsModel, FitReport, ModelError, ModelSpec,
+                                       check_finite_arrays, check_one_step)
 from mbrl_ros.core.models.evaluate import validation_metrics
 from mbrl_ros.core.settings import SettingsError, from_mapping, setting
 from mbrl_ros.core.types import TransitionBatch
@@ -38,6 +44,10 @@ class FitSettings:
     reject_factor: float = setting(2.0, "refuse a new model whose rollout error exceeds this "
                                    "times the last good model's", low=1.0, high=1e6)
     seed: int = setting(0, "random seed of the split and the model's fit", low=0)
+    min_excitation: float = setting(
+        1e-6, "refuse data in which every action, or every state, varies less than this "
+        "(standard deviation, in the data's units: N·m or N; rad, m, rad/s, m/s): an arm at "
+        "rest identifies no model", low=0.0, high=1e6)
     continuous_joints: tuple[str, ...] = setting(
         (), "joints whose position is an angle that wraps (URDF 'continuous'; learned models "
         "see its sine and cosine); empty: the unlimited hinge joints of the robot's MJCF, "
@@ -62,6 +72,81 @@ def drop_nonfinite(batch: TransitionBatch) -> tuple[TransitionBatch, int]:
           & np.isfinite(batch.next_states).all(1) & np.isfinite(batch.dt))
     n_bad = int((~ok).sum())
     return (batch.subset(ok) if n_bad else batch), n_bad
+
+
+def check_excitation(batch: TransitionBatch, min_std: float) -> list[str]:
+    """Refuse data that cannot identify a dynamics model.
+
+    Args:
+        batch: the transitions (finite).
+        min_std: a column whose standard deviation is not above this is constant (units
+            of the column: N·m or N for actions; rad, m, rad/s, m/s for states).
+
+    Returns:
+        Notes naming single constant action columns (e.g. an unactuated joint's zero
+        effort, legitimate but unidentified), for the fit report.
+
+    Raises:
+        ModelError: every action column, or every state column, is constant (an arm at
+            rest; commands that never change): the effect of an action or the motion of
+            the state cannot be learned.
+    """
+    if not len(batch):
+        return []
+    u_std = batch.actions.std(axis=0)
+    x_std = np.concatenate([batch.states, batch.next_states]).std(axis=0)
+    if np.all(u_std <= min_std):
+        raise ModelError(f"data without excitation: no action varies (std "
+                         f"{np.round(u_std, 9).tolist()} of {list(batch.action_names)} <= "
+                         f"min_excitation {min_std:g}) in {len(batch)} transitions; the "
+                         "effect of the efforts cannot be learned (an arm at rest?)")
+    if np.all(x_std <= min_std):
+        raise ModelError(f"data without excitation: no state varies (std <= min_excitation "
+                         f"{min_std:g} for all of {list(batch.state_names)}) in "
+                         f"{len(batch)} transitions: the robot did not move")
+    constant = [n for n, v in zip(batch.action_names, u_std) if v <= min_std]
+    return ([f"action(s) {constant} never vary in the data: their effect is not learned"]
+            if constant else [])
+
+
+def _robot_sim(robot: str):
+    """The MujocoSim of ``robot`` (a shipped model name or MJCF path), or None when it is
+    only a label this machine cannot load."""
+    if not robot:
+        return None
+    from mbrl_ros.sim.env import MujocoSim
+    try:
+        return MujocoSim(robot)
+    except (ValueError, TypeError, OSError):
+        return None
+
+
+def check_fitted(model: DynamicsModel, states: np.ndarray, robot: str = "") -> None:
+    """Refuse a fitted model that a controller could not use.
+
+    Args:
+        model: the fitted model.
+        states: (N, nx) states [rad, m, rad/s, m/s] its one-step prediction (zero effort)
+            must be finite from (the first and the last are tried).
+        robot: shipped model name or MJCF path; when it loads, the model must be for its
+            joints and command joints (:meth:`ModelSpec.check_robot`) and predict a finite
+            step from its home state. A label that does not load is not checked.
+
+    Raises:
+        ModelError: NaN/inf weights, a non-finite one-step prediction, other joints.
+    """
+    where = f"fitted {model.kind} model"
+    check_finite_arrays(model.state_arrays(), where)
+    states = np.asarray(states, dtype=np.float64).reshape(-1, model.spec.nx)
+    for x in states[[0, -1]] if len(states) else ():
+        check_one_step(model, x, where)
+    sim = _robot_sim(robot)
+    if sim is not None:
+        try:
+            model.spec.check_robot(sim.joint_names, sim.command_names)
+        except ModelError as e:
+            raise ModelError(f"{where} is not a model of robot {robot!r}: {e}") from e
+        check_one_step(model, sim.state(), f"{where} (from the home state of {robot!r})")
 
 
 def split_episodes(batch: TransitionBatch, val_fraction: float,
@@ -106,8 +191,10 @@ def fit_model(batch: TransitionBatch, settings: FitSettings = FitSettings(),
               expect: ModelSpec | None = None,
               progress: Callable[[float], None] | None = None) -> FitResult:
     """Clean, split, fit and validate. Raises ModelError with the reason on failure
-    (too few samples, dimensions not matching ``expect``, non-finite fit)."""
+    (too few samples, data without excitation, dimensions not matching ``expect``,
+    non-finite weights or predictions, a model of other joints than ``robot``'s)."""
     batch, n_bad = drop_nonfinite(batch)
+    excitation_notes = check_excitation(batch, settings.min_excitation)
     continuous = continuous_joints(batch, settings, robot)
     batch = batch.replace(meta={**batch.meta, "continuous_joints": list(continuous)})
     data_spec = ModelSpec.from_batch(batch, robot=robot) if len(batch) else None
@@ -138,8 +225,9 @@ def fit_model(batch: TransitionBatch, settings: FitSettings = FitSettings(),
         report.notes.append("no held-out episodes: validation metrics are on training data")
     if not math.isfinite(metrics["one_step_rmse"]):
         raise ModelError(f"{settings.model} fit produced non-finite predictions")
+    check_fitted(model, validation.states, robot)
     report = FitReport(n_train=len(train), n_val=len(val), fit_seconds=fit_seconds,
-                       metrics=metrics, notes=list(report.notes))
+                       metrics=metrics, notes=list(report.notes) + excitation_notes)
     if n_bad:
         report.notes.append(f"{n_bad} transitions with NaN/inf dropped")
     return FitResult(model, report, n_bad, validation=validation)
@@ -166,10 +254,8 @@ def continuous_joints(batch: TransitionBatch, settings: FitSettings, robot: str 
     if not names and "continuous_joints" in batch.meta:
         names = tuple(batch.meta["continuous_joints"])
     elif not names and robot:
-        from mbrl_ros.sim.env import MujocoSim
-        try:
-            sim = MujocoSim(robot)
-        except (ValueError, FileNotFoundError, OSError):
+        sim = _robot_sim(robot)
+        if sim is None:
             return ()
         names = tuple(j for j, c in zip(sim.joint_names, sim.continuous) if c)
         names = tuple(j for j in names if f"{j}/position" in batch.state_names)

@@ -8,9 +8,15 @@ Layout::
 
 A version is written into a hidden temporary directory and renamed into place, and
 ``latest`` is replaced with ``os.replace`` of a fresh symlink, so a reader never sees a
-half-written model. Loading verifies the weights' SHA-256 against model.json and, when
-asked, that the model is for the expected joints: a truncated file or a model of another
-robot is refused with the reason.
+half-written model. A writer killed half way leaves its ``.tmp-*`` directory behind: those
+older than :data:`STALE_SECONDS` are removed when a store is opened (:func:`open_store`,
+which every writer calls).
+
+Loading refuses, with :class:`ModelError` naming the file and the key, anything that is not
+a usable model: model.json not matching its schema (:func:`validate_meta`: every key, type
+and shape), weights that fail the SHA-256 in model.json, lack an array or hold a NaN/inf
+(:func:`~mbrl_ros.core.models.base.check_finite_arrays`), a model of other joints than
+expected, and (given a state) a model whose one-step prediction is not finite.
 """
 from __future__ import annotations
 
@@ -18,24 +24,33 @@ import dataclasses
 import hashlib
 import io
 import json
+import math
 import os
 import re
 import shutil
 import tempfile
+import time
 import zipfile
+import zlib
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
 from mbrl_ros.core import registry
-from mbrl_ros.core.models.base import DynamicsModel, FitReport, ModelError, ModelSpec
-from mbrl_ros.core.settings import as_dict, from_mapping
+from mbrl_ros.core.models.base import (DynamicsModel, FitReport, ModelError, ModelSpec,
+                                       check_finite_arrays, check_one_step)
+from mbrl_ros.core.settings import SettingsError, as_dict, from_mapping
 
 FORMAT = 1
 _VERSION_RE = re.compile(r"^v(\d{4,})$")
+_SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+_NAME_RE = re.compile(r"^[A-Za-z0-9_.-]+$")       # a model's folder name
+# A temporary directory untouched for this long [s] belongs to a writer that died (a
+# publish takes well under a second per MB of weights).
+STALE_SECONDS = 60.0
 
 
 @dataclass(frozen=True)
@@ -80,16 +95,72 @@ def versions(root: str | Path, name: str) -> list[int]:
     return sorted(int(m.group(1)) for p in d.iterdir() if (m := _VERSION_RE.match(p.name)))
 
 
-def publish(model: DynamicsModel, root: str | Path, name: str,
-            report: FitReport | None = None) -> ArtifactInfo:
-    """Write ``model`` as the next version of ``name`` and repoint ``latest`` to it."""
-    if model.spec is None:
-        raise ModelError("cannot publish a model that was never fitted (no spec)")
+def _age(path: Path, now: float) -> float:
+    """Seconds since ``path`` or anything directly in it last changed (a writer that is
+    still at work touches the files it writes)."""
+    newest = path.lstat().st_mtime
+    if path.is_dir() and not path.is_symlink():
+        for p in path.iterdir():
+            try:
+                newest = max(newest, p.lstat().st_mtime)
+            except FileNotFoundError:
+                pass
+    return now - newest
+
+
+def remove_stale(base: Path, max_age: float = STALE_SECONDS) -> list[str]:
+    """Remove the ``.tmp-*`` directories and ``.latest-*`` links a killed writer left in
+    ``base`` (one model's folder) once untouched for ``max_age`` [s]; younger ones may
+    belong to a writer at work. Returns the names removed. Errors are not raised: a folder
+    another process removes first, or one without permission, stays for the next time."""
+    removed: list[str] = []
+    now = time.time()
+    try:
+        entries = list(base.iterdir())
+    except OSError:
+        return removed
+    for p in entries:
+        if not (p.name.startswith(".tmp-") or p.name.startswith(".latest-")):
+            continue
+        try:
+            if _age(p, now) < max_age:
+                continue
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p)
+            else:
+                p.unlink()
+            removed.append(p.name)
+        except OSError:
+            pass
+    return removed
+
+
+def open_store(root: str | Path, name: str) -> Path:
+    """The folder of model ``name`` under ``root`` (created), with what killed writers
+    left behind removed (:func:`remove_stale`). Every writer calls it."""
+    if not _NAME_RE.match(name) or name in (".", ".."):
+        raise ModelError(f"artifact name {name!r} is not a plain name")
     base = Path(root).expanduser().resolve() / name
     base.mkdir(parents=True, exist_ok=True)
+    remove_stale(base)
+    return base
+
+
+def publish(model: DynamicsModel, root: str | Path, name: str,
+            report: FitReport | None = None) -> ArtifactInfo:
+    """Write ``model`` as the next version of ``name`` and repoint ``latest`` to it.
+
+    Raises:
+        ModelError: the model was never fitted, or a weight is NaN/inf (never published).
+        OSError: the store cannot be written.
+    """
+    if model.spec is None:
+        raise ModelError("cannot publish a model that was never fitted (no spec)")
+    arrays = model.state_arrays()
+    check_finite_arrays(arrays, f"{model.kind} model {name!r}")
+    base = open_store(root, name)
     tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=base))
     try:
-        arrays = model.state_arrays()
         with open(tmp / "weights.npz", "wb") as f:
             np.savez(f, **{k: np.asarray(v) for k, v in arrays.items()})
             f.flush()
@@ -127,17 +198,118 @@ def publish(model: DynamicsModel, root: str | Path, name: str,
     return ArtifactInfo(str(target), model.kind, version, checksum, metrics)
 
 
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return (isinstance(v, (int, float)) and not isinstance(v, bool)
+            and math.isfinite(float(v)))
+
+
+def _short(v: Any) -> str:
+    text = repr(v)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def validate_meta(meta: Any, where: str | Path) -> dict[str, Any]:
+    """Check a parsed model.json against its schema (format :data:`FORMAT`).
+
+    ====================  ============================================================
+    key                   type
+    ====================  ============================================================
+    format                int, equal to FORMAT
+    kind                  non-empty str (a registered model kind, or a policy kind)
+    version               int >= 0
+    checksum              str, SHA-256 of weights.npz (64 lower-case hex digits)
+    spec.nx, spec.nu      int >= 1
+    spec.state_names      list of nx distinct str
+    spec.action_names     list of nu distinct str
+    spec.dt               finite number > 0 [s]
+    spec.robot            str (optional)
+    spec.periodic         list of distinct int in [0, nx) (optional)
+    settings              object or null (optional)
+    report                object or null (optional)
+    created               str (optional)
+    ====================  ============================================================
+
+    Keys not listed are ignored (kept in the returned dict).
+
+    Args:
+        meta: the parsed JSON.
+        where: the file, named in errors.
+
+    Returns:
+        ``meta`` (unchanged).
+
+    Raises:
+        ModelError: naming ``where`` and the first key that is missing or wrong.
+    """
+    def bad(key: str, what: str, value: Any = None, missing: bool = False) -> ModelError:
+        got = "it is missing" if missing else f"got {_short(value)}"
+        return ModelError(f"{where}: key {key!r} must be {what}; {got}")
+
+    def need(d: dict, key: str, full: str, what: str, ok: Callable[[Any], bool]) -> Any:
+        if key not in d:
+            raise bad(full, what, missing=True)
+        if not ok(d[key]):
+            raise bad(full, what, d[key])
+        return d[key]
+
+    def names(v: Any, n: int) -> bool:
+        return (isinstance(v, list) and len(v) == n and all(isinstance(x, str) for x in v)
+                and len(set(v)) == n)
+
+    if not isinstance(meta, dict):
+        raise ModelError(f"{where}: must hold a JSON object; got {type(meta).__name__}")
+    need(meta, "format", "format", f"the integer {FORMAT}",
+         lambda v: _is_int(v) and v == FORMAT)
+    need(meta, "kind", "kind", "a non-empty string", lambda v: isinstance(v, str) and v != "")
+    need(meta, "version", "version", "an integer >= 0", lambda v: _is_int(v) and v >= 0)
+    need(meta, "checksum", "checksum", "the SHA-256 of weights.npz (64 hex digits)",
+         lambda v: isinstance(v, str) and bool(_SHA256_RE.match(v)))
+    spec = need(meta, "spec", "spec", "an object", lambda v: isinstance(v, dict))
+    nx = need(spec, "nx", "spec.nx", "an integer >= 1", lambda v: _is_int(v) and v >= 1)
+    nu = need(spec, "nu", "spec.nu", "an integer >= 1", lambda v: _is_int(v) and v >= 1)
+    need(spec, "state_names", "spec.state_names", f"a list of {nx} distinct strings",
+         lambda v: names(v, nx))
+    need(spec, "action_names", "spec.action_names", f"a list of {nu} distinct strings",
+         lambda v: names(v, nu))
+    need(spec, "dt", "spec.dt", "a finite number > 0 (seconds)",
+         lambda v: _is_number(v) and v > 0)
+    if "robot" in spec and not isinstance(spec["robot"], str):
+        raise bad("spec.robot", "a string", spec["robot"])
+    if "periodic" in spec and not (
+            isinstance(spec["periodic"], list)
+            and all(_is_int(i) and 0 <= i < nx for i in spec["periodic"])
+            and len(set(spec["periodic"])) == len(spec["periodic"])):
+        raise bad("spec.periodic", f"a list of distinct state indices in [0, {nx})",
+                  spec["periodic"])
+    for key in ("settings", "report"):
+        if meta.get(key) is not None and not isinstance(meta[key], dict):
+            raise bad(key, "an object or null", meta[key])
+    if "created" in meta and not isinstance(meta["created"], str):
+        raise bad("created", "a string", meta["created"])
+    return meta
+
+
 def read_meta(uri: str | Path) -> dict[str, Any]:
+    """The artifact's model.json, checked against the schema (:func:`validate_meta`).
+
+    Raises:
+        ModelError: no model.json, unreadable, not JSON, or not matching the schema.
+    """
     path = Path(str(uri).removeprefix("file://"))
+    file = path / "model.json"
     try:
-        meta = json.loads((path / "model.json").read_text())
+        meta = json.loads(file.read_text())
     except FileNotFoundError as e:
         raise ModelError(f"{path}: not a model artifact (no model.json)") from e
-    except json.JSONDecodeError as e:
-        raise ModelError(f"{path}/model.json is corrupt: {e}") from e
-    if meta.get("format") != FORMAT:
-        raise ModelError(f"{path}: artifact format {meta.get('format')!r} is not {FORMAT}")
-    return meta
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
+        raise ModelError(f"{file} is corrupt: {e}") from e
+    except OSError as e:
+        raise ModelError(f"{file}: unreadable: {e}") from e
+    return validate_meta(meta, file)
 
 
 def read_verified(uri: str | Path, expect: ModelSpec | None = None,
@@ -156,14 +328,18 @@ def read_verified(uri: str | Path, expect: ModelSpec | None = None,
         The resolved version directory, model.json, its spec and the weight arrays.
 
     Raises:
-        ModelError: missing/corrupt/truncated files, checksum mismatch, other robot.
+        ModelError: missing/corrupt/truncated files, model.json not matching its schema,
+            checksum mismatch, NaN/inf weights, other robot.
     """
     path = Path(str(uri).removeprefix("file://")).resolve()
     meta = read_meta(path)
     weights = path / "weights.npz"
     if not weights.exists():
         raise ModelError(f"{path}: weights.npz is missing")
-    actual = _sha256(weights)
+    try:
+        actual = _sha256(weights)
+    except OSError as e:
+        raise ModelError(f"{weights}: unreadable: {e}") from e
     if actual != meta["checksum"]:
         raise ModelError(f"{weights}: checksum {actual[:12]}… does not match model.json "
                          f"({meta['checksum'][:12]}…): truncated or modified")
@@ -174,29 +350,67 @@ def read_verified(uri: str | Path, expect: ModelSpec | None = None,
     if expect is not None:
         expect.check_compatible(spec)
     try:
-        with np.load(weights, allow_pickle=False) as z:
+        z = np.load(weights, allow_pickle=False)
+        if not isinstance(z, np.lib.npyio.NpzFile):
+            raise ValueError("not an .npz archive (a single .npy array)")
+        with z:
             arrays = {k: z[k] for k in z.files}
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as e:
-        raise ModelError(f"{weights}: unreadable: {e}") from e
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError, zlib.error,
+            NotImplementedError, RuntimeError) as e:
+        raise ModelError(f"{weights}: unreadable: {type(e).__name__}: {e}") from e
+    check_finite_arrays(arrays, str(weights))
     return path, meta, spec, arrays
 
 
+# What building a model from untrusted settings and arrays may raise besides ModelError
+# (a model's own checks, numpy/torch on arrays of the wrong shape or type).
+_BUILD_ERRORS = (ValueError, TypeError, IndexError, KeyError, AttributeError, RuntimeError,
+                 ArithmeticError, OSError)
+
+
 def load(uri: str | Path, expect: ModelSpec | None = None,
-         checksum: str | None = None) -> DynamicsModel:
+         checksum: str | None = None, state: np.ndarray | None = None) -> DynamicsModel:
     """Load and verify a dynamics-model artifact (see :func:`read_verified`).
 
+    Args:
+        uri, expect, checksum: as :func:`read_verified`.
+        state: (nx,) a state [rad, m, rad/s, m/s] the model must predict one finite step
+            from (with zero effort): the robot's current or home state. None: not checked.
+
     Raises:
-        ModelError: missing/corrupt/truncated files, checksum mismatch, other robot,
-            unknown model kind.
+        ModelError: missing/corrupt/truncated files, model.json not matching its schema,
+            checksum mismatch, other robot, unknown model kind, settings or arrays that do
+            not make a model of that kind (a missing array is named), NaN/inf weights, a
+            non-finite one-step prediction from ``state``.
     """
     path, meta, spec, arrays = read_verified(uri, expect, checksum)
+    json_file, weights = path / "model.json", path / "weights.npz"
+    kind = meta["kind"]
     try:
-        cls = registry.lookup("model", meta["kind"])
+        cls = registry.lookup("model", kind)
     except KeyError as e:
-        raise ModelError(f"{path}: {e.args[0]}") from e
-    settings = from_mapping(cls.Settings, meta.get("settings") or {})
-    model = cls(settings, spec)
-    model.load_state_arrays(arrays)
+        raise ModelError(f"{json_file}: key 'kind': {e.args[0]}") from e
+    try:
+        settings = from_mapping(cls.Settings, meta.get("settings") or {})
+    except (SettingsError, ValueError, TypeError) as e:
+        raise ModelError(f"{json_file}: key 'settings': {e}") from e
+    try:
+        model = cls(settings, spec)
+    except _BUILD_ERRORS as e:
+        raise ModelError(f"{json_file}: keys 'settings'/'spec' do not make a {kind} model: "
+                         f"{type(e).__name__}: {e}") from e
+    try:
+        model.load_state_arrays(arrays)
+    except KeyError as e:
+        raise ModelError(f"{weights}: lacks array {e.args[0]!r} (a {kind} model needs it)"
+                         ) from e
+    except ModelError as e:
+        raise ModelError(f"{weights}: {e}") from e
+    except _BUILD_ERRORS as e:
+        raise ModelError(f"{weights}: the arrays do not make a {kind} model with the spec "
+                         f"in model.json: {type(e).__name__}: {e}") from e
+    if state is not None:
+        check_one_step(model, state, str(path))
     return model
 
 
@@ -210,8 +424,6 @@ def pack(uri: str | Path) -> bytes:
     return buf.getvalue()
 
 
-_NAME_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
-
 
 def unpack(data: bytes, root: str | Path, name: str, version: int,
            checksum: str | None = None) -> Path:
@@ -224,8 +436,7 @@ def unpack(data: bytes, root: str | Path, name: str, version: int,
     """
     if not _NAME_RE.match(name) or name in (".", ".."):
         raise ModelError(f"received artifact name {name!r} is not a plain name")
-    base = Path(root).expanduser().resolve() / name
-    base.mkdir(parents=True, exist_ok=True)
+    base = open_store(root, name)
     target = base / f"v{int(version):04d}"
     if target.exists():
         if checksum is None or _sha256(target / "weights.npz") == checksum:

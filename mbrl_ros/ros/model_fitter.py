@@ -9,10 +9,15 @@ Fitting runs on a worker thread, so the node keeps answering while a model train
 the result). A new model is validated on held-out episodes and published only if its
 rollout error is not worse than ``reject_factor`` times the last good model's on the same
 held-out episodes (the last good model is re-scored on the new fit's); otherwise,
-or if the fit fails, the last good model stays and the reply says why.
+or if the fit fails, the last good model stays and the reply says why. A model is never
+published if it could not control the robot: fitted on data without excitation (an arm at
+rest: no action or no state varies), with a NaN/inf weight, a non-finite one-step
+prediction, or (when ``robot`` is an MJCF this machine loads) other joints or command
+joints than the robot's (see :func:`mbrl_ros.core.fitting.fit_model`).
 
 Publication: the artifact is written atomically into ``<store_dir>/<artifact_name>/vNNNN``
-(see :mod:`mbrl_ros.core.store`) and announced on ``~/model`` (std_msgs/String holding JSON:
+(see :mod:`mbrl_ros.core.store`; temporary folders a killed fitter left there are removed
+at start-up) and announced on ``~/model`` (std_msgs/String holding JSON:
 uri, kind, version, checksum, metrics; reliable, transient local, depth 1, so a controller
 that starts later still gets the latest). With ``serve_artifact`` the packed artifact is
 also published on ``~/artifact`` (std_msgs/UInt8MultiArray, transient local; the JSON
@@ -81,6 +86,10 @@ class FitterSettings:
                                    "same held-out data",
                                    low=1.0, high=1e6, dynamic=True)
     seed: int = setting(0, "random seed of the split and the fit", low=0)
+    min_excitation: float = setting(
+        1e-6, "do not fit on data in which every action, or every state, varies less than "
+        "this (standard deviation in the data's units: N·m or N; rad, m, rad/s, m/s): an "
+        "arm at rest identifies no model", low=0.0, high=1e6, dynamic=True)
     serve_artifact: bool = setting(False, "also publish packed artifacts on ~/artifact")
     diagnostics_rate: float = setting(1.0, "rate of /diagnostics status", unit="Hz",
                                       low=0.0, high=100.0)
@@ -93,6 +102,11 @@ class ModelFitter(Node):
         cls = registry.lookup("model", s.model)
         self.model_settings = declare_settings(self, cls.Settings, prefix=f"{s.model}.")
         self.name = s.artifact_name or s.model
+        try:        # also removes what a fitter killed while publishing left behind
+            store.open_store(s.store_dir, self.name)
+        except (ModelError, OSError) as e:
+            raise ValueError(f"store_dir {s.store_dir!r} / artifact_name {self.name!r}: {e}"
+                             ) from e
         self._lock = threading.Lock()              # guards the live buffers
         self._states: deque = deque(maxlen=s.max_messages)
         self._commands: deque = deque(maxlen=s.max_messages)
@@ -208,7 +222,8 @@ class ModelFitter(Node):
                 raise ModelError(f"{n} transitions available, min_transitions is "
                                  f"{s.min_transitions}")
             fs = FitSettings(model=s.model, val_fraction=s.val_fraction, horizon=s.horizon,
-                             reject_factor=s.reject_factor, seed=s.seed)
+                             reject_factor=s.reject_factor, seed=s.seed,
+                             min_excitation=s.min_excitation)
             model_settings = as_dict(self.model_settings)
             if s.model == "mujoco":      # the known model: the robot's MJCF at the data's rate
                 if s.robot:
@@ -238,7 +253,7 @@ class ModelFitter(Node):
             return False, msg
         try:
             info = store.publish(result.model, s.store_dir, self.name, result.report)
-        except OSError as e:
+        except (OSError, ModelError) as e:      # ModelError: a weight is NaN/inf
             self.fits["failed"] += 1
             msg = f"could not write the model ({e}); " + self._keeping()
             self.get_logger().error(msg)

@@ -42,7 +42,10 @@ a replan unanswered for ``plan_timeout`` seconds means a hang: the child is kill
 count in ``counters['failures']``, fail the replan in progress with
 :class:`PlanProcessError`, and the next ``replan`` starts a new child from the mirrored
 configuration (target, model source, planner, settings), after a back-off that doubles
-with consecutive failures. The child exits when the parent closes the socket or dies (it
+with consecutive failures. A model is not a reason to fail: one the child refuses at start
+(changed on disk since the parent verified it) is reported once in ``info['model_error']``
+and the parent drops it (no model until a new one loads) instead of restarting the child in
+a loop. The child exits when the parent closes the socket or dies (it
 watches its parent id), and ignores SIGINT/SIGTERM: the parent stops it, so a signal to the
 process group never leaves a planner half way through a message. BLAS/OpenMP and torch use
 one thread in the child, which may run at a lower priority (``nice``).
@@ -64,7 +67,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from mbrl_ros.core.models.base import DynamicsModel, ModelError, ModelSpec
+from mbrl_ros.core.models.base import DynamicsModel, ModelError, ModelSpec, check_one_step
 
 __all__ = ["PlanProcess", "PlanProcessError", "PlanError", "load_model", "encode_policy",
            "decode_policy", "START_TIMEOUT"]
@@ -84,31 +87,54 @@ class PlanError(RuntimeError):
 
 
 # ====================================================================== shared helpers
+def _robot_layout(robot: str) -> tuple[tuple[str, ...], np.ndarray]:
+    """(command joint names, home state x (2n,)) of the MJCF ``robot``: its ``home``
+    keyframe, else zeros [rad, m, rad/s, m/s]."""
+    from mbrl_ros.sim.env import MujocoSim
+    try:
+        sim = MujocoSim(robot)
+    except (ValueError, TypeError, OSError) as e:
+        raise ModelError(f"robot {robot!r} cannot be loaded to check the model: {e}") from e
+    return tuple(sim.command_names), sim.state()
+
+
 def load_model(source: str, *, robot: str, control_period: float,
                joint_names: tuple[str, ...], expect: ModelSpec | None = None,
-               checksum: str | None = None,
-               version: int | None = None) -> tuple[DynamicsModel, int]:
+               checksum: str | None = None, version: int | None = None,
+               state: np.ndarray | None = None) -> tuple[DynamicsModel, int]:
     """Load and verify a controller's model: ``'mujoco'`` (the known model of ``robot``
     stepping ``control_period``) or an artifact directory (verified against ``checksum``
     and ``expect``). Returns (model, version); version from the artifact unless given.
 
+    A model is used only if it is one of this robot: its states are the positions and
+    velocities of ``joint_names`` and its actions one per command joint of the MJCF
+    ``robot`` (:meth:`ModelSpec.check_robot`), its weights are finite, and its one-step
+    prediction with zero effort from ``state`` -- the robot's current state, (2n,) [rad,
+    m, rad/s, m/s]; None or not finite: the MJCF's home keyframe -- is finite.
+
     Raises:
-        ModelError: unreadable, corrupt, other spaces, or for other joints than
-            ``joint_names``.
+        ModelError: unreadable, corrupt, model.json not matching its schema, other spaces
+            than ``expect``, for other joints or command joints than the robot's, NaN/inf
+            weights, a non-finite one-step prediction.
     """
     from mbrl_ros.core import store
-    from mbrl_ros.core.control.mpc import joints_of
+    commands, home = _robot_layout(robot)
+    if state is None or np.shape(state) != home.shape or \
+            not np.all(np.isfinite(np.asarray(state, dtype=float))):
+        state = home
     if source == "mujoco":
         from mbrl_ros.core.models.mujoco_model import MujocoModel
         model: DynamicsModel = MujocoModel.from_sim(robot, control_period=control_period)
         v = 0 if version is None else int(version)
     else:
         model = store.load(source, expect=expect, checksum=checksum)
-        v = int(store.read_meta(source).get("version", 0)) if version is None else int(version)
-    joints = joints_of(model.spec)
-    if tuple(joints) != tuple(joint_names):
-        raise ModelError(f"model is for joints {list(joints)}, the robot has "
-                         f"{list(joint_names)}")
+        v = int(store.read_meta(source)["version"]) if version is None else int(version)
+    where = f"model {source}"
+    try:
+        model.spec.check_robot(joint_names, commands)
+    except ModelError as e:
+        raise ModelError(f"{where} is not a model of robot {robot!r}: {e}") from e
+    check_one_step(model, state, where)
     return model, v
 
 
@@ -183,6 +209,10 @@ class _Child:
         self._pending: dict[int, Future] = {0: self.ready}
         self.lost: str | None = None
         self._stopping = False
+        # the model source the child starts with, and whether the parent has seen its
+        # answer about it (a refused model is reported once, not on every replan)
+        self.model_source = init.get("model")
+        self.model_checked = False
         self.post(("init", init))
         self._reader = threading.Thread(target=self._read, name="plan_process_reader",
                                         daemon=True)
@@ -423,7 +453,24 @@ class PlanProcess:
             reason = f"planning process failed to start: {msg[2]}"
             child.kill(reason)
             raise PlanProcessError(reason)
+        if not child.model_checked:
+            child.model_checked = True
+            refused = msg[2].get("model_error") if isinstance(msg[2], dict) else None
+            if refused:
+                self._model_refused(child, refused)
         return child
+
+    def _model_refused(self, child: _Child, reason: str) -> None:
+        """The child started without the model it was given (changed on disk since the
+        parent verified it, or refused by the planners): no model until a new one loads,
+        instead of a child that fails to start again and again."""
+        with self._lock:
+            if self._source is not child.model_source:
+                return              # a newer model was loaded meanwhile
+            source = self._source["source"] if self._source else "?"
+            self._source, self.spec, self.model_version = None, None, 0
+        self._log("error", f"planning process refused model {source}: {reason}; no model "
+                  "until a new one is loaded")
 
     # ------------------------------------------------------------------ planning
     @property
@@ -465,12 +512,14 @@ class PlanProcess:
 
     # ------------------------------------------------------------------ models
     def load_model(self, source: str, version: int | None = None,
-                   checksum: str | None = None) -> int:
+                   checksum: str | None = None, state: np.ndarray | None = None) -> int:
         """Use model ``source`` ('mujoco' or an artifact directory) from a next replan on.
 
         With a child running, the child loads and verifies it (while it keeps planning on
         the previous model) and this waits for its answer; without one (inactive), it is
-        verified here and the next child starts with it. Returns the model version.
+        verified here and the next child starts with it. ``state`` (2n,): the robot's
+        current state for the one-step check (None: its home keyframe; see
+        :func:`load_model`). Returns the model version.
 
         Raises:
             ModelError: refused (the previous model stays in use).
@@ -480,13 +529,15 @@ class PlanProcess:
             model, v = load_model(source, robot=self.robot,
                                   control_period=self.control_period,
                                   joint_names=self.joint_names, expect=self.spec,
-                                  checksum=checksum, version=version)
+                                  checksum=checksum, version=version, state=state)
             with self._lock:
                 self._set_source(source, v, checksum, model.spec)
             return v
         spec = None if self.spec is None else self.spec.to_json()
         f = child.request("load_model", {"source": source, "version": version,
-                                         "checksum": checksum, "expect": spec})
+                                         "checksum": checksum, "expect": spec,
+                                         "state": None if state is None
+                                         else np.asarray(state, dtype=float)})
         try:
             msg = f.result(timeout=MODEL_TIMEOUT)
         except FutureTimeout:
@@ -604,10 +655,17 @@ class _Worker:
         self.mpc.effort_scale = cfg["effort_scale"]
         if cfg["target"] is not None:
             self.mpc.set_target(cfg["target"])
+        # The model the parent verified can still be refused here (the file changed since,
+        # or the planners refuse it): the child then starts without it and says so in its
+        # "ready" answer. Failing the start instead would restart the child in a loop.
+        self.model_error: str | None = None
         if cfg["model"] is not None:
             m = cfg["model"]
-            model, v = self._load(m["source"], m["version"], m["checksum"], None)
-            self.mpc.set_model(model, v)
+            try:
+                model, v = self._load(m["source"], m["version"], m["checksum"], None)
+                self.mpc.set_model(model, v)
+            except Exception as e:      # noqa: BLE001 -- any refusal is reported, once
+                self.model_error = f"{type(e).__name__}: {e}"
         self._loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model_load")
 
     def _make_planner(self, pid: str, nx: int, nu: int, u_min, u_max, dt: float):
@@ -616,11 +674,11 @@ class _Worker:
         cls = registry.lookup("planner", kind)
         return cls(self._from_mapping(cls.Settings, values), nx, nu, u_min, u_max, dt)
 
-    def _load(self, source, version, checksum, expect):
+    def _load(self, source, version, checksum, expect, state=None):
         model, v = load_model(source, robot=self.cfg["robot"],
                               control_period=self.cfg["control_period"],
                               joint_names=tuple(self.cfg["joint_names"]), expect=expect,
-                              checksum=checksum, version=version)
+                              checksum=checksum, version=version, state=state)
         _torch_one_thread()
         return model, v
 
@@ -696,7 +754,8 @@ class _Worker:
         """On the loader thread: the previous model keeps planning until the swap."""
         try:
             expect = None if m["expect"] is None else ModelSpec.from_json(m["expect"])
-            model, v = self._load(m["source"], m["version"], m["checksum"], expect)
+            model, v = self._load(m["source"], m["version"], m["checksum"], expect,
+                                  m.get("state"))
             with self._mpc_lock:
                 self.mpc.set_model(model, v)
             _torch_one_thread()
@@ -750,7 +809,8 @@ def child_main(fd: int) -> None:
     _torch_one_thread()
     torch = sys.modules.get("torch")
     conn.send(("ready", 0, {"model_version": worker.mpc.model_version,
-                            "torch_threads": torch.get_num_threads() if torch else None}))
+                            "torch_threads": torch.get_num_threads() if torch else None,
+                            "model_error": worker.model_error}))
     try:
         worker.run()
     except (EOFError, OSError):

@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar
+from typing import Any, Callable, ClassVar, Mapping
 
 import numpy as np
 
@@ -53,6 +53,32 @@ class ModelSpec:
                 "state/action names differ: model has "
                 f"x={list(self.state_names)}, u={list(self.action_names)}; data has "
                 f"x={list(other.state_names)}, u={list(other.action_names)}")
+
+    def check_robot(self, joint_names: tuple[str, ...] | list[str],
+                    command_names: tuple[str, ...] | list[str]) -> None:
+        """Raise ModelError unless this is a model of a robot with these joints.
+
+        Args:
+            joint_names: the robot's state joints, in state order: the model's states must
+                be exactly ``('<j>/position' ..., '<j>/velocity' ...)`` of them (nx = 2n).
+            command_names: the joints the robot's effort commands drive, in command order:
+                the model needs one action per command joint, named after them or
+                ``u0 .. u{nu-1}`` (a dataset whose commands are not one per state joint
+                names its columns so; they are then taken in command order).
+        """
+        want_x = (tuple(f"{j}/position" for j in joint_names)
+                  + tuple(f"{j}/velocity" for j in joint_names))
+        if tuple(self.state_names) != want_x:
+            raise ModelError(f"model states {list(self.state_names)} are not the robot's "
+                             f"{list(want_x)} (joints {list(joint_names)})")
+        want_u = tuple(command_names)
+        if self.nu != len(want_u):
+            raise ModelError(f"model has {self.nu} action(s) {list(self.action_names)}, the "
+                             f"robot {len(want_u)} command joint(s) {list(want_u)}")
+        generic = tuple(f"u{i}" for i in range(self.nu))
+        if tuple(self.action_names) not in (want_u, generic):
+            raise ModelError(f"model actions {list(self.action_names)} are not the robot's "
+                             f"command joints {list(want_u)} in that order")
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
@@ -225,6 +251,80 @@ def finite_difference_linearization(step: Callable[[np.ndarray, np.ndarray], np.
     f_nom = step(xs, us)
     f0 = f_nom - np.einsum("tij,tj->ti", fx, xs) - np.einsum("tij,tj->ti", fu, us)
     return Linearization(fx, fu, f0)
+
+
+# Arrays whose name ends so hold interval bounds (GPyTorch constraints' lower_bound and
+# upper_bound), where +-inf is data ("unbounded"), not a diverged weight.
+_BOUND_SUFFIX = "_bound"
+
+
+def check_finite_arrays(arrays: Mapping[str, Any], where: str) -> None:
+    """Raise ModelError naming ``where`` and the array if any learned number is not finite.
+
+    A NaN is refused in every floating-point array, an inf in every one except interval
+    bounds (names ending in ``_bound``). Integer, boolean and string arrays are not checked.
+
+    Args:
+        arrays: name -> array, as :meth:`DynamicsModel.state_arrays` or a weights file.
+        where: what to name in the message (e.g. the weights file).
+    """
+    for name, value in arrays.items():
+        a = np.asarray(value)
+        if a.dtype.kind not in "fc":
+            continue
+        n_nan = int(np.count_nonzero(np.isnan(a)))
+        if n_nan:
+            raise ModelError(f"{where}: array {name!r} has {n_nan} NaN value(s) of {a.size}: "
+                             "the weights diverged or were damaged")
+        if not name.endswith(_BOUND_SUFFIX):
+            n_inf = int(np.count_nonzero(np.isinf(a)))
+            if n_inf:
+                raise ModelError(f"{where}: array {name!r} has {n_inf} infinite value(s) of "
+                                 f"{a.size}: the weights diverged or were damaged")
+
+
+def check_one_step(model: "DynamicsModel", x: np.ndarray, where: str = "model",
+                   u: np.ndarray | None = None) -> None:
+    """Raise ModelError unless the model's one-step prediction from ``x`` is finite.
+
+    Finite weights can still overflow (e.g. the exponential of a huge log-variance), and a
+    planner then fails on every replan: such a model is refused before it is used.
+
+    Args:
+        model: a model with its spec set.
+        x: (nx,) state [rad, m, rad/s, m/s]: the robot's current or home state.
+        where: what to name in the message (e.g. the artifact directory).
+        u: (nu,) action [N·m or N]; default zeros (no effort). Time-varying models are
+            asked for step 0.
+    """
+    spec = model.spec
+    if spec is None:
+        raise ModelError(f"{where}: the model has no spec (never fitted)")
+    x = np.asarray(x, dtype=np.float64).reshape(-1)
+    u = np.zeros(spec.nu) if u is None else np.asarray(u, dtype=np.float64).reshape(-1)
+    if x.shape != (spec.nx,) or u.shape != (spec.nu,):
+        raise ModelError(f"{where}: the one-step check needs x ({spec.nx},) and u "
+                         f"({spec.nu},), got {x.shape} and {u.shape}")
+    try:
+        with np.errstate(over="ignore", invalid="ignore"):   # the result is checked below
+            if model.time_varying:
+                mean, var = model.predict(x[None], u[None], 0)
+            else:
+                mean, var = model.predict(x[None], u[None])
+    except (ValueError, TypeError, IndexError, RuntimeError, ArithmeticError) as e:
+        # ModelError is a ValueError: a model refusing the input is reported the same way
+        raise ModelError(f"{where}: one-step prediction failed: {type(e).__name__}: {e}") from e
+    mean = np.asarray(mean, dtype=np.float64)
+    if mean.shape != (1, spec.nx):
+        raise ModelError(f"{where}: one-step prediction has shape {mean.shape}, expected "
+                         f"(1, {spec.nx})")
+    if not np.all(np.isfinite(mean)):
+        raise ModelError(f"{where}: one-step prediction from x={np.round(x, 4).tolist()} "
+                         f"with u={np.round(u, 4).tolist()} is not finite: "
+                         f"{mean[0].tolist()}")
+    if var is not None and not np.all(np.isfinite(np.asarray(var, dtype=np.float64))):
+        raise ModelError(f"{where}: one-step prediction variance from "
+                         f"x={np.round(x, 4).tolist()} is not finite")
 
 
 class DynamicsModel(ABC):
