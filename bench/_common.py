@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import random
 import signal
 import subprocess
 import sys
@@ -38,11 +37,23 @@ def write_json(path: str | None, payload: dict) -> None:
     print(text)
 
 
+_claim = None      # this benchmark's domain lock, held until the process ends
+
+
 def ros_env(domain_id: int | None = None) -> dict:
+    """Environment for node processes: localhost discovery and ``domain_id``, or else this
+    benchmark's private domain, claimed once per process (a lock held until it exits, so
+    two benchmarks at once never share one; its runs start one after another on it)."""
+    global _claim
+    if domain_id is None:
+        if _claim is None:
+            from mbrl_ros.ros.domains import claim_domain
+            # 81..101: apart from the tests (1..50) and in-process CLI runs (51..80)
+            _claim = claim_domain(range(81, 102))
+        domain_id = _claim.domain
     env = dict(os.environ)
-    # 81..101: apart from the tests (1..50) and in-process CLI runs (51..80)
-    env.update(ROS_DOMAIN_ID=str(domain_id or random.randint(81, 101)),
-               ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST", PYTHONUNBUFFERED="1")
+    env.update(ROS_DOMAIN_ID=str(domain_id), ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST",
+               PYTHONUNBUFFERED="1")
     return env
 
 

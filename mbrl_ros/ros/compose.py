@@ -8,7 +8,6 @@ simulated excitation can never reach a real arm's ``/effort_controller/commands`
 from __future__ import annotations
 
 import os
-import random
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -18,30 +17,42 @@ from rclpy.executors import MultiThreadedExecutor, SingleThreadedExecutor
 from rclpy.parameter import Parameter
 
 from mbrl_ros.ros.data_logger import DataLogger
+from mbrl_ros.ros.domains import DomainLock, claim_domain
 from mbrl_ros.ros.excitation_node import ExcitationNode
 from mbrl_ros.ros.sim_node import SimNode
 
 
 def _claim_free_domain(candidates: list[int], listen: float = 1.0
-                       ) -> tuple[rclpy.Context, int]:
-    """A context on a domain where no other node is seen within ``listen`` seconds: two
-    demos (or a demo and a record) on one machine must not share a domain, or each would
-    take the other's joint states and commands."""
-    for domain in random.sample(candidates, len(candidates)):
+                       ) -> tuple[rclpy.Context, int, DomainLock]:
+    """A context on a private domain: two demos (or a demo and a record) on one machine
+    must not share a domain, or each would take the other's joint states and commands.
+
+    The domain is claimed atomically by a lock held for the run (see
+    :mod:`mbrl_ros.ros.domains`: release the returned lock, or exit, to free it); runs that
+    do not take such locks (other software, older versions) are kept apart by listening
+    for ``listen`` seconds and skipping a domain where any other node shows up (0: no
+    listening)."""
+    context: rclpy.Context | None = None
+
+    def no_foreign_nodes(domain: int) -> bool:
+        nonlocal context
         context = rclpy.Context()
         rclpy.init(context=context, domain_id=domain)
-        probe = rclpy.create_node("mbrl_domain_probe", context=context)
+        if listen <= 0:
+            return True
+        probe = rclpy.create_node(f"mbrl_domain_probe_{os.getpid()}", context=context)
         end = time.monotonic() + listen
         busy = False
         while not busy and time.monotonic() < end:
             busy = any(name != probe.get_name() for name in probe.get_node_names())
             time.sleep(0.05)
         probe.destroy_node()
-        if not busy:
-            return context, domain
-        rclpy.try_shutdown(context=context)
-    raise RuntimeError(f"every private ROS domain in {min(candidates)}..{max(candidates)} "
-                       "is in use by other nodes on this machine")
+        if busy:
+            rclpy.try_shutdown(context=context)
+        return not busy
+
+    lock = claim_domain(candidates, accept=no_foreign_nodes)
+    return context, lock.domain, lock
 
 
 class InProcessSystem:
@@ -54,9 +65,11 @@ class InProcessSystem:
             # 51..80: below 102 (ports outside Linux's ephemeral range) and apart from the
             # ranges the tests (1..50) and benchmarks (81..101) use; never the user's domain.
             current = os.environ.get("ROS_DOMAIN_ID", "0")
-            self.context, self.domain_id = _claim_free_domain(
+            # held until close() (or this process ends): no other run gets this domain
+            self.context, self.domain_id, self._domain_lock = _claim_free_domain(
                 [d for d in range(51, 81) if str(d) != current])
         else:
+            self._domain_lock = None
             self.domain_id = domain_id
             self.context = rclpy.Context()
             rclpy.init(context=self.context, domain_id=self.domain_id)
@@ -97,6 +110,8 @@ class InProcessSystem:
             node.destroy_node()
         self.executor.shutdown(timeout_sec=1.0)
         rclpy.try_shutdown(context=self.context)
+        if self._domain_lock is not None:
+            self._domain_lock.release()
 
     def __enter__(self):
         return self
