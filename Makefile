@@ -36,6 +36,7 @@ bench: $(STAMP)
 	$(PY) bench/slow_replans.py --quick
 	$(PY) bench/jitter.py --quick
 	$(PY) bench/demo.py --quick
+	$(PY) bench/soak.py --quick
 
 # Peers (Crocoddyl, pytorch_mppi, mbrl-lib, GPyTorch) need their own environment.
 .venv-anchors/.installed: ../shared/anchors/requirements.txt
