@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from mbrl_ros.bringup import KINDS, MODEL_FAMILIES, PLANNERS
+
 
 def _cmd_record(args: argparse.Namespace) -> int:
     from mbrl_ros.ros.compose import record
@@ -27,24 +29,45 @@ def _cmd_record(args: argparse.Namespace) -> int:
     return 0
 
 
-def _alignment_config(args: argparse.Namespace):
+def _robot_command_names(robot: str, required: bool) -> tuple[str, ...] | None:
+    """The command joints of a shipped robot or MJCF (None if ``robot`` is empty, or is only a
+    label and not ``required``). Raises ValueError naming the robot otherwise."""
+    if not robot:
+        return None
+    from mbrl_ros.sim.env import MujocoSim
+    from mbrl_ros.sim.models import resolve_model
+
+    try:
+        resolve_model(robot)
+    except ValueError:
+        if required:
+            raise
+        print(f"note: robot {robot!r} is a label, not a shipped robot or MJCF: the command "
+              "joints are inferred from the joint states", file=sys.stderr)
+        return None
+    return tuple(MujocoSim(robot).command_names)
+
+
+def _alignment_config(args: argparse.Namespace, robot_required: bool):
     from mbrl_ros.core.data.alignment import AlignmentConfig
 
     return AlignmentConfig(
         state_topic=args.state_topic, command_topic=args.command_topic,
         episode_topic=args.episode_topic,
         joint_names=tuple(args.joints.split(",")) if args.joints else None,
+        command_names=_robot_command_names(args.robot, robot_required),
         max_command_age=args.max_command_age)
 
 
-def _load_bags(paths: list[str], args: argparse.Namespace):
-    """Bags -> (batch, alignment report, bag report); damage is warned about on stderr.
-    Raises BagError (the caller prints it) when nothing can be read."""
+def _load_bags(paths: list[str], args: argparse.Namespace, robot_required: bool = True):
+    """Bags -> (batch, alignment report, bag report). Every damaged place (file, byte offset,
+    messages lost) and every alignment warning is printed to stderr as a warning.
+    Raises BagError (nothing readable) or ValueError (commands that never fit the robot)."""
     from mbrl_ros.core.data.alignment import bag_to_dataset
 
-    batch, report, bag_report = bag_to_dataset(paths, _alignment_config(args))
-    for damage in bag_report.damage:
-        print(f"warning: {damage} (read up to the damage)", file=sys.stderr)
+    batch, report, bag_report = bag_to_dataset(paths, _alignment_config(args, robot_required))
+    for warning in report.warnings:   # bag damage first, then clock steps
+        print(f"warning: {warning}", file=sys.stderr)
     return batch, report, bag_report
 
 
@@ -67,6 +90,18 @@ def _cmd_dataset(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_reindex(args: argparse.Namespace) -> int:
+    from mbrl_ros.core.data.bag import BagError, reindex_bag
+
+    try:
+        report = reindex_bag(args.bag)
+    except (BagError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(report.summary())
+    return 0
+
+
 def _cmd_fit(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
@@ -78,7 +113,7 @@ def _cmd_fit(args: argparse.Namespace) -> int:
     from mbrl_ros.core.plots import plot_rollouts
 
     try:
-        batch, report, _ = _load_bags(args.bag, args)
+        batch, report, _ = _load_bags(args.bag, args, robot_required=False)
     except BagError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -142,15 +177,28 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from mbrl_ros.ros.demo import DemoConfig, run_demo
 
     quick = args.quick
+    try:
+        target = tuple(float(v) for v in args.target.replace(",", " ").split()) \
+            if args.target else None
+        from mbrl_ros.sim.models import resolve_model
+        resolve_model(args.robot)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     cfg = DemoConfig(robot=args.robot, model=args.model, planner=args.planner,
                      switch_to=args.switch_to, out=Path(args.out), seed=args.seed,
+                     target=target,
                      iterations=args.iterations or (3 if quick else 6),
                      excite_seconds=5.0 if quick and args.robot != "cartpole" else None,
                      progress=not args.no_progress,
                      model_settings=json.loads(args.model_settings or "{}"))
     print(f"learn-and-control demo: {cfg.robot}, {cfg.model} model, planner {cfg.planner} "
           f"(switch to {cfg.switch_to} half way), {cfg.iterations} iterations -> {cfg.out}")
-    summary = run_demo(cfg)
+    try:
+        summary = run_demo(cfg)
+    except ValueError as e:              # e.g. a --target of the wrong length
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     print(f"\n{'it':>3} {'phase':<10} {'sim s':>7} {'steps':>6} {'task cost':>10} "
           f"{'final dist':>10} {'model RMSE':>10} {'v':>3}  planner")
     for r in summary["iterations"]:
@@ -160,16 +208,21 @@ def _cmd_demo(args: argparse.Namespace) -> int:
               f"{r['steps']:>6} {f(r['task_cost'], '10.4g'):>10} "
               f"{f(r['final_distance'], '10.4f'):>10} {f(r['model_error'], '10.4g'):>10} "
               f"{r['model_version']:>3}  {r['planner']}")
-    last = summary["iterations"][-1]
-    dist = last["final_distance"]
-    dist = f"{dist:.4f} m" if dist is not None else "not measured (no episode data)"
-    print(f"\nfinal end-effector distance to the target: {dist} after "
-          f"{last['interaction_seconds']:.1f} s ({last['steps']} steps) of simulated "
-          f"interaction; demo took {summary['wall_seconds']} s")
+    if summary["iterations"]:
+        last = summary["iterations"][-1]
+        dist = last["final_distance"]
+        dist = f"{dist:.4f} m" if dist is not None else "not measured (no episode data)"
+        print(f"\nfinal end-effector distance to the target: {dist} after "
+              f"{last['interaction_seconds']:.1f} s ({last['steps']} steps) of simulated "
+              f"interaction; demo took {summary['wall_seconds']} s")
     print(f"report: {Path(args.out) / 'metrics.json'}")
     for name, path in summary["plots"].items():
         print(f"  {name}: {path}")
     print(f"  bags: {', '.join(summary['bags'])}\n  models: {summary['models']}")
+    if summary["error"]:
+        print(f"error: the demo stopped early: {summary['error']} (the report covers the "
+              f"{len(summary['iterations'])} iterations done)", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -6,6 +6,15 @@ robot, lets the controller (on the newest model) run one episode toward the targ
 refits on all data so far. The active planner is switched once, half way, by setting the
 controller's ``active_planner`` parameter as a user would. Everything runs on a private
 ROS domain with localhost-only discovery (see :mod:`mbrl_ros.ros.compose`).
+
+Any robot: a shipped name uses its tuned defaults (``ROBOT_DEFAULTS``); an MJCF path gets
+generic ones (100 Hz, horizon 30, 8 s of excitation, 3 s episodes) and, without an explicit
+target, :func:`default_target` (a reachable configuration away from home).
+
+The run ends with a report whatever ends it: metrics.json and the plots are written for
+the iterations done, with ``error`` saying why a run stopped early. A slow planner is not a
+stall: the lockstep simulation is declared stalled only when its time has not advanced for
+``stall_seconds`` of wall time.
 """
 from __future__ import annotations
 
@@ -17,6 +26,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+from rclpy import logging as rclpy_logging
+from rclpy.logging import LoggingSeverity
 from rclpy.parameter import Parameter
 
 from mbrl_ros.core import store
@@ -44,6 +55,30 @@ ROBOT_DEFAULTS = {
     "cartpole": {"target": (0.0, 0.0), "rate": 50.0, "horizon": 100, "excite": 4.0,
                  "episode": 4.0, "planners": {"ilqr": {"max_iterations": 3}}},
 }
+# A user's MJCF: the arms' rates and loop timing; the target from default_target().
+GENERIC_DEFAULTS = {"rate": 100.0, "horizon": 30, "excite": 8.0, "episode": 3.0,
+                    "planners": {}}
+
+
+def default_target(robot: MujocoSim, offset: float = 0.5) -> np.ndarray:
+    """A reachable target away from home for a robot without a tuned task.
+
+    Each joint moves ``offset`` (rad, or a tenth of that in m for slide joints) from the
+    home keyframe, alternating in sign so a chain folds rather than stretches, and is kept
+    in the middle half of its range (continuous joints: unlimited).
+
+    Returns:
+        (n_joints,) joint positions [rad or m].
+    """
+    home = robot.positions().copy()
+    lo, hi = robot.position_limits[:, 0], robot.position_limits[:, 1]
+    finite = np.isfinite(lo) & np.isfinite(hi)
+    slide = finite & ((hi - lo) < 1.0) & ~robot.continuous    # heuristically metres
+    step = np.where(slide, 0.1 * offset, offset)
+    sign = np.where(np.arange(robot.n_joints) % 2 == 0, 1.0, -1.0)
+    target = home + sign * step
+    quarter = 0.25 * np.where(finite, hi - lo, 0.0)
+    return np.where(finite, np.clip(target, lo + quarter, hi - quarter), target)
 
 
 @dataclass
@@ -56,11 +91,14 @@ class DemoConfig:
     excite_seconds: float | None = None   # None: the robot's default
     episode_seconds: float | None = None  # None: the robot's default
     seed: int = 0
+    target: tuple[float, ...] | None = None   # joint positions; None: the robot's default
     initial_noise: float = 0.1
     out: Path = Path("demo_out")
     progress: bool = True
     model_settings: dict = field(default_factory=dict)
     planner_settings: dict = field(default_factory=dict)   # on top of the robot's defaults
+    # wall seconds without any simulated time passing before the run counts as stalled
+    stall_seconds: float = 300.0
 
 
 def _wait(system: InProcessSystem, cond, timeout: float, what: str) -> None:
@@ -69,15 +107,28 @@ def _wait(system: InProcessSystem, cond, timeout: float, what: str) -> None:
 
 
 def run_demo(cfg: DemoConfig) -> dict:
-    """Run the loop; returns the summary (also written to ``cfg.out/metrics.json``)."""
+    """Run the loop; returns the summary (also written to ``cfg.out/metrics.json``).
+
+    The summary has ``error`` (None, or why the run stopped early); the report is written
+    for the iterations done in either case.
+    """
     from tqdm import tqdm
 
-    defaults = ROBOT_DEFAULTS.get(cfg.robot)
-    if defaults is None:
-        raise ValueError(f"demo robot must be one of {', '.join(ROBOT_DEFAULTS)}")
-    rate, target = defaults["rate"], np.asarray(defaults["target"])
+    robot = MujocoSim(cfg.robot)             # limits and forward kinematics for metrics
+    defaults = ROBOT_DEFAULTS.get(cfg.robot, GENERIC_DEFAULTS)
+    rate = defaults["rate"]
+    if cfg.target is not None:
+        target = np.asarray(cfg.target, dtype=float)
+        if target.shape != (robot.n_joints,) or not np.all(np.isfinite(target)):
+            raise ValueError(f"--target needs {robot.n_joints} finite joint positions "
+                             f"({', '.join(robot.joint_names)}), got {list(cfg.target)}")
+    elif "target" in defaults:
+        target = np.asarray(defaults["target"], dtype=float)
+    else:
+        target = default_target(robot)
     cfg = dataclasses.replace(
-        cfg, excite_seconds=cfg.excite_seconds or defaults["excite"],
+        cfg, target=tuple(float(v) for v in target),
+        excite_seconds=cfg.excite_seconds or defaults["excite"],
         episode_seconds=cfg.episode_seconds or defaults["episode"],
         planner_settings={p: {**defaults["planners"].get(p, {}),
                               **cfg.planner_settings.get(p, {})}
@@ -87,7 +138,6 @@ def run_demo(cfg: DemoConfig) -> dict:
         if (out / sub).exists():
             shutil.rmtree(out / sub)
     out.mkdir(parents=True, exist_ok=True)
-    robot = MujocoSim(cfg.robot)             # limits and forward kinematics for metrics
     cost_settings = CostSettings()
     t_wall = time.monotonic()
     rows: list[IterationMetrics] = []
@@ -95,12 +145,34 @@ def run_demo(cfg: DemoConfig) -> dict:
     # The switch needs a control episode before and after it: iterations >= 3.
     switching = bool(cfg.switch_to) and cfg.switch_to != cfg.planner and cfg.iterations >= 3
     switch_iteration = max(2, (cfg.iterations + 1) // 2) if switching else None
-    switch_time = None
+    state = {"switch_time": None, "logger": None, "model_uri": None, "data": None}
     total = cfg.excite_seconds + (cfg.iterations - 1) * cfg.episode_seconds
-    bar = tqdm(total=total, disable=not cfg.progress, desc=f"demo {cfg.robot}/{cfg.model}",
+    bar = tqdm(total=total, disable=not cfg.progress, desc=f"demo {robot.model_path.stem}/"
+               f"{cfg.model}", dynamic_ncols=True, mininterval=0.5,
                bar_format="{l_bar}{bar}| {n:.1f}/{total:.1f} sim s [{elapsed}<{remaining}]"
                           "{postfix}")
+    error = None
+    try:
+        _run(cfg, robot, rate, target, defaults, out, rows, episodes, switching,
+             switch_iteration, state, bar, cost_settings)
+    except (RuntimeError, KeyboardInterrupt) as e:
+        error = "interrupted (Ctrl-C)" if isinstance(e, KeyboardInterrupt) else str(e)
+    finally:
+        bar.close()
+    return _report(cfg, robot, target, rate, out, rows, episodes, switch_iteration, state,
+                   error, time.monotonic() - t_wall)
 
+
+def _run(cfg, robot, rate, target, defaults, out, rows, episodes, switching,
+         switch_iteration, state, bar, cost_settings) -> None:
+    """The loop itself; fills ``rows``, ``episodes`` and ``state`` as it goes, so that
+    whatever stops it, the report covers what was done."""
+    if cfg.progress:
+        # One progress line on the terminal: the nodes' INFO lines would break it (the bar
+        # shows the model version; warnings and errors still print). Set before the nodes
+        # exist, so their start-up lines are quiet too.
+        for name in ("sim", "data_logger", "model_fitter", "excitation", "controller"):
+            rclpy_logging.set_logger_level(name, LoggingSeverity.WARN)
     with InProcessSystem() as system:
         sim = system.add(SimNode, {"model": cfg.robot, "publish_rate": rate, "lockstep": True,
                                    "seed": cfg.seed, "initial_noise": cfg.initial_noise,
@@ -108,6 +180,7 @@ def run_demo(cfg: DemoConfig) -> dict:
         sim.pause()
         logger = system.add(DataLogger, {"output_dir": str(out / "bags"), "bag_name": "demo",
                                          "diagnostics_rate": 0.0})
+        state["logger"] = logger
         fitter = system.add(ModelFitter, {
             "model": cfg.model, "robot": cfg.robot, "store_dir": str(out / "models"),
             "live": True, "fit_every": 0, "min_transitions": 50, "seed": cfg.seed,
@@ -140,13 +213,23 @@ def run_demo(cfg: DemoConfig) -> dict:
                 if t != last[0]:
                     bar.update(t - last[0])
                     last[0] = t
+            # Stalled = no simulated time for stall_seconds of wall time; a slow planner
+            # on a busy machine only makes each lockstep step take longer.
+            progress = [time.monotonic(), start]
+
+            def done_or_stalled() -> bool:
+                t = sim.sim_time()
+                if t != progress[1]:
+                    progress[:] = [time.monotonic(), t]
+                return (t - start >= seconds - 1e-9
+                        or time.monotonic() - progress[0] > cfg.stall_seconds)
             sim.resume()
-            ok = system.spin_until(lambda: sim.sim_time() - start >= seconds - 1e-9,
-                                   timeout=120.0 + 60.0 * seconds, tick=tick)
+            system.spin_until(done_or_stalled, timeout=float("inf"), tick=tick)
             sim.pause()
             system.spin_until(lambda: False, 0.1)     # let in-flight messages land
-            if not ok:
-                raise RuntimeError(f"simulation stalled at {sim.sim_time():.2f} s")
+            if sim.sim_time() - start < seconds - 1e-9:
+                raise RuntimeError(f"simulation stalled at {sim.sim_time():.2f} s: no "
+                                   f"simulated time passed for {cfg.stall_seconds:g} s")
 
         def fit(label: str) -> None:
             future = fitter.request_fit(label)
@@ -159,6 +242,8 @@ def run_demo(cfg: DemoConfig) -> dict:
                   and controller.mpc.model_version == version, 60.0,
                   f"the controller to load model v{version}")
             bar.set_postfix_str(f"model v{version}", refresh=True)
+            state["model_uri"] = fitter.last_info.uri
+            state["data"] = fitter.dataset()
 
         # ---- iteration 0: excitation, first model
         run_sim_for(cfg.excite_seconds)
@@ -179,7 +264,7 @@ def run_demo(cfg: DemoConfig) -> dict:
                                                               value=cfg.switch_to)])[0]
                 if not result.successful:
                     raise RuntimeError(f"planner switch refused: {result.reason}")
-                switch_time = sim.sim_time()
+                state["switch_time"] = sim.sim_time()
             controller.reset_episode()
             sim.reset_episode(publish=False)
             t_start = sim.sim_time()
@@ -208,13 +293,15 @@ def run_demo(cfg: DemoConfig) -> dict:
                 {"episode_start": t_start, "final_errors": errors,
                  "replans": controller.counters["replans"],
                  "replan_failures": controller.counters["replan_failures"]}))
-        bar.close()
         logger.finish(system.executor)
-        bags = [str(p) for p in logger.last_bag_paths]
-        final_model = store.load(fitter.last_info.uri)
-        data = fitter.dataset()
 
-    # ---- report
+
+def _report(cfg, robot, target, rate, out, rows, episodes, switch_iteration, state, error,
+            wall_seconds) -> dict:
+    """metrics.json and the plots for the iterations done."""
+    switch_time, data = state["switch_time"], state["data"]
+    final_model = store.load(state["model_uri"]) if state["model_uri"] else None
+    bags = [str(p) for p in state["logger"].last_bag_paths] if state["logger"] else []
     plots = {"learning_curve": str(plot_learning_curve(
         rows, out / "learning_curve.png", switch_time,
         f"{cfg.robot}: {cfg.model} model, {cfg.planner} -> {cfg.switch_to} "
@@ -223,7 +310,7 @@ def run_demo(cfg: DemoConfig) -> dict:
         plots["joint_trajectories"] = str(plot_joint_trajectories(
             episodes, target, robot.joint_names, out / "joint_trajectories.png",
             switch_label=f"it{switch_iteration}" if switch_iteration else None))
-    if data is not None and len(data):
+    if data is not None and len(data) and final_model is not None:
         held_out = data.subset(data.episode == data.episode.max())
         plots["prediction"] = str(plot_rollouts(
             rollouts(final_model, held_out, 20), final_model.spec.state_names,
@@ -235,8 +322,8 @@ def run_demo(cfg: DemoConfig) -> dict:
                "switch": {"iteration": switch_iteration, "sim_time": switch_time,
                           "from": cfg.planner, "to": cfg.switch_to},
                "iterations": [asdict(r) for r in rows], "bags": bags,
-               "models": str(out / "models"), "plots": plots,
-               "wall_seconds": round(time.monotonic() - t_wall, 1)}
+               "models": str(out / "models"), "plots": plots, "error": error,
+               "wall_seconds": round(wall_seconds, 1)}
     (out / "metrics.json").write_text(json.dumps(summary, indent=2))
     return summary
 
