@@ -8,11 +8,21 @@ and the mcap tools. Bags are split by size or duration into ``<output_dir>/<bag_
 ``/data_logger/episode``, which dataset conversion splits on.
 
 Nothing is lost on shutdown: SIGINT/SIGTERM and ``~/stop`` drain what DDS has delivered,
-then close the bag; the final line printed says received == written per topic.
+then close the bag; the final line printed says received / written / dropped per topic
+(dropped is 0 unless a write failed).
+
+Faults. Chunks carry CRCs and are flushed at least every second of log time, so a killed
+logger loses at most ~1 s (``mbrl-ros reindex BAG`` then rebuilds metadata.yaml). A full
+disk gives one throttled error line per second; the chunks that could not be written are
+counted as dropped and cut from the file, so the bag stays valid; at shutdown the disk space
+the writer keeps in reserve is released and the bag is closed with a metadata.yaml counting
+what was written (exit 0). An output folder that cannot be written is one error line and
+exit 2.
 Services (std_srvs/Trigger): ``~/start``, ``~/stop``, ``~/split``, ``~/mark_episode``.
 """
 from __future__ import annotations
 
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -79,9 +89,10 @@ class DataLogger(Node):
         super().__init__("data_logger", **kwargs)
         self.settings = s = declare_settings(self, LoggerSettings)
         self.writer: BagWriter | None = None
-        self.received: dict[str, int] = {}      # while recording; always == written
+        self.received: dict[str, int] = {}      # while recording: written + dropped
         self.ignored: dict[str, int] = {}       # arrived while not recording
-        self.write_errors: dict[str, int] = {}
+        self.write_errors: dict[str, int] = {}  # failed writes (messages lost with them: dropped)
+        self.close_failed = False               # a bag could not be finished (see stop())
         self._write_lock = threading.Lock()     # a callback never writes into a closed bag
         self.written_total = 0
         self._subs: dict[str, Subscription] = {}
@@ -111,10 +122,14 @@ class DataLogger(Node):
             self.create_timer(1.0 / s.diagnostics_rate, self._publish_diagnostics,
                               callback_group=self._group)
         if s.autostart:
-            self.start()
+            try:
+                self.start()
+            except OSError as e:   # run_node: one "invalid configuration" line, exit 2
+                raise ValueError(e.strerror or str(e)) from None
 
     # ----------------------------------------------------------------- recording
     def start(self) -> str:
+        """Open a new bag. Raises OSError (one line naming the folder) if it cannot be created."""
         if self.writer is not None:
             return f"already recording to {self.writer.bag_paths[-1]}"
         s = self.settings
@@ -124,8 +139,12 @@ class DataLogger(Node):
         while (root / f"{prefix}_0000").exists():   # never overwrite an earlier bag
             run += 1
             prefix = f"{name}_r{run}"
-        self.writer = BagWriter(root, name=prefix, max_bytes=int(s.max_bag_size * 1e6),
-                                max_duration_s=s.max_bag_duration)
+        try:
+            self.writer = BagWriter(root, name=prefix, max_bytes=int(s.max_bag_size * 1e6),
+                                    max_duration_s=s.max_bag_duration)
+        except OSError as e:
+            raise OSError(e.errno, f"cannot write bags under output_dir {str(root)!r}: "
+                          f"{e.strerror or e}") from None
         self.received = {t: 0 for t in self.received}     # per bag: received == written
         for topic in list(self._subs):
             self._add_to_bag(topic)
@@ -134,17 +153,29 @@ class DataLogger(Node):
         return f"recording to {self.writer.bag_paths[-1]}"
 
     def stop(self) -> str:
+        """Close the bag and print the summary line: per topic received / written / dropped.
+        A bag that cannot be finished (even with the disk reserve released) is one error line
+        naming ``mbrl-ros reindex``; the summary is printed either way."""
+        error = None
         with self._write_lock:
             if self.writer is None:
                 return "not recording"
-            self.writer.close()
+            try:
+                self.writer.close()
+            except OSError as e:
+                error = str(e)
+                self.close_failed = True
             self.last_bag_paths = list(self.writer.bag_paths)
             paths = [str(p) for p in self.writer.bag_paths]
             counts = dict(self.writer.counts)
             self.writer = None
-        summary = (f"closed {', '.join(paths)}: " + ", ".join(
-            f"{t} received {self.received.get(t, 0)} written {counts.get(t, 0)}"
-            for t in sorted(self.received)))
+        summary = (f"{'closed' if error is None else 'could not finish'} {', '.join(paths)}: "
+                   + ", ".join(f"{t} received {self.received.get(t, 0)} written "
+                               f"{counts.get(t, 0)} dropped "
+                               f"{self.received.get(t, 0) - counts.get(t, 0)}"
+                               for t in sorted(self.received)))
+        if error is not None:
+            self.get_logger().error(error)
         self.get_logger().info(summary)
         print(f"data_logger: {summary}", flush=True)
         return summary
@@ -217,23 +248,31 @@ class DataLogger(Node):
                 if self.writer is None:
                     self.ignored[topic] += 1
                     return
+                self.received[topic] += 1
                 try:
                     self.writer.write_raw(topic, int(info["received_timestamp"]), data)
                 except (ValueError, OSError, RuntimeError) as e:
-                    # e.g. a full disk: say so loudly, keep the bag closable, keep counting
-                    self.write_errors[topic] = self.write_errors.get(topic, 0) + 1
-                    self.get_logger().error(f"could not write {topic}: {e}",
-                                            throttle_duration_sec=1.0)
+                    self._write_failed(topic, e)
                     return
-                self.received[topic] += 1
                 self.written_total += 1
         return _cb
+
+    def _write_failed(self, topic: str, e: Exception) -> None:
+        # e.g. a full disk: one line a second; the messages lost are the difference between
+        # received and the writer's count (a failed chunk takes its earlier messages with it)
+        self.write_errors[topic] = self.write_errors.get(topic, 0) + 1
+        dropped = sum(self.received.values()) - sum(self.writer.counts.values())
+        self.get_logger().error(f"bag write failed, dropping messages ({dropped} so far): {e}",
+                                throttle_duration_sec=1.0)
 
     def _write_marker(self, episode: int, t_ns: int) -> None:
         with self._write_lock:
             if self.writer is not None:
                 marker = self.writer.typestore.types["std_msgs/msg/UInt32"](data=int(episode))
-                self.writer.write(EPISODE_MARKER_TOPIC, t_ns, marker)
+                try:
+                    self.writer.write(EPISODE_MARKER_TOPIC, t_ns, marker)
+                except (ValueError, OSError, RuntimeError) as e:
+                    self._write_failed(EPISODE_MARKER_TOPIC, e)
             self._episodes += 1
 
     def _on_episode(self, msg: UInt32, info) -> None:
@@ -242,7 +281,11 @@ class DataLogger(Node):
 
     # ----------------------------------------------------------------- services
     def _srv_start(self, req, res):
-        res.message, res.success = self.start(), True
+        try:
+            res.message, res.success = self.start(), True
+        except OSError as e:
+            res.message, res.success = str(e), False
+            self.get_logger().error(res.message)
         return res
 
     def _srv_stop(self, req, res):
@@ -251,8 +294,7 @@ class DataLogger(Node):
 
     def _srv_split(self, req, res):
         self.stop()
-        res.message, res.success = self.start(), True
-        return res
+        return self._srv_start(req, res)
 
     def _srv_mark(self, req, res):
         self._write_marker(self._episodes, time.time_ns())
@@ -271,6 +313,9 @@ class DataLogger(Node):
                       for t, n in sorted(self.ignored.items()) if n]
         st.values += [KeyValue(key=f"write errors {t}", value=str(n))
                       for t, n in sorted(self.write_errors.items())]
+        if self.writer is not None:
+            st.values += [KeyValue(key=f"dropped {t}", value=str(n))
+                          for t, n in sorted(self.writer.dropped.items()) if n]
         if self.write_errors:
             st.level = DiagnosticStatus.ERROR
         st.values.append(KeyValue(key="written", value=str(self.written_total)))
@@ -293,8 +338,16 @@ class DataLogger(Node):
 
 
 def main(args=None) -> None:
+    nodes: list[DataLogger] = []
+
+    def make() -> DataLogger:
+        nodes.append(DataLogger())
+        return nodes[-1]
+    make.__name__ = "DataLogger"   # run_node names the node in its error line
     # One thread: callbacks run in arrival order and the drain at shutdown sees them all.
-    run_node(DataLogger, args, threads=1)
+    run_node(make, args, threads=1)
+    if nodes and nodes[0].close_failed:
+        sys.exit(1)   # the bag could not be finished: not a clean recording
 
 
 if __name__ == "__main__":

@@ -7,9 +7,11 @@ from .bag import (
     BagMessage,
     BagReadReport,
     BagWriter,
+    ReindexReport,
     default_typestore,
     qos_profile,
     read_bag,
+    reindex_bag,
 )
 from .replay_buffer import ReplayBuffer
 
@@ -21,6 +23,7 @@ __all__ = [
     "BagMessage",
     "BagReadReport",
     "BagWriter",
+    "ReindexReport",
     "ReplayBuffer",
     "align",
     "bag_to_dataset",
@@ -28,4 +31,5 @@ __all__ = [
     "messages_to_streams",
     "qos_profile",
     "read_bag",
+    "reindex_bag",
 ]
