@@ -389,7 +389,18 @@ def build_parser() -> argparse.ArgumentParser:
                                                 "(default: order of the first joint state)")
     d.add_argument("--max-command-age", type=float, default=0.5,
                    help="drop transitions whose held command is older (s, default 0.5)")
+    d.add_argument("--robot", default="", help="arm2 | arm7 | cartpole | MJCF path: the commands "
+                                               "must have one value per command joint of this "
+                                               "robot (default: inferred from the joint states)")
     d.set_defaults(func=_cmd_dataset)
+
+    ri = sub.add_parser("reindex", help="make a bag from a killed recorder readable again",
+                        description="Like `ros2 bag reindex`: rewrite every readable message of "
+                                    "BAG's MCAP file(s) into a complete MCAP with a rosbag2 "
+                                    "metadata.yaml, so ros2 bag and rosbags open it. The "
+                                    "original files are kept as <name>.orig.")
+    ri.add_argument("bag", help="bag directory (or its .mcap file)")
+    ri.set_defaults(func=_cmd_reindex)
 
     f = sub.add_parser("fit", help="fit a dynamics model on bags, validate it, save it",
                        description="Turn the bags into a dataset, fit MODEL on all but the "
