@@ -105,3 +105,42 @@ def test_controller_on_another_host_loads_the_served_artifact(start_node, probe,
     probe.spin_until(lambda: diagnostics_values(diags, "mbrl_ros/controller")
                      .get("model_version") == "1", 60, "controller using model v1")
     assert store.versions(tmp_path / "robot_cache", "linear") == [1]
+
+
+def test_fitter_refuses_data_without_excitation_and_cleans_its_store(start_node, probe,
+                                                                     tmp_path):
+    """An arm at rest (constant states and efforts) identifies no model: the fit is
+    refused with that reason and nothing is published. Temporary folders a killed fitter
+    left in the store are gone once the node is up."""
+    import os
+    import time
+
+    from sensor_msgs.msg import JointState
+    from std_msgs.msg import Float64MultiArray
+    stale = tmp_path / "models" / "linear" / ".tmp-killed"
+    stale.mkdir(parents=True)
+    (stale / "weights.npz").write_bytes(b"half a model")
+    past = time.time() - 300
+    os.utime(stale / "weights.npz", (past, past))
+    os.utime(stale, (past, past))
+    start_node("model_fitter", {"model": "linear", "live": True, "fit_every": 0,
+                                "min_transitions": 50, "episode_topic": "",
+                                "store_dir": str(tmp_path / "models")})
+    states = probe.node.create_publisher(JointState, "/joint_states", 100)
+    commands = probe.node.create_publisher(Float64MultiArray, "/effort_controller/commands",
+                                           100)
+    probe.spin_until(lambda: states.get_subscription_count() > 0
+                     and commands.get_subscription_count() > 0, 20, "fitter subscribed")
+    assert not stale.exists()
+    for _ in range(150):                                  # 1.5 s at rest, 100 Hz
+        msg = JointState(name=["shoulder", "elbow"], position=[0.2, -0.4],
+                         velocity=[0.0, 0.0])
+        msg.header.stamp = probe.node.get_clock().now().to_msg()
+        states.publish(msg)
+        commands.publish(Float64MultiArray(data=[0.3, 0.3]))
+        probe.spin_for(0.01)
+    res = probe.call(Trigger, "/model_fitter/fit", timeout=60)
+    assert not res.success
+    assert "without excitation: no action varies" in res.message, res.message
+    assert "no model published yet" in res.message
+    assert store.versions(tmp_path / "models", "linear") == []
