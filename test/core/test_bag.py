@@ -9,7 +9,7 @@ from mcap.reader import make_reader
 from mcap_ros2.decoder import DecoderFactory
 from rosbags.highlevel import AnyReader
 
-from mbrl_ros.core.data import BagError, BagWriter, default_typestore, qos_profile, read_bag
+from mbrl_ros.core.data import BagError, BagMessage, BagWriter, default_typestore, qos_profile, read_bag
 
 TS = default_typestore()
 JointState = TS.types["sensor_msgs/msg/JointState"]
@@ -373,3 +373,173 @@ def test_reads_sqlite3_bags(tmp_path):
     msgs, rep = read_bag(tmp_path / "db3bag")
     assert rep.complete and rep.counts == {JS_TOPIC: 10}
     check_values(msgs)
+
+
+# ---------------------------------------------------------------------------------------- integrity (issue 11)
+def _chunk_crcs(mcap_file):
+    from mcap.records import Chunk
+    from mcap.stream_reader import StreamReader
+
+    with open(mcap_file, "rb") as f:
+        return [r.uncompressed_crc for r in StreamReader(f, emit_chunks=True).records if isinstance(r, Chunk)]
+
+
+def test_writer_puts_crcs_on_every_chunk(tmp_path):
+    w = write_session(tmp_path, n=600, chunk_bytes=8_000)
+    crcs = _chunk_crcs(w.bag_paths[0] / "bag_0000.mcap")
+    assert len(crcs) > 5 and all(crcs)
+
+
+@pytest.mark.parametrize("where", [0.5, 0.7])
+def test_random_bytes_report_every_damaged_chunk(tmp_path, where):
+    """Issue 11: 4 KiB of random bytes inside a logger bag. Every damaged chunk is reported with
+    its file, byte offset and the messages lost; the rest is read; the dataset says incomplete."""
+    from mcap.reader import make_reader
+
+    from mbrl_ros.core.data import AlignmentConfig, bag_to_dataset
+
+    w = write_session(tmp_path / "orig", n=2000, episode_every=10**9, chunk_bytes=20_000)
+    full, _ = read_bag(w.bag_paths[0])
+    bag = tmp_path / "hit"
+    shutil.copytree(w.bag_paths[0], bag)
+    f = bag / "bag_0000.mcap"
+    data = bytearray(f.read_bytes())
+    pos = int(len(data) * where)
+    data[pos:pos + 4096] = np.random.default_rng(int(where * 10)).integers(0, 256, 4096, dtype=np.uint8).tobytes()
+    f.write_bytes(bytes(data))
+    with open(w.bag_paths[0] / "bag_0000.mcap", "rb") as fh:
+        chunks = make_reader(fh).get_summary().chunk_indexes
+    hit = [c for c in chunks if c.chunk_start_offset < pos + 4096 and pos < c.chunk_start_offset + c.chunk_length]
+    msgs, rep = read_bag(bag)
+    assert not rep.complete and rep.damage
+    lost = len(full) - len(msgs)
+    assert lost > 0 and sum(d.messages_lost for d in rep.damage) == lost   # every loss accounted for
+    for d in rep.damage:
+        assert d.file == str(f) and d.offset is not None and d.messages_lost is not None
+        assert str(f) in str(d) and f"byte {d.offset}" in str(d) and f"{d.messages_lost} messages lost" in str(d)
+    assert {d.offset for d in rep.damage} <= {c.chunk_start_offset for c in hit} | set(range(pos, pos + 4096))
+    # what was read is exactly the intact messages, values checked
+    intact = {(m.topic, m.log_time_ns) for m in full}
+    assert {(m.topic, m.log_time_ns) for m in msgs} <= intact
+    check_values(msgs)
+    batch, _, bag_rep = bag_to_dataset(bag, AlignmentConfig())
+    assert batch.meta["bags_complete"] is False
+    assert batch.meta["bag_damage"] == [d.to_dict() for d in rep.damage]
+    assert np.all(np.isfinite(batch.states)) and np.all(np.isfinite(batch.actions))
+
+
+def test_crc0_chunk_damage_is_found_through_the_message_index(tmp_path):
+    """A bag from a writer without CRCs (rosbags writes 0): overwriting message records inside a
+    chunk breaks its framing or its count; either way the chunk is reported, not read silently."""
+    from rosbags.rosbag2 import StoragePlugin, Writer
+
+    bag = tmp_path / "crc0"
+    with Writer(bag, version=9, storage_plugin=StoragePlugin.MCAP) as w:
+        conn = w.add_connection(JS_TOPIC, "sensor_msgs/msg/JointState", typestore=TS)
+        for k in range(400):
+            w.write(conn, T0 + k * 10_000_000, TS.serialize_cdr(js(k, 5 * 10**9 + k * 10_000_000), "sensor_msgs/msg/JointState"))
+    f = bag / "crc0.mcap"
+    assert _chunk_crcs(f) == [0]
+    data = bytearray(f.read_bytes())
+    pos = len(data) // 2
+    data[pos:pos + 64] = b"\xff" * 64
+    f.write_bytes(bytes(data))
+    msgs, rep = read_bag(bag)
+    assert not rep.complete and len(msgs) < 400
+    assert all(d.messages_lost is not None for d in rep.damage)
+    assert sum(d.messages_lost for d in rep.damage) == 400 - len(msgs)
+
+
+def test_disk_full_drops_whole_chunks_and_keeps_the_bag_valid(tmp_path):
+    """A chunk write that fails (ENOSPC) is cut from the file and its messages are counted as
+    dropped; later chunks and the close still work, and metadata.yaml counts what is there."""
+    import errno
+
+    w = BagWriter(tmp_path, chunk_bytes=2_000, flush_interval_s=0)
+    w.add_topic(JS_TOPIC, "sensor_msgs/msg/JointState")
+    storage = w._writer.storage
+    real_write = storage._file.write
+    state = {"full": False}
+
+    def write(data):
+        if state["full"]:
+            real_write(bytes(data)[: len(data) // 2])   # a partial write, then the error
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(data)
+
+    # FileIO.write cannot be patched on the instance: stand in for the file object
+    storage._file = type("FullDisk", (), {"write": staticmethod(write), "truncate": storage._file.truncate,
+                                          "seek": storage._file.seek, "tell": storage._file.tell,
+                                          "close": storage._file.close})()
+    failures = 0
+    for k in range(300):
+        state["full"] = 100 <= k < 200
+        try:
+            w.write(JS_TOPIC, T0 + k * 10_000_000, js(k, 5 * 10**9 + k * 10_000_000))
+        except OSError as e:
+            assert e.errno == errno.ENOSPC
+            failures += 1
+    w.close()
+    assert failures > 0 and w.dropped[JS_TOPIC] > 0
+    assert w.counts[JS_TOPIC] + w.dropped[JS_TOPIC] == 300
+    import yaml
+
+    meta = yaml.safe_load((tmp_path / "bag_0000" / "metadata.yaml").read_text())["rosbag2_bagfile_information"]
+    assert meta["message_count"] == w.counts[JS_TOPIC]
+    msgs, rep = read_bag(tmp_path / "bag_0000")
+    assert rep.complete and len(msgs) == w.counts[JS_TOPIC]
+    check_values(msgs)
+    with AnyReader([tmp_path / "bag_0000"]) as reader:
+        assert reader.message_count == w.counts[JS_TOPIC]
+
+
+def test_reindex_a_killed_loggers_bag(tmp_path):
+    """After kill -9: no metadata.yaml, no summary/footer, the disk reserve file left behind.
+    reindex_bag rewrites what is readable into a complete bag that rosbags and the mcap tools open."""
+    from mbrl_ros.core.data import reindex_bag
+
+    w = BagWriter(tmp_path / "live", flush_interval_s=0.5)
+    w.add_topic(JS_TOPIC, "sensor_msgs/msg/JointState", qos_profile(reliability="best_effort", depth=7))
+    w.add_topic(CMD_TOPIC, "std_msgs/msg/Float64MultiArray")
+    for k in range(230):
+        w.write(JS_TOPIC, T0 + k * 10_000_000, js(k, 5 * 10**9 + k * 10_000_000))
+        w.write(CMD_TOPIC, T0 + k * 10_000_000 + 2_000_000, cmd(k))
+    crashed = tmp_path / "crashed" / "bag_0000"
+    shutil.copytree(w.bag_paths[0], crashed)   # the files as a kill -9 leaves them
+    w.close()
+    assert sorted(p.name for p in crashed.iterdir()) == [".mbrl_reserve", "bag_0000.mcap"]
+    with pytest.raises(Exception):
+        AnyReader([crashed]).open()
+    before, _ = read_bag(crashed)
+
+    rep = reindex_bag(crashed)
+    assert sorted(p.name for p in crashed.iterdir()) == ["bag_0000.mcap", "bag_0000.mcap.orig", "metadata.yaml"]
+    assert rep.backups == [crashed / "bag_0000.mcap.orig"] and "without a Footer" in str(rep.damage[0])
+    assert sum(rep.counts.values()) == len(before) >= 400
+    with AnyReader([crashed]) as reader:
+        assert reader.message_count == len(before)
+        js_conn = next(c for c in reader.connections if c.topic == JS_TOPIC)
+        assert js_conn.msgtype == "sensor_msgs/msg/JointState"
+        assert js_conn.ext.offered_qos_profiles[0].depth == 7       # QoS kept from the channel record
+        got = [BagMessage(c.topic, c.msgtype, t, reader.deserialize(raw, c.msgtype)) for c, t, raw in reader.messages()]
+    check_values(got)
+    assert [(m.topic, m.log_time_ns) for m in got] == [(m.topic, m.log_time_ns) for m in before]
+    msgs, rep2 = read_bag(crashed)
+    assert rep2.complete and len(msgs) == len(before)
+    assert all(_chunk_crcs(crashed / "bag_0000.mcap"))
+
+
+def test_reindex_errors(tmp_path):
+    from mbrl_ros.core.data import reindex_bag
+
+    with pytest.raises(BagError, match="no such bag directory"):
+        reindex_bag(tmp_path / "missing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(BagError, match="no .mcap file"):
+        reindex_bag(tmp_path / "empty")
+    junk = tmp_path / "junk"
+    junk.mkdir()
+    (junk / "junk.mcap").write_bytes(b"\x89MCAP0\r\n" + b"\x01" + b"\xff" * 40)
+    with pytest.raises(BagError, match="no readable message"):
+        reindex_bag(junk)
+    assert sorted(p.name for p in junk.iterdir()) == ["junk.mcap"]   # nothing touched
