@@ -217,6 +217,15 @@ def test_single_query_and_batches(fitted, test_set):
         model.predict(np.zeros(3), np.zeros(1))
 
 
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_mean_only_prediction_equals_the_mean(fitted, test_set, name):
+    """predict_mean (what sampling planners roll out) skips the variance, nothing else."""
+    model, _ = fitted[name]
+    mean, _ = model.predict(test_set.states, test_set.actions)
+    np.testing.assert_allclose(model.predict_mean(test_set.states, test_set.actions), mean,
+                               rtol=1e-12, atol=1e-12)
+
+
 def test_too_few_or_nan_transitions():
     with pytest.raises(ModelError, match="at least 10"):
         make().fit(pendulum(9, seed=2))

@@ -531,10 +531,15 @@ class _KernelPosterior:
             return J.transpose(0, 1)
         return torch.einsum("qbd,qt->btd", J, self.mix)
 
-    def mean_var(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, d) normalised inputs -> mean (B, T), variance with noise (B, T)."""
+    def mean_var(self, z: torch.Tensor, with_var: bool = True
+                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(B, d) normalised inputs -> mean (B, T), variance with noise (B, T); without
+        ``with_var`` the variance is None (the kernel rows' product with the variance
+        factor costs more than the mean itself: sampling planners need only the mean)."""
         k = self._krow(self._expand(z))
         mean = (k @ self.alpha).squeeze(-1)                               # (Q, B)
+        if not with_var:
+            return (mean.T if self.mix is None else mean.T @ self.mix), None
         if self.W is not None:
             red = (k @ self.W).pow(2).sum(-1)
             var = self.outputscale[:, None] - red
@@ -611,8 +616,11 @@ class _KroneckerPosterior:
     def mix_jacobian(self, J: torch.Tensor) -> torch.Tensor:
         return J.transpose(0, 1)
 
-    def mean_var(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def mean_var(self, z: torch.Tensor, with_var: bool = True
+                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
         k = self._krow(z)
+        if not with_var:
+            return k @ self.amean, None
         a2 = (k @ self.U).pow(2)                                           # (B, r)
         h = a2 @ self._inv                                                 # (B, T)
         var = (self.bdiag - h @ self.G2.T).clamp_min(0.0) + self.noise
@@ -1269,8 +1277,10 @@ class GPModel(DynamicsModel):
     def _normalise(self, x: np.ndarray, u: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(self.in_norm(self.features(x, u)))
 
-    def _predict_norm(self, x: np.ndarray, u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Normalised state-change mean and variance (B, nx) for (B, nx) x and (B, nu) u."""
+    def _predict_norm(self, x: np.ndarray, u: np.ndarray, with_var: bool = True
+                      ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Normalised state-change mean and variance (B, nx) for (B, nx) x and (B, nu) u
+        (variance None without ``with_var``)."""
         z = self._normalise(x, u)
         if not len(z):
             return np.zeros((0, self.spec.nx)), np.zeros((0, self.spec.nx))
@@ -1279,10 +1289,12 @@ class GPModel(DynamicsModel):
         with torch.no_grad(), _threads(self.settings.threads):
             for i in range(0, z.shape[0], step):
                 zc = z[i:i + step]
-                m, v = self._post.mean_var(zc)
+                m, v = self._post.mean_var(zc, with_var)
                 means.append(m + self._prior_mean(zc))
                 variances.append(v)
         mean = means[0] if len(means) == 1 else torch.cat(means)
+        if not with_var:
+            return mean.numpy(), None
         var = variances[0] if len(variances) == 1 else torch.cat(variances)
         return mean.numpy(), var.numpy()
 
@@ -1300,6 +1312,15 @@ class GPModel(DynamicsModel):
         mean, var = self._predict_norm(x, u)
         std = self.out_norm.std
         return x + mean * std + self.out_norm.mean, var * std ** 2
+
+    def predict_mean(self, x: np.ndarray, u: np.ndarray) -> np.ndarray:
+        """Next-state mean only, (B, nx) float64: ``predict(x, u)[0]`` without computing the
+        variance (about half the cost of a batch of 256 at N = 800; sampling planners'
+        rollouts use it)."""
+        self._require_fitted()
+        x, u = check_xu(self.spec, x, u)
+        mean, _ = self._predict_norm(x, u, with_var=False)
+        return x + mean * self.out_norm.std + self.out_norm.mean
 
     def linearize(self, xs: np.ndarray, us: np.ndarray) -> Linearization:
         """Jacobians of the predictive mean by autograd, along a trajectory.

@@ -363,9 +363,14 @@ class RolloutEngine:
         xs[0] = x0
         tv = bool(getattr(model, "time_varying", False))
         predict = model.predict
+        # Rollouts use only the mean: a model that can skip its variance says so.
+        mean_only = None if tv else getattr(model, "predict_mean", None)
         with np.errstate(invalid="ignore", over="ignore"):
             for t in range(T):
-                xs[t + 1] = predict(xs[t], Ut[t], t)[0] if tv else predict(xs[t], Ut[t])[0]
+                if mean_only is not None:
+                    xs[t + 1] = mean_only(xs[t], Ut[t])
+                else:
+                    xs[t + 1] = predict(xs[t], Ut[t], t)[0] if tv else predict(xs[t], Ut[t])[0]
             J = np.asarray(cost.stage_batch(xs[:T].transpose(1, 0, 2), Un)
                            + cost.terminal_batch(xs[T]), dtype=np.float64)
         self.model_calls += T
