@@ -67,9 +67,32 @@ class ArtifactInfo:
 
     @classmethod
     def from_json(cls, text: str) -> "ArtifactInfo":
-        d = json.loads(text)
-        return cls(str(d["uri"]), str(d["kind"]), int(d["version"]), str(d["checksum"]),
-                   dict(d.get("metrics", {})))
+        """Parse an announcement (it comes from the network).
+
+        Raises:
+            ModelError: not JSON, or a key missing or of the wrong type (named).
+        """
+        try:
+            d = json.loads(text)
+        except (json.JSONDecodeError, TypeError, RecursionError) as e:
+            raise ModelError(f"model announcement is not JSON: {e}") from e
+        if not isinstance(d, dict):
+            raise ModelError(f"model announcement must be a JSON object; got {_short(d)}")
+        checks = (("uri", "a non-empty string", lambda v: isinstance(v, str) and v != ""),
+                  ("kind", "a string", lambda v: isinstance(v, str)),
+                  ("version", "an integer >= 0", lambda v: _is_int(v) and v >= 0),
+                  ("checksum", "a SHA-256 (64 hex digits)",
+                   lambda v: isinstance(v, str) and bool(_SHA256_RE.match(v))))
+        for key, what, ok in checks:
+            if key not in d or not ok(d[key]):
+                got = _short(d[key]) if key in d else "it is missing"
+                raise ModelError(f"model announcement: key {key!r} must be {what}; "
+                                 f"got {got}")
+        metrics = d.get("metrics") or {}
+        if not isinstance(metrics, dict):
+            raise ModelError(f"model announcement: key 'metrics' must be an object; got "
+                             f"{_short(metrics)}")
+        return cls(d["uri"], d["kind"], d["version"], d["checksum"], dict(metrics))
 
 
 def _sha256(path: Path) -> str:
@@ -434,9 +457,7 @@ def unpack(data: bytes, root: str | Path, name: str, version: int,
     ``vNNNN-<checksum prefix>``. ``name`` comes from the network: path separators and
     '..' are refused.
     """
-    if not _NAME_RE.match(name) or name in (".", ".."):
-        raise ModelError(f"received artifact name {name!r} is not a plain name")
-    base = open_store(root, name)
+    base = open_store(root, name)           # refuses a name with separators or '..'
     target = base / f"v{int(version):04d}"
     if target.exists():
         if checksum is None or _sha256(target / "weights.npz") == checksum:

@@ -256,3 +256,19 @@ def test_fit_refuses_a_model_with_nan_weights(monkeypatch):
     data = _rest_data(moving_states=True, moving_actions=True)
     with pytest.raises(ModelError, match="(array 'var' has 1 NaN|variance .* not finite)"):
         fit_model(data, FitSettings(model="linear"))
+
+
+def test_malformed_announcements_name_the_key():
+    good = {"uri": "/m/v0001", "kind": "linear", "version": 1, "checksum": "a" * 64}
+    assert store.ArtifactInfo.from_json(json.dumps(good)).version == 1
+    with pytest.raises(ModelError, match="key 'version' must be an integer"):
+        store.ArtifactInfo.from_json(json.dumps({**good, "version": "one"}))
+    with pytest.raises(ModelError, match="key 'checksum' .*missing"):
+        store.ArtifactInfo.from_json(json.dumps({k: v for k, v in good.items()
+                                                 if k != "checksum"}))
+    with pytest.raises(ModelError, match="key 'metrics' must be an object"):
+        store.ArtifactInfo.from_json(json.dumps({**good, "metrics": 5}))
+    with pytest.raises(ModelError, match="must be a JSON object"):
+        store.ArtifactInfo.from_json("[1, 2]")
+    with pytest.raises(ModelError, match="not JSON"):
+        store.ArtifactInfo.from_json("{")

@@ -153,3 +153,19 @@ def test_valid_weights_with_one_array_changed(valid, name, array, drop):
         path = copy_of(valid, d)
         rewrite(path, arrays)
         assert_loads_or_model_error(path, robot_check=True)
+
+
+@FUZZ
+@given(d=JSON | st.fixed_dictionaries({}, optional={
+    "uri": PLAUSIBLE | JSON, "kind": PLAUSIBLE, "version": PLAUSIBLE | JSON,
+    "checksum": st.just("0" * 64) | JSON, "metrics": JSON}))
+def test_random_announcements(d):
+    """The announcement comes from the network: a ModelError naming the key, or an
+    ArtifactInfo of the right types."""
+    try:
+        info = store.ArtifactInfo.from_json(json.dumps(d))
+    except ModelError as e:
+        assert "model announcement" in str(e)
+    else:
+        assert isinstance(info.uri, str) and isinstance(info.version, int)
+        assert isinstance(info.metrics, dict)
