@@ -17,7 +17,7 @@ def run(*args, env=None, timeout=100):
                           timeout=timeout, env=env)
 
 
-@pytest.mark.parametrize("sub", ["", "record", "dataset", "demo", "params"])
+@pytest.mark.parametrize("sub", ["", "record", "dataset", "demo", "params", "reindex"])
 def test_help(sub):
     r = run(*([sub] if sub else []), "--help")
     assert r.returncode == 0 and "usage: mbrl-ros" in r.stdout
@@ -45,7 +45,7 @@ def test_record_then_dataset(tmp_path, ros_env):
     (damaged / mcap.name).write_bytes(data[: int(len(data) * 0.6)])
     r = run("dataset", damaged / mcap.name, "--out", tmp_path / "partial.npz")
     assert r.returncode == 0, r.stderr
-    assert mcap.name in r.stderr and "read up to the damage" in r.stderr
+    assert mcap.name in r.stderr and "warning: bag damage" in r.stderr and "at byte" in r.stderr
     assert 10 < len(TransitionBatch.load(tmp_path / "partial.npz")) < len(batch)
 
 
@@ -79,3 +79,80 @@ def test_demo_quick_writes_a_valid_report(tmp_path, ros_env):
         assert png.exists() and png.read_bytes()[:4] == b"\x89PNG"
     assert (out / "models" / "gp" / "latest").exists()
     assert m["bags"] and Path(m["bags"][0], "metadata.yaml").exists()
+
+
+# ------------------------------------------------------------------ bag integrity (issue 11)
+def _write_bag(root, n=600, joints=("j1", "j2"), n_values=2, step_back_at=None, chunk_bytes=8_000):
+    """A bag like the logger's: states at 100 Hz, a command 2 ms after each; the log clock steps
+    back by 1 s at state step_back_at (None: never)."""
+    import numpy as np
+
+    from mbrl_ros.core.data import BagWriter, default_typestore
+    ts = default_typestore()
+    JS, Header, Time = (ts.types[k] for k in ("sensor_msgs/msg/JointState", "std_msgs/msg/Header",
+                                              "builtin_interfaces/msg/Time"))
+    F64, Layout = (ts.types[k] for k in ("std_msgs/msg/Float64MultiArray", "std_msgs/msg/MultiArrayLayout"))
+    t0 = 1_700_000_000 * 10**9
+    with BagWriter(root, chunk_bytes=chunk_bytes) as w:
+        w.add_topic("/joint_states", "sensor_msgs/msg/JointState")
+        w.add_topic("/effort_controller/commands", "std_msgs/msg/Float64MultiArray")
+        for k in range(n):
+            back = 10**9 if step_back_at is not None and k >= step_back_at else 0
+            t, stamp = t0 + k * 10**7 - back, 5 * 10**9 + k * 10**7
+            p = np.full(len(joints), 0.01 * k)
+            w.write("/joint_states", t, JS(header=Header(stamp=Time(sec=stamp // 10**9, nanosec=stamp % 10**9),
+                                                         frame_id=""), name=list(joints), position=p,
+                                           velocity=np.ones(len(joints)), effort=np.zeros(0)))
+            w.write("/effort_controller/commands", t + 2 * 10**6,
+                    F64(layout=Layout(dim=[], data_offset=0), data=np.full(n_values, 0.5)))
+    return w.bag_paths[0]
+
+
+def test_dataset_reports_every_damaged_chunk(tmp_path):
+    bag = _write_bag(tmp_path / "bags")
+    mcap = bag / f"{bag.name}.mcap"
+    data = bytearray(mcap.read_bytes())
+    for where in (0.5, 0.7):                  # 4 KiB of random bytes at 50 % and 70 %
+        pos = int(len(data) * where)
+        data[pos:pos + 4096] = bytes((i * 97 + 13) % 256 for i in range(4096))
+    mcap.write_bytes(bytes(data))
+    out = tmp_path / "ds.npz"
+    r = run("dataset", bag, "--out", out)
+    assert r.returncode == 0, r.stderr
+    warnings = [line for line in r.stderr.splitlines() if line.startswith("warning: bag damage")]
+    assert len(warnings) >= 2, r.stderr
+    for w in warnings:
+        assert str(mcap) in w and " at byte " in w and " messages lost" in w and "unknown" not in w
+    batch = TransitionBatch.load(out)
+    assert batch.meta["bags_complete"] is False
+    damage = batch.meta["bag_damage"]
+    assert len(damage) == len(warnings)
+    assert all(d["file"] == str(mcap) and d["offset"] > 0 and d["messages_lost"] > 0 for d in damage)
+
+
+def test_dataset_drops_and_counts_a_backwards_clock_step(tmp_path):
+    bag = _write_bag(tmp_path / "bags", n=300, step_back_at=150)
+    r = run("dataset", bag, "--out", tmp_path / "ds.npz")
+    assert r.returncode == 0, r.stderr
+    assert "warning: log time stepped back 1 time(s)" in r.stderr
+    row = next(line for line in r.stdout.splitlines() if line.strip().startswith("clock_step "))
+    assert row.split()[1] == "1" and row.split()[-1] == "1"     # 1 dropped, 1 transition lost
+    batch = TransitionBatch.load(tmp_path / "ds.npz")
+    assert len(batch) == 298 and batch.meta["clock_steps"] == 1   # 299 candidates - 1
+    assert float(batch.dt.max()) < 0.011 and float(batch.dt.min()) > 0.009   # no pair across it
+
+
+def test_dataset_command_length_mismatch_is_an_error(tmp_path):
+    bag = _write_bag(tmp_path / "bags", n=50, n_values=3)         # 3 values for a 2-joint arm
+    r = run("dataset", bag, "--out", tmp_path / "ds.npz")
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "3 values (all 50 commands)" in r.stderr and "2 joints" in r.stderr
+    r = run("dataset", bag, "--out", tmp_path / "ds.npz", "--robot", "arm2")
+    assert r.returncode == 2 and "3 values (all 50 commands)" in r.stderr
+    assert "2 command joints" in r.stderr
+    assert not (tmp_path / "ds.npz").exists()
+
+
+def test_reindex_errors_are_one_line(tmp_path):
+    r = run("reindex", tmp_path / "nothing")
+    assert r.returncode == 2 and "no such bag directory" in r.stderr and "Traceback" not in r.stderr
