@@ -199,9 +199,7 @@ def soak(minutes: float, period: float, sample: float, warmup: float, tolerance:
         [CONFIG / "controller.yaml", CONFIG / f"{ROBOT}.yaml"])
     if log_dir:
         log_dir.mkdir(parents=True, exist_ok=True)
-    procs = {"sim": Proc(sim_cmd, env, log_dir / "sim.log" if log_dir else None),
-             "controller": Proc(ctrl_cmd, env,
-                                log_dir / "controller.log" if log_dir else None)}
+    procs: dict[str, Proc] = {}
     probe = Probe(domain, "soak_probe")
     watch = Watch(probe)
     rss: dict[tuple[str, int], list[tuple[float, int]]] = {}   # (node, pid) -> [(t, kiB)]
@@ -210,8 +208,9 @@ def soak(minutes: float, period: float, sample: float, warmup: float, tolerance:
     targets: list[dict] = []
     counters_after_warmup: dict = {}
     exits: dict[str, int | None] = {}
-    t0 = None
     try:
+        for name, cmd in (("sim", sim_cmd), ("controller", ctrl_cmd)):
+            procs[name] = Proc(cmd, env, log_dir / f"{name}.log" if log_dir else None)
         started = wait_for(lambda: watch.commands >= 100 and watch.q is not None
                            and watch.diag.get("replans", "0") not in ("", "0")
                            and watch.target_pub.get_subscription_count() >= 1,
