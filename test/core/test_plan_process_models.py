@@ -43,7 +43,15 @@ def test_running_child_refuses_bad_models_and_keeps_planning(make_proc, tmp_path
     three = published(tmp_path, arm2_linear(actions=("shoulder", "elbow", "wrist")), "b")
     with pytest.raises(ModelError, match="wrist"):     # other actions than the model in use
         proc.load_model(three.uri, three.version, three.checksum)
-    proc.replan(X0, 0.01)
+    # finite weights, finite at home, but not from the state the robot is in
+    blows_up = arm2_linear()
+    blows_up.A[2, 0] = 1e308                              # x' overflows for |q0| > 1.8
+    far = published(tmp_path, blows_up, "far")
+    x_far = np.array([2.0, 0.0, 0.0, 0.0])
+    proc.replan(x_far, 0.01)
+    with pytest.raises(ModelError, match=r"one-step prediction from x=\[2.0, 0.0, 0.0, 0.0\]"):
+        proc.load_model(far.uri, far.version, far.checksum)
+    proc.replan(X0, 0.02)
     assert proc.model_version == 1 and proc.stats["model_version"] == 1
     assert proc.counters == {"starts": 1, "failures": 0}
 

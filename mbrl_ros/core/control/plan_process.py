@@ -376,6 +376,8 @@ class PlanProcess:
         self.spec: ModelSpec | None = None
         self.stats: dict[str, Any] = {}
         self._nominal: tuple[np.ndarray, np.ndarray] | None = None
+        # the newest state planned from: a model is checked to predict from it
+        self._last_state: np.ndarray | None = None
         self.counters = {"starts": 0, "failures": 0}
 
     # ------------------------------------------------------------------ lifecycle
@@ -488,8 +490,10 @@ class PlanProcess:
         """
         if not self.ready:
             raise ModelError("no model or no target yet")
+        x = np.asarray(x, dtype=float)
+        self._last_state = x
         child = self._ready_child()
-        f = child.request("plan", np.asarray(x, dtype=float), float(t), float(lookahead))
+        f = child.request("plan", x, float(t), float(lookahead))
         try:
             msg = f.result(timeout=self.plan_timeout)
         except FutureTimeout:
@@ -518,12 +522,14 @@ class PlanProcess:
         With a child running, the child loads and verifies it (while it keeps planning on
         the previous model) and this waits for its answer; without one (inactive), it is
         verified here and the next child starts with it. ``state`` (2n,): the robot's
-        current state for the one-step check (None: its home keyframe; see
-        :func:`load_model`). Returns the model version.
+        current state for the one-step check (None: the state of the last replan, else
+        the home keyframe; see :func:`load_model`). Returns the model version.
 
         Raises:
             ModelError: refused (the previous model stays in use).
         """
+        if state is None:
+            state = self._last_state
         child = self._child
         if child is None or child.lost is not None:
             model, v = load_model(source, robot=self.robot,
