@@ -371,7 +371,10 @@ def read_verified(uri: str | Path, expect: ModelSpec | None = None,
                          f"{checksum[:12]}…")
     spec = ModelSpec.from_json(meta["spec"])
     if expect is not None:
-        expect.check_compatible(spec)
+        try:
+            expect.check_compatible(spec)
+        except ModelError as e:
+            raise ModelError(f"{path}/model.json: key 'spec': {e}") from e
     try:
         z = np.load(weights, allow_pickle=False)
         if not isinstance(z, np.lib.npyio.NpzFile):
