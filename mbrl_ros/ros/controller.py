@@ -45,7 +45,19 @@ controller keeps running on the previous model).
 Safety (see :mod:`mbrl_ros.core.control.safety`): clamp and rate limit, joint-limit guard,
 watchdog (no fresh state for ``state_timeout`` -> safe hold), NaN/inf in the state or the
 policy -> safe hold with a latched error cleared by ``~/clear_error`` (std_srvs/Trigger),
-deadline-miss counter, uncertainty fallback. Publishes ``/diagnostics`` and the plan
+deadline-miss counter, uncertainty fallback. Joint states pass a plausibility check first
+(:mod:`mbrl_ros.core.control.plausibility`: range plus ``state_position_margin``, speed,
+reach from the last accepted state): a rejected state never reaches a planner or the
+policy, the control step holds until states are plausible again, and ``implausible_latch``
+rejections in a row (or within ``implausible_window``) latch the error. The decisions of a
+control step (holds, latch, plan hand-over) live in
+:class:`mbrl_ros.core.control.actuator.Actuator`; this node feeds it and publishes.
+
+Publishes ``/diagnostics`` (level: ERROR when latched, when the model is unusable --
+``replan_failure_limit`` replans failed in a row -- or when the planning worker failed more
+than ``worker_failure_limit`` times within ``worker_failure_window``; WARN when any control
+step since the last report held for a reason other than having no target; see
+:func:`mbrl_ros.core.control.health.controller_health`) and the plan
 (``~/planned_trajectory``, trajectory_msgs/JointTrajectory; ``~/planned_path``,
 visualization_msgs/MarkerArray of the end effector).
 """
@@ -76,13 +88,16 @@ from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 from visualization_msgs.msg import Marker, MarkerArray
 
 from mbrl_ros.core import registry, store
+from mbrl_ros.core.control.actuator import Actuator
+from mbrl_ros.core.control.health import RecentEvents, controller_health
 from mbrl_ros.core.control.mpc import CostSettings, MPCController
 from mbrl_ros.core.control.plan_process import PlanProcess, PlanProcessError, load_model
+from mbrl_ros.core.control.plausibility import StatePlausibility, robot_limits
 from mbrl_ros.core.control.safety import SafetyFilter, SafetySettings
 from mbrl_ros.core.models.base import ModelError
 from mbrl_ros.core.settings import SettingsError, setting
-from mbrl_ros.ros.conversions import (JointStateReader, MessageError, command_msg,
-                                      time_to_ns)
+from mbrl_ros.ros.conversions import (JointStateReader, MessageError, NonFiniteState,
+                                      command_msg, time_to_ns)
 from mbrl_ros.ros.node_main import run_node
 from mbrl_ros.ros.params import declare_settings
 from mbrl_ros.sim.env import MujocoSim
@@ -174,6 +189,15 @@ class ControllerSettings:
     publish_plan: bool = setting(True, "publish ~/planned_trajectory and ~/planned_path")
     diagnostics_rate: float = setting(2.0, "rate of /diagnostics status", unit="Hz",
                                       low=0.0, high=100.0)
+    replan_failure_limit: int = setting(20, "/diagnostics ERROR 'model unusable' after this "
+                                        "many replans failed in a row (a successful replan "
+                                        "clears it)", low=1, high=1_000_000, dynamic=True)
+    worker_failure_limit: int = setting(3, "/diagnostics ERROR when the planning worker "
+                                        "failed (died, hung, could not start) more than this "
+                                        "many times within worker_failure_window",
+                                        low=0, high=1_000_000, dynamic=True)
+    worker_failure_window: float = setting(60.0, "window of worker_failure_limit", unit="s",
+                                           low=0.1, high=1e6, dynamic=True)
 
 
 class Controller(LifecycleNode):
@@ -196,12 +220,10 @@ class Controller(LifecycleNode):
                 self, cls.Settings, prefix=f"{pid}.",
                 on_change=lambda new, pid=pid: self._on_planner_settings(pid, new)))
         self.mpc: MPCController | None = None
+        # The control step's decisions (accepted state, holds, latch, hand-over): built at
+        # configure, when the robot is known.
+        self.actuator: Actuator | None = None
         self.active = False
-        # The newest valid state as one reference (x, its stamp t [s], the monotonic time
-        # it arrived): the control and planning threads read the three together while the
-        # executor thread replaces them.
-        self._latest: tuple = (None, 0.0, -np.inf)
-        self._policy_lock = threading.Lock()
         # Replanning has a thread of its own (as mujoco_mpc's planning thread): in an
         # executor callback a 10 ms solve competed with the executor loop for the GIL and
         # took 300 ms. Models load on another thread, so a slow load never delays states.
@@ -217,12 +239,6 @@ class Controller(LifecycleNode):
         self._control_clock = "on_state"        # what runs the control step (configure)
         self._control_sched = ""                # the control thread's scheduling
         self._saved_switch_interval: float | None = None
-        self.fault: str | None = None                # latched error
-        self._policy = None
-        # A plan started ahead of its state (latency compensation) takes over at its t0:
-        # until then the current policy -- the one the prediction assumed -- stays in use.
-        self._next_policy = None
-        self._state_dt = 0.0
         self._states_since_plan = 0
         self._last_cmd_wall: float | None = None
         self._periods: deque = deque(maxlen=1000)   # between control-step starts [s]
@@ -230,10 +246,16 @@ class Controller(LifecycleNode):
         self._solve_times: deque = deque(maxlen=200)
         self._plan_latency: deque = deque(maxlen=10)    # s, state arrival -> policy in use
         self._lookahead_steps = 0
-        self.counters = {"commands": 0, "holds": 0, "stale": 0, "bad_states": 0,
-                         "deadline_misses": 0, "replans": 0, "replan_failures": 0,
-                         "fallbacks": 0, "model_loads": 0, "model_rejects": 0,
-                         "switches": 0, "nonfinite_blocked": 0, "control_overruns": 0}
+        self.counters = {"commands": 0, "stale": 0, "deadline_misses": 0, "replans": 0,
+                         "replan_failures": 0, "fallbacks": 0, "model_loads": 0,
+                         "model_rejects": 0, "switches": 0, "control_overruns": 0}
+        # Health: replans failed since the last success, planning-worker failures in a
+        # window, and what the previous diagnostics report had seen (holds, commands).
+        self._replan_failures_in_row = 0
+        self._last_replan_error = ""
+        self._worker_failures = RecentEvents(self.settings.worker_failure_window)
+        self._worker_failures_seen = 0
+        self._reported: tuple[dict, int] = ({}, 0)
         self.get_logger().info("unconfigured; "
                                + ("autostart: configuring" if self.settings.autostart
                                   else "waiting for configure"))
@@ -254,6 +276,10 @@ class Controller(LifecycleNode):
             cmd_index = np.asarray(self.robot.command_index)
             self.safety = SafetyFilter(self.safety_settings, self.robot.effort_limits,
                                        self.robot.position_limits[cmd_index], cmd_index, n)
+            v_max, a_max = robot_limits(self.robot)
+            self.actuator = Actuator(self.safety, StatePlausibility(
+                self.safety_settings, self.robot.position_limits, self.robot.continuous,
+                v_max, a_max, names=self.robot.joint_names))
             args = (list(s.planner_plugins), s.active_planner, s.horizon,
                     self.robot.effort_limits, self.robot.position_limits, self.cost_settings,
                     s.fallback_planner, s.uncertainty_threshold)
@@ -324,7 +350,7 @@ class Controller(LifecycleNode):
 
     def on_activate(self, state) -> TransitionCallbackReturn:
         self.safety.reset()
-        self._clear_policy()
+        self.actuator.clear_policy()
         self._last_cmd_wall = None          # no period across an inactive stretch
         self.active = True
         self._start_control_thread()
@@ -344,7 +370,7 @@ class Controller(LifecycleNode):
         self._stop_control_thread()         # before the release: one publisher at a time
         self._stop_planning()
         self._release()
-        self._clear_policy()
+        self.actuator.clear_policy()
         return super().on_deactivate(state)
 
     def _stop_planning(self) -> None:
@@ -410,17 +436,17 @@ class Controller(LifecycleNode):
         super().destroy_node()
 
     def reset_episode(self) -> None:
-        """Forget the current plan and the last command (a new episode starts elsewhere):
-        planners restart cold, the rate limit starts from zero."""
-        self._clear_policy()
+        """Forget the current plan, the last command and the last state (a new episode
+        starts elsewhere): planners restart cold, the rate limit starts from zero, and
+        the state check confirms the new episode's first states instead of rejecting
+        them as a jump."""
+        self.actuator.reset()
         if isinstance(self.mpc, PlanProcess):
             self.mpc.reset_planners()
         elif self.mpc is not None:
             for p in self.mpc.planners.values():
                 p.reset(self.mpc.horizon)
-        self.safety.reset()
         self._states_since_plan = 0
-        self._latest = (None, 0.0, -np.inf)
 
     # ================================================================== models, planners
     def _make_planner(self, pid: str, nx: int, nu: int, u_min, u_max, dt: float):
@@ -467,7 +493,7 @@ class Controller(LifecycleNode):
     def _on_plan_lost(self, reason: str) -> None:
         """The planning process died or hung: its last plan is not followed any further
         (safe hold until a new process plans again)."""
-        self._clear_policy()
+        self.actuator.clear_policy()
 
     def _on_artifact(self, msg: UInt8MultiArray) -> None:
         """A packed artifact from another host: unpack locally, then load as announced."""
@@ -499,28 +525,37 @@ class Controller(LifecycleNode):
 
     # ================================================================== inputs
     def _on_state(self, msg: JointState) -> None:
+        act = self.actuator
+        had_fault = act.fault is not None
         try:
             q, qd = self.reader.read(msg)
-        except MessageError as e:
-            self.counters["bad_states"] += 1
-            if "NaN" in str(e):
-                self._latch(f"non-finite joint state: {e}")
-            else:
-                self.get_logger().warning(f"joint state ignored: {e}",
-                                          throttle_duration_sec=1.0)
+        except NonFiniteState as e:
+            act.unreadable(str(e), nonfinite=True)
+            accepted = False
+        except MessageError as e:           # e.g. another driver's joints: not ours
+            act.unreadable(str(e))
+            self.get_logger().warning(f"joint state ignored: {e}", throttle_duration_sec=1.0)
             return
-        t = time_to_ns(msg.header.stamp) * 1e-9
-        prev_x, prev_t, _ = self._latest
-        self._state_dt = t - prev_t if prev_x is not None else 0.0
-        self._latest = (np.concatenate([q, qd]), t, time.monotonic())
-        if self.mpc is not None and self.mpc.target_q is None:
-            self.mpc.set_target(q)          # no target given: hold where we are
-        if self.settings.plan_mode == "sync" and self.active:
-            if self._states_since_plan % self.settings.replan_every == 0:
-                self._replan()
-            self._states_since_plan += 1
+        else:
+            verdict = act.receive(q, qd, time_to_ns(msg.header.stamp) * 1e-9,
+                                  time.monotonic())
+            accepted = verdict.accepted
+            if verdict.implausible:
+                self.get_logger().warning(f"joint state rejected: {verdict.reason}",
+                                          throttle_duration_sec=1.0)
+            elif verdict.reason and accepted:
+                self.get_logger().warning(f"joint state {verdict.reason}")
+        if act.fault is not None and not had_fault:
+            self.get_logger().error(f"{act.fault}: safe hold until ~/clear_error")
+        if accepted:
+            if self.mpc is not None and self.mpc.target_q is None:
+                self.mpc.set_target(q)          # no target given: hold where we are
+            if self.settings.plan_mode == "sync" and self.active:
+                if self._states_since_plan % self.settings.replan_every == 0:
+                    self._replan()
+                self._states_since_plan += 1
         if self.settings.control_mode == "on_state":
-            self._control_tick()
+            self._control_tick()            # a rejected state is answered by the hold
 
     def _on_target(self, msg: Float64MultiArray) -> None:
         if self.mpc is None:
@@ -543,7 +578,7 @@ class Controller(LifecycleNode):
         period = 1.0 / self.settings.plan_rate
         next_t = time.monotonic()
         while not self._plan_stop.is_set():
-            if self.active and self._latest[0] is not None and self.fault is None:
+            if self.active and self.actuator.latest[0] is not None and self.fault is None:
                 try:
                     self._replan()
                 except Exception as e:   # the loop must survive anything a model does
@@ -565,7 +600,7 @@ class Controller(LifecycleNode):
         return float(np.median(self._plan_latency))
 
     def _replan(self) -> None:
-        x, t, x_wall = self._latest
+        x, t, x_wall = self.actuator.latest
         if x is None or self.mpc is None or not self.mpc.ready:
             return
         try:
@@ -573,17 +608,18 @@ class Controller(LifecycleNode):
                 policy = self.mpc.replan(x, t, self._lookahead())
                 st = dict(self.mpc.stats)
         except PlanProcessError as e:   # no process (lost, restarting, stopped): hold
-            self._clear_policy()
+            self.actuator.clear_policy()
             if not self._plan_stop.is_set():
-                self.counters["replan_failures"] += 1
+                self._replan_failed(e)
                 self.get_logger().error(f"replan failed: {e}", throttle_duration_sec=1.0)
             return
         except Exception as e:      # any planner/model failure: keep the previous plan
-            self.counters["replan_failures"] += 1
+            self._replan_failed(e)
             self.get_logger().error(f"replan failed, keeping the previous plan: {e}",
                                     throttle_duration_sec=1.0)
             return
         self.counters["replans"] += 1
+        self._replan_failures_in_row = 0
         self._solve_times.append(st["replan_seconds"])
         if st.get("fallback"):
             self.counters["fallbacks"] += 1
@@ -594,17 +630,18 @@ class Controller(LifecycleNode):
         if self.settings.plan_mode == "timer" and \
                 st["replan_seconds"] > 1.0 / self.settings.plan_rate:
             self.counters["deadline_misses"] += 1
-        with self._policy_lock:
-            warm = self._policy is not None
-            if st.get("lookahead_steps", 0) > 0 and warm:
-                self._next_policy = policy
-            else:
-                self._policy, self._next_policy = policy, None
+        # A plan started ahead of its state (latency compensation) takes over at its t0.
+        warm = self.actuator.offer(policy, ahead=st.get("lookahead_steps", 0) > 0)
         if warm:          # a cold plan's latency (first solve, process start) is no guide
             self._plan_latency.append(time.monotonic() - x_wall)
         self._lookahead_steps = int(st.get("lookahead_steps", 0))
         if self.settings.publish_plan:
             self._publish_plan(t)
+
+    def _replan_failed(self, e: Exception) -> None:
+        self.counters["replan_failures"] += 1
+        self._replan_failures_in_row += 1
+        self._last_replan_error = str(e) or type(e).__name__
 
     def _on_control_timer(self, info: TimerInfo) -> None:
         """The control timer: note how late this call started against its schedule."""
@@ -714,68 +751,42 @@ class Controller(LifecycleNode):
                     period > 1.5 / self.settings.control_rate:
                 self.counters["deadline_misses"] += 1
         self._last_cmd_wall = now
-        x, t, x_wall = self._latest
-        dt = self._step_dt()
-        if x is None or now - x_wall > self.safety_settings.state_timeout:
-            # Stale: damping on an old velocity would be open-loop effort; hold zero.
-            self._send(self.safety.rate_limit(self.safety.hold(None), dt), hold=True)
-            return
-        if self.fault is not None:
-            self._send(self.safety.rate_limit(self.safety.hold(x), dt), hold=True)
-            return
-        with self._policy_lock:
-            nxt = self._next_policy
-            if nxt is not None and t >= getattr(nxt, "t0", -np.inf) - 1e-9:
-                self._policy, self._next_policy = nxt, None
-            policy = self._policy
-        if policy is None or t > getattr(policy, "t_end", np.inf):
-            # No plan, or the plan ran out (replanning failed or fell behind): a constant
-            # open-loop effort from its last knot must not be applied indefinitely.
-            self._send(self.safety.rate_limit(self.safety.hold(x), dt), hold=True)
-            return
-        try:
-            u = policy.action(x, t)
-        except Exception as e:               # a broken policy must not stop the loop
-            u = np.full(self.safety.last.shape, np.nan)
-            self.get_logger().error(f"policy evaluation failed: {e!r}",
-                                    throttle_duration_sec=1.0)
-        if not np.all(np.isfinite(u)):
-            self._latch("policy produced a non-finite command")
-            self._send(self.safety.rate_limit(self.safety.hold(x), dt), hold=True)
-            return
-        self._send(self.safety(u, x, dt))
+        step = self.actuator.step(now, self._step_dt())
+        if step.latched:
+            self.get_logger().error(f"{self.actuator.fault}: safe hold until ~/clear_error")
+        self._send(step.command)
 
     def _step_dt(self) -> float:
         """Time the rate limit may spread a change over: the robot time between the last
         two states (on_state; capped at one control period) or the control period."""
         nominal = 1.0 / self.settings.control_rate
-        if self.settings.control_mode == "on_state" and self._state_dt > 0:
-            return min(self._state_dt, nominal)
+        state_dt = self.actuator.state_dt
+        if self.settings.control_mode == "on_state" and state_dt > 0:
+            return min(state_dt, nominal)
         return nominal
 
     def _watchdog(self) -> None:
         """Stale state: in on_state mode nothing else would command the robot."""
-        x_wall = self._latest[2]
-        if not self.active or x_wall == -np.inf:
+        now = time.monotonic()
+        if not self.active or self.actuator.latest[0] is None:
             return
-        if time.monotonic() - x_wall > self.safety_settings.state_timeout:
+        if self.actuator.stale(now):
             self.counters["stale"] += 1
             self.get_logger().warning(f"no joint state for more than "
                                       f"{self.safety_settings.state_timeout:g} s: safe hold",
                                       throttle_duration_sec=2.0)
             if self.settings.control_mode == "on_state":   # timer mode holds in its tick
-                self._send(self.safety.rate_limit(self.safety.hold(None),
-                                                  self._watchdog_period), hold=True)
+                self._send(self.actuator.step(now, self._watchdog_period).command)
 
-    def _send(self, u: np.ndarray, hold: bool = False) -> None:
-        if not np.all(np.isfinite(u)):          # last line of defence: never send NaN/inf
-            self.counters["nonfinite_blocked"] += 1
-            u = np.zeros_like(u)
-            self.safety.reset()
-        if hold:
-            self.counters["holds"] += 1
+    def _send(self, u: np.ndarray) -> None:
+        """Publish a command (the actuator made it finite and safe)."""
         self.counters["commands"] += 1
         self.cmd_pub.publish(command_msg(u))
+
+    @property
+    def fault(self) -> str | None:
+        """The latched error, or None."""
+        return self.actuator.fault if self.actuator is not None else None
 
     def _release(self) -> None:
         """Stop commanding cleanly: ramp to zero effort within the rate limit (at most
@@ -787,25 +798,13 @@ class Controller(LifecycleNode):
         for _ in range(int(0.2 * self.settings.control_rate)):
             if not np.any(self.safety.last):
                 break
-            self._send(self.safety.rate_limit(np.zeros_like(self.safety.last), dt), hold=True)
+            self._send(self.actuator.release_step(dt))
             time.sleep(dt)
-        self._send(np.zeros_like(self.safety.last), hold=True)
+        self._send(np.zeros_like(self.safety.last))
         self.safety.reset()
 
-    def _latch(self, reason: str) -> None:
-        if self.fault is None:
-            self.get_logger().error(f"{reason}: safe hold until ~/clear_error")
-        self.fault = reason
-        self._clear_policy()
-
-    def _clear_policy(self) -> None:
-        with self._policy_lock:
-            self._policy = self._next_policy = None
-
     def _srv_clear(self, request, response):
-        previous = self.fault
-        self._clear_policy()            # plan afresh from the current state
-        self.fault = None
+        previous = self.actuator.clear_fault()      # plans afresh from the current state
         response.success = True
         response.message = f"cleared: {previous}" if previous else "no error latched"
         return response
@@ -829,6 +828,7 @@ class Controller(LifecycleNode):
     def _on_settings(self, s: ControllerSettings) -> None:
         old = self.settings
         self.settings = s
+        self._worker_failures.window = s.worker_failure_window
         if self.mpc is None:
             return
         if s.active_planner != old.active_planner:
@@ -848,7 +848,7 @@ class Controller(LifecycleNode):
     def _on_safety(self, s: SafetySettings) -> None:
         old, self.safety_settings = self.safety_settings, s
         if self.mpc is not None:
-            self.safety.settings = s
+            self.safety.settings = s            # the plausibility fields are static
             if s.effort_scale != old.effort_scale:   # planners plan within the new limits
                 with self._mpc_guard():
                     self.mpc.effort_scale = s.effort_scale
@@ -892,15 +892,32 @@ class Controller(LifecycleNode):
     def _publish_diagnostics(self) -> None:
         arr = DiagnosticArray()
         arr.header.stamp = self.get_clock().now().to_msg()
-        if self.fault:
-            level, message = DiagnosticStatus.ERROR, f"latched: {self.fault}"
-        elif not self.active:
-            level, message = DiagnosticStatus.OK, "inactive"
-        elif self.mpc is None or not self.mpc.ready:
-            level, message = DiagnosticStatus.WARN, "waiting for a model or a target"
-        else:
-            level, message = DiagnosticStatus.OK, "controlling"
-        st = DiagnosticStatus(name="mbrl_ros/controller", level=level, message=message)
+        process = self.mpc if isinstance(self.mpc, PlanProcess) else None
+        now = time.monotonic()
+        if process is not None:
+            failures = process.counters["failures"]
+            self._worker_failures.add(now, failures - self._worker_failures_seen)
+            self._worker_failures_seen = failures
+        # What happened since the last report: holds by reason, commands sent.
+        act = self.actuator
+        holds, commands = dict(act.holds), self.counters["commands"]
+        seen_holds, seen_commands = self._reported
+        self._reported = (holds, commands)
+        s = self.settings
+        level, message = controller_health(
+            active=self.active, fault=act.fault,
+            model_ready=self.mpc is not None and self.mpc.spec is not None,
+            has_target=self.mpc is not None and self.mpc.target_q is not None,
+            holds={k: n - seen_holds.get(k, 0) for k, n in holds.items()},
+            steps=commands - seen_commands,
+            replan_failures_in_row=self._replan_failures_in_row,
+            last_replan_error=self._last_replan_error,
+            worker_failures=self._worker_failures.count(now),
+            replan_failure_limit=s.replan_failure_limit,
+            worker_failure_limit=s.worker_failure_limit,
+            worker_failure_window=s.worker_failure_window)
+        st = DiagnosticStatus(name="mbrl_ros/controller", level=bytes([level]),
+                              message=message)
         periods = np.asarray(self._periods) * 1e3
         dev = np.abs(periods - 1e3 / self.settings.control_rate)
         late = np.asarray(self._late) * 1e3
@@ -908,7 +925,13 @@ class Controller(LifecycleNode):
         solves = np.asarray(list(self._solve_times)) * 1e3
         latency = list(self._plan_latency)
         vals = dict(self.counters)
-        process = self.mpc if isinstance(self.mpc, PlanProcess) else None
+        vals.update(act.counters)           # bad_states, holds, nonfinite_blocked
+        plausibility = act.plausibility.counters
+        vals.update({
+            "implausible_states": plausibility["implausible"],
+            "reanchors": plausibility["reanchors"],
+            "replan_failures_in_row": self._replan_failures_in_row,
+            "plan_process_failures_recent": self._worker_failures.count(now)})
         vals.update({
             "planning": "sync" if self.settings.plan_mode == "sync"
             else self.settings.planning,

@@ -7,6 +7,7 @@ joint order, and an empty layout.
 """
 from __future__ import annotations
 
+from collections import Counter
 from typing import Sequence
 
 import numpy as np
@@ -18,6 +19,11 @@ from std_msgs.msg import Float64MultiArray
 
 class MessageError(ValueError):
     """A message that cannot be used; the text says why."""
+
+
+class NonFiniteState(MessageError):
+    """A joint state with NaN or inf values (a broken sensor or driver: a controller
+    latches an error instead of ignoring it)."""
 
 
 def time_msg(seconds: float) -> Time:
@@ -50,7 +56,8 @@ class JointStateReader:
     """Extracts (positions, velocities) in a fixed joint order from JointState messages.
 
     Messages may list joints in any order and carry extra joints; the index map is cached
-    per name list so the common case (same order every time) costs one dict lookup.
+    per name list so the common case (same order every time) costs one dict lookup. A
+    message naming one of our joints twice is ambiguous and refused.
     """
 
     def __init__(self, names: Sequence[str]):
@@ -62,6 +69,10 @@ class JointStateReader:
         idx = self._cache.get(key)
         if idx is None:
             pos = {n: i for i, n in enumerate(key)}
+            counts = Counter(key)
+            twice = sorted(n for n in self.names if counts[n] > 1)
+            if twice:
+                raise MessageError(f"joint state names {', '.join(twice)} more than once")
             missing = [n for n in self.names if n not in pos]
             if missing:
                 raise MessageError(f"joint state lacks joint(s) {', '.join(missing)} "
@@ -76,17 +87,22 @@ class JointStateReader:
         """Returns (positions (n,), velocities (n,)) in ``names`` order.
 
         Raises:
-            MessageError: missing joints, arrays shorter than the name list, or NaN/inf.
+            MessageError: missing or repeated joints, arrays whose lengths differ from the
+                name list's, or values that are not numbers.
+            NonFiniteState: NaN or inf in our joints' values (a MessageError).
         """
         n = len(msg.name)
         if len(msg.position) != n or len(msg.velocity) != n:
             raise MessageError(f"joint state has {n} names but {len(msg.position)} positions "
                                f"and {len(msg.velocity)} velocities")
         idx = self.index(msg.name)
-        q = np.asarray(msg.position, dtype=float)[idx]
-        qd = np.asarray(msg.velocity, dtype=float)[idx]
+        try:
+            q = np.asarray(msg.position, dtype=float)[idx]
+            qd = np.asarray(msg.velocity, dtype=float)[idx]
+        except (TypeError, ValueError) as e:
+            raise MessageError(f"joint state values are not numbers: {e}") from None
         if not (np.isfinite(q).all() and np.isfinite(qd).all()):
-            raise MessageError("joint state contains NaN or inf")
+            raise NonFiniteState("joint state contains NaN or inf")
         return q, qd
 
 

@@ -5,9 +5,17 @@ in ``model``, so the same node drives the sim or a real arm described by that fi
 
 On a real arm start with small ``noise_std`` and ``kp``: this node has no model of the
 robot and relies on the driver's own limits.
+
+Joint states pass the controller's plausibility check
+(:mod:`mbrl_ros.core.control.plausibility`, the ``state_*`` and ``implausible_*``
+parameters): a rejected state never reaches the excitation policy and is answered with
+zero effort (so a lockstep simulation keeps stepping); NaN/inf, or ``implausible_latch``
+implausible states in a row (or within ``implausible_window``), latch zero effort until
+``~/clear_error`` (std_srvs/Trigger).
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -15,17 +23,21 @@ from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import JointState
 from std_msgs.msg import Float64MultiArray
+from std_srvs.srv import Trigger
 
+from mbrl_ros.core.control.plausibility import (PlausibilitySettings, StatePlausibility,
+                                                robot_limits)
 from mbrl_ros.core.policies.excitation import ExcitationPolicy, ExcitationSettings
 from mbrl_ros.core.settings import setting
-from mbrl_ros.ros.conversions import JointStateReader, MessageError, command_msg, time_to_ns
+from mbrl_ros.ros.conversions import (JointStateReader, MessageError, NonFiniteState,
+                                      command_msg, time_to_ns)
 from mbrl_ros.ros.node_main import run_node
 from mbrl_ros.ros.params import declare_settings
 from mbrl_ros.sim.env import MujocoSim
 
 
 @dataclass(frozen=True)
-class ExcitationNodeSettings:
+class ExcitationNodeSettings(PlausibilitySettings):
     model: str = setting("arm2", "MJCF (shipped name or path) giving joint names and limits")
     controller_name: str = setting("effort_controller", "commands go to "
                                    "/<controller_name>/commands")
@@ -41,6 +53,11 @@ class ExcitationNode(Node):
         ex = declare_settings(self, ExcitationSettings, prefix="excitation.")
         sim = MujocoSim(s.model, control_period=s.control_period)   # metadata only
         self.reader = JointStateReader(sim.joint_names)
+        v_max, a_max = robot_limits(sim)
+        self.plausibility = StatePlausibility(s, sim.position_limits, sim.continuous, v_max,
+                                              a_max, names=sim.joint_names)
+        self.fault: str | None = None         # latched: zero effort until ~/clear_error
+        self._zero = np.zeros(sim.n_commands)
         cmd_index = np.array([sim.joint_names.index(n) for n in sim.command_names])
         self.policy = ExcitationPolicy(ex, sim.position_limits[cmd_index], sim.effort_limits,
                                        cmd_index, sim.n_joints, sim.effective_inertia(),
@@ -49,20 +66,51 @@ class ExcitationNode(Node):
         self.pub = self.create_publisher(Float64MultiArray,
                                          f"/{s.controller_name}/commands", qos)
         self.create_subscription(JointState, "/joint_states", self._on_state, qos)
+        self.create_service(Trigger, "~/clear_error", self._srv_clear)
         self.commands_sent = 0
+        self.bad_states = 0
         self.get_logger().info(f"exciting {list(sim.command_names)} of {sim.model_path.name}: "
                                f"commands on /{s.controller_name}/commands")
 
     def _on_state(self, msg: JointState) -> None:
         try:
             q, qd = self.reader.read(msg)
-        except MessageError as e:
+        except NonFiniteState as e:
+            self.bad_states += 1
+            self._latch(f"non-finite joint state: {e}")
+            self._publish(self._zero)
+            return
+        except MessageError as e:         # e.g. another driver's joints: not ours
             self.get_logger().warning(f"joint state ignored: {e}", throttle_duration_sec=1.0)
             return
         t = time_to_ns(msg.header.stamp) * 1e-9
-        u = self.policy.action(np.concatenate([q, qd]), t)
+        verdict = self.plausibility.check(q, qd, t, time.monotonic())
+        if verdict.implausible:
+            self.bad_states += 1
+            self.get_logger().warning(f"joint state rejected: {verdict.reason}",
+                                      throttle_duration_sec=1.0)
+        if verdict.latch:
+            self._latch(f"implausible joint state: {verdict.reason}")
+        if self.fault is not None or not verdict.accepted:
+            self._publish(self._zero)
+            return
+        self._publish(self.policy.action(np.concatenate([q, qd]), t))
+
+    def _publish(self, u: np.ndarray) -> None:
         self.pub.publish(command_msg(u))
         self.commands_sent += 1
+
+    def _latch(self, reason: str) -> None:
+        if self.fault is None:
+            self.get_logger().error(f"{reason}: zero effort until ~/clear_error")
+            self.fault = reason
+
+    def _srv_clear(self, request, response):
+        previous, self.fault = self.fault, None
+        self.plausibility.reset()          # confirm the states afresh
+        response.success = True
+        response.message = f"cleared: {previous}" if previous else "no error latched"
+        return response
 
 
 def main(args=None) -> None:

@@ -217,3 +217,82 @@ def test_lifecycle_transitions_by_service(start_node, probe):
     probe.spin_for(1.0)
     ratio = (len(cmds) - n_c) / max(len(states) - n_s, 1)
     assert 0.8 < ratio < 1.2, f"{ratio:.2f} commands per state after reconfigure"
+
+
+def diagnostics_level(msgs, name: str = "mbrl_ros/controller") -> tuple[int, str] | None:
+    """(level, message) of the newest status called ``name``."""
+    for arr in reversed(msgs):
+        for st in arr.status:
+            if st.name == name:
+                return int.from_bytes(st.level, "little") if isinstance(st.level, bytes) \
+                    else int(st.level), st.message
+    return None
+
+
+# Issue 11: finite but absurd joint states from a second publisher on /joint_states, while
+# sim_node publishes the real ones at 100 Hz. Before the plausibility check, 40 states of
+# 1e6 over 1 s threw the arm from [0.5, -0.5] to [1.05, -2.38] with full torque.
+HOSTILE = {"1e6_stream": (1e6, 40), "1e308_stream": (1e308, 40), "single_1e6": (1e6, 1)}
+
+
+@pytest.mark.parametrize("stream", list(HOSTILE))
+def test_absurd_states_never_move_the_arm(start_node, probe, stream):
+    value, count = HOSTILE[stream]
+    start_node("sim_node", {"model": "arm2", "publish_rate": 100.0})
+    start_node("controller", {**BASE, "autostart": True})
+    states = probe.collect(JointState, "/joint_states")
+    cmds = probe.collect(Float64MultiArray, CMD)
+    diags = probe.collect(DiagnosticArray, "/diagnostics")
+    pub = probe.node.create_publisher(JointState, "/joint_states", 10)
+
+    def real():          # the sim's states (the probe hears its own hostile ones too)
+        return [m for m in states if np.all(np.abs(m.position) < 100.0)]
+    probe.spin_until(lambda: near_target(real()) and pub.get_subscription_count() >= 2, 40,
+                     "arm at the target")
+    probe.spin_for(1.0)                       # settled
+    n_states, n_cmds = len(real()), len(cmds)
+    for _ in range(count):                    # 40 Hz, interleaved with the sim's 100 Hz
+        msg = JointState(name=["shoulder", "elbow"], position=[value, -value],
+                         velocity=[value, value])
+        msg.header.stamp = probe.node.get_clock().now().to_msg()
+        pub.publish(msg)
+        probe.spin_for(0.025)
+    probe.spin_for(1.0)
+    held = np.array([m.position for m in real()[n_states:]])
+    assert len(held) > 100
+    err = np.abs(held - TARGET).max()
+    assert err < 0.05, f"arm moved {err:.3f} rad from the target"
+    u = np.array([c.data for c in cmds[n_cmds:]])
+    assert np.isfinite(u).all() and np.abs(u).max() < 1.0, np.abs(u).max()
+    probe.spin_until(lambda: int(diagnostics_values(diags, "mbrl_ros/controller")
+                                 .get("implausible_states", 0)) >= min(count, 5), 10,
+                     "rejections reported")
+    d = diagnostics_values(diags, "mbrl_ros/controller")
+    if count > 1:                             # sustained: latched, reported as an error
+        probe.spin_until(lambda: diagnostics_level(diags) is not None
+                         and diagnostics_level(diags)[0] == 2, 10, "diagnostics ERROR")
+        d = diagnostics_values(diags, "mbrl_ros/controller")
+        assert "implausible joint state" in d["fault"] and "outside" in d["fault"]
+        assert "latched: implausible" in diagnostics_level(diags)[1]
+    else:                                     # one outlier: rejected, not latched
+        assert d["fault"] == "" and int(d["bad_states"]) == 1
+        assert diagnostics_level(diags)[0] != 2
+
+
+def test_sim_teleport_reanchors_without_latching(start_node, probe):
+    """/sim/set_state starts an episode elsewhere: a jump the check cannot reach, but a
+    run of consistent states re-anchors it; the controller brings the arm back."""
+    start_node("sim_node", {"model": "arm2", "publish_rate": 100.0})
+    start_node("controller", {**BASE, "autostart": True})
+    states = probe.collect(JointState, "/joint_states")
+    diags = probe.collect(DiagnosticArray, "/diagnostics")
+    teleport = probe.node.create_publisher(JointState, "/sim/set_state", 10)
+    probe.spin_until(lambda: near_target(states) and teleport.get_subscription_count() > 0,
+                     40, "arm at the target")
+    teleport.publish(JointState(name=["shoulder", "elbow"], position=[-1.0, 1.0],
+                                velocity=[0.0, 0.0]))
+    probe.spin_until(lambda: int(diagnostics_values(diags, "mbrl_ros/controller")
+                                 .get("reanchors", 0)) == 1, 10, "re-anchored")
+    probe.spin_until(lambda: near_target(states), 40, "arm back at the target")
+    d = diagnostics_values(diags, "mbrl_ros/controller")
+    assert d["fault"] == "" and int(d["implausible_states"]) <= 2
