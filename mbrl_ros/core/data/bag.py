@@ -2,18 +2,20 @@
 
 Reading (:func:`read_bag`) accepts rosbag2 directories (metadata.yaml + .mcap or .db3 storage files),
 bare .mcap / .db3 files, directories holding several bag directories, or a list of any of these.
-Intact bags are read with ``rosbags.highlevel.AnyReader`` (so bags from ``ros2 bag record``, the mcap
-library's ROS 2 writer, etc. all work). When AnyReader cannot read an MCAP file (truncated file
-without summary/footer, garbage appended, corrupt chunk, CRC mismatch, ...) the file is streamed
-record by record from its start (framing checked here, records parsed with the ``mcap`` library's
-record classes and chunk decompression/CRC check) and everything before the damage is returned;
-the damage is described in :class:`BagReadReport` (``complete=False``). Messages are decoded with a
-rosbags typestore built from the bag's own schema records (falling back to the ROS 2 Kilted store).
+MCAP files are streamed record by record (framing checked here, records parsed with the ``mcap``
+library's record classes, chunks decompressed and their CRCs checked by it): every chunk is checked
+against its CRC, its message index and the file's message count, a damaged chunk is skipped and
+reported (:class:`BagDamage`: file, byte offset, messages lost) and everything else is returned, in
+recording order (``BagMessage.seq``) before the sort by log time. sqlite3 bags and bags with rosbag2
+compression are read with ``rosbags.highlevel.AnyReader``. Messages are decoded with a rosbags
+typestore built from the bag's own schema records (falling back to the ROS 2 Kilted store).
 
 Writing (:class:`BagWriter`) produces rosbag2 bags (metadata.yaml + one MCAP file, rosbags ``Writer``
-version 9) with optional splitting into ``<name>_0000``, ``<name>_0001``, ... and periodic chunk
-flushing, so a logger killed hard loses at most the last ``flush_interval_s`` of data (the bag it
-leaves has no footer/metadata.yaml, which :func:`read_bag` recovers).
+version 9, with chunk CRCs) with optional splitting into ``<name>_0000``, ``<name>_0001``, ... and
+periodic chunk flushing, so a logger killed hard loses at most the last ``flush_interval_s`` of data.
+The bag it leaves has no footer/metadata.yaml: :func:`read_bag` recovers it, :func:`reindex_bag`
+makes it a complete bag again. A chunk that cannot be written (disk full) is cut from the file and
+its messages are counted as dropped; the bag stays valid and closable.
 
 Nothing here imports rclpy or ROS message packages.
 """
@@ -962,9 +964,16 @@ class BagWriter:
     first message (0 = no limit). Each closed bag is complete and any rosbag2 reader opens it.
 
     Durability: the MCAP chunk being built is flushed to the file when it reaches ``chunk_bytes`` or
-    when ``flush_interval_s`` of log time passed since the last flush (0 disables either), so a
-    process killed without ``close()`` leaves an MCAP file whose flushed chunks :func:`read_bag`
-    recovers.
+    when ``flush_interval_s`` of log time passed since the last flush (0 disables either; chunks are
+    capped at 1 MiB), so a process killed without ``close()`` leaves an MCAP file whose flushed
+    chunks :func:`read_bag` recovers and :func:`reindex_bag` rewrites. Every chunk carries a CRC32.
+
+    Faults: a chunk whose write fails (e.g. ENOSPC) is removed from the file again and its messages
+    move from ``counts`` to ``dropped``; the write that triggered the flush raises that OSError
+    (:class:`ChunkWriteError`). A reserve file (``.mbrl_reserve``, about 64 KiB plus 256 bytes per
+    chunk) is kept in the bag directory and released by ``close()``, so the summary and
+    metadata.yaml can still be written on a full disk; metadata.yaml then counts what is in the file.
+    ``close()`` raises OSError (naming ``mbrl-ros reindex``) only if even that fails.
 
     Thread safety: all methods take an internal lock. ``close()`` is idempotent and may be called
     from a signal handler: if the signal interrupted a ``write`` in the same thread, the close is
