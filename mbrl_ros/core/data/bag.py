@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import itertools
 import os
 import re
 import shutil
@@ -31,7 +32,7 @@ import struct
 import threading
 import zlib
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -295,8 +296,9 @@ class _UnitResult:
     n_readable: int = 0  # messages readable on any topic (not only the requested ones)
 
 
-def _read_anyreader(path: Path, topics: set[str] | None) -> _UnitResult:
-    """Read one intact bag with AnyReader. Raises on any problem (the caller decides what to do)."""
+def _read_anyreader(path: Path, topics: set[str] | None, seq: Iterator[int]) -> _UnitResult:
+    """Read one intact bag with AnyReader. Raises on any problem (the caller decides what to do).
+    ``seq`` numbers the messages in reading order (see BagMessage.seq)."""
     res = _UnitResult()
     trailing: Counter = Counter()
     with AnyReader([path], default_typestore=default_typestore()) as reader:
@@ -308,7 +310,7 @@ def _read_anyreader(path: Path, topics: set[str] | None) -> _UnitResult:
             for conn, t, raw in reader.messages(connections=conns):
                 msg, extra = _deserialize(reader.typestore, raw, conn.msgtype)
                 trailing[conn.topic] += extra
-                res.messages.append(BagMessage(conn.topic, conn.msgtype, int(t), msg))
+                res.messages.append(BagMessage(conn.topic, conn.msgtype, int(t), msg, next(seq)))
     for topic, n in trailing.items():
         if n:
             res.notes.append(f"{path}: {n} messages on {topic} had trailing bytes after the CDR data (ignored)")
@@ -539,7 +541,7 @@ class _McapSalvager:
                                f"{self.n_messages} readable", lost - counted)
 
 
-def _read_mcap_stream(path: Path, topics: set[str] | None) -> _UnitResult:
+def _read_mcap_stream(path: Path, topics: set[str] | None, seq: Iterator[int]) -> _UnitResult:
     sal = _McapSalvager(path, topics)
     sal.run()
     res = _UnitResult(damage=sal.damage, notes=sal.notes, n_readable=sal.n_messages)
@@ -567,7 +569,7 @@ def _read_mcap_stream(path: Path, topics: set[str] | None) -> _UnitResult:
             first_error.setdefault(topic, f"{type(exc).__name__}: {exc}")
             continue
         trailing[topic] += extra
-        res.messages.append(BagMessage(topic, msgtype, int(t), msg))
+        res.messages.append(BagMessage(topic, msgtype, int(t), msg, next(seq)))
     for topic, n in failed.items():
         res.damage.append(BagDamage(str(path), None, f"messages on {topic} could not be decoded "
                                               f"(first: {first_error[topic]})", n))
@@ -603,11 +605,11 @@ def _rosbag2_compressed(bagdir: Path) -> bool:
         return False
 
 
-def _read_unit(unit: _Unit, topics: set[str] | None, verify_crc: bool = True) -> _UnitResult:
+def _read_unit(unit: _Unit, topics: set[str] | None, verify_crc: bool, seq: Iterator[int]) -> _UnitResult:
     path = unit.path
     if unit.kind == "db3":
         try:
-            return _read_anyreader(path, topics)
+            return _read_anyreader(path, topics, seq)
         except Exception as exc:  # noqa: BLE001 - no salvage path for sqlite3
             raise BagError(f"{path}: cannot read sqlite3 bag: {type(exc).__name__}: {exc}") from None
     # MCAP files are streamed record by record: that checks every chunk, keeps the recording
@@ -625,7 +627,7 @@ def _read_unit(unit: _Unit, topics: set[str] | None, verify_crc: bool = True) ->
                 for f in files:
                     if f.suffix == ".mcap":
                         _verify_mcap(f)
-            res = _read_anyreader(path, topics)
+            res = _read_anyreader(path, topics, seq)
             res.notes.append(f"{path}: read with AnyReader (rosbag2 compression): messages in log-time order, "
                              "clock steps backwards cannot be detected")
             return res
@@ -652,7 +654,7 @@ def _read_unit(unit: _Unit, topics: set[str] | None, verify_crc: bool = True) ->
             res.notes.append(f"{path / 'metadata.yaml'}: unreadable ({type(exc).__name__}: {exc})")
     for f in files:
         try:
-            sub = _read_anyreader(f, topics) if f.suffix == ".db3" else _read_mcap_stream(f, topics)
+            sub = _read_anyreader(f, topics, seq) if f.suffix == ".db3" else _read_mcap_stream(f, topics, seq)
         except BagError as exc:
             res.damage.append(BagDamage(str(f), None, str(exc).removeprefix(f"{f}: ")))
             continue
@@ -713,8 +715,9 @@ def read_bag(
 
     report = BagReadReport()
     messages: list[BagMessage] = []
+    seq = itertools.count()  # recording order over all units and files
     for unit in units:
-        res = _read_unit(unit, wanted, verify_crc)
+        res = _read_unit(unit, wanted, verify_crc, seq)
         if res.damage and res.n_readable == 0:
             raise BagError(f"{unit.path}: damaged bag with no readable messages: " + "; ".join(map(str, res.damage)))
         report.paths.append(str(unit.path))
@@ -722,8 +725,7 @@ def read_bag(
         report.notes.extend(res.notes)
         for k, v in res.topics.items():
             report.topics.setdefault(k, v)
-        n = len(messages)
-        messages.extend(BagMessage(m.topic, m.msgtype, m.log_time_ns, m.msg, n + i) for i, m in enumerate(res.messages))
+        messages.extend(res.messages)
     messages.sort(key=lambda m: m.log_time_ns)  # stable: equal log times stay in recording order
     counts = Counter(m.topic for m in messages)
     keys = sorted(wanted) if wanted is not None else sorted(set(report.topics) | set(counts))
