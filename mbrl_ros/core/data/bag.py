@@ -781,6 +781,7 @@ _MAX_CHUNK_BYTES = 2**20  # chunk size cap when chunk_bytes is 0 (rosbags' own l
 # uncompressed size (8), then the 4-byte CRC32 of the uncompressed records (MCAP spec).
 _CHUNK_CRC_OFFSET = 1 + 8 + 8 + 8 + 8
 RESERVE_NAME = ".mbrl_reserve"  # space held in the bag directory so a full disk can still close it
+_RESERVE_STEP = 64 * 1024
 
 
 class ChunkWriteError(OSError):
@@ -820,6 +821,7 @@ class _Reserve:
     def ensure(self, size: int) -> None:
         if size <= self.size:
             return
+        size = -(-size // _RESERVE_STEP) * _RESERVE_STEP  # grow in steps: an fsync now and then, not per chunk
         try:
             with self.path.open("ab") as f:
                 f.write(b"\0" * (size - self.size))
