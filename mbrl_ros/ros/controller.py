@@ -610,7 +610,9 @@ class Controller(LifecycleNode):
         except PlanProcessError as e:   # no process (lost, restarting, stopped): hold
             self.actuator.clear_policy()
             if not self._plan_stop.is_set():
-                self._replan_failed(e)
+                # The worker's health is judged by its failures (worker_failure_limit),
+                # not as a model that cannot be planned with.
+                self.counters["replan_failures"] += 1
                 self.get_logger().error(f"replan failed: {e}", throttle_duration_sec=1.0)
             return
         except Exception as e:      # any planner/model failure: keep the previous plan
@@ -639,6 +641,7 @@ class Controller(LifecycleNode):
             self._publish_plan(t)
 
     def _replan_failed(self, e: Exception) -> None:
+        """A planner or model failure (the model may be unusable)."""
         self.counters["replan_failures"] += 1
         self._replan_failures_in_row += 1
         self._last_replan_error = str(e) or type(e).__name__

@@ -45,7 +45,8 @@ def test_holds_until_a_state_and_a_plan():
     assert act.step(0.0, DT).hold == A.NO_STATE
     act.receive(np.array([0.5, -0.5]), np.array([1.0, 0.0]), 0.0, 0.0)
     s = act.step(0.0, DT)
-    assert s.hold == A.NO_STATE                       # the first state is not confirmed yet
+    assert s.hold == A.CONFIRMING                     # the first state is not confirmed yet
+    assert s.command.tolist() == [0.0, 0.0]           # no accepted state: zero effort
     t = settle(act, 3, qd=(1.0, 0.0))
     s = act.step(t, DT)
     assert s.hold == A.NO_PLAN
@@ -215,6 +216,7 @@ def test_health_levels_and_messages():
     assert health(holds={A.NO_PLAN: 3, A.STALE: 7}) == \
         (WARN, "holding: stale joint state (10 of 50 control steps)")
     assert health(holds={A.NO_PLAN: 0}) == (OK, "controlling")
+    assert health(steps=0) == (WARN, "no control step since the last report: no joint states")
     assert health(fault="non-finite joint state") == (ERROR, "latched: non-finite joint state")
     level, msg = health(replan_failures_in_row=20, last_replan_error="NaN in weights",
                         holds={A.PLAN_EXPIRED: 50})

@@ -296,3 +296,90 @@ def test_sim_teleport_reanchors_without_latching(start_node, probe):
     probe.spin_until(lambda: near_target(states), 40, "arm back at the target")
     d = diagnostics_values(diags, "mbrl_ros/controller")
     assert d["fault"] == "" and int(d["implausible_states"]) <= 2
+
+
+def test_diagnostics_report_holds_and_an_unusable_model_in_process(domain_id):
+    """The node's wiring of controller_health (no DDS traffic: states are handed to the
+    callback, diagnostics captured): WARN while it holds, OK while it controls, ERROR
+    when every replan fails -- never 'OK controlling' while it only holds."""
+    import rclpy
+    from rclpy.lifecycle import TransitionCallbackReturn
+    from rclpy.parameter import Parameter
+
+    from diagnostic_msgs.msg import DiagnosticStatus
+    from mbrl_ros.ros.controller import Controller
+    from mbrl_ros.ros.conversions import time_msg
+
+    ctx = rclpy.Context()
+    rclpy.init(context=ctx, domain_id=domain_id)
+    params = {**BASE, "plan_mode": "sync", "diagnostics_rate": 0.0,
+              "replan_failure_limit": 10}
+    node = Controller(context=ctx, parameter_overrides=[
+        Parameter(k, value=list(v) if isinstance(v, list) else v) for k, v in params.items()])
+    try:
+        assert node.trigger_configure() == TransitionCallbackReturn.SUCCESS
+        node.trigger_activate()
+        diags = []
+        node.diag_pub.publish = diags.append
+        stamp = [0.0]
+
+        def report():
+            node._publish_diagnostics()
+            st = diags[-1].status[0]
+            return st.level, st.message
+
+        def states(n, q=TARGET):
+            for _ in range(n):
+                stamp[0] += 0.01
+                m = JointState(name=["shoulder", "elbow"], position=list(q),
+                               velocity=[0.0, 0.0])
+                m.header.stamp = time_msg(stamp[0])
+                node._on_state(m)
+
+        assert report() == (DiagnosticStatus.WARN,
+                            "no control step since the last report: no joint states")
+        states(3)                 # two held while the state is confirmed, then a plan
+        level, msg = report()
+        assert level == DiagnosticStatus.WARN and msg.startswith(
+            "holding: confirming the joint state (2 of 3")
+        states(5)
+        assert report() == (DiagnosticStatus.OK, "controlling")
+        states(1, q=[1e6, 0.0])
+        states(1)
+        assert report() == (DiagnosticStatus.WARN,
+                            "holding: implausible joint state (1 of 2 control steps)")
+
+        def broken(*a, **k):
+            raise RuntimeError("model predicts NaN")
+        replan, node.mpc.replan = node.mpc.replan, broken
+        states(40)                # the plan runs out after 25 steps: held, replans failing
+        level, msg = report()
+        assert level == DiagnosticStatus.ERROR
+        assert msg == "model unusable: 40 replans failed in a row (model predicts NaN)"
+        node.mpc.replan = replan
+        states(1)
+        report()
+        states(5)
+        assert report() == (DiagnosticStatus.OK, "controlling")
+    finally:
+        node.destroy_node()
+        rclpy.try_shutdown(context=ctx)
+
+
+def test_planning_worker_failing_repeatedly_is_an_error(start_node, probe):
+    """A planning worker that keeps dying (here: killed) makes /diagnostics ERROR."""
+    import os
+    import signal
+    start_node("sim_node", {"model": "arm2", "publish_rate": 100.0})
+    start_node("controller", {**BASE, "autostart": True, "worker_failure_limit": 2})
+    diags = probe.collect(DiagnosticArray, "/diagnostics")
+    killed = set()
+    for _ in range(3):
+        probe.spin_until(lambda: int(diagnostics_values(diags, "mbrl_ros/controller")
+                                     .get("plan_process_pid", 0)) not in killed | {0}, 60,
+                         "a running planning worker")
+        pid = int(diagnostics_values(diags, "mbrl_ros/controller")["plan_process_pid"])
+        os.kill(pid, signal.SIGKILL)
+        killed.add(pid)
+    probe.spin_until(lambda: diagnostics_level(diags)[0] == 2, 20, "diagnostics ERROR")
+    assert "planning worker failed 3 times in 60 s" in diagnostics_level(diags)[1]

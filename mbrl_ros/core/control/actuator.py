@@ -172,8 +172,8 @@ class Actuator:
         """The command for this control step at ``now`` [s, monotonic]; ``dt`` [s] is the
         time the rate limit may spread a change over."""
         x, t, _ = self.latest
-        if x is None:
-            return self._hold(None, dt, NO_STATE)
+        if x is None:          # nothing received, or not confirmed (implausible) yet
+            return self._hold(None, dt, self._why_not_ok)
         if self.stale(now):
             return self._hold(None, dt, STALE)
         if self.fault is not None:

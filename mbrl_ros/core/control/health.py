@@ -7,7 +7,8 @@ report, so the rule "OK only while it really controls" is unit-tested without DD
   a row); the planning worker failed (died, hung, could not start) more than
   ``worker_failure_limit`` times within ``worker_failure_window`` seconds.
 * WARN: the control step held (safe hold instead of the policy's command) for any reason
-  other than having no target, in any step since the last report; no model yet.
+  other than having no target, in any step since the last report; no control step at all
+  since then (no joint states); no model yet.
 * OK: controlling, inactive, or waiting for a target.
 
 :class:`RecentEvents` counts events in a sliding time window (worker failures here,
@@ -100,6 +101,8 @@ def _health(*, active: bool, fault: str | None, model_ready: bool,
         return OK, "waiting for a target"
     if not model_ready:
         return WARN, "holding: no model"
+    if steps <= 0:
+        return WARN, "no control step since the last report: no joint states"
     held = {reason: n for reason, n in holds.items() if n > 0}
     if held:
         reason = max(held, key=held.get)
