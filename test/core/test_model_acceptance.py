@@ -234,7 +234,7 @@ def test_fit_refuses_data_without_excitation():
     assert notes and "['elbow'] never vary" in notes[0]
 
 
-def test_fit_never_returns_a_model_of_other_joints_than_the_robot(tmp_path):
+def test_fit_never_returns_a_model_of_other_joints_than_the_robot():
     from test_store_and_fitting import linear_data          # joints j1, j2
     r = fit_model(linear_data(), FitSettings(model="linear"), robot="toy")   # a label
     assert r.model.spec.robot == "toy"
