@@ -1,11 +1,14 @@
 """MuJoCo simulation behind the topics a real arm driver uses.
 
-Publishes ``/joint_states`` (sensor_msgs/JointState) and, with ``publish_clock``,
-``/clock``; takes effort commands on ``/<controller_name>/commands``
+Publishes ``joint_states`` (sensor_msgs/JointState) and, with ``publish_clock``,
+``/clock``; takes effort commands on ``<controller_name>/commands``
 (std_msgs/Float64MultiArray ordered as ``command_joints``, the ros2_controllers forward
 command convention). Services: ``~/reset`` (std_srvs/Trigger) starts a new episode from
 the initial state; ``~/set_state`` (topic, sensor_msgs/JointState) starts one from a
 given state. Each episode start is announced on ``~/episode`` (std_msgs/UInt32).
+Topic names are relative, so a namespace (``__ns:=/arm_a``) moves the simulated robot:
+``/arm_a/joint_states``. ``/clock`` is absolute, as ROS time sources expect; a launch
+with a namespace remaps it per robot (:mod:`mbrl_ros.bringup`).
 
 Stepping modes:
 - real time (``realtime_factor`` > 0): a physics thread advances one control period per
@@ -112,7 +115,7 @@ class SimNode(Node):
         self._set_state_reader = JointStateReader(self.sim.joint_names)
 
         reliable = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
-        self.state_pub = self.create_publisher(JointState, "/joint_states", reliable)
+        self.state_pub = self.create_publisher(JointState, "joint_states", reliable)
         self.clock_pub = (self.create_publisher(Clock, "/clock", reliable)
                           if s.publish_clock else None)
         latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
@@ -120,7 +123,7 @@ class SimNode(Node):
         self.episode_pub = self.create_publisher(UInt32, "~/episode", latched)
         self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
 
-        cmd_topic = f"/{s.controller_name}/commands"
+        cmd_topic = f"{s.controller_name}/commands"
         group = MutuallyExclusiveCallbackGroup()
         self.command_sub = self.create_subscription(Float64MultiArray, cmd_topic, self._on_command,
                                  QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE),
@@ -144,7 +147,7 @@ class SimNode(Node):
             self._thread.start()
         self.get_logger().info(
             f"simulating {self.sim.model_path.name}: joints {list(self.sim.joint_names)}, "
-            f"commands on {cmd_topic} for {list(self.sim.command_names)}, "
+            f"commands on {self.command_sub.topic_name} for {list(self.sim.command_names)}, "
             f"{s.publish_rate:g} Hz, "
             + ("lockstep" if s.lockstep else f"realtime_factor {s.realtime_factor:g}"))
 

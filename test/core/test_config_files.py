@@ -67,3 +67,22 @@ def test_parameters_document_is_current():
     doc = (CONFIG.parent / "docs" / "PARAMETERS.md").read_text()
     assert doc.strip() == parameters_document().strip(), \
         "docs/PARAMETERS.md is stale: regenerate with `mbrl-ros params all --markdown`"
+
+
+@pytest.mark.parametrize("path", FILES, ids=lambda p: p.name)
+def test_shipped_sections_match_the_node_in_any_namespace(path):
+    # A plain 'controller:' key matches only /controller; launched under a namespace
+    # (namespace:=arm_a -> /arm_a/controller) the node would silently ignore the file.
+    from mbrl_ros.cli import node_key
+    doc = yaml.safe_load(path.read_text())
+    assert all(key == node_key(key.split("/")[-1]) for key in doc), \
+        f"{path.name}: keys {list(doc)} must be '/**/<node>'"
+
+
+def test_generated_parameter_file_uses_the_namespace_wildcard(capsys, tmp_path):
+    from mbrl_ros.cli import main
+    assert main(["params", "sim"]) == 0
+    generated = tmp_path / "sim.yaml"
+    generated.write_text(capsys.readouterr().out)
+    assert list(yaml.safe_load(generated.read_text())) == ["/**/sim"]
+    assert check_params_file(generated) == []

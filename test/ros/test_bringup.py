@@ -1,0 +1,148 @@
+"""`mbrl-ros bringup`, the launch files' processes without ros2 launch, run as a user would:
+the same plan sim.launch.py starts (mbrl_ros/bringup.py), over real DDS, stopped with
+Ctrl-C. Covers the launch wiring end to end: parameters with the user's file last, a
+namespace, activate:=false, and a node that dies or fails to configure."""
+import os
+import re
+import signal
+import subprocess
+
+import pytest
+from lifecycle_msgs.srv import GetState
+from rcl_interfaces.srv import GetParameters
+from sensor_msgs.msg import JointState
+from std_msgs.msg import Float64MultiArray
+from std_srvs.srv import Trigger
+
+from conftest import BIN, NodeProcess
+
+pytestmark = pytest.mark.timeout(150)
+UP = 90          # s: starting the nodes takes ~5 s on a quiet machine, far more on a busy one
+
+
+@pytest.fixture
+def bringup(ros_env, tmp_path):
+    """bringup('sim', 'robot:=arm2', ...) -> NodeProcess of `mbrl-ros bringup`."""
+    runs: list[NodeProcess] = []
+
+    def _start(kind: str, *args: str) -> NodeProcess:
+        p = NodeProcess([str(BIN / "mbrl-ros"), "bringup", kind, *args], ros_env,
+                        tmp_path / f"bringup_{len(runs)}.log")
+        runs.append(p)
+        return p
+
+    yield _start
+    for p in runs:
+        p.stop()
+        # The nodes run in process groups of their own: end any a failed run left behind.
+        for pid in re.findall(r"pid (\d+)\)", p.log_path.read_text(errors="replace")):
+            try:
+                os.killpg(int(pid), signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+
+
+def _user_file(tmp_path, text: str) -> str:
+    f = tmp_path / "mine.yaml"
+    f.write_text(text)
+    return f"params_file:={f}"
+
+
+def _stop_cleanly(p: NodeProcess) -> str:
+    p.signal(signal.SIGINT)
+    try:
+        code = p.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"bringup did not stop within 30 s of SIGINT:\n{p.output()}")
+    out = p.output()
+    assert code == 0, out
+    return out
+
+
+def test_sim_controls_the_arm_user_file_wins_and_ctrl_c_exits_0(bringup, probe, tmp_path):
+    # planner:=ilqr sets active_planner and all four planner_plugins; the user's file is
+    # applied after the launch's values, for every key (the README's GPS recipe).
+    p = bringup("sim", "robot:=arm2", "model:=mujoco", "record:=false", "planner:=ilqr",
+                _user_file(tmp_path, "controller:\n  ros__parameters:\n"
+                                     "    planner_plugins: [ilqr, cem]\n"
+                                     "    active_planner: cem\n"))
+    states = probe.collect(JointState, "/joint_states")
+    commands = probe.collect(Float64MultiArray, "/effort_controller/commands")
+    probe.spin_until(lambda: len(states) > 10 and len(commands) > 10 or p.proc.poll() is not None,
+                     UP, "joint states and the controller's commands")
+    assert p.proc.poll() is None, p.output()
+    res = probe.call(GetParameters, "/controller/get_parameters",
+                     GetParameters.Request(names=["active_planner", "planner_plugins"]))
+    assert res.values[0].string_value == "cem"
+    assert list(res.values[1].string_array_value) == ["ilqr", "cem"]
+    out = _stop_cleanly(p)
+    for line in ("started /sim (sim_node", "started /controller (controller",
+                 "/controller: configured", "/controller: activated",
+                 "stopped /controller (exit 0)", "stopped /sim (exit 0)"):
+        assert f"[bringup] {line}" in out, out
+
+
+def test_namespace_moves_every_node_and_topic_of_the_robot(bringup, probe, tmp_path):
+    from rosbags.highlevel import AnyReader
+    bags = tmp_path / "bags"
+    p = bringup("sim", "namespace:=arm_b", "excite:=true", "model:=linear",
+                f"bag_dir:={bags}", "use_sim_time:=false")
+    states = probe.collect(JointState, "/arm_b/joint_states")
+    commands = probe.collect(Float64MultiArray, "/arm_b/effort_controller/commands")
+    outside = probe.collect(JointState, "/joint_states") + \
+        probe.collect(Float64MultiArray, "/effort_controller/commands")
+    probe.spin_until(lambda: len(states) > 20 and len(commands) > 20 or p.proc.poll() is not None,
+                     UP, "the excitation driving the namespaced sim")
+    assert p.proc.poll() is None, p.output()
+    # The fitter is namespaced too and gets the live data (its ~/fit answers under arm_b).
+    res = probe.call(Trigger, "/arm_b/model_fitter/fit", timeout=UP)
+    assert "transitions" in res.message or res.success, res.message
+    assert outside == []
+    out = _stop_cleanly(p)
+    (bag,) = [d for d in bags.iterdir() if d.is_dir()]
+    with AnyReader([bag]) as reader:
+        counts = {c.topic: c.msgcount for c in reader.connections}
+    assert counts.get("/arm_b/joint_states", 0) > 0, (counts, out)
+    assert counts.get("/arm_b/effort_controller/commands", 0) > 0, (counts, out)
+
+
+def test_activate_false_leaves_the_controller_inactive(bringup, probe):
+    p = bringup("sim", "record:=false", "activate:=false")
+    commands = probe.collect(Float64MultiArray, "/effort_controller/commands")
+    states = probe.collect(JointState, "/joint_states")
+    probe.spin_until(lambda: "/controller: configured" in p.output()
+                     or p.proc.poll() is not None, UP, "the controller configured")
+    state = probe.call(GetState, "/controller/get_state", GetState.Request())
+    assert state.current_state.label == "inactive"
+    n = len(states)
+    probe.spin_until(lambda: len(states) > n + 50, UP, "joint states while inactive")
+    assert commands == []
+    out = _stop_cleanly(p)
+    assert "activated" not in out
+
+
+@pytest.mark.parametrize("case", ["robot:=arm9", "configure", "horizon"])
+def test_a_node_that_dies_or_fails_to_configure_ends_bringup_non_zero(bringup, tmp_path,
+                                                                       case):
+    if case == "robot:=arm9":        # the sim exits at start (or the controller fails to configure)
+        args = ["robot:=arm9"]
+    elif case == "configure":        # only the controller's robot is wrong: configure fails
+        args = [_user_file(tmp_path, "/**/controller:\n  ros__parameters:\n    robot: arm9\n")]
+    else:                            # out of range: the controller exits at start
+        args = [_user_file(tmp_path, "/**/controller:\n  ros__parameters:\n    horizon: 1\n")]
+    p = bringup("sim", "record:=false", *args)
+    try:
+        code = p.wait(timeout=UP)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"bringup kept running after a node failed:\n{p.output()}")
+    out = p.output()
+    assert code == 1, out
+    errors = [line for line in out.splitlines() if line.startswith("[bringup] error:")]
+    assert len(errors) == 1, out
+    expected = {"robot:=arm9": r"/(sim \(sim_node\) exited with code 2|controller: "
+                                r"configure failed)",
+                "configure": r"/controller: configure failed",
+                "horizon": r"/controller \(controller\) exited with code 2"}[case]
+    assert re.search(expected, errors[0]), out
+    if case == "configure":
+        assert "stopped /sim" in out       # the others are stopped, not left running
