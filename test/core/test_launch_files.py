@@ -1,106 +1,201 @@
-"""Launch-file wiring, checked without the launch framework (not installable here):
-every executable a launch file starts is an installed console script of this package,
-every config file it names exists (and is checked against the node's schema by
-test_config_files.py and started by test/ros/test_config_start.py), every launch argument
-it reads is declared, and the files install to share/mbrl_ros/launch."""
+"""Launch-file wiring, checked without the launch framework (not installable here).
+
+Each launch file only translates the bring-up plan (mbrl_ros/bringup.py, tested in
+test_bringup_plan.py and run end to end by test/ros/test_bringup.py) into launch_ros
+actions (mbrl_ros/ros/launch_actions.py). Here the launch files run against stand-ins for
+launch/launch_ros that take the real keyword arguments (launch_fakes.py): each file
+declares exactly its own arguments, once; it starts exactly the plan's processes with the
+plan's parameter files (the user's last), namespace, remappings and log level; a node
+that exits or fails to configure ends the launch with an error naming it; the controller
+is activated only with activate:=true. Executables are installed console scripts and the
+files install to share/mbrl_ros/launch.
+"""
 import ast
 import importlib.metadata as md
+import runpy
+import sys
 from pathlib import Path
 
 import pytest
+import yaml
+from lifecycle_msgs.msg import Transition
+
+import launch_fakes as fake
+from mbrl_ros.bringup import ARGUMENTS, KINDS, plan
 
 ROOT = Path(__file__).resolve().parents[2]
-LAUNCH = sorted((ROOT / "launch").glob("*.launch.py"))
+LAUNCH = {p.name.removesuffix(".launch.py"): p for p in (ROOT / "launch").glob("*.launch.py")}
 
 
-def _calls(tree, name):
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Call):
-            f = node.func
-            if (isinstance(f, ast.Name) and f.id == name) or \
-                    (isinstance(f, ast.Attribute) and f.attr == name):
-                yield node
+@pytest.fixture
+def run_launch(monkeypatch):
+    """run_launch('sim', robot='arm7') -> (LaunchDescription, actions its plan starts)."""
+    fake.install(monkeypatch)
+    fake.FindPackageShare.share = str(ROOT)
+
+    def _run(kind: str, **given: str):
+        ld = runpy.run_path(str(LAUNCH[kind]))["generate_launch_description"]()
+        declared = [e for e in ld.entities if isinstance(e, fake.DeclareLaunchArgument)]
+        (opaque,) = [e for e in ld.entities if isinstance(e, fake.OpaqueFunction)]
+        values = {d.name: d.default_value for d in declared} | given
+        return ld, opaque.execute(fake.Context(values))
+
+    yield _run
+    sys.modules.pop("mbrl_ros.ros.launch_actions", None)
 
 
-def _kw(call, key):
-    for k in call.keywords:
-        if k.arg == key:
-            return k.value
-    return None
+def _nodes(actions):
+    return [a for a in actions if isinstance(a, fake.Node)]
 
 
-def _strings(node):
-    return [n.value for n in ast.walk(node) if isinstance(n, ast.Constant)
-            and isinstance(n.value, str)]
+def _handlers(actions, cls):
+    return [a.event_handler for a in actions if isinstance(a, fake.RegisterEventHandler)
+            and isinstance(a.event_handler, cls)]
 
 
 def test_the_three_launch_files_exist():
-    assert {p.name for p in LAUNCH} == {"sim.launch.py", "robot.launch.py", "replay.launch.py"}
+    assert set(LAUNCH) == set(KINDS)
 
 
-@pytest.mark.parametrize("path", LAUNCH, ids=lambda p: p.name)
-def test_executables_are_console_scripts(path):
+@pytest.mark.parametrize("kind", KINDS)
+def test_each_file_declares_exactly_its_arguments_once(kind, run_launch):
+    ld, _ = run_launch(kind)
+    declared = [e for e in ld.entities if isinstance(e, fake.DeclareLaunchArgument)]
+    assert [d.name for d in declared] == [a.name for a in ARGUMENTS[kind]]
+    for d, a in zip(declared, ARGUMENTS[kind]):
+        assert (d.default_value, d.description) == (a.default, a.description)
+        assert d.choices == (list(a.choices) or None)
+
+
+@pytest.mark.parametrize("kind,given", [
+    ("sim", {}), ("sim", {"model": "gp", "excite": "true", "namespace": "arm_a"}),
+    ("robot", {"respawn": "true", "log_level": "debug"}), ("replay", {"bags": "['b']"})])
+def test_the_launch_starts_the_plan(kind, given, run_launch, tmp_path):
+    user = tmp_path / "mine.yaml"
+    user.write_text("/**/controller:\n  ros__parameters:\n    horizon: 20\n")
+    given = {**given, "params_file": str(user)}
+    _, actions = run_launch(kind, **given)
+    expected = plan(kind, given, str(ROOT)).processes
+    nodes = _nodes(actions)
+    assert [n.name for n in nodes] == [p.name for p in expected]
+    for node, p in zip(nodes, expected):
+        assert (node.package, node.executable, node.namespace) == \
+            ("mbrl_ros", p.executable, p.namespace)
+        assert isinstance(node, fake.LifecycleNode) == bool(p.transitions)
+        # Shipped files, the launch's values (the same bytes `mbrl-ros bringup` passes),
+        # then the user's file, last.
+        *shipped, overrides, last = node.parameters
+        assert shipped == list(p.params_files) and last == str(user)
+        assert Path(overrides).read_text() == p.overrides_yaml()
+        assert node.remappings == list(p.remappings)
+        assert node.ros_arguments == ["--log-level", p.log_level]
+        assert node.kwargs["respawn"] is p.respawn and node.kwargs["output"] == "screen"
+    # Every handler of a node is registered before the node itself starts.
+    for i, a in enumerate(actions):
+        if isinstance(a, fake.RegisterEventHandler):
+            h = a.event_handler
+            target = getattr(h, "target_action", None) or getattr(h, "target", None)
+            assert target in nodes and i < actions.index(target)
+
+
+def test_a_node_that_exits_ends_the_launch_with_an_error_naming_it(run_launch):
+    from mbrl_ros.ros.launch_actions import NodeFailure
+    _, actions = run_launch("sim", namespace="arm_a")
+    exits = _handlers(actions, fake.OnProcessExit)
+    assert {h.target_action.name for h in exits} == {n.name for n in _nodes(actions)}
+    sim = next(h for h in exits if h.target_action.name == "sim")
+    event = type("ProcessExited", (), {"returncode": 2})()
+    with pytest.raises(NodeFailure, match=r"/arm_a/sim \(sim_node\) exited with code 2"):
+        sim.on_exit(event, fake.Context({}))
+    # While the launch shuts down anyway (Ctrl-C, another failure) exits are expected.
+    assert sim.on_exit(event, fake.Context({}, is_shutdown=True)) is None
+
+
+def test_respawning_nodes_do_not_end_the_launch(run_launch):
+    _, actions = run_launch("robot", respawn="true")
+    assert _handlers(actions, fake.OnProcessExit) == []
+    assert all(n.kwargs["respawn"] and n.kwargs["respawn_delay"] > 0 for n in _nodes(actions))
+
+
+def _lifecycle(actions):
+    (controller,) = [n for n in _nodes(actions) if isinstance(n, fake.LifecycleNode)]
+    starts = [h for h in _handlers(actions, fake.OnProcessStart)
+              if h.target_action is controller]
+    transitions = [h for h in _handlers(actions, fake.OnStateTransition)
+                   if h.target is controller]
+    return controller, starts, transitions
+
+
+def _fired(handlers, event):
+    return [h for h in handlers if h.matches(event)]
+
+
+@pytest.mark.parametrize("activate", ["true", "false"])
+def test_the_controller_is_configured_on_start_and_activated_on_request(run_launch, activate):
+    _, actions = run_launch("sim", activate=activate)
+    controller, starts, transitions = _lifecycle(actions)
+    # Configured whenever its process starts (a respawned controller too).
+    (start,) = starts
+    (configure,) = start.on_start
+    assert configure.event.transition_id == Transition.TRANSITION_CONFIGURE
+    assert configure.event.lifecycle_node_matcher(controller)
+    configured = fake.StateTransition(action=controller, start_state="configuring",
+                                      goal_state="inactive")
+    activations = [e for h in _fired(transitions, configured) for e in h.entities
+                   if isinstance(e, fake.EmitEvent)]
+    if activate == "true":
+        (act,) = activations
+        assert act.event.transition_id == Transition.TRANSITION_ACTIVATE
+    else:
+        assert activations == []
+
+
+@pytest.mark.parametrize("goal", ["unconfigured", "errorprocessing"])
+def test_a_failed_configure_ends_the_launch_with_an_error(run_launch, goal):
+    from mbrl_ros.ros.launch_actions import NodeFailure
+    _, actions = run_launch("robot", namespace="left")
+    controller, _, transitions = _lifecycle(actions)
+    failed = fake.StateTransition(action=controller, start_state="configuring", goal_state=goal)
+    (handler,) = _fired(transitions, failed)
+    (fail,) = handler.entities
+    with pytest.raises(NodeFailure, match="/left/controller failed to configure"):
+        fail.execute(fake.Context({}))
+    # Another lifecycle node's failure, or a later transition, is not this one.
+    other = fake.StateTransition(action=object(), start_state="configuring", goal_state=goal)
+    cleanup = fake.StateTransition(action=controller, start_state="cleaningup",
+                                   goal_state="unconfigured")
+    assert handler not in _fired(transitions, other) + _fired(transitions, cleanup)
+
+
+def test_invalid_arguments_end_the_launch_with_the_reason(run_launch):
+    from mbrl_ros.ros.launch_actions import NodeFailure
+    with pytest.raises(NodeFailure, match="planner:='bogus' is not one of"):
+        run_launch("sim", planner="bogus")
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_launch_files_only_translate_the_plan(kind):
+    tree = ast.parse(LAUNCH[kind].read_text())
+    calls = [n for n in ast.walk(tree) if isinstance(n, ast.Call)]
+    assert [(ast.unparse(c.func), [ast.literal_eval(a) for a in c.args]) for c in calls] == \
+        [("launch_description", [kind])]
+
+
+def test_every_executable_a_plan_starts_is_a_console_script():
     scripts = {e.name for e in md.entry_points(group="console_scripts")
                if e.value.startswith("mbrl_ros.")}
-    tree = ast.parse(path.read_text())
-    started = set()
-    for cls in ("Node", "LifecycleNode"):
-        for call in _calls(tree, cls):
-            assert isinstance(_kw(call, "package"), ast.Constant) and \
-                _kw(call, "package").value == "mbrl_ros"
-            exe = _kw(call, "executable")
-            assert isinstance(exe, ast.Constant), f"{path.name}: executable must be a literal"
-            started.add(exe.value)
-    if not started:      # robot.launch.py includes sim.launch.py with sim:=false
-        assert "sim.launch.py" in _strings(tree), f"{path.name} starts no node"
-        return
-    assert started <= scripts, f"{path.name}: not installed: {started - scripts}"
-
-
-@pytest.mark.parametrize("path", LAUNCH, ids=lambda p: p.name)
-def test_named_config_files_exist(path):
-    # Whole literal names only (f-string parts such as f"{robot}.yaml" are per-robot files,
-    # checked for the shipped robots below).
-    names = {s for s in _strings(ast.parse(path.read_text()))
-             if s.endswith(".yaml") and not s.startswith(".")}
-    for name in names:
-        assert (ROOT / "config" / name).exists(), f"{path.name} names missing config/{name}"
+    started = {p.executable for kind, args in [
+        ("sim", {}), ("sim", {"model": "gp", "excite": "true"}), ("robot", {}), ("replay", {})]
+        for p in plan(kind, args, str(ROOT)).processes}
+    assert started == {"sim_node", "data_logger", "model_fitter", "excitation", "controller"}
+    assert started <= scripts, f"not installed: {started - scripts}"
 
 
 def test_every_shipped_robot_has_its_config_file():
     from mbrl_ros.sim.models import available_models
     for robot in available_models():
-        assert (ROOT / "config" / f"{robot}.yaml").exists(), robot
-
-
-@pytest.mark.parametrize("path", LAUNCH, ids=lambda p: p.name)
-def test_launch_arguments_read_are_declared(path):
-    tree = ast.parse(path.read_text())
-    declared = set()
-    for node in ast.walk(tree):       # ARGS = [("name", default, help), ...]
-        if isinstance(node, ast.Assign) and any(getattr(t, "id", "") == "ARGS"
-                                                for t in node.targets):
-            declared |= {elt.elts[0].value for elt in node.value.elts}
-    read = set()
-    for call in _calls(tree, "LaunchConfiguration"):
-        if call.args and isinstance(call.args[0], ast.Constant):
-            read.add(call.args[0].value)
-    for call in _calls(tree, "get"):          # get("name") inside OpaqueFunction
-        if call.args and isinstance(call.args[0], ast.Constant):
-            read.add(call.args[0].value)
-    assert read <= declared, f"{path.name}: undeclared arguments {read - declared}"
-
-
-def test_robot_launch_forwards_only_arguments_sim_launch_declares():
-    sim = ast.parse((ROOT / "launch" / "sim.launch.py").read_text())
-    robot = ast.parse((ROOT / "launch" / "robot.launch.py").read_text())
-
-    def args_of(tree):
-        for node in ast.walk(tree):
-            if isinstance(node, ast.Assign) and any(getattr(t, "id", "") == "ARGS"
-                                                    for t in node.targets):
-                return {elt.elts[0].value for elt in node.value.elts}
-    assert args_of(robot) | {"sim", "use_sim_time"} <= args_of(sim)
+        doc = yaml.safe_load((ROOT / "config" / f"{robot}.yaml").read_text())
+        assert doc, robot
 
 
 def test_setup_installs_launch_config_and_assets():

@@ -1,9 +1,10 @@
 """sim.launch.py under launch_testing (full ROS 2 installs: `colcon test`).
 
 Skipped where launch_testing is not installed (it is not on PyPI); CI covers the same
-wiring without it: test/core/test_launch_files.py (executables, configs, arguments) and
-test/ros/test_config_start.py + test_controller.py (the nodes, started from the shipped
-parameter files, reach their running/active states and control the simulated arm).
+wiring without it: test/core/test_launch_files.py (the launch files translate the
+bring-up plan: arguments, nodes, parameter order, lifecycle and failure handlers) and
+test/ros/test_bringup.py (`mbrl-ros bringup sim`, the same processes and parameters,
+controls the simulated arm over DDS).
 """
 import time
 import unittest
