@@ -2,8 +2,8 @@
 
 Whatever is cut off or flipped, reading gives either the reader's documented error (BagError)
 or messages that are exactly the original ones (never altered values), and every message that
-is missing is announced (``complete`` False, with damage naming the file). Datasets built from
-damaged bags hold only finite numbers.
+is missing is announced (``complete`` False, with damage naming the file) and, where the damage
+gives a count, counted exactly. Datasets built from damaged bags hold only finite numbers.
 """
 import shutil
 
@@ -53,6 +53,8 @@ def _check(out, data_changed: bool, full: dict):
             np.testing.assert_array_equal(m.msg.velocity, full[(m.topic, m.log_time_ns)].msg.velocity)
     if len(msgs) < len(full):                                        # nothing lost silently
         assert not rep.complete and rep.damage
+    if all(d.messages_lost is not None for d in rep.damage):        # and counted exactly
+        assert sum(d.messages_lost for d in rep.damage) == len(full) - len(msgs)
         assert all(str(out / "bag_0000.mcap") in str(d) or str(out) in str(d) for d in rep.damage)
     if not data_changed:
         assert rep.complete

@@ -104,7 +104,7 @@ def _write_bag(root, n=600, joints=("j1", "j2"), n_values=2, step_back_at=None, 
                                                          frame_id=""), name=list(joints), position=p,
                                            velocity=np.ones(len(joints)), effort=np.zeros(0)))
             w.write("/effort_controller/commands", t + 2 * 10**6,
-                    F64(layout=Layout(dim=[], data_offset=0), data=np.full(n_values, 0.5)))
+                    F64(layout=Layout(dim=[], data_offset=0), data=0.5 * np.sin(0.1 * k + np.arange(n_values))))
     return w.bag_paths[0]
 
 
@@ -156,3 +156,18 @@ def test_dataset_command_length_mismatch_is_an_error(tmp_path):
 def test_reindex_errors_are_one_line(tmp_path):
     r = run("reindex", tmp_path / "nothing")
     assert r.returncode == 2 and "no such bag directory" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_fit_reports_bag_damage(tmp_path):
+    bag = _write_bag(tmp_path / "bags", n=400)
+    mcap = bag / f"{bag.name}.mcap"
+    data = bytearray(mcap.read_bytes())
+    pos = len(data) // 2
+    data[pos:pos + 4096] = bytes((i * 31 + 7) % 256 for i in range(4096))
+    mcap.write_bytes(bytes(data))
+    r = run("fit", "--bag", bag, "--model", "linear", "--out", tmp_path / "fit", "--no-progress")
+    assert r.returncode == 0, r.stderr
+    assert "warning: bag damage" in r.stderr and "messages lost" in r.stderr
+    rep = json.loads((tmp_path / "fit" / "report.json").read_text())
+    assert rep["bags_complete"] is False and rep["bag_damage"]
+    assert rep["bag_damage"][0]["file"] == str(mcap) and rep["bag_damage"][0]["messages_lost"] > 0

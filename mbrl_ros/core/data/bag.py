@@ -73,7 +73,7 @@ _OP_NAMES = {
     0x0B: "Statistics", 0x0C: "Metadata", 0x0D: "MetadataIndex", 0x0E: "SummaryOffset", 0x0F: "DataEnd",
 }
 _OP_HEADER, _OP_FOOTER, _OP_SCHEMA, _OP_CHANNEL, _OP_MESSAGE, _OP_CHUNK = 0x01, 0x02, 0x03, 0x04, 0x05, 0x06
-_OP_MESSAGE_INDEX = 0x07
+_OP_MESSAGE_INDEX, _OP_DATA_END = 0x07, 0x0F
 
 
 class BagError(Exception):
@@ -348,6 +348,7 @@ class _McapSalvager:
         self.notes: list[str] = []
         self.unknown_channel = 0
         self.footer_end: int | None = None
+        self.data_end_seen = False  # past the data section: what follows is the summary (no messages)
         self.summary: Any = None  # mcap Summary of the file, if its footer and summary are readable
         # the chunk just read, until the MessageIndex records after it are counted:
         # (damage entry or None, messages read from it, chunk offset)
@@ -368,6 +369,8 @@ class _McapSalvager:
             c = _parse_body(Channel, body)
             self.channels[c.id] = (c.topic, c.schema_id, c.message_encoding)
             self.channel_metadata[c.id] = dict(c.metadata)
+        elif op == _OP_DATA_END:
+            self.data_end_seen = True
         elif op == _OP_MESSAGE:
             if len(body) < 22:
                 raise ValueError(f"Message record of {len(body)} bytes is shorter than its 22-byte header")
@@ -500,18 +503,36 @@ class _McapSalvager:
             raise BagError(f"{path}: not an MCAP file (bad magic {buf[:8]!r})")
         self._read_summary()
         chunk_starts = sorted(ci.chunk_start_offset for ci in self.summary.chunk_indexes) if self.summary else []
+        if self.summary is not None:  # definitions lost with a damaged chunk are repeated in the summary
+            for sc in self.summary.schemas.values():
+                self.schemas[sc.id] = (sc.name, sc.encoding, sc.data)
+            for ch in self.summary.channels.values():
+                self.channels[ch.id] = (ch.topic, ch.schema_id, ch.message_encoding)
+                self.channel_metadata[ch.id] = dict(ch.metadata)
         pos = len(MCAP_MAGIC)
         while True:
             stop, problem = self._scan(buf, pos, size, "", inner=False)
+            # a damaged chunk followed by damage in its message index run is one damaged place
+            merge = self._open_chunk[0] if problem is not None and self._open_chunk is not None else None
+            if problem is not None:
+                self._indexed = None  # the damage cut the message index run short: no count to compare
             self._close_open_chunk()
             if problem is None:
                 break
             resume = next((c for c in chunk_starts if c > stop and c < size and buf[c] == _OP_CHUNK), None)
-            if resume is None:
+            then = (f"; resumed at the chunk at byte {resume} (found through the summary's chunk index)"
+                    if resume is not None else "")
+            if merge is not None:
+                merge.what += f"; the records after it are corrupt too ({problem}){then}"
+                merge.messages_lost = None
+            elif resume is None and self.data_end_seen:
+                self._damage(stop, f"summary section truncated or corrupt ({problem}); all data before it was read")
+            elif resume is None:
                 self._damage(stop, f"truncated or corrupt after {self.n_messages} messages ({problem})")
+            else:
+                self._damage(stop, f"corrupt data ({problem}){then}")
+            if resume is None:
                 return self._settle()
-            self._damage(stop, f"corrupt data ({problem}); resumed at the chunk at byte {resume} "
-                               "(found through the summary's chunk index)")
             pos = resume
         if self.footer_end is None:
             self._damage(stop, f"file ends without a Footer record after {self.n_messages} messages "
