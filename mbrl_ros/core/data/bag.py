@@ -721,8 +721,10 @@ def read_bag(
     without bags, an unreadable sqlite3 bag, or a damaged bag from which no message at all could be
     read. Otherwise damage is reported in the returned :class:`BagReadReport`.
 
-    ``verify_crc``: before using AnyReader on an MCAP file, walk its records and check the chunk
-    CRCs (AnyReader does not); a file that fails is read by the salvaging stream reader instead.
+    MCAP files are always streamed and checked chunk by chunk (see the module docstring); each
+    damaged place is a :class:`BagDamage` in ``report.damage`` and ``report.complete`` is False.
+    ``verify_crc`` only concerns bags with rosbag2 compression, read with AnyReader: check their
+    MCAP records first (AnyReader does not check CRCs) and stream a file that fails instead.
     """
     wanted = None if topics is None else ({topics} if isinstance(topics, str) else set(topics))
     units: list[_Unit] = []
