@@ -280,6 +280,8 @@ class Controller(LifecycleNode):
             self.actuator = Actuator(self.safety, StatePlausibility(
                 self.safety_settings, self.robot.position_limits, self.robot.continuous,
                 v_max, a_max, names=self.robot.joint_names))
+            self._reported = ({}, self.counters["commands"])    # a new actuator's holds
+            self._worker_failures_seen = 0                       # and a new worker's
             args = (list(s.planner_plugins), s.active_planner, s.horizon,
                     self.robot.effort_limits, self.robot.position_limits, self.cost_settings,
                     s.fallback_planner, s.uncertainty_threshold)

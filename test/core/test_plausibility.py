@@ -34,7 +34,7 @@ def moving(n, q0=(0.5, -0.5), v=(1.0, -0.5), t0=0.0):
 
 def test_default_limits_from_effort_and_inertia():
     vmax, amax = default_limits(np.array([True, False]), np.array([10.0]), np.array([2.0]))
-    np.testing.assert_allclose(vmax, [10.0, 50.0])       # slide m/s, hinge rad/s
+    np.testing.assert_allclose(vmax, [20.0, 100.0])      # slide m/s, hinge rad/s
     np.testing.assert_allclose(amax, [50.0, 50.0])       # 10 x 10 N / 2 kg
     _, amax = default_limits(np.array([False]), np.array([np.inf]), np.array([1.0]))
     assert np.isinf(amax).all()                          # no finite limit: no velocity jump check
@@ -45,12 +45,36 @@ def test_robot_limits_of_arm2_and_cartpole():
     arm = MujocoSim("arm2")
     q0 = arm.positions().copy()
     vmax, amax = robot_limits(arm)
-    np.testing.assert_allclose(vmax, [50.0, 50.0])
+    np.testing.assert_allclose(vmax, [100.0, 100.0])
     # 3 N·m over the elbow's effective inertia (about 0.01 kg·m²) x 10
     assert 2000.0 < amax[0] < 10000.0 and amax[0] == amax[1]
     np.testing.assert_allclose(arm.positions(), q0)       # state restored
     vmax, _ = robot_limits(MujocoSim("cartpole"))
-    np.testing.assert_allclose(vmax, [10.0, 50.0])        # slider m/s, hinge rad/s
+    np.testing.assert_allclose(vmax, [20.0, 100.0])       # slider m/s, hinge rad/s
+
+
+@pytest.mark.parametrize("robot,scale", [("arm2", 1.0), ("cartpole", 1.0), ("arm7", 0.5)])
+def test_simulated_motion_is_never_rejected(robot, scale):
+    """Random bang-bang efforts drive the shipped robots into their joint stops (impacts
+    reverse velocities within a step) and to high speeds: every state stays plausible."""
+    from mbrl_ros.sim.env import MujocoSim
+    sim = MujocoSim(robot, control_period=DT)
+    vmax, amax = robot_limits(sim)
+    check = StatePlausibility(PlausibilitySettings(), sim.position_limits, sim.continuous,
+                              vmax, amax)
+    rng = np.random.default_rng(1)
+    n, jumps = sim.n_joints, 0.0
+    prev = sim.state()
+    for k in range(6000):
+        if k % 20 == 0:
+            u = rng.choice([-1.0, 1.0], size=sim.n_commands) * sim.effort_limits * scale
+        sim.step(u)
+        x = sim.state()
+        jumps = max(jumps, np.abs(x[n:] - prev[n:]).max() / DT)
+        prev = x
+        v = check.check(x[:n], x[n:], (k + 1) * DT, (k + 1) * DT)
+        assert not v.implausible, (k, v.reason)
+    assert jumps > amax[0] or robot == "arm7"         # impacts beyond the smooth bound
 
 
 def test_smooth_trajectory_is_accepted_after_confirmation():
@@ -67,7 +91,7 @@ def test_smooth_trajectory_is_accepted_after_confirmation():
     ([1e6, 0.0], [0.0, 0.0], "j0 position 1e+06 outside"),
     ([0.5, -1e308], [0.0, 0.0], "j1 position -1e+308 outside"),
     ([3.2, 0.0], [0.0, 0.0], "j0 position 3.2 outside [-3.167, 3.167]"),
-    ([0.5, -0.5], [1e6, 0.0], "j0 speed 1e+06 above 50"),
+    ([0.5, -0.5], [1e6, 0.0], "j0 speed 1e+06 above 100"),
 ])
 def test_out_of_range_states_are_implausible(q, qd, what):
     check = make()
@@ -118,6 +142,18 @@ def test_jumps_beyond_reach_are_implausible():
     assert check.check(q, qd, 5 * DT, 5 * DT).accepted
     # A duplicate (same stamp, same state) is harmless.
     assert check.check(q, qd, 5 * DT, 5 * DT).accepted
+
+
+def test_without_an_acceleration_bound_speed_still_bounds_the_jump():
+    check = make(state_max_acceleration=(np.inf,), state_max_velocity=(2.0,))
+    feed(check, moving(5))
+    q, qd = moving(6)[5]
+    assert check.check(q + np.array([0.015, 0.0]), qd, 5 * DT, 5 * DT).accepted
+    assert check.check(q + np.array([0.015, 0.0]), qd, 5 * DT, 5 * DT).accepted  # repeated
+    v = check.check(q + np.array([0.5, 0.0]), qd, 5 * DT, 5 * DT)    # same stamp, moved
+    assert v.implausible and "in 0 s" in v.reason
+    v = check.check(q + np.array([0.1, 0.0]), qd, 6 * DT, 6 * DT)    # 2 rad/s x 0.01 s
+    assert v.implausible and "at most 0.03" in v.reason
 
 
 def test_teleport_reanchors_without_latching():
@@ -229,7 +265,7 @@ def test_check_never_raises_and_accepts_only_bounded_states(stream):
         if v.accepted:
             q, qd = np.asarray(q, float), np.asarray(qd, float)
             assert q.shape == (2,) and np.isfinite(q).all() and np.isfinite(qd).all()
-            assert (np.abs(q) <= LIMITS[:, 1] + 0.2).all() and (np.abs(qd) <= 50.0).all()
+            assert (np.abs(q) <= LIMITS[:, 1] + 0.2).all() and (np.abs(qd) <= 100.0).all()
         assert isinstance(v.reason, str)
 
 
