@@ -1,20 +1,21 @@
 #!/usr/bin/env python3
 """Soak test (issue 11): the simulator and the controller as a user runs them, for an hour.
 
-Starts ``sim_node`` (real time, 100 Hz) and ``controller`` (arm2, ``model: mujoco``, iLQR
-active) as two processes, each in its own process group, wired as ``ros2 launch mbrl_ros
-sim.launch.py robot:=arm2 model:=mujoco planner:=ilqr`` wires them (the shipped
-config/<node>.yaml then config/arm2.yaml, every planner built, use_sim_time on; the
-controller with ``autostart`` instead of launch's lifecycle events), on a private ROS
-domain with localhost discovery. Every ``--period`` seconds (10) the controller gets the
-next target of a fixed list of joint targets inside arm2's joint ranges on
+Runs ``mbrl-ros bringup sim robot:=arm2 model:=mujoco planner:=ilqr record:=false`` --
+the processes and parameters of ``ros2 launch mbrl_ros sim.launch.py`` with the same
+arguments (the bring-up plan, :mod:`mbrl_ros.bringup`): ``sim_node`` in real time at
+100 Hz and the ``controller`` (every planner built, iLQR active, the known MuJoCo model,
+configured and activated), each a process of its own -- on a private ROS domain with
+localhost discovery. Every ``--period`` seconds (10) the controller gets the next target
+of a fixed list of joint targets inside arm2's joint ranges on
 ``/controller/target_joints``.
 
 Measured, from outside the nodes:
-  - RSS (``VmRSS`` in /proc/<pid>/status) of every process of both nodes' sessions -- the
-    nodes and their children, among them the controller's planning worker -- every
-    ``--sample`` seconds (30), and its growth per hour: the slope of a least-squares line
-    through the samples after ``--warmup`` seconds (120), not last minus first;
+  - RSS (``VmRSS`` in /proc/<pid>/status) of every process the command started -- the
+    bring-up runner, the nodes and their children, among them the controller's planning
+    worker -- every ``--sample`` seconds (30), and its growth per hour: the slope of a
+    least-squares line through the samples after ``--warmup`` seconds (120), not last
+    minus first;
   - commands per second received on /effort_controller/commands (whole run and the
     slowest sample interval);
   - the controller's /diagnostics counters (deadline_misses, holds, replan_failures,
@@ -24,8 +25,9 @@ Measured, from outside the nodes:
     the end of its period.
 
 Targets (printed as pass/fail; the exit status is 1 if one is missed): RSS growth < 1 MB/h
-for every process, no replan failure, every target reached. Machine facts (date, nproc, load average at start and end) and the
-commit the nodes ran at go into the output.
+for every process, no replan failure, every target reached. Machine facts (date, nproc,
+load average at start and end) and the commit the nodes ran at go into the output. Every
+process the command started is ended when the soak ends, however it ends.
 
 Usage: python bench/soak.py [--quick] [--minutes 60] [--json PATH]
        (--quick: 5 minutes)
@@ -43,46 +45,72 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _common import Probe, Proc, machine, node_cmd, ros_env, wait_for, write_json  # noqa: E402
+from _common import BIN, Probe, Proc, machine, ros_env, wait_for, write_json  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
-CONFIG = REPO / "config"
 ROBOT = "arm2"
+BRINGUP = ["bringup", "sim", f"robot:={ROBOT}", "model:=mujoco", "planner:=ilqr",
+           "record:=false"]
 JOINTS = ("shoulder", "elbow")
 # Inside arm2's joint ranges (shoulder +-2.967, elbow +-2.793 rad), far apart so that every
 # change is a real move (up to 3.5 rad on one joint).
 # config/arm2.yaml's own target (0.5, -0.5) comes last: the first target sent is a move.
 TARGETS = [(-1.0, 1.2), (1.5, 0.8), (0.0, 0.0), (-2.0, -1.5), (2.2, -2.0), (-0.5, 2.0),
            (1.0, 1.0), (0.5, -0.5)]
-PLANNERS = "[ilqr,mppi,cem,casadi_mpc]"        # what sim.launch.py builds
 COUNTERS = ("commands", "replans", "deadline_misses", "holds", "replan_failures",
             "bad_states", "stale", "control_overruns", "nonfinite_blocked",
             "plan_process_starts", "plan_process_failures")
 CONTROLLER_STATUS = "mbrl_ros/controller"
 
 
-def with_params_files(cmd: list[str], files: list[Path]) -> list[str]:
-    """``node_cmd`` output with ``--params-file`` arguments before its ``-p`` overrides."""
-    files_args = [a for f in files for a in ("--params-file", str(f))]
-    return cmd[:2] + files_args + cmd[2:]
+def _stat(pid: int) -> tuple[int, int] | None:
+    """(parent pid, start time in clock ticks) of a live process."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat.rsplit(")", 1)[1].split()    # after "(comm)": state ppid ... starttime
+    return int(fields[1]), int(fields[19])
 
 
-def session_pids(sid: int) -> list[int]:
-    """Every live process whose session id is ``sid`` (a node started with
-    start_new_session=True and everything it started, e.g. the planning worker)."""
-    pids = []
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
+def descendants(root: int) -> dict[int, tuple[int, int]]:
+    """``root`` and every live process below it: pid -> (parent pid, start time). The
+    bring-up runner starts each node in a session of its own, so the tree, not a session
+    or process group, holds them all."""
+    stats = {int(e.name): st for e in os.scandir("/proc") if e.name.isdigit()
+             and (st := _stat(int(e.name))) is not None}
+    found, frontier = {}, [root]
+    while frontier:
+        pid = frontier.pop()
+        if pid in stats and pid not in found:
+            found[pid] = stats[pid]
+            frontier += [c for c, (ppid, _) in stats.items() if ppid == pid]
+    return found
+
+
+def node_name(pid: int) -> str | None:
+    """The node name given on the command line (``-r __node:=NAME``), if any."""
+    try:
+        args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return None
+    for a in args:
+        if a.startswith(b"__node:="):
+            return a.split(b":=", 1)[1].decode()
+    return None
+
+
+def end_strays(seen: dict[int, tuple[int, int]]) -> list[int]:
+    """SIGKILL the processes of ``seen`` that outlived the runner (same pid *and* start
+    time, so a reused pid is never hit); returns their pids."""
+    stray = [pid for pid, (_, start) in seen.items()
+             if (st := _stat(pid)) is not None and st[1] == start]
+    for pid in stray:
         try:
-            stat = Path(f"/proc/{entry.name}/stat").read_text()
-        except OSError:
-            continue
-        # the fields after "(comm)": state ppid pgrp session ...
-        fields = stat.rsplit(")", 1)[1].split()
-        if int(fields[3]) == sid:
-            pids.append(int(entry.name))
-    return sorted(pids)
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    return stray
 
 
 def rss_kib(pid: int) -> int | None:
@@ -189,28 +217,20 @@ def soak(minutes: float, period: float, sample: float, warmup: float, tolerance:
          log_dir: Path | None) -> dict:
     env = ros_env()
     domain = int(env["ROS_DOMAIN_ID"])
-    sim_cmd = with_params_files(
-        node_cmd("sim_node", {"model": ROBOT, "controller_name": "effort_controller"}),
-        [CONFIG / "sim.yaml", CONFIG / f"{ROBOT}.yaml"])
-    ctrl_cmd = with_params_files(
-        node_cmd("controller", {"use_sim_time": True, "robot": ROBOT, "model": "mujoco",
-                                "active_planner": "ilqr", "planner_plugins": PLANNERS,
-                                "controller_name": "effort_controller", "autostart": True}),
-        [CONFIG / "controller.yaml", CONFIG / f"{ROBOT}.yaml"])
     if log_dir:
         log_dir.mkdir(parents=True, exist_ok=True)
-    procs: dict[str, Proc] = {}
+    runner: Proc | None = None
     probe = Probe(domain, "soak_probe")
     watch = Watch(probe)
-    rss: dict[tuple[str, int], list[tuple[float, int]]] = {}   # (node, pid) -> [(t, kiB)]
-    names: dict[int, str] = {}
+    rss: dict[int, list[tuple[float, int]]] = {}      # pid -> [(t, kiB)]
+    seen: dict[int, tuple[int, int]] = {}             # pid -> (parent pid, start time)
+    names: dict[int, str] = {}                        # pid -> node name or command name
     windows: list[dict] = []
     targets: list[dict] = []
     counters_after_warmup: dict = {}
-    exits: dict[str, int | None] = {}
     try:
-        for name, cmd in (("sim", sim_cmd), ("controller", ctrl_cmd)):
-            procs[name] = Proc(cmd, env, log_dir / f"{name}.log" if log_dir else None)
+        runner = Proc([str(BIN / "mbrl-ros"), *BRINGUP], env,
+                      log_dir / "bringup.log" if log_dir else None)
         started = wait_for(lambda: watch.commands >= 100 and watch.q is not None
                            and watch.diag.get("replans", "0") not in ("", "0")
                            and watch.target_pub.get_subscription_count() >= 1,
@@ -220,12 +240,21 @@ def soak(minutes: float, period: float, sample: float, warmup: float, tolerance:
                                f"{log_dir or 'pass --logs DIR'})")
 
         def sample_rss(t: float) -> None:
-            for node, proc in procs.items():
-                for pid in session_pids(proc.p.pid):
-                    kib = rss_kib(pid)
-                    if kib is not None:
-                        names.setdefault(pid, comm(pid))
-                        rss.setdefault((node, pid), []).append((t, kib))
+            for pid, st in descendants(runner.p.pid).items():
+                kib = rss_kib(pid)
+                if kib is not None:
+                    seen.setdefault(pid, st)
+                    names.setdefault(pid, node_name(pid) or comm(pid))
+                    rss.setdefault(pid, []).append((t, kib))
+
+        def label(pid: int) -> str:
+            if pid == runner.p.pid:
+                return "bringup"
+            parent = seen[pid][0]
+            if parent == runner.p.pid:
+                return names[pid]                    # a node: its name
+            kind = "planning_worker" if pid in watch.worker_pids else names[pid]
+            return f"{names.get(parent, parent)}/{kind}:{pid}"
 
         t0 = time.monotonic()
         duration = minutes * 60.0
@@ -264,20 +293,18 @@ def soak(minutes: float, period: float, sample: float, warmup: float, tolerance:
                                     "commands_per_s": round(n / (t - window_start), 2),
                                     **watch.counters()})
                     print(f"[soak] t={t:6.0f} s  cmd/s={windows[-1]['commands_per_s']:.1f}  "
-                          + "  ".join(f"{node}:{pid}={s[-1][1] / 1024:.1f}MB"
-                                      for (node, pid), s in rss.items()
-                                      if s[-1][0] == round(t, 2))
+                          + "  ".join(f"{label(pid)}={s[-1][1] / 1024:.1f}MB"
+                                      for pid, s in rss.items() if s[-1][0] == round(t, 2))
                           + f"  targets reached {sum(x['reached'] for x in targets)}"
                           f"/{len(targets)}", file=sys.stderr, flush=True)
                 window_start, window_commands = t, watch.commands
                 if not counters_after_warmup and t >= warmup:
                     counters_after_warmup = watch.counters()
                 next_sample += sample
-                for node, proc in procs.items():
-                    if proc.p.poll() is not None:
-                        exits[node] = proc.p.returncode
-                if exits:
-                    raise RuntimeError(f"node exited during the soak: {exits}")
+                if runner.p.poll() is not None:
+                    raise RuntimeError(f"mbrl-ros bringup exited with {runner.p.returncode} "
+                                       "during the soak (a node died or failed: see its "
+                                       f"output{' in ' + str(log_dir) if log_dir else ''})")
             probe.spin(0.01)
         elapsed = time.monotonic() - t0
         # one more status after the end, so the final counters are the node's newest
@@ -285,19 +312,18 @@ def soak(minutes: float, period: float, sample: float, warmup: float, tolerance:
         wait_for(lambda: watch.diag_count > n, 3.0, lambda: probe.spin(0.05))
         final = watch.counters()
     finally:
-        for proc in procs.values():
-            proc.stop()
+        if runner is not None:
+            seen.update(descendants(runner.p.pid))
+            runner.stop()            # SIGINT: the runner stops its nodes, as on Ctrl-C
+            strays = end_strays(seen)
         probe.close()
-    roots = {proc.p.pid for proc in procs.values()}
 
-    def label(node: str, pid: int) -> str:
-        if pid in roots:
-            return node
-        kind = "planning_worker" if pid in watch.worker_pids else names[pid]
-        return f"{node}/{kind}:{pid}"
-    rss_by_label = {label(node, pid): s for (node, pid), s in rss.items()}
-    return summarize(rss_by_label, windows, targets, counters_after_warmup, final,
-                     watch.commands - commands_at_start, elapsed, warmup, domain)
+    rss_by_label = {label(pid): s for pid, s in rss.items()}
+    result = summarize(rss_by_label, windows, targets, counters_after_warmup, final,
+                       watch.commands - commands_at_start, elapsed, warmup, domain)
+    # processes still alive after the runner stopped (it should leave none): killed
+    result["stray_processes_killed"] = [f"{names.get(pid, '?')}:{pid}" for pid in strays]
+    return result
 
 
 def summarize(rss, windows, targets, after_warmup, final, commands, elapsed, warmup,
