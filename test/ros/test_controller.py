@@ -235,11 +235,15 @@ def diagnostics_level(msgs, name: str = "mbrl_ros/controller") -> tuple[int, str
 HOSTILE = {"1e6_stream": (1e6, 40), "1e308_stream": (1e308, 40), "single_1e6": (1e6, 1)}
 
 
-@pytest.mark.parametrize("stream", list(HOSTILE))
-def test_absurd_states_never_move_the_arm(start_node, probe, stream):
+# on_state: a command per state (a rejected one is answered by the hold); the control
+# thread: commands at control_rate from the newest accepted state, holding meanwhile.
+@pytest.mark.parametrize("stream,loop", [(s, {}) for s in HOSTILE]
+                         + [("1e6_stream", CONTROL_THREAD)],
+                         ids=list(HOSTILE) + ["1e6_stream-control_thread"])
+def test_absurd_states_never_move_the_arm(start_node, probe, stream, loop):
     value, count = HOSTILE[stream]
     start_node("sim_node", {"model": "arm2", "publish_rate": 100.0})
-    start_node("controller", {**BASE, "autostart": True})
+    start_node("controller", {**BASE, "autostart": True, **loop})
     states = probe.collect(JointState, "/joint_states")
     cmds = probe.collect(Float64MultiArray, CMD)
     diags = probe.collect(DiagnosticArray, "/diagnostics")
