@@ -75,6 +75,10 @@ class Actuator:
         self._why_not_ok = NO_STATE
         self.fault: str | None = None
         self._lock = threading.Lock()    # the policy pair
+        # The state check and its anchor: states (executor), clear_fault (a service) and
+        # reset (an episode loop) may come from different threads. The control step
+        # never takes it: it reads the one reference ``latest``.
+        self._state_lock = threading.RLock()
         self._policy: Any = None
         self._next_policy: Any = None
         self.counters = {"bad_states": 0, "nonfinite_blocked": 0, "holds": 0}
@@ -85,30 +89,33 @@ class Actuator:
         """A joint state (``q``, ``qd`` (n,)) stamped ``t`` [s] arrived at ``now`` [s,
         monotonic]. Accepted: it becomes :attr:`latest`. Implausible: counted, the control
         step holds until a state is accepted, and at the latch limit the fault latches."""
-        verdict = self.plausibility.check(q, qd, t, now)
-        if verdict.accepted:
-            x = np.concatenate([np.asarray(q, float), np.asarray(qd, float)])
-            prev_x, prev_t, _ = self.latest
-            self.state_dt = t - prev_t if prev_x is not None else 0.0
-            self.latest = (x, float(t), now)
-            self.state_ok = True
+        with self._state_lock:
+            verdict = self.plausibility.check(q, qd, t, now)
+            if verdict.accepted:
+                x = np.concatenate([np.asarray(q, float).reshape(-1),
+                                    np.asarray(qd, float).reshape(-1)])
+                prev_x, prev_t, _ = self.latest
+                self.state_dt = float(t) - prev_t if prev_x is not None else 0.0
+                self.latest = (x, float(t), now)
+                self.state_ok = True
+                return verdict
+            self.state_ok = False
+            self._why_not_ok = IMPLAUSIBLE if verdict.implausible else CONFIRMING
+            if verdict.implausible:
+                self.counters["bad_states"] += 1
+            if verdict.latch:
+                self.latch(f"implausible joint state: {verdict.reason}")
             return verdict
-        self.state_ok = False
-        self._why_not_ok = IMPLAUSIBLE if verdict.implausible else CONFIRMING
-        if verdict.implausible:
-            self.counters["bad_states"] += 1
-        if verdict.latch:
-            self.latch(f"implausible joint state: {verdict.reason}")
-        return verdict
 
     def unreadable(self, reason: str, nonfinite: bool = False) -> None:
         """A joint-state message that could not be read at all (missing joints, length
         mismatch: ignored, e.g. another driver's joints), or with NaN/inf (latched)."""
         self.counters["bad_states"] += 1
         if nonfinite:
-            self.state_ok = False
-            self._why_not_ok = IMPLAUSIBLE
-            self.latch(f"non-finite joint state: {reason}")
+            with self._state_lock:
+                self.state_ok = False
+                self._why_not_ok = IMPLAUSIBLE
+                self.latch(f"non-finite joint state: {reason}")
 
     # ------------------------------------------------------------------ policies
     def offer(self, policy: Any, ahead: bool) -> bool:
@@ -144,23 +151,25 @@ class Actuator:
     def clear_fault(self) -> str | None:
         """Clear the latched fault; returns it. The state check starts afresh (confirms
         the next states), so old rejections do not latch again at once."""
-        previous, self.fault = self.fault, None
-        self.clear_policy()
-        self.plausibility.reset()
-        self.state_ok = False
-        self._why_not_ok = CONFIRMING
+        with self._state_lock:
+            previous, self.fault = self.fault, None
+            self.clear_policy()
+            self.plausibility.reset()
+            self.state_ok = False
+            self._why_not_ok = CONFIRMING
         return previous
 
     def reset(self) -> None:
         """A new episode starts elsewhere: forget the state, the plan and the last
         command (the rate limit starts from zero); the state check confirms anew."""
-        self.clear_policy()
-        self.safety.reset()
-        self.plausibility.reset()
-        self.latest = (None, 0.0, -np.inf)
-        self.state_dt = 0.0
-        self.state_ok = False
-        self._why_not_ok = NO_STATE
+        with self._state_lock:
+            self.clear_policy()
+            self.safety.reset()
+            self.plausibility.reset()
+            self.latest = (None, 0.0, -np.inf)
+            self.state_dt = 0.0
+            self.state_ok = False
+            self._why_not_ok = NO_STATE
 
     # ------------------------------------------------------------------ control step
     def stale(self, now: float) -> bool:
