@@ -79,30 +79,51 @@ class Lifecycle:
         """Request ``transition`` of ``child``; raise :class:`NodeFailure` if it is refused,
         the node exits meanwhile or does not answer within TRANSITION_TIMEOUT."""
         from lifecycle_msgs.msg import Transition
-        from lifecycle_msgs.srv import ChangeState
-        ids = {"configure": Transition.TRANSITION_CONFIGURE,
-               "activate": Transition.TRANSITION_ACTIVATE}
+        from lifecycle_msgs.srv import ChangeState, GetState
         name = child.process.full_name
-        client = self.node.create_client(ChangeState, f"{name}/change_state")
+        end = time.monotonic() + TRANSITION_TIMEOUT
+        ask = dict(end=end, alive=alive, stopping=stopping, child=child, what=transition)
+        # get_state first, re-asked until answered: a request sent while the graph still
+        # lists the service of a process that just died (respawn) reaches nobody, and a
+        # change_state must not be sent twice.
+        state = self._ask(GetState, f"{name}/get_state", GetState.Request(), retry=1.0, **ask)
+        if state is None:
+            return                                   # stopping
+        goal = {"configure": "inactive", "activate": "active"}[transition]
+        if state.current_state.label != goal:
+            request = ChangeState.Request()
+            request.transition.id = {"configure": Transition.TRANSITION_CONFIGURE,
+                                     "activate": Transition.TRANSITION_ACTIVATE}[transition]
+            result = self._ask(ChangeState, f"{name}/change_state", request, retry=None, **ask)
+            if result is None:
+                return
+            if not result.success:
+                raise NodeFailure(f"{name}: {transition} failed (see its log above)")
+        say(f"{name}: {transition}d")
+
+    def _ask(self, srv_type, service: str, request, *, retry, end, alive, stopping, child,
+             what):
+        """Call ``service``; re-send after ``retry`` s without an answer (None: never).
+        Returns the response, or None when stopping."""
+        client = self.node.create_client(srv_type, service)
         try:
-            end = time.monotonic() + TRANSITION_TIMEOUT
-            future = None
-            while time.monotonic() < end and not stopping():
+            future, sent = None, 0.0
+            while time.monotonic() < end:
+                if stopping():
+                    return None
                 if not alive():
                     raise NodeFailure(child.exit_message())
-                if future is None and client.service_is_ready():
-                    request = ChangeState.Request()
-                    request.transition.id = ids[transition]
-                    future = client.call_async(request)
+                now = time.monotonic()
+                if client.service_is_ready() and (
+                        future is None or retry is not None and now - sent > retry):
+                    if future is not None:
+                        client.remove_pending_request(future)
+                    future, sent = client.call_async(request), now
                 self.executor.spin_once(timeout_sec=0.05)
                 if future is not None and future.done():
-                    if not future.result().success:
-                        raise NodeFailure(f"{name}: {transition} failed (see its log above)")
-                    say(f"{name}: {transition}d")
-                    return
-            if not stopping():
-                raise NodeFailure(f"{name}: no answer to {transition} within "
-                                  f"{TRANSITION_TIMEOUT:g} s")
+                    return future.result()
+            raise NodeFailure(f"{child.process.full_name}: no answer to {what} within "
+                              f"{TRANSITION_TIMEOUT:g} s")
         finally:
             self.node.destroy_client(client)
 
@@ -148,8 +169,7 @@ class Runner:
             if not child.process.respawn:
                 raise NodeFailure(child.exit_message())
             if child.restart_at is None:
-                say(f"{child.process.full_name} exited with code {code}; restarting in "
-                    f"{RESPAWN_DELAY:g} s")
+                say(f"{child.exit_message()}; restarting in {RESPAWN_DELAY:g} s")
                 child.restart_at = now + RESPAWN_DELAY
             elif now >= child.restart_at:
                 child.start()

@@ -146,3 +146,28 @@ def test_a_node_that_dies_or_fails_to_configure_ends_bringup_non_zero(bringup, t
     assert re.search(expected, errors[0]), out
     if case == "configure":
         assert "stopped /sim" in out       # the others are stopped, not left running
+
+
+def test_respawn_restarts_a_node_and_repeats_its_transitions(bringup, probe):
+    # A real arm's launch (no simulator) with respawn:=true: the controller is killed,
+    # restarted and configured again, and bringup keeps running.
+    p = bringup("robot", "robot:=arm2", "model:=mujoco", "record:=false", "respawn:=true",
+                "activate:=false")
+    probe.spin_until(lambda: "/controller: configured" in p.output()
+                     or p.proc.poll() is not None, UP, "the controller configured")
+    first = re.search(r"started /controller \(controller, pid (\d+)\)", p.output())
+    os.killpg(int(first.group(1)), signal.SIGKILL)
+    probe.spin_until(lambda: p.output().count("/controller: configured") == 2
+                     or p.proc.poll() is not None, UP, "the controller restarted and configured")
+    assert p.proc.poll() is None, p.output()
+    assert "/controller (controller) exited with code -9; restarting" in p.output()
+    # Until DDS notices the killed process, a request may go to its stale endpoint: re-ask.
+    for attempt in range(10):
+        try:
+            state = probe.call(GetState, "/controller/get_state", GetState.Request(), timeout=3)
+            break
+        except AssertionError:
+            if attempt == 9:
+                raise
+    assert state.current_state.label == "inactive"
+    _stop_cleanly(p)
