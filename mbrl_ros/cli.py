@@ -328,7 +328,6 @@ def parameters_document() -> str:
     return "\n".join(parts)
 
 
-def _cmd_params(args: argparse.Namespace) -> int:
 def node_key(node: str) -> str:
     """The section key of a node in a parameter file: matches it in any namespace."""
     return f"/**/{node}"
@@ -343,6 +342,7 @@ def _cmd_bringup(args: argparse.Namespace) -> int:
     return run(args.kind, args.arguments, dry_run=args.dry_run)
 
 
+def _cmd_params(args: argparse.Namespace) -> int:
     if args.node == "all":
         if not args.markdown:
             raise ValueError("'params all' needs --markdown (YAML files are per node)")
@@ -447,7 +447,11 @@ def build_parser() -> argparse.ArgumentParser:
                                    "MPC episodes toward the target and refits; the planner is "
                                    "switched once half way. Writes metrics.json, plots, bags "
                                    "and model artifacts to OUT.")
-    m.add_argument("--robot", default="arm2", choices=["arm2", "arm7", "cartpole"])
+    m.add_argument("--robot", default="arm2",
+                   help="arm2 | arm7 | cartpole | path to your MJCF (default arm2)")
+    m.add_argument("--target", default="",
+                   help="target joint positions, e.g. '0.5 -0.5' (default: the robot's task; "
+                        "for your MJCF a reachable configuration away from home)")
     m.add_argument("--model", default="gp", choices=[x for x in MODEL_FAMILIES if x != "tvlg"])
     m.add_argument("--planner", default="ilqr", choices=list(PLANNERS))
     m.add_argument("--switch-to", default="mppi", choices=list(PLANNERS) + [""],
@@ -490,11 +494,6 @@ def build_parser() -> argparse.ArgumentParser:
     pa.add_argument("node", help=", ".join(NODE_SETTINGS) + ", or 'all' (with --markdown)")
     pa.add_argument("--markdown", action="store_true", help="a Markdown table instead")
     pa.set_defaults(func=_cmd_params)
-    return p
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
 
     b = sub.add_parser("bringup", help="start the nodes of a launch file without ros2 launch",
                        description="Start the processes sim.launch.py, robot.launch.py or "
@@ -510,6 +509,11 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--dry-run", action="store_true",
                    help="print the command lines and parameters, start nothing")
     b.set_defaults(func=_cmd_bringup)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     from mbrl_ros.core.threads import limit_threads
     limit_threads()
     try:
@@ -520,6 +524,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyError as e:               # registry: unknown model/planner name
         print(f"error: {e}", file=sys.stderr)
         code = 2
+    except KeyboardInterrupt:           # Ctrl-C: what was recorded is closed by then
+        print("interrupted", file=sys.stderr)
+        code = 130
     return code
 
 

@@ -43,17 +43,19 @@ from mbrl_ros.ros.node_main import run_node
 from mbrl_ros.ros.params import declare_settings
 
 EPISODE_MARKER_TOPIC = "/data_logger/episode"
-_KNOWN_TYPES = {"/joint_states": "sensor_msgs/msg/JointState"}
+# Types known by a topic's last name (any namespace).
+_KNOWN_TYPES = {"joint_states": "sensor_msgs/msg/JointState"}
 
 
 @dataclass(frozen=True)
 class LoggerSettings:
     output_dir: str = setting("bags", "directory the bags are written under (created)")
     bag_name: str = setting("", "bag name prefix (empty: mbrl_YYYYmmdd_HHMMSS)")
-    topics: tuple[str, ...] = setting(("/joint_states", "/effort_controller/commands"),
+    topics: tuple[str, ...] = setting(("joint_states", "effort_controller/commands"),
                                       "topics to record; 'topic' (type from the ROS graph) or "
-                                      "'topic:pkg/msg/Type'")
-    episode_topic: str = setting("/sim/episode", "std_msgs/UInt32 topic announcing episode "
+                                      "'topic:pkg/msg/Type'; relative names resolve in the "
+                                      "node's namespace and are recorded fully qualified")
+    episode_topic: str = setting("sim/episode", "std_msgs/UInt32 topic announcing episode "
                                  "starts (empty: none)")
     max_bag_size: float = setting(0.0, "split when a bag exceeds this size (0: never)",
                                   unit="MB", low=0.0, high=1e6)
@@ -65,16 +67,19 @@ class LoggerSettings:
                                       low=0.0, high=100.0)
 
 
-def _topic_type(entry: str) -> tuple[str, str | None]:
-    """'topic' -> (topic, known type or None); 'topic:pkg/msg/T' -> (topic, type)."""
-    if ":" in entry:
-        topic, msgtype = entry.split(":", 1)
+def _topic_type(entry: str, resolve=lambda t: t) -> tuple[str, str | None]:
+    """'topic' -> (topic, known type or None); 'topic:pkg/msg/T' -> (topic, type). The
+    topic is passed through ``resolve`` (the node's name resolution: the fully qualified
+    name is what subscriptions match and what the bag records)."""
+    topic, msgtype = entry.split(":", 1) if ":" in entry else (entry, None)
+    topic = resolve(topic)
+    if msgtype is not None:
         return topic, msgtype
-    if entry in _KNOWN_TYPES:
-        return entry, _KNOWN_TYPES[entry]
-    if entry.endswith("/commands"):  # ros2_controllers forward command controllers
-        return entry, "std_msgs/msg/Float64MultiArray"
-    return entry, None
+    if topic.rsplit("/", 1)[-1] in _KNOWN_TYPES:
+        return topic, _KNOWN_TYPES[topic.rsplit("/", 1)[-1]]
+    if topic.endswith("/commands"):  # ros2_controllers forward command controllers
+        return topic, "std_msgs/msg/Float64MultiArray"
+    return topic, None
 
 
 def _import_type(msgtype: str):
@@ -102,7 +107,7 @@ class DataLogger(Node):
         self._group = MutuallyExclusiveCallbackGroup()   # everything touching the writer
         self._qos = QoSProfile(depth=s.qos_depth, reliability=ReliabilityPolicy.RELIABLE)
         for entry in s.topics:
-            topic, msgtype = _topic_type(entry)
+            topic, msgtype = _topic_type(entry, self.resolve_topic_name)
             self._pending[topic] = msgtype
             self.received[topic] = 0
             self.ignored[topic] = 0

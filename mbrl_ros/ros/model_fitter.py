@@ -66,9 +66,10 @@ class FitterSettings:
     artifact_name: str = setting("", "artifact name under store_dir (empty: the model family)")
     bags: tuple[str, ...] = setting((), "recorded bags (directories or .mcap) to fit on")
     live: bool = setting(True, "also fit on the joint states and commands received live")
-    state_topic: str = setting("/joint_states", "joint state topic (live data)")
-    command_topic: str = setting("/effort_controller/commands", "effort command topic")
-    episode_topic: str = setting("/sim/episode", "std_msgs/UInt32 episode starts (live data)")
+    state_topic: str = setting("joint_states", "joint state topic (live data; relative "
+                               "names resolve in the node's namespace, as do bag topics)")
+    command_topic: str = setting("effort_controller/commands", "effort command topic")
+    episode_topic: str = setting("sim/episode", "std_msgs/UInt32 episode starts (live data)")
     joints: tuple[str, ...] = setting((), "state joint order (empty: the first message's)")
     fit_on_start: bool = setting(False, "fit once as soon as the node is up (offline replay)")
     fit_every: int = setting(2000, "fit after this many new live commands (0: only on "
@@ -121,7 +122,9 @@ class ModelFitter(Node):
         self.fits = {"ok": 0, "rejected": 0, "failed": 0}
         self.last_message = "no fit yet"
         self._bag_batch: TransitionBatch | None = None
-        self._align = AlignmentConfig(state_topic=s.state_topic, command_topic=s.command_topic,
+        # Bags hold fully qualified names: a relative setting names this robot's topic.
+        self._align = AlignmentConfig(state_topic=self.resolve_topic_name(s.state_topic),
+                                      command_topic=self.resolve_topic_name(s.command_topic),
                                       joint_names=s.joints or None)
 
         self.announce_pub = self.create_publisher(String, "~/model", LATCHED)
