@@ -26,9 +26,9 @@ node outside any namespace).
 Names: with ``namespace:=arm_a`` every node runs as ``/arm_a/<node>`` and every topic of
 that robot lives under ``/arm_a``. Topic settings are given as names relative to the
 namespace (``joint_states``), except the data logger's ``topics``, which are the names
-written into the bag and so are fully qualified. Names a node fixes as absolute in its
-code are moved with a remapping to the relative name (:data:`ABSOLUTE_NAMES`); with no
-namespace those remappings change nothing.
+written into the bag and so are fully qualified. Every node names its topics relative
+to its namespace; only ``/clock`` is absolute by convention, and a simulated robot gets its
+own (remapped to ``<namespace>/clock``).
 """
 from __future__ import annotations
 
@@ -121,13 +121,6 @@ ARGUMENTS: dict[str, tuple[Argument, ...]] = {
         *_COMMON),
 }
 
-# Names nodes use as absolute in their code rather than as a setting, per executable
-# ('{cn}': the controller name). A remapping to the relative name puts them under the
-# namespace. Remove an entry when its node uses the relative name itself.
-ABSOLUTE_NAMES: dict[str, tuple[str, ...]] = {
-    "controller": ("/{cn}/commands",),
-    "excitation": ("/joint_states", "/{cn}/commands"),
-}
 CLOCK = "/clock"     # absolute by convention; a simulated robot gets its own under its namespace
 
 
@@ -360,27 +353,23 @@ def plan(kind: str, args: Mapping[str, str], share: str) -> Plan:
     commands = f"{cn}/commands"
     clock = ((CLOCK, CLOCK.lstrip("/")),) if with_sim else ()
 
-    def remap(executable: str) -> tuple[tuple[str, str], ...]:
-        moved = [n.format(cn=cn) for n in ABSOLUTE_NAMES.get(executable, ())]
-        return clock + tuple((n, n.lstrip("/")) for n in moved)
-
     procs = []
     if with_sim:
         procs.append(process("sim", "sim_node", {"model": a["robot"], "controller_name": cn},
-                             remap("sim_node")))
+                             clock))
     if a["record"] == "true":
         procs.append(process("data_logger", "data_logger", {
             **common, "output_dir": a["bag_dir"],
             "topics": [_fq(ns, "joint_states"), _fq(ns, commands)],
-            "episode_topic": "sim/episode"}, remap("data_logger"), respawn=respawn))
+            "episode_topic": "sim/episode"}, clock, respawn=respawn))
     if a["model"] != "mujoco":
         procs.append(process("model_fitter", "model_fitter", {
             **common, "model": a["model"], "robot": a["robot"], "state_topic": "joint_states",
             "command_topic": commands, "episode_topic": "sim/episode"},
-            remap("model_fitter"), respawn=respawn))
+            clock, respawn=respawn))
     if a["excite"] == "true":
         procs.append(process("excitation", "excitation", {
-            **common, "model": a["robot"], "controller_name": cn}, remap("excitation"),
+            **common, "model": a["robot"], "controller_name": cn}, clock,
             respawn=respawn))
     else:
         procs.append(process("controller", "controller", {
@@ -388,7 +377,7 @@ def plan(kind: str, args: Mapping[str, str], share: str) -> Plan:
             "model": "mujoco" if a["model"] == "mujoco" else "",
             "planner_plugins": list(PLANNERS), "active_planner": a["planner"],
             "controller_name": cn, "state_topic": "joint_states",
-            "model_topic": "model_fitter/model"}, remap("controller"),
+            "model_topic": "model_fitter/model"}, clock,
             ("configure", "activate") if a["activate"] == "true" else ("configure",),
             respawn=respawn))
     return Plan(kind, a, tuple(procs))

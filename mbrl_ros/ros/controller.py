@@ -9,7 +9,8 @@ Plan / act split: the replan loop (``plan_rate`` Hz on a planning thread of its 
 every ``replan_every`` states in ``plan_mode: sync``) produces an immutable policy; the
 control step evaluates it on the newest state (on every joint state with
 ``control_mode: on_state``, or at ``control_rate`` with ``timer``) and publishes the effort
-command on ``/<controller_name>/commands`` (std_msgs/Float64MultiArray).
+command on ``<controller_name>/commands`` (std_msgs/Float64MultiArray; topic names are
+relative, so a namespace moves the whole robot).
 
 What runs the timer-mode control step (``control_loop``): ``thread`` (default) is a control
 thread of its own, running only while the node is active: it sleeps to absolute deadlines
@@ -92,7 +93,8 @@ from mbrl_ros.core.control.actuator import Actuator
 from mbrl_ros.core.control.health import RecentEvents, controller_health
 from mbrl_ros.core.control.mpc import CostSettings, MPCController
 from mbrl_ros.core.control.plan_process import PlanProcess, PlanProcessError, load_model
-from mbrl_ros.core.control.plausibility import StatePlausibility, robot_limits
+from mbrl_ros.core.control.plausibility import (StatePlausibility, min_effective_inertia,
+                                              robot_limits)
 from mbrl_ros.core.control.safety import SafetyFilter, SafetySettings
 from mbrl_ros.core.models.base import ModelError
 from mbrl_ros.core.settings import SettingsError, setting
@@ -112,11 +114,11 @@ class ControllerSettings:
     robot: str = setting("arm2", "MJCF (shipped name or path) with the robot's joints, "
                          "limits and end effector")
     controller_name: str = setting("effort_controller", "commands go to "
-                                   "/<controller_name>/commands")
-    state_topic: str = setting("/joint_states", "sensor_msgs/JointState input")
+                                   "<controller_name>/commands (in the node's namespace)")
+    state_topic: str = setting("joint_states", "sensor_msgs/JointState input")
     model: str = setting("mujoco", "initial model: 'mujoco' (known model of robot), an "
                          "artifact directory, or '' to wait for model_topic")
-    model_topic: str = setting("/model_fitter/model", "model announcements (std_msgs/String "
+    model_topic: str = setting("model_fitter/model", "model announcements (std_msgs/String "
                                "JSON); '' to ignore")
     artifact_topic: str = setting("", "packed artifacts (std_msgs/UInt8MultiArray, the "
                                   "fitter's ~/artifact with serve_artifact) for hosts without a "
@@ -209,6 +211,12 @@ class Controller(LifecycleNode):
         self.safety_settings = declare_settings(self, SafetySettings,
                                                 on_change=self._on_safety)
         self.cost_settings = declare_settings(self, CostSettings, on_change=self._on_cost)
+        # `ros2 param describe` lists the valid planner ids (known only now).
+        for name in ("active_planner", "fallback_planner"):
+            d = self.describe_parameter(name)
+            d.additional_constraints = "one of: " + ", ".join(
+                self.settings.planner_plugins) + (" (or '' for none)" if name[0] == "f" else "")
+            self.set_descriptor(name, d)
         self._planner_settings: dict[str, tuple[str, object]] = {}
         for pid in self.settings.planner_plugins:
             kind = self.declare_parameter(f"{pid}.plugin", pid).value
@@ -275,7 +283,8 @@ class Controller(LifecycleNode):
             n = self.robot.n_joints
             cmd_index = np.asarray(self.robot.command_index)
             self.safety = SafetyFilter(self.safety_settings, self.robot.effort_limits,
-                                       self.robot.position_limits[cmd_index], cmd_index, n)
+                                       self.robot.position_limits[cmd_index], cmd_index, n,
+                                       min_effective_inertia(self.robot), self._model_period())
             v_max, a_max = robot_limits(self.robot)
             self.actuator = Actuator(self.safety, StatePlausibility(
                 self.safety_settings, self.robot.position_limits, self.robot.continuous,
@@ -305,7 +314,7 @@ class Controller(LifecycleNode):
         self.reader = JointStateReader(self.robot.joint_names)
         before = self._entities()
         self.cmd_pub = self.create_lifecycle_publisher(
-            Float64MultiArray, f"/{s.controller_name}/commands", RELIABLE)
+            Float64MultiArray, f"{s.controller_name}/commands", RELIABLE)
         self.plan_pub = self.create_publisher(JointTrajectory, "~/planned_trajectory", 10)
         self.path_pub = self.create_publisher(MarkerArray, "~/planned_path", 10)
         self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
@@ -363,8 +372,7 @@ class Controller(LifecycleNode):
             self._plan_thread = threading.Thread(target=self._plan_loop, name="planner",
                                                  daemon=True)
             self._plan_thread.start()
-        self.get_logger().info("active: commanding /" + self.settings.controller_name
-                               + "/commands")
+        self.get_logger().info("active: commanding " + self.cmd_pub.topic_name)
         return super().on_activate(state)
 
     def on_deactivate(self, state) -> TransitionCallbackReturn:
@@ -469,13 +477,15 @@ class Controller(LifecycleNode):
                    checksum: str | None = None) -> int:
         """Load, verify and use a model ('mujoco' or an artifact); returns its version.
         With a planning process, the process loads it (or, inactive, it is verified here)."""
+        # The one-step check predicts from the newest accepted state (None: home keyframe).
+        state = self.actuator.latest[0] if self.actuator is not None else None
         if isinstance(self.mpc, PlanProcess):
-            return self.mpc.load_model(source, version, checksum)
+            return self.mpc.load_model(source, version, checksum, state=state)
         model, v = load_model(source, robot=self.settings.robot,
                               control_period=self._model_period(),
                               joint_names=self.robot.joint_names,
                               expect=self.mpc.spec,
-                              checksum=checksum, version=version)
+                              checksum=checksum, version=version, state=state)
         with self._mpc_guard():
             self.mpc.set_model(model, v)        # one reference swapped
         return v

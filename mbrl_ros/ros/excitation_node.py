@@ -40,7 +40,7 @@ from mbrl_ros.sim.env import MujocoSim
 class ExcitationNodeSettings(PlausibilitySettings):
     model: str = setting("arm2", "MJCF (shipped name or path) giving joint names and limits")
     controller_name: str = setting("effort_controller", "commands go to "
-                                   "/<controller_name>/commands")
+                                   "<controller_name>/commands (in the node's namespace)")
     seed: int = setting(0, "random seed of targets and noise", low=0)
     control_period: float = setting(0.01, "nominal control period (noise discretisation)",
                                     unit="s", low=1e-4, high=1.0)
@@ -64,13 +64,13 @@ class ExcitationNode(Node):
                                        seed=s.seed, dt=s.control_period)
         qos = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
         self.pub = self.create_publisher(Float64MultiArray,
-                                         f"/{s.controller_name}/commands", qos)
-        self.create_subscription(JointState, "/joint_states", self._on_state, qos)
+                                         f"{s.controller_name}/commands", qos)
+        self.create_subscription(JointState, "joint_states", self._on_state, qos)
         self.create_service(Trigger, "~/clear_error", self._srv_clear)
         self.commands_sent = 0
         self.bad_states = 0
         self.get_logger().info(f"exciting {list(sim.command_names)} of {sim.model_path.name}: "
-                               f"commands on /{s.controller_name}/commands")
+                               f"commands on {self.pub.topic_name}")
 
     def _on_state(self, msg: JointState) -> None:
         try:

@@ -54,7 +54,7 @@ class SimSettings:
     command_joints: tuple[str, ...] = setting((), "joints the effort command drives, in order "
                                                   "(empty: all actuated joints)")
     controller_name: str = setting("effort_controller", "forward command controller name: "
-                                   "commands are read from /<controller_name>/commands")
+                                   "commands are read from <controller_name>/commands")
     publish_rate: float = setting(100.0, "control rate: joint states per simulated second "
                                   "(control period = 1/publish_rate)", unit="Hz",
                                   low=1.0, high=5000.0)

@@ -124,9 +124,8 @@ def test_namespace_puts_every_node_and_topic_under_it():
     # The logger's topics are the names in the bag: fully qualified.
     assert p.process("data_logger").overrides["topics"] == [
         "/arm_a/joint_states", "/arm_a/effort_controller/commands"]
-    # Names the controller fixes as absolute are remapped to the relative name.
-    assert ("/effort_controller/commands", "effort_controller/commands") in \
-        p.process("controller").remappings
+    # Every node names its topics relative to its namespace: only the clock is remapped.
+    assert all(proc.remappings == (("/clock", "clock"),) for proc in p.processes)
 
 
 def test_no_namespace_leaves_names_as_they_are():
@@ -141,7 +140,7 @@ def test_no_namespace_leaves_names_as_they_are():
 
 def test_controller_name_moves_the_command_topic():
     p = plan("robot", {"controller_name": "arm_effort", "excite": "true"}, SHARE)
-    assert ("/arm_effort/commands", "arm_effort/commands") in p.process("excitation").remappings
+    assert p.process("excitation").overrides["controller_name"] == "arm_effort"
     assert p.process("data_logger").overrides["topics"][1] == "/arm_effort/commands"
 
 

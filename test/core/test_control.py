@@ -46,6 +46,32 @@ def test_hold_modes():
     np.testing.assert_allclose(make_filter().hold(None), [0.0, 0.0])
 
 
+@pytest.mark.parametrize("delay", [0, 1])
+def test_hold_damps_arm2_in_a_sampled_loop(delay):
+    """The safe hold on the real arm2 (MuJoCo), command computed once per 10 ms period from
+    the state ``delay`` periods old (1: a timer-driven loop): the motion dies out. Without
+    the per-joint cap, 2 N·m·s/rad on the elbow (0.0097 kg·m²) is b dt / I = 2.06 and the
+    hold oscillates at full torque (it did in the hostile-state node test)."""
+    from mbrl_ros.core.control.plausibility import min_effective_inertia
+    from mbrl_ros.sim.env import MujocoSim
+
+    sim = MujocoSim("arm2", control_period=0.01)
+    idx = np.arange(2)
+    f = SafetyFilter(SafetySettings(hold_damping=2.0), sim.effort_limits,
+                     sim.position_limits, idx, 2, min_effective_inertia(sim), 0.01)
+    assert f.damping_cap[1] < 2.0                       # the elbow's gain is capped
+    sim.set_state([0.5, -0.5], [1.0, -2.0])
+    states = [sim.state()] * (delay + 1)
+    for _ in range(100):                                # 1 s
+        u = f.rate_limit(f.hold(states[-1 - delay]), 0.01)
+        sim.step(u)
+        states.append(sim.state())
+    assert np.abs(sim.velocities()).max() < 0.05        # rad/s: damped, not oscillating
+    uncapped = SafetyFilter(SafetySettings(hold_damping=2.0), sim.effort_limits,
+                            sim.position_limits, idx, 2)
+    assert uncapped.hold(np.array([0.0, 0.0, 0.0, 1.0]))[1] == -2.0   # no cap without inertia
+
+
 class DoubleIntegrator:
     """x = [q, qd] per joint, u = effort; exact discrete model."""
     kind, time_varying = "toy", False

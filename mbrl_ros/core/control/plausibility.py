@@ -160,15 +160,11 @@ def default_limits(linear: np.ndarray, effort_limits: np.ndarray,
     return vmax.astype(float), np.full(linear.shape, amax)
 
 
-def robot_limits(robot, samples: int = 16, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`default_limits` of a :class:`mbrl_ros.sim.env.MujocoSim` (used as the robot's
-    description): joint types from the MJCF, the smallest effective inertia over
-    ``samples`` configurations drawn within the joint ranges (unlimited: one turn). The
-    robot's state is restored afterwards."""
-    import mujoco
-    m = robot.model
-    linear = np.array([m.joint(name).type[0] == mujoco.mjtJoint.mjJNT_SLIDE
-                       for name in robot.joint_names])
+def min_effective_inertia(robot, samples: int = 16, seed: int = 0) -> np.ndarray:
+    """The smallest effective inertia of each command joint of a
+    :class:`mbrl_ros.sim.env.MujocoSim` over its home configuration and ``samples``
+    configurations drawn within the joint ranges (unlimited: one turn), (n_commands,)
+    [kg·m² or kg]. The robot's state is restored afterwards."""
     lim = robot.position_limits
     lo = np.where(np.isfinite(lim[:, 0]), lim[:, 0], -np.pi)
     hi = np.where(np.isfinite(lim[:, 1]), lim[:, 1], np.pi)
@@ -181,7 +177,18 @@ def robot_limits(robot, samples: int = 16, seed: int = 0) -> tuple[np.ndarray, n
             inertia = np.minimum(inertia, robot.effective_inertia())
     finally:
         robot.set_state(q0, v0)
-    return default_limits(linear, robot.effort_limits, inertia)
+    return inertia
+
+
+def robot_limits(robot, samples: int = 16, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`default_limits` of a :class:`mbrl_ros.sim.env.MujocoSim` (used as the robot's
+    description): joint types from the MJCF and :func:`min_effective_inertia`."""
+    import mujoco
+    m = robot.model
+    linear = np.array([m.joint(name).type[0] == mujoco.mjtJoint.mjJNT_SLIDE
+                       for name in robot.joint_names])
+    return default_limits(linear, robot.effort_limits,
+                          min_effective_inertia(robot, samples, seed))
 
 
 class StatePlausibility:

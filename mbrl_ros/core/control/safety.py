@@ -9,6 +9,14 @@ Whatever the planner asks for, :class:`SafetyFilter` makes the command safe to s
 4. the change per control period is limited to ``max_effort_rate`` x dt, so switching
    planners or models never makes the command jump.
 
+Damping gains (the hold's and the joint-limit brake's) are capped per joint at
+``STABLE_DAMPING`` x inertia / control period. A velocity feedback applied for one period
+of a sampled loop changes the velocity by a factor 1 - b dt / I per period (and with the
+one period of delay a timer-driven loop adds, it oscillates once b dt / I > 1): 2 N·m·s/rad
+on arm2's elbow (0.0097 kg·m²) at 100 Hz is b dt / I = 2.06, so the "safe" hold itself
+drove the elbow into a full-torque oscillation (found by the hostile-state node test with
+the control thread on a loaded machine). The cap keeps the hold a damper on any arm.
+
 :meth:`SafetyFilter.hold` gives the safe-hold command (joint damping or zero effort) used
 when the state is stale, a fault is latched, or no model is available yet.
 
@@ -36,14 +44,21 @@ class SafetySettings(PlausibilitySettings):
     joint_limit_margin: float = setting(0.05, "inside this distance of a joint limit, effort "
                                         "toward the limit is removed", unit="rad|m",
                                         low=0.0, high=1.0, dynamic=True)
-    limit_damping: float = setting(1.0, "damping applied toward a near joint limit",
+    limit_damping: float = setting(1.0, "damping applied toward a near joint limit (capped "
+                                   "per joint for a stable sampled loop)",
                                    unit="N·m·s/rad", low=0.0, high=1e4, dynamic=True)
     hold_mode: str = setting("damping", "safe hold: 'damping' (effort = -gain x velocity) or "
                              "'zero' effort", choices=("damping", "zero"), dynamic=True)
-    hold_damping: float = setting(2.0, "damping gain of the safe hold", unit="N·m·s/rad",
+    hold_damping: float = setting(2.0, "damping gain of the safe hold (capped per joint at "
+                                  "0.3 x inertia / control period)", unit="N·m·s/rad",
                                   low=0.0, high=1e4, dynamic=True)
     state_timeout: float = setting(0.1, "hold safely when no fresh joint state arrived for "
                                    "this long", unit="s", low=0.001, high=60.0, dynamic=True)
+
+
+# Largest b dt / I of a damping gain b on a joint of inertia I sampled every dt: well inside
+# the stable range (< 1 with one period of delay), so a hold damps within a few periods.
+STABLE_DAMPING = 0.3
 
 
 class SafetyFilter:
@@ -55,11 +70,19 @@ class SafetyFilter:
         position_limits: (nu, 2) position limits of the command joints (±inf: none).
         command_index: (nu,) index of each command joint in the state's joint vector.
         n_joints: number of state joints (state x = [q (n), qd (n)]).
+        inertia: (nu,) effective inertia of each command joint [kg·m² or kg] (the MJCF's,
+            e.g. ``MujocoSim.effective_inertia()``); with ``period`` it caps the damping
+            gains (None: no cap).
+        period: control period [s].
     """
 
     def __init__(self, settings: SafetySettings, effort_limits: np.ndarray,
-                 position_limits: np.ndarray, command_index: np.ndarray, n_joints: int):
+                 position_limits: np.ndarray, command_index: np.ndarray, n_joints: int,
+                 inertia: np.ndarray | None = None, period: float | None = None):
         self.settings = settings
+        self.damping_cap = (np.full(len(effort_limits), np.inf) if inertia is None
+                            or not period else
+                            STABLE_DAMPING * np.asarray(inertia, dtype=float) / float(period))
         self.effort_limits = np.asarray(effort_limits, dtype=float)
         self.position_limits = np.asarray(position_limits, dtype=float)
         self.index = np.asarray(command_index, dtype=np.intp)
@@ -81,7 +104,7 @@ class SafetyFilter:
         if s.hold_mode == "zero" or x is None or not np.all(np.isfinite(x)):
             u = np.zeros_like(self.last)
         else:
-            u = -s.hold_damping * x[self.n + self.index]
+            u = -np.minimum(s.hold_damping, self.damping_cap) * x[self.n + self.index]
         return np.clip(u, -self.u_max, self.u_max)
 
     def __call__(self, u: np.ndarray, x: np.ndarray, dt: float) -> np.ndarray:
@@ -99,7 +122,7 @@ class SafetyFilter:
         above, below = q > hi, q < lo
         if above.any() or below.any():
             self.counters["limit_guard"] += 1
-            brake = -s.limit_damping * qd
+            brake = -np.minimum(s.limit_damping, self.damping_cap) * qd
             out = np.where(above, np.minimum(out, 0.0) + np.minimum(brake, 0.0), out)
             out = np.where(below, np.maximum(out, 0.0) + np.maximum(brake, 0.0), out)
             out = np.clip(out, -u_max, u_max)
