@@ -48,8 +48,10 @@ class NodeProcess:
     def __init__(self, cmd: list[str], env: dict, log: Path):
         self.cmd, self.log_path = cmd, log
         self._log = open(log, "wb")
+        # In the test's own folder: whatever a node writes to relative paths (a fitter's
+        # default store_dir 'models', a logger's 'bags') stays out of the checkout.
         self.proc = subprocess.Popen(cmd, env=env, stdout=self._log, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
+                                     start_new_session=True, cwd=log.parent)
 
     def signal(self, sig: int) -> None:
         if self.proc.poll() is None:
