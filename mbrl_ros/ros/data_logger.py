@@ -181,8 +181,7 @@ class DataLogger(Node):
                                for t in sorted(self.received)))
         if error is not None:
             self.get_logger().error(error)
-        self.get_logger().info(summary)
-        print(f"data_logger: {summary}", flush=True)
+        self.get_logger().info(summary)     # once: the log line is the summary
         return summary
 
     _types: dict[str, str]

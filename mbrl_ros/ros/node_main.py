@@ -59,6 +59,14 @@ def run_node(factory: Callable[[], "rclpy.node.Node"], args=None, threads: int =
         finish = getattr(node, "finish", None)
         if finish is not None:
             finish(executor)
+        # Let callbacks already handed to a MultiThreadedExecutor's thread pool finish
+        # first: each triggers the executor's guard condition, which executor.shutdown()
+        # destroys without waiting for them (rclpy 9), and a late one then dies with
+        # "cannot use Destroyable because destruction was requested", printed at exit as
+        # "The following exception was never retrieved".
+        pool = getattr(executor, "_executor", None)
+        if pool is not None:
+            pool.shutdown(wait=True)
         # Stop the executor (and wait for running callbacks) before destroying the node,
         # so no callback touches a node being destroyed.
         executor.shutdown(timeout_sec=2.0)

@@ -1,11 +1,8 @@
 """`mbrl-ros demo` on a user's robot and when a run ends early (console script in a
 subprocess, as a user runs it). The default demo on the shipped arm is in test_cli.py."""
 import json
-import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +10,7 @@ import pytest
 
 from mbrl_ros.ros.demo import default_target
 from mbrl_ros.sim.env import MujocoSim
+from proc_util import ctrl_c_when
 
 EXE = str(Path(sys.executable).parent / "mbrl-ros")
 ARM3 = Path(__file__).resolve().parents[1] / "resources" / "arm3.xml"
@@ -64,23 +62,11 @@ def test_demo_learns_a_user_mjcf(tmp_path, ros_env):
 @pytest.mark.timeout(200)
 def test_ctrl_c_still_writes_the_report_for_the_iterations_done(tmp_path, ros_env):
     out = tmp_path / "demo"
-    p = subprocess.Popen([EXE, "demo", "--quick", "--out", str(out), "--no-progress"],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                         env=ros_env, start_new_session=True)
-    try:
-        end = time.monotonic() + 150
-        # The first model is published once iteration 0 (excitation + fit) is done.
-        while not (out / "models" / "gp" / "v0001").exists():
-            assert p.poll() is None and time.monotonic() < end, "no first model"
-            time.sleep(0.2)
-        time.sleep(1.0)
-        os.killpg(p.pid, signal.SIGINT)
-        stdout, stderr = p.communicate(timeout=60)
-    finally:
-        if p.poll() is None:
-            os.killpg(p.pid, signal.SIGKILL)
-            p.wait()
-    assert p.returncode == 1, stderr[-3000:]
+    # The first model is published once iteration 0 (excitation + fit) is done.
+    code, _, stderr = ctrl_c_when(
+        [EXE, "demo", "--quick", "--out", str(out), "--no-progress"],
+        lambda: (out / "models" / "gp" / "v0001").exists(), ros_env, wait=150)
+    assert code == 1, stderr[-3000:]
     assert "Traceback" not in stderr, stderr[-3000:]
     assert "stopped early: interrupted" in stderr
     m = json.loads((out / "metrics.json").read_text())
