@@ -47,6 +47,9 @@ KINDS = ("sim", "robot", "replay")
 # Planner ids the launches build (each planner's type is its id) and the model families;
 # test_bringup_plan.py keeps both equal to the registry's entries.
 PLANNERS = ("ilqr", "mppi", "cem", "casadi_mpc")
+# The model-free planner a controller on a learned model explores with: before its first
+# model and, as the fallback planner, when the model is too uncertain (uncertainty_threshold).
+EXPLORER = "excitation"
 MODEL_FAMILIES = ("linear", "tvlg", "gp", "ensemble", "mujoco")
 LOG_LEVELS = ("debug", "info", "warn", "error", "fatal")
 BOOLEAN = ("true", "false")
@@ -372,10 +375,16 @@ def plan(kind: str, args: Mapping[str, str], share: str) -> Plan:
             **common, "model": a["robot"], "controller_name": cn}, clock,
             respawn=respawn))
     else:
+        # A learned model is learned live: the controller explores (the excitation
+        # planner, behind all of its safety layers) until the fitter's first model, then
+        # plans with it, and explores again where the model is too uncertain.
+        learned = a["model"] != "mujoco"
         procs.append(process("controller", "controller", {
             **common, "robot": a["robot"],
-            "model": "mujoco" if a["model"] == "mujoco" else "",
-            "planner_plugins": list(PLANNERS), "active_planner": a["planner"],
+            "model": "" if learned else "mujoco",
+            "planner_plugins": list(PLANNERS) + ([EXPLORER] if learned else []),
+            "active_planner": a["planner"],
+            **({"fallback_planner": EXPLORER} if learned else {}),
             "controller_name": cn, "state_topic": "joint_states",
             "model_topic": "model_fitter/model"}, clock,
             ("configure", "activate") if a["activate"] == "true" else ("configure",),

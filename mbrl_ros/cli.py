@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mbrl_ros.bringup import KINDS, MODEL_FAMILIES, PLANNERS
+from mbrl_ros.bringup import EXPLORER, KINDS, MODEL_FAMILIES, PLANNERS
 
 
 def _cmd_record(args: argparse.Namespace) -> int:
@@ -266,10 +266,11 @@ NODE_SETTINGS = {
     # Only the chosen family's hyper-parameters are declared; all are listed here.
     "model_fitter": ("mbrl_ros.ros.model_fitter", [("FitterSettings", "")]
                      + [(f"model:{m}", f"{m}.") for m in MODEL_FAMILIES]),
-    # Planner parameters live under '<id>.'; listed here for the default ids (= types).
+    # Planner parameters live under '<id>.'; listed here for the default ids (= types),
+    # and the exploring planner the launches add for learned models.
     "controller": ("mbrl_ros.ros.controller", [("ControllerSettings", ""),
                                                ("SafetySettings", ""), ("CostSettings", "")]
-                   + [(f"planner:{p}", f"{p}.") for p in PLANNERS]),
+                   + [(f"planner:{p}", f"{p}.") for p in (*PLANNERS, EXPLORER)]),
 }
 
 

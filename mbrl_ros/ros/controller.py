@@ -97,6 +97,7 @@ from mbrl_ros.core.control.plausibility import (StatePlausibility, min_effective
                                               robot_limits)
 from mbrl_ros.core.control.safety import SafetyFilter, SafetySettings
 from mbrl_ros.core.models.base import ModelError
+from mbrl_ros.core.planners.base import RobotLayout
 from mbrl_ros.core.settings import SettingsError, setting
 from mbrl_ros.ros.conversions import (JointStateReader, MessageError, NonFiniteState,
                                       command_msg, time_to_ns)
@@ -294,16 +295,22 @@ class Controller(LifecycleNode):
             args = (list(s.planner_plugins), s.active_planner, s.horizon,
                     self.robot.effort_limits, self.robot.position_limits, self.cost_settings,
                     s.fallback_planner, s.uncertainty_threshold)
+            # Model-free planners (exploration before the first model) need the joints.
+            layout = RobotLayout(self.robot.position_limits, cmd_index,
+                                 self.robot.effective_inertia())
             if self._in_process():
                 self.mpc = PlanProcess(s.robot, self._model_period(), self.robot.joint_names,
                                        lambda: self._planner_settings, *args,
-                                       continuous=self.robot.continuous,
+                                       continuous=self.robot.continuous, layout=layout,
                                        plan_timeout=s.plan_timeout, nice=s.plan_nice,
                                        log=self._log_planning, on_lost=self._on_plan_lost)
             else:
                 self.mpc = MPCController(self._make_planner, *args,
-                                         continuous=self.robot.continuous)
+                                         continuous=self.robot.continuous, robot=layout,
+                                         control_period=self._model_period())
             self.mpc.effort_scale = self.safety_settings.effort_scale
+            if isinstance(self.mpc, MPCController):      # built with the unscaled limits
+                self.mpc.rebuild_planners()
             if s.target_joint_positions:
                 self.mpc.set_target(np.asarray(s.target_joint_positions))
             if s.model:
@@ -922,6 +929,7 @@ class Controller(LifecycleNode):
         level, message = controller_health(
             active=self.active, fault=act.fault,
             model_ready=self.mpc is not None and self.mpc.spec is not None,
+            exploring=self.mpc is not None and self.mpc.explorer() is not None,
             has_target=self.mpc is not None and self.mpc.target_q is not None,
             holds={k: n - seen_holds.get(k, 0) for k, n in holds.items()},
             steps=commands - seen_commands,
@@ -977,6 +985,7 @@ class Controller(LifecycleNode):
         if self.mpc is not None and self.mpc.stats:
             vals["uncertainty"] = f"{self.mpc.stats.get('uncertainty', 0.0):.4g}"
             vals["fallback"] = str(self.mpc.stats.get("fallback", False))
+            vals["exploring"] = str(self.mpc.stats.get("exploring", False))
             vals["planned_model_version"] = self.mpc.stats.get("model_version", "")
         st.values = [KeyValue(key=k, value=str(v)) for k, v in vals.items()]
         arr.status = [st]

@@ -43,7 +43,8 @@ from std_msgs.msg import Float64MultiArray, MultiArrayDimension, String, UInt8Mu
 from std_srvs.srv import Trigger
 
 from mbrl_ros.core import registry, store
-from mbrl_ros.core.data.alignment import AlignmentConfig, align, bag_to_dataset
+from mbrl_ros.core.data.alignment import (AlignmentConfig, align, bag_to_dataset,
+                                          live_episode_marks)
 from mbrl_ros.core.data.bag import BagError
 from mbrl_ros.core.fitting import FitSettings, accept, fit_model, rescore
 from mbrl_ros.core.models.base import DynamicsModel, FitReport, ModelError, ModelSpec
@@ -72,9 +73,11 @@ class FitterSettings:
     episode_topic: str = setting("sim/episode", "std_msgs/UInt32 episode starts (live data)")
     joints: tuple[str, ...] = setting((), "state joint order (empty: the first message's)")
     fit_on_start: bool = setting(False, "fit once as soon as the node is up (offline replay)")
-    fit_every: int = setting(2000, "fit after this many new live commands (0: only on "
-                             "request)", low=0, dynamic=True)
-    min_transitions: int = setting(100, "do not fit on fewer transitions", low=1,
+    # Live learning: the first model after ~2 s of exploration at 100 Hz, refits every
+    # ~2 s of new data (a fit runs on its worker thread; new data meanwhile waits).
+    fit_every: int = setting(200, "fit after this many new live commands of non-zero "
+                             "effort (0: only on request)", low=0, dynamic=True)
+    min_transitions: int = setting(200, "do not fit on fewer transitions", low=1,
                                    dynamic=True)
     max_messages: int = setting(500000, "live messages kept per topic (oldest dropped)",
                                 low=100)
@@ -147,7 +150,8 @@ class ModelFitter(Node):
         # other threads free meanwhile.
         self.create_service(Trigger, "~/fit", self._srv_fit,
                             callback_group=ReentrantCallbackGroup())
-        self.create_timer(1.0, self._maybe_fit, callback_group=data_group)
+        # A cheap check, often: a fit starts soon after fit_every commands came.
+        self.create_timer(0.2, self._maybe_fit, callback_group=data_group)
         if s.diagnostics_rate > 0:
             self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
             self.create_timer(1.0 / s.diagnostics_rate, self._publish_diagnostics,
@@ -178,13 +182,19 @@ class ModelFitter(Node):
                                  list(msg.name), list(msg.position), list(msg.velocity)))
 
     def _on_command(self, msg: Float64MultiArray, info) -> None:
+        values = command_values(msg)
         with self._lock:
-            self._commands.append((int(info["received_timestamp"]), command_values(msg)))
-            self._new_commands += 1
+            self._commands.append((int(info["received_timestamp"]), values))
+            # fit_every counts informative commands: zero effort (an idle arm, a
+            # controller holding before its first plan) teaches nothing about efforts.
+            if np.any(values != 0.0):
+                self._new_commands += 1
 
     def _on_episode(self, msg: UInt32, info) -> None:
+        # Kept with the episode number: the latched marker of the running episode may
+        # arrive after its first data (see live_episode_marks).
         with self._lock:
-            self._marks.append(int(info["received_timestamp"]))
+            self._marks.append((int(info["received_timestamp"]), int(msg.data)))
 
     def dataset(self) -> TransitionBatch | None:
         """Everything available now: bag data plus the aligned live data."""
@@ -192,7 +202,7 @@ class ModelFitter(Node):
         with self._lock:
             states, commands, marks = list(self._states), list(self._commands), list(self._marks)
         if states and commands:
-            live, _ = align(states, commands, marks, self._align)
+            live, _ = align(states, commands, live_episode_marks(marks), self._align)
             if len(live):
                 parts.append(live)
         if not parts:

@@ -75,8 +75,16 @@ def test_launch_values():
     assert p.process("sim").overrides["model"] == "arm7"
     assert p.process("data_logger").overrides["output_dir"] == "/data/bags"
     assert "model_fitter" not in [x.name for x in p.processes]       # mujoco: nothing to fit
+    assert "fallback_planner" not in c                 # the known model: no exploration
     learned = plan("sim", {"model": "gp"}, SHARE)
     assert learned.process("controller").overrides["model"] == ""    # wait for the fitter
+    # ... exploring meanwhile, and where the model is too uncertain (issue 12)
+    lc = learned.process("controller").overrides
+    assert lc["planner_plugins"] == [*bringup.PLANNERS, bringup.EXPLORER]
+    assert lc["fallback_planner"] == bringup.EXPLORER == "excitation"
+    assert lc["active_planner"] == "ilqr"
+    robot = plan("robot", {"model": "ensemble"}, SHARE).process("controller").overrides
+    assert robot["fallback_planner"] == bringup.EXPLORER
     assert learned.process("model_fitter").overrides["model"] == "gp"
     robot = plan("robot", {}, SHARE)
     assert "sim" not in [x.name for x in robot.processes]
@@ -187,7 +195,8 @@ def test_planner_and_model_choices_are_the_registry_entries():
     import mbrl_ros.core.planners  # noqa: F401
     assert set(bringup.MODEL_FAMILIES) == set(registry.available("model"))
     # gps_policy needs a trained artifact: it is added by the user's params file.
-    assert set(bringup.PLANNERS) == set(registry.available("planner")) - {"gps_policy"}
+    assert set(bringup.PLANNERS) | {bringup.EXPLORER} == \
+        set(registry.available("planner")) - {"gps_policy"}
 
 
 def test_overrides_file_round_trips_every_value():

@@ -70,8 +70,8 @@ def _health(*, active: bool, fault: str | None, model_ready: bool,
                       has_target: bool, holds: Mapping[str, int], steps: int,
                       replan_failures_in_row: int, last_replan_error: str,
                       worker_failures: int, replan_failure_limit: int,
-                      worker_failure_limit: int, worker_failure_window: float
-                      ) -> tuple[int, str]:
+                      worker_failure_limit: int, worker_failure_window: float,
+                      exploring: bool = False) -> tuple[int, str]:
     """Level and message of the controller's status.
 
     Args:
@@ -79,6 +79,7 @@ def _health(*, active: bool, fault: str | None, model_ready: bool,
         fault: the latched fault, or None.
         model_ready: a model is loaded (and a target set).
         has_target: a target is set.
+        exploring: without a model, a model-free planner explores (no hold).
         holds: control steps that held since the last report, by hold reason.
         steps: control steps since the last report.
         replan_failures_in_row: replans that failed since the last successful one.
@@ -99,7 +100,7 @@ def _health(*, active: bool, fault: str | None, model_ready: bool,
                        + (f" ({last_replan_error})" if last_replan_error else ""))
     if not has_target:
         return OK, "waiting for a target"
-    if not model_ready:
+    if not model_ready and not exploring:
         return WARN, "holding: no model"
     if steps <= 0:
         return WARN, "no control step since the last report: no joint states"
@@ -108,4 +109,4 @@ def _health(*, active: bool, fault: str | None, model_ready: bool,
         reason = max(held, key=held.get)
         total = sum(held.values())
         return WARN, f"holding: {reason} ({total} of {max(steps, total)} control steps)"
-    return OK, "controlling"
+    return OK, "controlling" if model_ready else "exploring: no model yet"

@@ -11,6 +11,11 @@ replan; the control loop only evaluates that policy (plan / act split, as mujoco
 - Uncertainty fallback: if the model's predicted standard deviation at the planned first
   action exceeds ``uncertainty_threshold``, this replan uses the ``fallback`` planner
   (e.g. a conservative one on the known model), and says so in the stats.
+- Exploration without a model: given the robot's layout and control period, the planners
+  exist before any model, and a model-free planner (``needs_model`` False, e.g.
+  ``excitation``) plans while there is none -- the fallback planner if it is model-free,
+  else the active one -- instead of the controller holding: a learning robot moves, so
+  its fitter gets data. The first model takes over at the next replan.
 """
 from __future__ import annotations
 
@@ -22,7 +27,7 @@ import numpy as np
 
 from mbrl_ros.core.costs.quadratic import Cost, JointLimitBarrier, QuadraticCost
 from mbrl_ros.core.models.base import DynamicsModel, ModelError, ModelSpec
-from mbrl_ros.core.planners.base import Planner, Policy
+from mbrl_ros.core.planners.base import Planner, Policy, RobotLayout
 from mbrl_ros.core.settings import setting
 
 
@@ -76,6 +81,17 @@ def check_target(q_target, n_joints: int) -> np.ndarray:
     return q_target
 
 
+def finite_plan(policy: Policy, x: np.ndarray, t: float) -> bool:
+    """The policy's action at (x (nx,), t [s]) is finite, and so are its arrays (gains,
+    controls, nominal states) where it has them (a linear-Gaussian plan)."""
+    for name in ("K", "k", "xbar"):
+        a = getattr(policy, name, None)
+        if a is not None and not np.all(np.isfinite(a)):
+            return False
+    with np.errstate(invalid="ignore", over="ignore"):
+        return bool(np.all(np.isfinite(policy.action(x, t))))
+
+
 def joints_of(spec: ModelSpec) -> tuple[str, ...]:
     """Joint names of a model whose states are '<joint>/position'..., '<joint>/velocity'."""
     n = spec.nx // 2
@@ -102,13 +118,19 @@ class MPCController:
             planner is used (0: never).
         continuous: (n_joints,) bool, continuous joints (unlimited hinges): their position
             error in the cost wraps every 2 pi (default: none).
+        robot: the robot's layout, for planners that need it (``set_robot``: the
+            model-free ``excitation`` planner).
+        control_period: the robot's control period [s]. With ``robot``, the planners are
+            built at once with this step (nx = 2 n_joints), so a model-free planner can
+            plan before the first model; a model with another step rebuilds them.
     """
 
     def __init__(self, planner_factory: Callable[..., Planner], planner_ids: list[str],
                  active: str, horizon: int, effort_limits: np.ndarray,
                  position_limits: np.ndarray, cost_settings: CostSettings,
                  fallback: str = "", uncertainty_threshold: float = 0.0,
-                 continuous: np.ndarray | None = None):
+                 continuous: np.ndarray | None = None, robot: RobotLayout | None = None,
+                 control_period: float | None = None):
         check_planner_ids(planner_ids, active, fallback)
         self._factory = planner_factory
         self.planner_ids = list(planner_ids)
@@ -135,6 +157,9 @@ class MPCController:
         self.cost: Cost | None = None
         self.policy: Policy | None = None
         self.stats: dict[str, Any] = {}
+        self.robot = robot
+        if robot is not None and control_period is not None:
+            self._build_planners(2 * n_joints, self.effort_limits.size, float(control_period))
 
     # ------------------------------------------------------------------ configuration
     def validate_planner(self, pid: str) -> None:
@@ -160,7 +185,7 @@ class MPCController:
         # Fitted models take dt from median stamp intervals, which jitter on a real robot:
         # rebuild (losing the warm start) only for a real change of the step.
         if self._dt is None or abs(model.spec.dt - self._dt) > 1e-3 * self._dt:
-            self._build_planners(model.spec)
+            self._build_planners(model.spec.nx, model.spec.nu, model.spec.dt)
         self.spec = model.spec
         self.model = model
         self.model_version = version
@@ -178,23 +203,39 @@ class MPCController:
     def rebuild_planners(self) -> None:
         """Rebuild every planner (new settings or limits), warm-started from the current
         plan of the active one."""
-        if self.spec is None:
+        if self._dt is None:
             return
         nominal = self.planners[self.active].nominal if self.active in self.planners else None
         t0 = self.planners[self.active].nominal_time if nominal is not None else None
-        self._build_planners(self.spec)
+        self._build_planners(2 * self.position_limits.shape[0], self.effort_limits.size,
+                             self._dt)
         if nominal is not None:
             self.planners[self.active].warm_start(nominal[1], t0=t0)
 
-    def _build_planners(self, spec: ModelSpec) -> None:
+    def _build_planners(self, nx: int, nu: int, dt: float) -> None:
         u_max = self.effort_scale * self.effort_limits
-        self.planners = {pid: self._factory(pid, spec.nx, spec.nu, -u_max, u_max, spec.dt)
+        self.planners = {pid: self._factory(pid, nx, nu, -u_max, u_max, dt)
                          for pid in self.planner_ids}
         for p in self.planners.values():
             p.reset(self.horizon)
             if hasattr(p, "set_position_limits"):    # planners with state constraints
                 p.set_position_limits(self.position_limits)
-        self._dt = spec.dt
+            if hasattr(p, "set_robot"):              # model-free planners: the joints
+                if self.robot is None:
+                    raise ValueError(f"planner {type(p).__name__} needs the robot's layout "
+                                     "(MPCController robot=...)")
+                p.set_robot(self.robot)
+        self._dt = dt
+
+    def explorer(self) -> str | None:
+        """The model-free planner used while there is no model: the fallback planner if it
+        plans without a model, else the active one if it does; None: hold until a model
+        comes."""
+        for pid in (self.fallback, self.active):
+            p = self.planners.get(pid) if pid else None
+            if p is not None and not p.needs_model:
+                return pid
+        return None
 
     def _rebuild_cost(self) -> None:
         if self.spec is None or self.target_q is None:
@@ -213,7 +254,11 @@ class MPCController:
     # ------------------------------------------------------------------ planning
     @property
     def ready(self) -> bool:
-        return self.model is not None and self.cost is not None
+        """A replan can run: a model and a target, or no model but a model-free planner
+        (:meth:`explorer`)."""
+        if self.model is None:
+            return self.explorer() is not None
+        return self.cost is not None
 
     def replan(self, x: np.ndarray, t: float, lookahead: float = 0.0) -> Policy:
         """Plan from state ``x`` at time ``t`` [s]; returns the new policy.
@@ -243,18 +288,37 @@ class MPCController:
             switched = (self.active, self._pending)
             self.active, self._pending = self._pending, None
         pid = self.active
+        if self.model is None:            # exploring until the first model
+            pid = self.explorer()
+            if pid is None:
+                raise ModelError("no model yet and no model-free planner to explore with")
+            self.policy = self.planners[pid].optimize(x, t, None, None)
+            self.stats = {**self.planners[pid].stats, "planner": pid,
+                          "fallback": pid != self.active, "exploring": True,
+                          "uncertainty": float("inf"), "switched": switched,
+                          "replan_seconds": time.perf_counter() - t_start,
+                          "lookahead_steps": ahead, "model_version": 0}
+            return self.policy
         policy = self.planners[pid].optimize(x, t, self.model, self.cost)
         fallback = False
-        uncertainty = self._uncertainty(x, policy.action(x, t))
-        if (self.fallback and self.fallback != pid and self.uncertainty_threshold > 0
-                and uncertainty > self.uncertainty_threshold):
+        # A non-finite plan (a poor early model can make iLQR diverge) is a failed replan
+        # -- or the fallback's turn -- never a policy for the robot (its NaN would latch).
+        finite = finite_plan(policy, x, t)
+        uncertainty = self._uncertainty(x, policy.action(x, t)) if finite else float("inf")
+        if (self.fallback and self.fallback != pid
+                and (not finite or (self.uncertainty_threshold > 0
+                                    and uncertainty > self.uncertainty_threshold))):
             fb = self.planners[self.fallback]
             if fb.nominal is None and self.planners[pid].nominal is not None:
                 fb.warm_start(self.planners[pid].nominal[1], t0=t)
             policy = fb.optimize(x, t, self.model, self.cost)
             fallback = True
+        if not finite_plan(policy, x, t):
+            raise ModelError(f"planner {self.fallback if fallback else pid!r} produced a "
+                             "non-finite plan with this model")
         self.policy = policy
-        self.stats = {**self.planners[self.fallback if fallback else pid].stats,
+        used = self.planners[self.fallback if fallback else pid]
+        self.stats = {**used.stats, "exploring": not used.needs_model,
                       "planner": self.fallback if fallback else pid, "fallback": fallback,
                       "uncertainty": uncertainty, "switched": switched,
                       "replan_seconds": time.perf_counter() - t_start,
@@ -266,7 +330,8 @@ class MPCController:
         """(state, time, steps) ``lookahead`` seconds ahead under the current policy."""
         steps = int(round(lookahead / self._dt)) if lookahead > 0 and self._dt else 0
         steps = min(steps, self.horizon)
-        if steps == 0 or self.policy is None or getattr(self.model, "time_varying", False):
+        if (steps == 0 or self.policy is None or self.model is None
+                or getattr(self.model, "time_varying", False)):
             return x, t, 0
         xp, tp = x, t
         with np.errstate(invalid="ignore", over="ignore"):

@@ -323,6 +323,9 @@ class PlanProcess:
             child starts and on :meth:`rebuild_planners`.
         planner_ids, active, horizon, effort_limits, position_limits, cost_settings,
             fallback, uncertainty_threshold, continuous: as for MPCController.
+        layout: the robot's layout (:class:`~mbrl_ros.core.planners.base.RobotLayout`):
+            the child's planners exist before a model, so a model-free planner explores
+            until the first one (as MPCController with ``robot`` and ``control_period``).
         plan_timeout: a replan unanswered for this long [s] means the child hangs.
         nice: niceness added to the child (0: the parent's priority): when the CPUs are
             busy, the scheduler runs the parent's control loop before the solver.
@@ -337,7 +340,8 @@ class PlanProcess:
                  planner_ids: list[str], active: str, horizon: int,
                  effort_limits: np.ndarray, position_limits: np.ndarray, cost_settings: Any,
                  fallback: str = "", uncertainty_threshold: float = 0.0,
-                 continuous: np.ndarray | None = None, plan_timeout: float = 10.0,
+                 continuous: np.ndarray | None = None, layout: Any = None,
+                 plan_timeout: float = 10.0,
                  start_timeout: float = START_TIMEOUT, nice: int = 0,
                  log: Callable[[str, str], None] | None = None,
                  on_lost: Callable[[str], None] | None = None):
@@ -354,6 +358,7 @@ class PlanProcess:
         self.continuous = (np.zeros(n, bool) if continuous is None
                            else np.asarray(continuous, dtype=bool).reshape(-1))
         self.cost_settings = cost_settings
+        self.layout = layout
         self.plan_timeout, self.start_timeout = float(plan_timeout), float(start_timeout)
         self.nice = int(nice)
         self._log = log or (lambda level, text: None)
@@ -417,7 +422,8 @@ class PlanProcess:
                 "cost": _settings_dict(self.cost_settings), "fallback": self._fallback,
                 "threshold": self._threshold, "effort_scale": self._effort_scale,
                 "target": self.target_q, "model": self._source, "parent": os.getpid(),
-                "nice": self.nice}
+                "nice": self.nice,
+                "layout": None if self.layout is None else self.layout.to_dict()}
         self._child = _Child(init, self._log, self._on_lost)
         self.counters["starts"] += 1
 
@@ -477,7 +483,24 @@ class PlanProcess:
     # ------------------------------------------------------------------ planning
     @property
     def ready(self) -> bool:
-        return self.spec is not None and self.target_q is not None
+        """A replan can run: a model and a target, or no model but a model-free planner
+        to explore with (as MPCController.ready)."""
+        if self.spec is None:
+            return self.explorer() is not None
+        return self.target_q is not None
+
+    def explorer(self) -> str | None:
+        """The model-free planner the child explores with while it has no model (the
+        fallback if model-free, else the active one; see MPCController.explorer)."""
+        if self.layout is None:
+            return None
+        from mbrl_ros.core import registry
+        kinds = self._planner_settings()
+        for pid in (self._fallback, self._selected):
+            if pid and pid in kinds and \
+                    not registry.lookup("planner", kinds[pid][0]).needs_model:
+                return pid
+        return None
 
     def replan(self, x: np.ndarray, t: float, lookahead: float = 0.0) -> Any:
         """Plan from state ``x`` at time ``t`` [s] in the child (``lookahead``: latency
@@ -648,6 +671,7 @@ class _Worker:
         from concurrent.futures import ThreadPoolExecutor
 
         from mbrl_ros.core.control.mpc import CostSettings, MPCController
+        from mbrl_ros.core.planners.base import RobotLayout
         from mbrl_ros.core.settings import from_mapping
         self._from_mapping, self._cost_cls = from_mapping, CostSettings
         self.conn, self.cfg = conn, cfg
@@ -657,8 +681,13 @@ class _Worker:
         self.mpc = MPCController(self._make_planner, list(cfg["planner_ids"]), cfg["active"],
                                  cfg["horizon"], cfg["effort_limits"], cfg["position_limits"],
                                  from_mapping(CostSettings, cfg["cost"]), cfg["fallback"],
-                                 cfg["threshold"], continuous=cfg["continuous"])
+                                 cfg["threshold"], continuous=cfg["continuous"],
+                                 robot=None if cfg.get("layout") is None
+                                 else RobotLayout(**cfg["layout"]),
+                                 control_period=cfg["control_period"])
         self.mpc.effort_scale = cfg["effort_scale"]
+        if cfg["effort_scale"] != 1.0:
+            self.mpc.rebuild_planners()       # built above with the unscaled limits
         if cfg["target"] is not None:
             self.mpc.set_target(cfg["target"])
         # The model the parent verified can still be refused here (the file changed since,

@@ -252,6 +252,35 @@ def _clock_segments(states: Sequence[tuple], tolerance_ns: int) -> tuple[list[in
     return starts, biggest
 
 
+def live_episode_marks(markers: Sequence[tuple[int, int]]) -> list[int]:
+    """Episode boundaries of live data from the episode markers received, whichever order
+    the latched marker and the first data arrived in.
+
+    A simulator announces each episode start once, on a latched (transient-local) topic. A
+    subscriber that joins while an episode runs gets that episode's marker on joining --
+    and, over DDS, often *after* the first joint states and commands of the same episode
+    (separate readers, no order between topics). Taking every marker's receive time as a
+    boundary would then cut the first few transitions off as an 'episode' of their own.
+    So: the first marker received is never a boundary (data before it belongs to its
+    episode, data after it too), and a marker repeating the previous episode number (the
+    latched sample delivered again, e.g. after a re-match) is none either; every later
+    marker of a new episode is a boundary at its receive time.
+
+    Args:
+        markers: (receive_time_ns, episode_number) in the order received.
+
+    Returns:
+        Receive times [ns] of the episode starts among the data, for :func:`align`.
+    """
+    marks: list[int] = []
+    last: int | None = None
+    for i, (t_ns, number) in enumerate(markers):
+        if i > 0 and int(number) != last:
+            marks.append(int(t_ns))
+        last = int(number)
+    return marks
+
+
 def align(
     states: Sequence[tuple],
     commands: Sequence[tuple],

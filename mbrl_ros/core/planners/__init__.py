@@ -14,5 +14,6 @@ for _module in ("mbrl_ros.core.planners.ilqr.planner", "mbrl_ros.core.planners.c
     registry.add_provider("planner", _module)
 registry.add_provider("planner", "mbrl_ros.core.planners.casadi_mpc.planner")
 registry.add_provider("planner", "mbrl_ros.core.planners.gps_policy.planner", "gps_policy")
+registry.add_provider("planner", "mbrl_ros.core.planners.excitation.planner", "excitation")
 
 __all__ = ["Planner", "Policy"]

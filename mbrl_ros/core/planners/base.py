@@ -13,11 +13,44 @@ Planners keep their last solution (:attr:`Planner.nominal`) to warm-start the ne
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import numpy as np
 
-__all__ = ["Policy", "Planner", "resize_actions", "shift_trajectory"]
+__all__ = ["Policy", "Planner", "RobotLayout", "resize_actions", "shift_trajectory"]
+
+
+@dataclass(frozen=True, eq=False)
+class RobotLayout:
+    """What a model-free planner needs of the robot (planners that define ``set_robot``
+    get it from the controller when they are built).
+
+    Attributes:
+        position_limits: (n_joints, 2) [lower, upper] of every state joint [rad or m];
+            ±inf for a continuous joint.
+        command_index: (n_cmd,) index of each command joint among the state joints.
+        inertia: (n_cmd,) effective inertia 1/(M^-1)_jj of each command joint at the home
+            pose [kg·m² or kg] (:meth:`mbrl_ros.sim.env.MujocoSim.effective_inertia`).
+    """
+    position_limits: np.ndarray
+    command_index: np.ndarray
+    inertia: np.ndarray
+
+    def __post_init__(self):
+        object.__setattr__(self, "position_limits",
+                           np.asarray(self.position_limits, dtype=float).reshape(-1, 2))
+        object.__setattr__(self, "command_index",
+                           np.asarray(self.command_index, dtype=np.intp).reshape(-1))
+        object.__setattr__(self, "inertia", np.asarray(self.inertia, dtype=float).reshape(-1))
+        if self.inertia.size != self.command_index.size:
+            raise ValueError(f"RobotLayout: {self.inertia.size} inertias for "
+                             f"{self.command_index.size} command joints")
+
+    def to_dict(self) -> dict[str, np.ndarray]:
+        """Plain arrays (to cross a process boundary); ``RobotLayout(**d)`` rebuilds it."""
+        return {"position_limits": self.position_limits, "command_index": self.command_index,
+                "inertia": self.inertia}
 
 
 @runtime_checkable
@@ -60,6 +93,9 @@ class Planner(ABC):
     """
     name: ClassVar[str]
     Settings: ClassVar[type]
+    # False: plans without a dynamics model (exploration); the MPC controller uses such a
+    # planner while it has no model yet.
+    needs_model: ClassVar[bool] = True
 
     def __init__(self, settings: Any, nx: int, nu: int, u_min: np.ndarray,
                  u_max: np.ndarray, dt: float):

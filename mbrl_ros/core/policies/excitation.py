@@ -210,10 +210,37 @@ class ExcitationPolicy:
             raise ValueError(f"state must have shape ({2 * self._n_joints},), got {x.shape}")
         if not np.isfinite(x).all():
             raise ValueError("state contains NaN or inf")
+        target, noise = self.reference(t)
+        q = x[self._index]
+        qd = x[self._n_joints + self._index]
+        error = target - q
+        error = np.where(self._continuous, (error + np.pi) % (2.0 * np.pi) - np.pi, error)
+        u = self._kp * error - self._kd * qd + noise
+        return np.clip(u, -self._effort_limits, self._effort_limits)
+
+    @property
+    def continuous(self) -> np.ndarray:
+        """Which command joints are continuous (error wrapped), shape (n_cmd,), bool."""
+        return self._continuous.copy()
+
+    @property
+    def command_index(self) -> np.ndarray:
+        """Index of each command joint in the state-joint vector, shape (n_cmd,)."""
+        return self._index.copy()
+
+    def reference(self, t: float) -> tuple[np.ndarray, np.ndarray]:
+        """Advance the excitation by one control step to time ``t`` and return its
+        reference: the PD target (n_cmd,) [rad or m] and the coloured noise (n_cmd,)
+        [N·m or N]. :meth:`action` is ``clip(kp (target - q) - kd qd + noise)`` of it; a
+        planner that hands the excitation out as a feedback policy calls this once per
+        future control step (see :mod:`mbrl_ros.core.planners.excitation`).
+
+        Raises:
+            ValueError: non-finite time.
+        """
         t = float(t)
         if not math.isfinite(t):
             raise ValueError(f"time must be finite, got {t}")
-
         if self._next_target_time is None or t < self._last_time:
             # Episode start: draw the noise from its stationary distribution so the
             # excitation is statistically the same from the first step on.
@@ -226,13 +253,7 @@ class ExcitationPolicy:
             if t >= self._next_target_time:
                 self._draw_target(t)
         self._last_time = t
-
-        q = x[self._index]
-        qd = x[self._n_joints + self._index]
-        error = self._target - q
-        error = np.where(self._continuous, (error + np.pi) % (2.0 * np.pi) - np.pi, error)
-        u = self._kp * error - self._kd * qd + self._noise
-        return np.clip(u, -self._effort_limits, self._effort_limits)
+        return self._target.copy(), self._noise.copy()
 
     def _draw_target(self, t: float) -> None:
         self._target = self._rng.uniform(self._target_low, self._target_high)

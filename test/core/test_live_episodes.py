@@ -1,0 +1,56 @@
+"""Live episode markers: the latched marker of the running episode may arrive before or
+after the first data; either way the data of one episode is one episode (issue 12)."""
+import numpy as np
+
+from mbrl_ros.core.data import AlignmentConfig, align
+from mbrl_ros.core.data.alignment import live_episode_marks
+from mbrl_ros.core.fitting import split_episodes
+
+MS = 1_000_000
+JOINTS = ("a", "b")
+
+
+def stream(n=300, t0=10_000 * MS):
+    """100 Hz states and commands (a command 1 ms after each state); receive times ns."""
+    rng = np.random.default_rng(0)
+    states, commands = [], []
+    for k in range(n):
+        t = t0 + k * 10 * MS
+        states.append((t, k * 10 * MS, list(JOINTS), rng.normal(size=2), rng.normal(size=2)))
+        commands.append((t + MS, rng.normal(size=2)))
+    return states, commands
+
+
+def episodes(markers, n=300):
+    states, commands = stream(n)
+    batch, _ = align(states, commands, live_episode_marks(markers), AlignmentConfig())
+    return batch
+
+
+def test_marker_before_the_data_makes_one_episode():
+    batch = episodes([(10_000 * MS - 5 * MS, 0)])
+    assert len(batch) == 299 and np.all(batch.episode == 0)
+
+
+def test_latched_marker_after_the_first_data_makes_one_episode():
+    # The fault of issue 12: the marker came 2 transitions into the data; the split held out
+    # everything but those 2.
+    batch = episodes([(10_000 * MS + 25 * MS, 0)])
+    assert len(batch) == 299 and np.all(batch.episode == 0)
+    train, val = split_episodes(batch, 0.2)
+    assert len(train) == 239 and len(val) == 60
+
+
+def test_later_markers_of_new_episodes_split_in_either_order():
+    t_reset = 10_000 * MS + 1505 * MS          # between state 150 and 151
+    for first in (10_000 * MS - 5 * MS, 10_000 * MS + 25 * MS):
+        batch = episodes([(first, 4), (t_reset, 5)])
+        assert set(np.unique(batch.episode)) == {0, 1}
+        assert np.count_nonzero(batch.episode == 0) == 150       # states 0..150 -> 150
+        assert len(batch) == 298                  # the transition across the reset is lost
+
+
+def test_repeated_latched_marker_is_no_boundary():
+    assert live_episode_marks([(5, 3), (9, 3), (12, 3)]) == []
+    assert live_episode_marks([(5, 3), (9, 4), (12, 4), (20, 5)]) == [9, 20]
+    assert live_episode_marks([]) == []
