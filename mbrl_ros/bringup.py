@@ -50,6 +50,11 @@ PLANNERS = ("ilqr", "mppi", "cem", "casadi_mpc")
 # The model-free planner a controller on a learned model explores with: before its first
 # model and, as the fallback planner, when the model is too uncertain (uncertainty_threshold).
 EXPLORER = "excitation"
+# Hyper-parameters of live fits (sim/robot launches): a model is worth most while the robot
+# still explores, so training is bounded in wall time (arm2, 2 busy cores: the ensemble's
+# first fit took 10 s unbounded -- 1,000 steps of exploration at 100 Hz -- and 2 s bounded,
+# with no worse a model). Offline fits (replay) keep the families' defaults.
+LIVE_FIT: dict[str, dict[str, Any]] = {"ensemble": {"max_seconds": 3.0}}
 MODEL_FAMILIES = ("linear", "tvlg", "gp", "ensemble", "mujoco")
 LOG_LEVELS = ("debug", "info", "warn", "error", "fatal")
 BOOLEAN = ("true", "false")
@@ -368,7 +373,8 @@ def plan(kind: str, args: Mapping[str, str], share: str) -> Plan:
     if a["model"] != "mujoco":
         procs.append(process("model_fitter", "model_fitter", {
             **common, "model": a["model"], "robot": a["robot"], "state_topic": "joint_states",
-            "command_topic": commands, "episode_topic": "sim/episode"},
+            "command_topic": commands, "episode_topic": "sim/episode",
+            **{f"{a['model']}.{k}": v for k, v in LIVE_FIT.get(a["model"], {}).items()}},
             clock, respawn=respawn))
     if a["excite"] == "true":
         procs.append(process("excitation", "excitation", {

@@ -83,8 +83,11 @@ def test_launch_values():
     assert lc["planner_plugins"] == [*bringup.PLANNERS, bringup.EXPLORER]
     assert lc["fallback_planner"] == bringup.EXPLORER == "excitation"
     assert lc["active_planner"] == "ilqr"
-    robot = plan("robot", {"model": "ensemble"}, SHARE).process("controller").overrides
-    assert robot["fallback_planner"] == bringup.EXPLORER
+    robot = plan("robot", {"model": "ensemble"}, SHARE)
+    assert robot.process("controller").overrides["fallback_planner"] == bringup.EXPLORER
+    # live fits are bounded in time; only the chosen family's keys are given
+    assert robot.process("model_fitter").overrides["ensemble.max_seconds"] == 3.0
+    assert not any(k.startswith("ensemble.") for k in learned.process("model_fitter").overrides)
     assert learned.process("model_fitter").overrides["model"] == "gp"
     robot = plan("robot", {}, SHARE)
     assert "sim" not in [x.name for x in robot.processes]

@@ -1,0 +1,81 @@
+"""Live learning as a user starts it (issue 12): `mbrl-ros bringup sim robot:=arm2
+model:=gp` -- the plan sim.launch.py uses -- explores on its own (the controller's
+excitation planner), the fitter publishes a model fitted on that data, the controller
+loads it and drives the arm to its target.
+
+The simulator runs in lockstep and the controller replans on every state (plan_mode sync,
+through the user's params_file), so a busy machine slows the run down but cannot change
+what happens in simulated time; the margins are generous (5 cm, where the benchmark's
+target is 2 cm in real time)."""
+import json
+
+import numpy as np
+import pytest
+from diagnostic_msgs.msg import DiagnosticArray
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import JointState
+from std_msgs.msg import Float64MultiArray, String
+
+from conftest import diagnostics_values
+from test_bringup import bringup  # noqa: F401  (the fixture: start `mbrl-ros bringup`)
+
+from mbrl_ros.ros.demo import ee_distance
+from mbrl_ros.sim.env import MujocoSim
+
+pytestmark = pytest.mark.timeout(300)
+TARGET = np.array([0.5, -0.5])          # config/arm2.yaml
+LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
+                     durability=DurabilityPolicy.TRANSIENT_LOCAL)
+RELIABLE = QoSProfile(depth=1000, reliability=ReliabilityPolicy.RELIABLE)
+
+
+def test_sim_bringup_with_a_learned_model_explores_learns_and_reaches(bringup, probe,  # noqa: F811
+                                                                      tmp_path):
+    params = tmp_path / "lockstep.yaml"
+    params.write_text("/**/sim:\n  ros__parameters:\n    lockstep: true\n"
+                      "/**/controller:\n  ros__parameters:\n    plan_mode: sync\n")
+    p = bringup("sim", "robot:=arm2", "model:=gp", "record:=false", f"params_file:={params}")
+    arm = MujocoSim("arm2")
+    states = probe.collect(JointState, "/joint_states", RELIABLE)
+    commands = probe.collect(Float64MultiArray, "/effort_controller/commands", RELIABLE)
+    models = probe.collect(String, "/model_fitter/model", LATCHED)
+    diags = probe.collect(DiagnosticArray, "/diagnostics", 50)
+
+    def alive():
+        assert p.proc.poll() is None, p.output()
+        return True
+
+    # 1. Exploration before any model: the arm moves over its range under non-zero efforts.
+    probe.spin_until(lambda: alive() and len(models) > 0, 150,
+                     "the fitter's first model (exploring until then)")
+    before = np.array([s.position[:2] for s in states])
+    assert len(before) > 100, p.output()
+    assert np.all(np.ptp(before, axis=0) > 0.3), np.ptp(before, axis=0)
+    assert max(np.abs(c.data).max() for c in commands) > 0.5     # N·m, not a zero hold
+    info = json.loads(models[0].data)
+    assert info["kind"] == "gp" and info["version"] >= 1
+
+    # 2. The controller loads it and stops exploring.
+    ctrl = {}
+
+    def loaded():
+        ctrl.update(diagnostics_values(diags, "mbrl_ros/controller"))
+        return alive() and int(ctrl.get("model_version") or 0) >= 1 and \
+            ctrl.get("exploring") == "False"
+    probe.spin_until(loaded, 60, "the controller to plan with the model")
+    assert ctrl["fault"] == "", ctrl
+
+    # 3. ... and drives the end effector to the target: within 5 cm for 100 states in a row.
+    seen = [len(states)]
+    run = [0]
+
+    def reached():
+        alive()
+        for s in states[seen[0]:]:
+            d = ee_distance(arm, np.asarray(s.position[:2]), TARGET)
+            run[0] = run[0] + 1 if d < 0.05 else 0
+        seen[0] = len(states)
+        return run[0] >= 100
+    probe.spin_until(reached, 90, "the end effector within 5 cm of the target")
+    ctrl = diagnostics_values(diags, "mbrl_ros/controller")
+    assert ctrl["fault"] == "" and ctrl["exploring"] == "False", ctrl
