@@ -63,41 +63,50 @@ def test_reaches_target_and_switches_planner_bumplessly(start_node, probe):
     assert near_target(states), "arm left the target after the switch"
 
 
-# Each planner family closes the loop in the node against sim_node (iLQR above). The
-# sampling planners replan every 4-7 control periods here (64-128 samples x 40 steps of the
-# MuJoCo model per solve, 40-65 ms): they hold the target because the steps appended to
-# the shifted plan hold its final configuration (warm_start_fill 'hold'; with the last
-# action repeated the arm drifted into a joint stop) and the plan starts at the state
-# predicted for when it takes over (latency_compensation; without it CEM wandered 0.08-0.11
-# rad around the target in 2 of 3 runs).
+# Each planner family closes the loop in the node against sim_node (iLQR above). Quality
+# is asserted in lockstep (the sim advances one period per command, the controller replans
+# on every state before acting): the figures do not depend on how busy the machine is.
+LOCKSTEP_SIM = {"model": "arm2", "publish_rate": 100.0, "lockstep": True}
+LOCKSTEP = {"control_mode": "on_state", "plan_mode": "sync", "replan_every": 1,
+            "state_timeout": 60.0}       # a slow replan must not look like a stale robot
 PLANNERS = {"casadi_mpc": {},
-            "mppi": {"horizon": 40, "plan_rate": 50.0, "mppi.samples": 64},
-            "cem": {"horizon": 40, "plan_rate": 50.0, "cem.population": 128}}
+            "mppi": {"horizon": 40, "mppi.samples": 64},
+            "cem": {"horizon": 40, "cem.population": 128}}
 
 
 @pytest.mark.parametrize("planner", list(PLANNERS))
 def test_planner_reaches_and_holds_the_target_in_the_node(start_node, probe, planner):
-    start_node("sim_node", {"model": "arm2", "publish_rate": 100.0})
-    start_node("controller", {**BASE, "autostart": True, "planner_plugins": [planner],
-                              "active_planner": planner, **PLANNERS[planner]})
+    start_node("sim_node", LOCKSTEP_SIM)
+    start_node("controller", {**BASE, **LOCKSTEP, "autostart": True,
+                              "planner_plugins": [planner], "active_planner": planner,
+                              **PLANNERS[planner]})
     states = probe.collect(JointState, "/joint_states")
     diags = probe.collect(DiagnosticArray, "/diagnostics")
-    probe.spin_until(lambda: near_target(states), 40, f"arm at the target with {planner}")
-    probe.spin_for(2.0)                 # settling: the first entry into the band may overshoot
+    probe.spin_until(lambda: near_target(states), 120, f"arm at the target with {planner}")
     n = len(states)
-    probe.spin_for(3.0)
-    err = np.abs(np.array([m.position for m in states[n:]]) - TARGET).max(axis=1)
-    assert len(err) > 100, len(err)
-    # Held: within 0.05 rad 95 % of the time and never 0.1 rad away (a late plan on this
-    # 2-core machine can cost one spike of ~0.06 rad). CEM's plans are coarser: on a machine
-    # loaded with three CPU-bound jobs it wandered 0.09 rad for a second; it gets twice that.
-    tol = 0.1 if planner == "cem" else 0.05
-    assert np.percentile(err, 95) < tol and err.max() < 2 * tol, \
-        (planner, np.round(err[::25], 3))
+    probe.spin_until(lambda: len(states) >= n + 300, 120, "3 s of simulated time")
+    err = np.abs(np.array([m.position for m in states[n + 100:n + 300]]) - TARGET).max(axis=1)
+    # Held (after 1 s of settling, for 2 s): within 0.05 rad 95 % of the time, never 0.1.
+    assert np.percentile(err, 95) < 0.05 and err.max() < 0.1, (planner, np.round(err[::25], 3))
     d = diagnostics_values(diags, "mbrl_ros/controller")
     assert d["active_planner"] == planner and int(d["replans"]) > 0
-    if planner != "casadi_mpc":
-        assert int(d["lookahead_steps"]) > 0        # latency compensation at work
+
+
+# The sampling planners in real time replan every 4-7 control periods (64 samples x 40
+# steps of the MuJoCo model per solve, 40-65 ms): latency compensation plans from the
+# state predicted for when the plan takes over. Behaviour only (a busy machine decides
+# how well it tracks): the arm reaches the target and the plans are started ahead.
+def test_sampling_planner_in_real_time_compensates_latency(start_node, probe):
+    start_node("sim_node", {"model": "arm2", "publish_rate": 100.0})
+    start_node("controller", {**BASE, "autostart": True, "planner_plugins": ["mppi"],
+                              "active_planner": "mppi", "horizon": 40, "plan_rate": 50.0,
+                              "mppi.samples": 64})
+    states = probe.collect(JointState, "/joint_states")
+    diags = probe.collect(DiagnosticArray, "/diagnostics")
+    probe.spin_until(lambda: near_target(states, 0.1), 60, "arm near the target with mppi")
+    probe.spin_until(lambda: int(diagnostics_values(diags, "mbrl_ros/controller")
+                                 .get("lookahead_steps", 0)) > 0, 10,
+                     "plans started ahead (latency compensation)")
 
 
 # on_state: the watchdog timer commands the hold; control thread: the thread keeps its
