@@ -798,7 +798,10 @@ class Controller(LifecycleNode):
                                       f"{self.safety_settings.state_timeout:g} s: safe hold",
                                       throttle_duration_sec=2.0)
             if self.settings.control_mode == "on_state":   # timer mode holds in its tick
-                self._send(self.actuator.step(now, self._watchdog_period).command)
+                # One control period's change at most, like every other command: two
+                # consecutive commands never differ by more than max_effort_rate/control_rate.
+                self._send(self.actuator.step(now, min(self._watchdog_period,
+                                                       1.0 / self.settings.control_rate)).command)
 
     def _send(self, u: np.ndarray) -> None:
         """Publish a command (the actuator made it finite and safe)."""
