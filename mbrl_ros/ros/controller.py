@@ -41,7 +41,10 @@ the next replan, warm-started from the current plan, and the command rate limit 
 continuous. Targets: ``target_joint_positions`` (dynamic) or ``~/target_joints``
 (Float64MultiArray). Models: ``model: mujoco`` (the known model of ``robot``), an artifact
 path, or announcements on ``model_topic`` (loaded in their own callback group while the
-controller keeps running on the previous model).
+controller keeps running on the previous model). Before the first model, a model-free
+planner in ``planner_plugins`` (``excitation``) that is the fallback or the active planner
+explores instead of the controller holding, through the same control step and safety
+layers (the launches set it up so for learned models: live learning).
 
 Safety (see :mod:`mbrl_ros.core.control.safety`): clamp and rate limit, joint-limit guard,
 watchdog (no fresh state for ``state_timeout`` -> safe hold), NaN/inf in the state or the

@@ -1,6 +1,7 @@
 """Live episode markers: the latched marker of the running episode may arrive before or
 after the first data; either way the data of one episode is one episode (issue 12)."""
 import numpy as np
+import pytest
 
 from mbrl_ros.core.data import AlignmentConfig, align
 from mbrl_ros.core.data.alignment import live_episode_marks
@@ -54,3 +55,15 @@ def test_repeated_latched_marker_is_no_boundary():
     assert live_episode_marks([(5, 3), (9, 3), (12, 3)]) == []
     assert live_episode_marks([(5, 3), (9, 4), (12, 4), (20, 5)]) == [9, 20]
     assert live_episode_marks([]) == []
+
+
+@pytest.mark.parametrize("kind", ["linear", "tvlg", "gp", "ensemble"])
+def test_live_fitter_warm_up_fits_every_learned_family(kind):
+    """The fitter's start-up warm-up (synthetic data, the family's settings) must work for
+    every family it may be asked to fit live; a failure would only cost time, so it is
+    checked here, not in a node."""
+    from mbrl_ros.core.fitting import warm_up
+    settings = {"epochs": 2, "min_epochs": 1, "members": 2, "n_elites": 2} \
+        if kind == "ensemble" else {}
+    seconds = warm_up(kind, settings, nx=4, nu=2, n=48)
+    assert 0.0 < seconds < 120.0
