@@ -76,7 +76,9 @@ def run(robot: str, model: str, max_steps: int, lockstep: bool, timeout: float,
     if lockstep:
         f = workdir / "lockstep.yaml"
         text = Path(params_file).read_text() if params_file else ""
-        f.write_text(text + "\n/**/sim:\n  ros__parameters:\n    lockstep: true\n")
+        # time stands still while the controller plans: no stale-state holds
+        f.write_text(text + "\n/**/sim:\n  ros__parameters:\n    lockstep: true\n"
+                     "/**/controller:\n  ros__parameters:\n    state_timeout: 60.0\n")
         args.append(f"params_file:={f}")
     elif params_file:
         args.append(f"params_file:={Path(params_file).resolve()}")

@@ -374,6 +374,9 @@ def plan(kind: str, args: Mapping[str, str], share: str) -> Plan:
         procs.append(process("model_fitter", "model_fitter", {
             **common, "model": a["model"], "robot": a["robot"], "state_topic": "joint_states",
             "command_topic": commands, "episode_topic": "sim/episode",
+            # the simulator reports the effort it applied in each step: exact actions
+            # whatever the command latency (a real arm's effort is measured, not applied)
+            **({"action_source": "state_effort"} if with_sim else {}),
             **{f"{a['model']}.{k}": v for k, v in LIVE_FIT.get(a["model"], {}).items()}},
             clock, respawn=respawn))
     if a["excite"] == "true":

@@ -44,7 +44,7 @@ from std_srvs.srv import Trigger
 
 from mbrl_ros.core import registry, store
 from mbrl_ros.core.data.alignment import (AlignmentConfig, align, bag_to_dataset,
-                                          live_episode_marks)
+                                          commands_from_efforts, live_episode_marks)
 from mbrl_ros.core.data.bag import BagError
 from mbrl_ros.core.fitting import FitSettings, accept, fit_model, rescore, warm_up
 from mbrl_ros.core.models.base import DynamicsModel, FitReport, ModelError, ModelSpec
@@ -71,6 +71,11 @@ class FitterSettings:
                                "names resolve in the node's namespace, as do bag topics)")
     command_topic: str = setting("effort_controller/commands", "effort command topic")
     episode_topic: str = setting("sim/episode", "std_msgs/UInt32 episode starts (live data)")
+    action_source: str = setting(
+        "commands", "live data: the action of x_k -> x_k+1 is the command received "
+        "between the two states ('commands'), or the effort state k+1 reports as applied "
+        "('state_effort': exact whatever the command latency; for a simulator, whose "
+        "joint-state effort is the effort it applied)", choices=("commands", "state_effort"))
     joints: tuple[str, ...] = setting((), "state joint order (empty: the first message's)")
     fit_on_start: bool = setting(False, "fit once as soon as the node is up (offline replay)")
     # Live learning: the first model after ~2 s of exploration at 100 Hz, refits every
@@ -116,9 +121,11 @@ class ModelFitter(Node):
                              ) from e
         self._lock = threading.Lock()              # guards the live buffers
         self._states: deque = deque(maxlen=s.max_messages)
+        self._efforts: deque = deque(maxlen=s.max_messages)    # of each state, same order
         self._commands: deque = deque(maxlen=s.max_messages)
         self._marks: deque = deque(maxlen=10000)
         self._new_commands = 0
+        self._robot_commands: list[str] | None = None
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fit")
         self._running: Future | None = None
         self.last_good: FitReport | None = None
@@ -186,6 +193,7 @@ class ModelFitter(Node):
         with self._lock:
             self._states.append((int(info["received_timestamp"]), time_to_ns(msg.header.stamp),
                                  list(msg.name), list(msg.position), list(msg.velocity)))
+            self._efforts.append(list(msg.effort))
 
     def _on_command(self, msg: Float64MultiArray, info) -> None:
         values = command_values(msg)
@@ -207,6 +215,11 @@ class ModelFitter(Node):
         parts = [self._bag_batch] if self._bag_batch is not None and len(self._bag_batch) else []
         with self._lock:
             states, commands, marks = list(self._states), list(self._commands), list(self._marks)
+            efforts = list(self._efforts)
+        if states and commands and self.settings.action_source == "state_effort":
+            # the commands only tell which joints are commanded (their count)
+            commands = commands_from_efforts(states, efforts, self._command_names(
+                states[0][2], len(commands[-1][1])))
         if states and commands:
             live, _ = align(states, commands, live_episode_marks(marks), self._align)
             if len(live):
@@ -214,6 +227,19 @@ class ModelFitter(Node):
         if not parts:
             return None
         return parts[0] if len(parts) == 1 else TransitionBatch.concat(parts)
+
+    def _command_names(self, state_names: list[str], n_cmd: int) -> list[str]:
+        """The command joints: the robot's (MJCF), else the first n_cmd state joints."""
+        if self._robot_commands is None:
+            self._robot_commands = []
+            if self.settings.robot:
+                try:
+                    from mbrl_ros.sim.env import MujocoSim
+                    self._robot_commands = list(MujocoSim(self.settings.robot).command_names)
+                except Exception:       # noqa: BLE001 -- a label, not an MJCF
+                    pass
+        names = self._robot_commands or list(self.settings.joints or state_names)[:n_cmd]
+        return names
 
     # ----------------------------------------------------------------- fitting
     def _maybe_fit(self) -> None:

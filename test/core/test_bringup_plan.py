@@ -88,6 +88,8 @@ def test_launch_values():
     # live fits are bounded in time; only the chosen family's keys are given
     assert robot.process("model_fitter").overrides["ensemble.max_seconds"] == 3.0
     assert not any(k.startswith("ensemble.") for k in learned.process("model_fitter").overrides)
+    assert learned.process("model_fitter").overrides["action_source"] == "state_effort"
+    assert "action_source" not in robot.process("model_fitter").overrides   # measured effort
     assert learned.process("model_fitter").overrides["model"] == "gp"
     robot = plan("robot", {}, SHARE)
     assert "sim" not in [x.name for x in robot.processes]

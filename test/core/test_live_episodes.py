@@ -67,3 +67,32 @@ def test_live_fitter_warm_up_fits_every_learned_family(kind):
         if kind == "ensemble" else {}
     seconds = warm_up(kind, settings, nx=4, nu=2, n=48)
     assert 0.0 < seconds < 120.0
+
+
+def test_actions_from_the_applied_efforts_are_exact_whatever_the_command_latency():
+    """action_source 'state_effort': the action of x_k -> x_k+1 is the effort state k+1
+    reports as applied. The command c_k for state k reached the robot in time for its step
+    (applied), but the fitter received it 11 ms after state k, after state k+1 (another
+    path, a busy machine; in lockstep the next state follows the command at once): by
+    receive times it is paired with x_k+1, one step off."""
+    from mbrl_ros.core.data.alignment import commands_from_efforts
+    states, _ = stream(50)
+    c = [np.array([k, -k], float) for k in range(50)]
+    applied = [np.zeros(2)] + c[:49]                 # state k+1 reports c_k
+    late = [(states[k][0] + 11 * MS, c[k]) for k in range(50)]
+    q = np.array([s[3] for s in states])
+
+    def truth(batch):       # c_k of each transition's x_k, found by its positions
+        ks = [int(np.flatnonzero(np.all(q == x[:2], axis=1))[0]) for x in batch.states]
+        return np.array([c[k] for k in ks])
+    batch, _ = align(states, late, [], AlignmentConfig())
+    assert len(batch) > 40 and np.all(batch.actions != truth(batch))      # one step off
+    efforts = [list(a) for a in applied]
+    exact = commands_from_efforts(states, efforts, JOINTS)
+    batch, _ = align(states, exact, [], AlignmentConfig())
+    assert len(batch) == 49
+    np.testing.assert_array_equal(batch.actions, truth(batch))
+    # command joints picked by name; a state without efforts gives no command
+    efforts[10] = []
+    swapped = commands_from_efforts(states, efforts, ("b",))
+    assert len(swapped) == 48 and swapped[1][1].tolist() == [-1.0]

@@ -33,7 +33,8 @@ def test_sim_bringup_with_a_learned_model_explores_learns_and_reaches(bringup, p
                                                                       tmp_path):
     params = tmp_path / "lockstep.yaml"
     params.write_text("/**/sim:\n  ros__parameters:\n    lockstep: true\n"
-                      "/**/controller:\n  ros__parameters:\n    plan_mode: sync\n")
+                      "/**/controller:\n  ros__parameters:\n    plan_mode: sync\n"
+                      "    state_timeout: 60.0\n")   # lockstep: time stands while it plans
     p = bringup("sim", "robot:=arm2", "model:=gp", "record:=false", f"params_file:={params}")
     arm = MujocoSim("arm2")
     states = probe.collect(JointState, "/joint_states", RELIABLE)

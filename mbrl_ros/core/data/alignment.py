@@ -281,6 +281,37 @@ def live_episode_marks(markers: Sequence[tuple[int, int]]) -> list[int]:
     return marks
 
 
+def commands_from_efforts(states: Sequence[tuple], efforts: Sequence[Sequence[float]],
+                          command_names: Sequence[str]) -> list[tuple[int, np.ndarray]]:
+    """A command stream made of the efforts the joint states report as *applied*, for
+    :func:`align` (the fitter's ``action_source: state_effort``).
+
+    A joint state after a step reports the effort applied during it (the simulator:
+    ``qfrc_actuator`` of that step). So the action of x_k -> x_k+1 is state k+1's effort,
+    given here as a command received 1 ns after state k: :func:`align` pairs exactly it
+    with x_k, whatever the delays between the controller's commands and the robot's steps
+    (a command arriving after the step it was meant for is paired with the step it
+    was applied in). States without an effort for every command joint give no command
+    (their transition is dropped as 'no_command').
+
+    Args:
+        states: (log_time_ns, stamp_ns, names, positions, velocities) in arrival order.
+        efforts: the effort array of each of those states (same order; may be empty).
+        command_names: the command joints, in command order.
+
+    Returns:
+        (log_time_ns, values (n_cmd,)) per state that has a successor.
+    """
+    out: list[tuple[int, np.ndarray]] = []
+    for k in range(len(states) - 1):
+        names, effort = list(states[k + 1][2]), efforts[k + 1]
+        if len(effort) != len(names) or not all(n in names for n in command_names):
+            continue
+        values = np.array([effort[names.index(n)] for n in command_names], dtype=float)
+        out.append((int(states[k][0]) + 1, values))
+    return out
+
+
 def align(
     states: Sequence[tuple],
     commands: Sequence[tuple],
