@@ -513,8 +513,15 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # SIGTERM (kill, a process manager) ends a run like Ctrl-C: bags closed, report written.
+    import signal
+    signal.signal(signal.SIGTERM, _interrupt)
     from mbrl_ros.core.threads import limit_threads
     limit_threads()
     try:

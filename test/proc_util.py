@@ -21,8 +21,11 @@ def ctrl_c_when(cmd: list[str], ready, env: dict, wait: float, settle: float = 1
     import subprocess
     import time
 
+    # SIGINT as a terminal delivers it: a test run started in the background by a script
+    # inherits SIGINT ignored, and Python then never raises KeyboardInterrupt.
     p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                         env=env, start_new_session=True)
+                         env=env, start_new_session=True,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         end = time.monotonic() + wait
         while not ready():
