@@ -274,7 +274,12 @@ def test_absurd_states_never_move_the_arm(start_node, probe, stream, loop):
     held = np.array([m.position for m in real()[n_states:]])
     assert len(held) > 50                     # ~2 s of the sim's 100 Hz (fewer when busy)
     err = np.abs(held - TARGET).max()
-    assert err < 0.05, f"arm moved {err:.3f} rad from the target"
+    # on_state answers every state at once (0.05 rad holds on a busy machine); the control
+    # thread tracks in real time, and with two CPU hogs beside the suite it drifted 0.069 rad
+    # from load alone. Both bounds are far below what the stream did without the check
+    # (0.33-0.35 rad; the issue: thrown 1.9 rad); the sharp check is the commands below.
+    tol = 0.15 if loop else 0.05
+    assert err < tol, f"arm moved {err:.3f} rad from the target"
     u = np.array([c.data for c in cmds[n_cmds:]])
     assert np.isfinite(u).all() and np.abs(u).max() < 1.0, np.abs(u).max()
     probe.spin_until(lambda: int(diagnostics_values(diags, "mbrl_ros/controller")
