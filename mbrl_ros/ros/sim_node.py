@@ -256,8 +256,15 @@ class SimNode(Node):
             self.publish_state()
 
     def _controller_connected(self) -> bool:
-        return (self.state_pub.get_subscription_count() > 0
-                and self.command_sub.get_publisher_count() > 0)
+        """A node that publishes our commands also subscribes to our states (counting the
+        two topics apart, a fitter listening to the states and a controller whose state
+        subscription is not discovered yet looked connected: the first state was lost and
+        a lockstep bring-up under load never started)."""
+        commanders = {(i.node_namespace, i.node_name) for i in
+                      self.get_publishers_info_by_topic(self.command_sub.topic_name)}
+        listeners = {(i.node_namespace, i.node_name) for i in
+                     self.get_subscriptions_info_by_topic(self.state_pub.topic_name)}
+        return bool(commanders & listeners)
 
     def publish_state(self) -> None:
         with self._lock:
