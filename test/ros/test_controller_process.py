@@ -108,8 +108,10 @@ def test_deactivate_and_sigint_leave_no_planning_process(start_node, probe):
     cmds = probe.collect(Float64MultiArray, CMD)
 
     def transition(tid):
+        # Deactivate joins the control and planning threads (up to 5 s each) and ramps
+        # the effort down before it answers: 10 s was too short once (fresh-clone CI).
         res = probe.call(ChangeState, "/controller/change_state",
-                         ChangeState.Request(transition=Transition(id=tid)))
+                         ChangeState.Request(transition=Transition(id=tid)), timeout=30.0)
         assert res.success, tid
     transition(Transition.TRANSITION_CONFIGURE)
     assert children(ctrl.proc.pid) == []                   # configured: no process yet
