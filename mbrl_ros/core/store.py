@@ -381,6 +381,8 @@ def read_verified(uri: str | Path, expect: ModelSpec | None = None,
             raise ValueError("not an .npz archive (a single .npy array)")
         with z:
             arrays = {k: z[k] for k in z.files}
+    # zipfile raises NotImplementedError for a compression method it lacks (a weights file
+    # written by another tool), RuntimeError for an encrypted member: both are bad input.
     except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError, zlib.error,
             NotImplementedError, RuntimeError) as e:
         raise ModelError(f"{weights}: unreadable: {type(e).__name__}: {e}") from e
