@@ -275,7 +275,8 @@ class SimNode(Node):
             self.clock_pub.publish(clock_msg(t_sim))
         else:
             stamp = self.get_clock().now().to_msg()
-        self._last_publish_connected = self._controller_connected()
+        if getattr(self, "_bootstrapping", True):   # graph queries: only until the first command
+            self._last_publish_connected = self._controller_connected()
         self.state_pub.publish(joint_state_msg(self.sim.joint_names, q, qd, tau, stamp))
 
     def _republish_if_idle(self) -> None:
