@@ -44,6 +44,9 @@ bench: $(STAMP)
 	.venv-anchors/bin/pip install --quiet --disable-pip-version-check torch==2.13.0
 	.venv-anchors/bin/pip install --quiet --disable-pip-version-check --no-deps \
 		-r ../shared/anchors/requirements.txt
+	# our compiled iLQR kernels (bench/anchors.py imports mbrl_ros): same pins as requirements.txt
+	.venv-anchors/bin/pip install --quiet --disable-pip-version-check --no-deps \
+		$$(grep -E '^(numba|llvmlite)==' requirements.txt)
 	touch $@
 
 bench-anchors: .venv-anchors/.installed

@@ -45,7 +45,11 @@ class LinearDynamics:
         self._AT, self._BT = A.T.copy(), B.T.copy()
 
     def predict(self, x, u, t=None):
-        return np.atleast_2d(x) @ self._AT + np.atleast_2d(u) @ self._BT, None
+        if x.ndim == 1:
+            x, u = x[None], u[None]
+        y = np.dot(x, self._AT)
+        y += np.dot(u, self._BT)
+        return y, None
 
     def linearize(self, xs, us):
         T = us.shape[0]
@@ -71,8 +75,15 @@ def p1_factory(p: dict) -> dict:
             planner.reset(T)                       # cold start every call, as crocoddyl's
             planner.optimize(p["x0"], 0.0, model, cost)
             xs, us = planner.nominal
-            return {"cost": anchors.lq_cost(p, us)[0], "us": us, "xs": xs,
+            # The planner's own cost of its solution, as crocoddyl's units report theirs;
+            # checked against the harness's rollout of `us` below (untimed).
+            return {"cost": float(planner.stats["cost"]), "us": us, "xs": xs,
                     "iters": int(planner.stats["iterations"])}
+
+        out = run()
+        ref = anchors.lq_cost(p, out["us"])[0]
+        if not abs(out["cost"] - ref) <= 1e-9 * abs(ref):
+            raise AssertionError(f"P1: our cost {out['cost']} != the harness's {ref}")
         return run
     return {"lq": unit(False, 100), "lq_iter": unit(False, 1), "box": unit(True, 100),
             "box_fddp": unit(True, 100)}

@@ -24,16 +24,16 @@ y = [1, dx] and V = [[., V_x'], [V_x, V_xx]]. Then Q = L + F' V F holds every Q 
 rows u of Q are [Q_u, Q_ux, Q_uu] contiguous, the solution [k, K] = -Q_uu^{-1} [Q_u, Q_ux]
 is one Cholesky solve, and with G = [[I], [k K]] the propagated value is V = G' Q G. F, L
 and mu-terms F'F are built for all steps in batched numpy before the sequential sweep,
-which leaves about ten small BLAS/LAPACK calls per step.
+and the sequential sweep (with the box QP where needed) is one compiled call
+(:mod:`.kernels`, numba), loaded at construction: no compilation at control time.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.linalg import lapack
 
-from mbrl_ros.core.planners.ilqr.boxqp import solve_boxqp
+from mbrl_ros.core.planners.ilqr.kernels import riccati_kernel, warm_up
 
 __all__ = ["BackwardPass", "BackwardResult"]
 
@@ -63,7 +63,8 @@ class BackwardPass:
     """Preallocated workspace for the Riccati sweep of a fixed (T, nx, nu).
 
     Usage: :meth:`prepare` once per linearisation, then :meth:`run` for each
-    regularisation value tried.
+    regularisation value tried. Construction loads the compiled kernels (:func:`.kernels.
+    warm_up`, once per process).
     """
 
     def __init__(self, T: int, nx: int, nu: int):
@@ -76,11 +77,11 @@ class BackwardPass:
         self._L = np.zeros((T, N, N))
         self._FtFu = np.zeros((T, nu, N))
         self._Vf = np.zeros((M, M))
-        self._G = np.zeros((N, M))
-        self._G[:M, :M] = np.eye(M)
         self._kK = np.zeros((T, nu, M))
         self._Qrows = np.zeros((T, nu, N))
         self._Quu_reg = np.zeros((T, nu, nu))
+        self._no_bounds = np.zeros((1, nu))
+        warm_up()
 
     def prepare(self, fx: np.ndarray, fu: np.ndarray, lx: np.ndarray, lu: np.ndarray,
                 lxx: np.ndarray, luu: np.ndarray, lux: np.ndarray, lfx: np.ndarray,
@@ -113,7 +114,7 @@ class BackwardPass:
 
     def run(self, mu: float, du_lower: np.ndarray | None, du_upper: np.ndarray | None
             ) -> BackwardResult | int:
-        """One sweep with regularisation mu.
+        """One sweep with regularisation mu (the compiled :func:`.kernels.riccati_kernel`).
 
         Args:
             mu: regularisation added to V_xx (>= 0).
@@ -124,59 +125,18 @@ class BackwardPass:
             A :class:`BackwardResult`, or the step index (int) where Q_uu (or its free
             block) was not positive definite.
         """
-        M = self.M
-        potrf, potrs, dot = lapack.dpotrf, lapack.dpotrs, np.dot
-        F, L, FtFu, G = self._F, self._L, self._FtFu, self._G
-        kK_all, Qrows, Quu_reg = self._kK, self._Qrows, self._Quu_reg
         box = du_lower is not None
-        k_next = None
-        n_box = n_clamped = 0
-        V = self._Vf
-        for t in range(self.T - 1, -1, -1):
-            Ft = F[t]
-            # np.dot: less call overhead than @ for these small 2-D operands.
-            Q = dot(Ft.T, dot(V, Ft))
-            Q += L[t]
-            Qu = Q[M:]
-            R = Qu + mu * FtFu[t] if mu > 0.0 else Qu
-            Huu = R[:, M:]
-            c, info = potrf(Huu)
-            if info == 0:
-                kK = potrs(c, R[:, :M])[0]
-                np.negative(kK, out=kK)
-                if box:
-                    k = kK[:, 0]
-                    lo, hi = du_lower[t], du_upper[t]
-                    if (k < lo).any() or (k > hi).any():
-                        info = -1
-            if info != 0:
-                if not box:
-                    return t
-                # Control-limited step (Tassa et al. 2014, Alg. 2), warm-started from the
-                # clamped unconstrained step if Q_uu was positive definite, else (as in
-                # their code) from the step of the following time index.
-                n_box += 1
-                x0 = kK[:, 0] if info == -1 else k_next
-                res = solve_boxqp(Huu, R[:, 0], du_lower[t], du_upper[t], x0=x0)
-                if not res.ok:
-                    return t
-                kK = np.zeros((self.nu, M))
-                kK[:, 0] = res.x
-                free = res.free
-                n_clamped += self.nu - int(free.sum())
-                if free.any():
-                    kK[free, 1:] = -potrs(res.chol, R[free, 1:M])[0]
-            G[M:] = kK
-            V = dot(G.T, dot(Q, G))
-            V += V.T
-            V *= 0.5
-            kK_all[t] = kK
-            Qrows[t] = Qu
-            Quu_reg[t] = Huu
-            k_next = kK[:, 0]
-        k = kK_all[:, :, 0].copy()
-        Qu_all = Qrows[:, :, 0]
-        Quu = Qrows[:, :, M:]
-        dV = np.array([np.einsum("ti,ti->", k, Qu_all),
-                       0.5 * np.einsum("ti,tij,tj->", k, Quu, k)])
-        return BackwardResult(k, kK_all[:, :, 1:].copy(), dV, Quu_reg.copy(), n_box, n_clamped)
+        if box:
+            shape = (self.T, self.nu)
+            lo = np.ascontiguousarray(np.broadcast_to(du_lower, shape), dtype=np.float64)
+            hi = np.ascontiguousarray(np.broadcast_to(du_upper, shape), dtype=np.float64)
+        else:
+            lo = hi = self._no_bounds
+        t_fail, n_box, n_clamped, dV0, dV1 = riccati_kernel(
+            self._F, self._L, self._FtFu, self._Vf, float(mu), box, lo, hi, self._kK,
+            self._Qrows, self._Quu_reg)
+        if t_fail >= 0:
+            return int(t_fail)
+        kK = self._kK
+        return BackwardResult(kK[:, :, 0].copy(), kK[:, :, 1:].copy(), np.array([dV0, dV1]),
+                              self._Quu_reg.copy(), int(n_box), int(n_clamped))
