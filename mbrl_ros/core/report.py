@@ -21,7 +21,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from mbrl_ros.core.control.mpc import CostSettings, task_cost  # noqa: E402
+from mbrl_ros.core.costs.task import CostSettings, task_cost  # noqa: E402
 from mbrl_ros.core.types import TransitionBatch  # noqa: E402
 
 

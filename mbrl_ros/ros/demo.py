@@ -31,7 +31,7 @@ from rclpy.logging import LoggingSeverity
 from rclpy.parameter import Parameter
 
 from mbrl_ros.core import store
-from mbrl_ros.core.control.mpc import CostSettings
+from mbrl_ros.core.costs.task import CostSettings
 from mbrl_ros.core.models.evaluate import rollouts
 from mbrl_ros.core.plots import plot_rollouts
 from mbrl_ros.core.report import (IterationMetrics, episode_cost, plot_joint_trajectories,
