@@ -33,7 +33,7 @@ from _common import (Probe, Proc, node_cmd, percentile, period_stats, ros_env,  
 from mbrl_ros.core import registry  # noqa: E402
 from mbrl_ros.core.control.mpc import CostSettings, MPCController  # noqa: E402
 from mbrl_ros.core.threads import limit_threads  # noqa: E402
-from mbrl_ros.sim.closed_loop import simulate_excitation  # noqa: E402
+from mbrl_ros.core.control.closed_loop import simulate_excitation  # noqa: E402
 
 TARGETS = {"arm2": np.array([0.5, -0.5]),
            "arm7": np.array([0.3, -0.5, 0.0, -2.0, 0.0, 1.6, 0.8])}
@@ -61,7 +61,7 @@ def make_mpc(planner: str, robot_sim, horizon: int, planner_settings: dict):
 
 def closed_loop(robot: str, model_kind: str, planner: str, model, steps: int, horizon: int,
                 planner_settings: dict, seed: int = 1, replan_every: int = 1) -> dict:
-    from mbrl_ros.sim.closed_loop import run_episode
+    from mbrl_ros.core.control.closed_loop import run_episode
     from mbrl_ros.sim.env import MujocoSim
     sim = MujocoSim(robot, seed=seed, initial_noise=0.05)
     sim.reset()
@@ -84,7 +84,7 @@ def closed_loop(robot: str, model_kind: str, planner: str, model, steps: int, ho
 def ilqr_kernels(model, steps: int = 200) -> dict:
     """One warm iteration per replan on arm7 with the given model, and its kernels alone."""
     from mbrl_ros.core.planners.ilqr.backward_pass import BackwardPass
-    from mbrl_ros.sim.closed_loop import run_episode
+    from mbrl_ros.core.control.closed_loop import run_episode
     from mbrl_ros.sim.env import MujocoSim
     sim = MujocoSim("arm7", seed=1, initial_noise=0.05)
     sim.reset()

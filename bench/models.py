@@ -26,7 +26,7 @@ from _common import write_json  # noqa: E402
 from mbrl_ros.core.fitting import FitSettings, fit_model  # noqa: E402
 from mbrl_ros.core.models.evaluate import validation_metrics  # noqa: E402
 from mbrl_ros.core.threads import limit_threads  # noqa: E402
-from mbrl_ros.sim.closed_loop import simulate_excitation  # noqa: E402
+from mbrl_ros.core.control.closed_loop import simulate_excitation  # noqa: E402
 
 EPISODE_S = 4.0
 

@@ -4,7 +4,7 @@
 A real-time controller replans every few control periods (a 40-60 ms solve at 100 Hz) and
 its plan takes over a solve time after the state it started from. This benchmark runs
 arm2 reaching ([0.5, -0.5] rad, 5 s at 100 Hz, horizon 40) without ROS
-(``mbrl_ros.sim.closed_loop.run_episode``) and compares, per planner (MPPI 64 samples,
+(``mbrl_ros.core.control.closed_loop.run_episode``) and compares, per planner (MPPI 64 samples,
 CEM 128 candidates):
 
   A. replanning every 5 steps, known model: the steps appended to the shifted plan
@@ -43,7 +43,7 @@ def run(planner: str, model, settings: dict, steps: int, every: int, delay: int 
     from mbrl_ros.core import registry
     from mbrl_ros.core.control.mpc import CostSettings, MPCController
     from mbrl_ros.core.settings import from_mapping
-    from mbrl_ros.sim.closed_loop import run_episode
+    from mbrl_ros.core.control.closed_loop import run_episode
     from mbrl_ros.sim.env import MujocoSim
     sim = MujocoSim("arm2", control_period=0.01)
     cls = registry.lookup("planner", planner)
@@ -73,7 +73,7 @@ def main() -> None:
     torch.set_num_threads(1)
     from mbrl_ros.core.fitting import FitSettings, fit_model
     from mbrl_ros.core.models.mujoco_model import MujocoModel
-    from mbrl_ros.sim.closed_loop import simulate_excitation
+    from mbrl_ros.core.control.closed_loop import simulate_excitation
     known = MujocoModel.from_sim("arm2", control_period=0.01)
     steps = 500
     planners = ["mppi"] if a.quick else ["mppi", "cem"]

@@ -405,7 +405,7 @@ def test_cross_validated_prior_ridge_grows_as_the_data_shrinks():
     cross-validated ridge of the linear prior is large on 500 transitions and the
     smallest candidate on 10,000."""
     from mbrl_ros.core.fitting import FitSettings, fit_model
-    from mbrl_ros.sim.closed_loop import simulate_excitation
+    from mbrl_ros.core.control.closed_loop import simulate_excitation
 
     def ridge(data, **kw):
         res = fit_model(data, FitSettings(model="ensemble", val_fraction=0.0),

@@ -659,7 +659,7 @@ def test_replanning_every_five_steps_holds_arm2_with_the_hold_fill(planner, fill
                         reason="MuJoCo dynamics model not available")
     from mbrl_ros.core.control.mpc import CostSettings, MPCController
     from mbrl_ros.core.models.mujoco_model import MujocoModel
-    from mbrl_ros.sim.closed_loop import run_episode
+    from mbrl_ros.core.control.closed_loop import run_episode
     from mbrl_ros.sim.env import MujocoSim
     sim = MujocoSim("arm2", control_period=0.01)
     cls = registry.lookup("planner", planner)

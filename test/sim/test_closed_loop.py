@@ -6,7 +6,7 @@ from mbrl_ros.core import registry
 from mbrl_ros.core.control.mpc import CostSettings, MPCController
 from mbrl_ros.core.models.mujoco_model import MujocoModel
 from mbrl_ros.core.settings import from_mapping
-from mbrl_ros.sim.closed_loop import run_episode
+from mbrl_ros.core.control.closed_loop import run_episode
 from mbrl_ros.sim.env import MujocoSim
 
 # Small budgets keep the test quick; the benchmarks run the full settings.
