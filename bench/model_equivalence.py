@@ -55,7 +55,7 @@ MODELS = {
 
 def make_data(path: Path = DATA) -> None:
     """Excitation rollouts of arm2 and cartpole (seeded), saved as plain arrays."""
-    from mbrl_ros.sim.closed_loop import simulate_excitation
+    from mbrl_ros.core.control.closed_loop import simulate_excitation
     arrays = {}
     for robot in ("arm2", "cartpole"):
         b = simulate_excitation(robot, 6.0, 2, seed=7)

@@ -11,7 +11,8 @@ import torch
 from mbrl_ros.core import registry, store
 from mbrl_ros.core.models.base import ModelError, finite_difference_linearization
 from mbrl_ros.core.models.evaluate import validation_metrics
-from mbrl_ros.core.models.gp import GPModel, _SubsetNLL
+from mbrl_ros.core.models.gp import GPModel
+from mbrl_ros.core.models.gp.hyper import SubsetNLL
 from mbrl_ros.core.models.linear import LinearModel
 from mbrl_ros.core.settings import SettingsError, from_mapping
 from mbrl_ros.core.types import TransitionBatch
@@ -271,7 +272,7 @@ def test_subset_nll_gradient(kind):
     ls = (torch.rand(T, 1, d, generator=g, dtype=torch.float64) + 0.5).requires_grad_()
     os_ = (torch.rand(T, generator=g, dtype=torch.float64) + 0.5).requires_grad_()
     noise = (0.05 + 0.1 * torch.rand(T, generator=g, dtype=torch.float64)).requires_grad_()
-    assert torch.autograd.gradcheck(lambda a, b, c: _SubsetNLL.apply(Z, a, b, c, y, kind),
+    assert torch.autograd.gradcheck(lambda a, b, c: SubsetNLL.apply(Z, a, b, c, y, kind),
                                     (ls, os_, noise))
 
 

@@ -1,11 +1,15 @@
 """Global affine dynamics x_{t+1} = A x_t + B u_t + c + w, w ~ N(0, diag(var)).
 
 Fitted by ridge-regularised least squares on the state change x_{t+1} - x_t, in
-standardised input coordinates: predicting the change makes the ridge shrink A towards the
-identity (a system that keeps its state) instead of towards zero, and standardising makes
-one ``ridge`` value mean the same for joints in rad and efforts in N·m. The noise variance
-is the per-dimension variance of the training residuals (with the degrees-of-freedom
-correction), so ``predict`` can report it.
+standardised coordinates: the shared input pipeline of the learned models
+(:class:`~mbrl_ros.core.models.pipeline.DeltaPipeline`, without the sin/cos features, so
+the model stays affine in x) and its affine prior
+(:class:`~mbrl_ros.core.models.pipeline.AffinePrior`), which is the whole model here.
+Predicting the change makes the ridge shrink A towards the identity (a system that keeps
+its state) instead of towards zero, and standardising makes one ``ridge`` value mean the
+same for joints in rad and efforts in N·m. The noise variance is the per-dimension
+variance of the training residuals (with the degrees-of-freedom correction), so
+``predict`` can report it.
 
 Being affine, the model's linearisation is exact and the same everywhere.
 """
@@ -19,7 +23,8 @@ import numpy as np
 
 from mbrl_ros.core import registry
 from mbrl_ros.core.models.base import (DynamicsModel, FitReport, Linearization, ModelError,
-                                       ModelSpec, Normalizer, check_trajectory, check_xu)
+                                       ModelSpec, check_trajectory, check_xu)
+from mbrl_ros.core.models.pipeline import AffinePrior, DeltaPipeline
 from mbrl_ros.core.settings import setting
 from mbrl_ros.core.types import TransitionBatch
 
@@ -78,24 +83,12 @@ class LinearModel(DynamicsModel):
                 f"linear needs more than nx + nu + 1 = {n_params} transitions (one column "
                 f"of [A B c] per input plus one degree of freedom for the noise variance) "
                 f"for nx={nx}, nu={nu}; got {N}")
-        z = np.concatenate([data.states, data.actions], axis=1)
-        y = data.next_states - data.states
-        if not (np.all(np.isfinite(z)) and np.all(np.isfinite(y))):
+        x, u, xn = data.states, data.actions, data.next_states
+        if not all(np.all(np.isfinite(a)) for a in (x, u, xn)):
             raise ModelError("linear: data contains NaN or inf")
-        norm = Normalizer.fit(z)
-        zn = norm(z)
-        y_mean = y.mean(axis=0)
-        n_in = nx + nu
-        # Ridge as an augmented least-squares problem: lstsq stays well defined at
-        # ridge = 0 with a constant (e.g. unactuated) input column.
-        lam = np.sqrt(self.settings.ridge * N)
-        lhs = np.concatenate([zn, lam * np.eye(n_in)], axis=0)
-        rhs = np.concatenate([y - y_mean, np.zeros((n_in, nx))], axis=0)
-        W, *_ = np.linalg.lstsq(lhs, rhs, rcond=None)          # (n_in, nx)
-        J = (W / norm.std[:, None]).T                          # d(delta)/d[x, u], (nx, n_in)
-        self.A = np.eye(nx) + J[:, :nx]
-        self.B = J[:, nx:].copy()
-        self.c = y_mean - J @ norm.mean
+        pipe = DeltaPipeline.fit(self.spec, x, u, xn, periodic=False)
+        prior = AffinePrior.fit(pipe.inputs(x, u), pipe.targets(x, xn), self.settings.ridge)
+        self.A, self.B, self.c = pipe.affine(prior)
         resid = data.next_states - self._mean(data.states, data.actions)
         self.var = np.sum(resid ** 2, axis=0) / (N - n_params)
         if progress is not None:
