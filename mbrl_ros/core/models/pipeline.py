@@ -7,9 +7,10 @@ A learned model (linear, gp, ensemble) does not learn x_{t+1} = f(x_t, u_t) dire
    (PILCO, Deisenroth & Rasmussen, ICML 2011; PETS, Chua et al., NeurIPS 2018).
 2. **Delta targets** ``d = x_{t+1} - x_t``: a model that predicts no change keeps the
    state, and the ridge/prior shrinks towards "keep the state", not towards zero.
-3. **Normalisation** of the inputs and of the targets (:class:`~mbrl_ros.core.models.base.Normalizer`,
-   fitted on the training rows), so one hyper-parameter (a ridge weight, a lengthscale, a
-   learning rate) means the same for joints in rad and efforts in N·m.
+3. **Normalisation** of the inputs and of the targets
+   (:class:`~mbrl_ros.core.models.base.Normalizer`, fitted on the training rows), so one
+   hyper-parameter (a ridge weight, a lengthscale, a learning rate) means the same for
+   joints in rad and efforts in N·m.
 4. **Affine prior** ``d_n ~ z_n W + c`` (:class:`AffinePrior`), fitted by ridge
    regression in normalised units: the linear model is this map alone; the GP and the
    ensemble learn the residual from it (explicit basis functions, Rasmussen & Williams,

@@ -37,8 +37,8 @@ class SubsetNLL(torch.autograd.Function):
     Kernel, Cholesky and gradient are fused so that every (T, m, m) array is touched as few
     times as possible (element-wise passes, not flops, dominate at m ~ 400): the gradient
     uses dNLL/dK_y = (K_y^-1 - a a^T) / 2, a = K_y^-1 y (R&W eq. 5.9), from one Cholesky
-    inverse, and dD/dx in closed form (about 2.5x faster than autograd through GPyTorch's
-    kernel and torch's generic Cholesky backward).
+    inverse, and dD/dx in closed form (faster than autograd through GPyTorch's kernel and
+    torch's generic Cholesky backward).
 
     Inputs: Z (m, d), ls (T, 1, d) lengthscales, os (T,) outputscales, noise (T,),
     y (T, m, 1), kind (str). Gradients for ls, os and noise.

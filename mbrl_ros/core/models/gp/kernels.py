@@ -37,7 +37,7 @@ def sqdist(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 def exp_limit(dtype: torch.dtype) -> float:
     """Largest x with exp(-x) still a normal float: kernel values are clamped there.
     Subnormal results (far-apart points, short lengthscales) make every later arithmetic
-    operation on them ~100x slower on x86 (measured: a 15 ms instead of 1 ms query)."""
+    operation on them ~100x slower on x86."""
     return 80.0 if dtype == torch.float32 else 700.0
 
 
@@ -136,8 +136,8 @@ def compute_threads(n: int) -> Iterator[None]:
     subnormal floats flushed to zero (torch's default, off, is restored afterwards).
 
     Products of small kernel values (distant points, short lengthscales) underflow to
-    subnormal numbers, on which x86 arithmetic is ~100x slower: measured 7.4 s instead of
-    1.9 s for the posterior of N = 2000, and 15 ms instead of 1 ms per query.
+    subnormal numbers, on which x86 arithmetic is ~100x slower (the posterior and every
+    query several times slower; figures in BENCHMARKS.md, "GP").
     """
     global _COMPUTE_DEPTH
     prev = torch.get_num_threads()

@@ -25,8 +25,8 @@ from mbrl_ros.core.models.gp.kernels import CHUNK_ELEMENTS, F64, cholesky, kfun,
 
 
 def heldout_residuals(kind: str, Z: torch.Tensor, Y: torch.Tensor, idx: torch.Tensor,
-                       ls: torch.Tensor, os_: torch.Tensor, noise: torch.Tensor
-                       ) -> tuple[torch.Tensor, torch.Tensor]:
+                      ls: torch.Tensor, os_: torch.Tensor, noise: torch.Tensor
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
     """Residuals (T, N) of every training point under a posterior that did not see it, and
     their predictive variances (noise included), float64: leave-one-out within the subset
     ``idx`` (R&W eq. 5.12), the posterior of the subset for the other points.

@@ -165,5 +165,5 @@ def sparse_posterior(model: SVGP, likelihood, kind: str) -> KernelPosterior:
             noise = likelihood.noise.detach().reshape(-1)
             mix = None
     return KernelPosterior(kind, strat.inducing_points.detach(),
-                            1.0 / ls, os_, alpha, noise, P=P, mix=mix,
-                            jitter=torch.tensor(float(strat.jitter_val)))
+                           1.0 / ls, os_, alpha, noise, P=P, mix=mix,
+                           jitter=torch.tensor(float(strat.jitter_val)))
