@@ -507,3 +507,53 @@ def test_small_data_rule_trains_a_more_accurate_model():
     old, old_steps = rmse(min_batches=1, epoch_steps=1)
     assert new_steps > 5 * old_steps
     assert new < 0.5 * old, (new, old)
+
+
+def _pendulum_trajectory(n, seed=0, dt=0.02):
+    """One contiguous pendulum episode under random piecewise-constant torques."""
+    rng = np.random.default_rng(seed)
+    x = np.zeros((n + 1, 2))
+    x[0] = [0.3, 0.0]
+    u = np.repeat(rng.uniform(-2, 2, (n // 10 + 1, 1)), 10, axis=0)[:n]
+    for k in range(n):
+        q, v = x[k]
+        v1 = v + dt * (-9.81 * np.sin(q) - 0.5 * v + 3.0 * u[k, 0])
+        x[k + 1] = [q + dt * v1, v1]
+    return x, u
+
+
+def test_repeated_rest_transitions_count_once():
+    """A live data set starts with the robot at rest under zero effort (the simulator runs
+    before the controller's first command; on a busy machine for thousands of steps):
+    those identical transitions are counted once, so they neither swamp the normalisers
+    nor turn the held-out blocks into blocks at rest (validation error ~0)."""
+    from mbrl_ros.core.models.ensemble import drop_repeats
+    n_rest, n_move, dt = 3000, 600, 0.02
+    xm, um = _pendulum_trajectory(n_move, dt=dt)
+    rest = np.zeros((n_rest, 2))
+    states = np.concatenate([rest, xm[:-1]])
+    next_states = np.concatenate([rest, xm[1:]])
+    actions = np.concatenate([np.zeros((n_rest, 1)), um])
+    n = n_rest + n_move
+    data = TransitionBatch(states, actions, next_states, np.full(n, dt), np.arange(n) * dt,
+                           np.zeros(n, int), ("p/position", "p/velocity"), ("p",))
+    clean, dropped = drop_repeats(data)
+    assert dropped == n_rest - 1 and len(clean) == n_move + 1
+    assert np.array_equal(clean.states[1:], xm[:-1])
+    # an episode boundary is no repeat; a non-identical neighbour is no repeat
+    two = TransitionBatch(rest[:2], np.zeros((2, 1)), rest[:2], np.full(2, dt),
+                          np.arange(2) * dt, np.array([0, 1]), data.state_names,
+                          data.action_names)
+    assert drop_repeats(two)[1] == 0
+
+    model = EnsembleModel(EnsembleModel.Settings(**{**SMALL, "epochs": 30, "min_epochs": 5}))
+    report = model.fit(data)
+    assert report.metrics["repeats_dropped"] == n_rest - 1
+    assert report.n_train + report.n_val == n_move + 1
+    assert any("counted once" in note for note in report.notes)
+    # the output normaliser has the spread of the moving data, not a rest-dominated one
+    dy = xm[1:] - xm[:-1]
+    assert np.allclose(model.out_norm.std, dy.std(axis=0), rtol=0.25)
+    # and the model predicts the moving data (a rest-swamped fit scored ~0 on rest blocks)
+    pred, _ = model.predict(xm[:-1], um)
+    assert np.sqrt(np.mean((pred - xm[1:]) ** 2, axis=0))[1] < 0.2 * dy[:, 1].std() + 0.01
