@@ -42,20 +42,22 @@ from typing import Any, Mapping
 
 import yaml
 
+from mbrl_ros.core import registry
+
 PACKAGE = "mbrl_ros"
 KINDS = ("sim", "robot", "replay")
-# Planner ids the launches build (each planner's type is its id) and the model families;
-# test_bringup_plan.py keeps both equal to the registry's entries.
-PLANNERS = ("ilqr", "mppi", "cem", "casadi_mpc")
+# Planner ids the launches build (each planner's type is its id) and the model families,
+# from the plugin registry (core/registry.py: PLUGINS).
+PLANNERS = registry.names("planner", "mpc")
 # The model-free planner a controller on a learned model explores with: before its first
 # model and, as the fallback planner, when the model is too uncertain (uncertainty_threshold).
-EXPLORER = "excitation"
+EXPLORER = registry.names("planner", "explorer")[0]
 # Hyper-parameters of live fits (sim/robot launches): a model is worth most while the robot
 # still explores, so training is bounded in wall time (arm2, 2 busy cores: the ensemble's
 # first fit took 10 s unbounded -- 1,000 steps of exploration at 100 Hz -- and 2 s bounded,
 # with no worse a model). Offline fits (replay) keep the families' defaults.
 LIVE_FIT: dict[str, dict[str, Any]] = {"ensemble": {"max_seconds": 3.0}}
-MODEL_FAMILIES = ("linear", "tvlg", "gp", "ensemble", "mujoco")
+MODEL_FAMILIES = registry.names("model")
 LOG_LEVELS = ("debug", "info", "warn", "error", "fatal")
 BOOLEAN = ("true", "false")
 RESPAWN_DELAY = 2.0          # s between a node's exit and its restart (respawn:=true)
