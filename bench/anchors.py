@@ -44,6 +44,10 @@ class LinearDynamics:
                               tuple(f"u{i}" for i in range(nu)), 0.01)
         self._AT, self._BT = A.T.copy(), B.T.copy()
 
+    def affine_dynamics(self):
+        """(A, B, c): our iLQR rolls affine models out in one compiled call."""
+        return self.A, self.B, np.zeros(self.A.shape[0])
+
     def predict(self, x, u, t=None):
         if x.ndim == 1:
             x, u = x[None], u[None]

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mbrl_ros.core.planners.ilqr.kernels import riccati_kernel, warm_up
+from mbrl_ros.core.planners.ilqr.kernels import as_f64, riccati_kernel, warm_up
 
 __all__ = ["BackwardPass", "BackwardResult"]
 
@@ -128,8 +128,7 @@ class BackwardPass:
         box = du_lower is not None
         if box:
             shape = (self.T, self.nu)
-            lo = np.ascontiguousarray(np.broadcast_to(du_lower, shape), dtype=np.float64)
-            hi = np.ascontiguousarray(np.broadcast_to(du_upper, shape), dtype=np.float64)
+            lo, hi = as_f64(du_lower, shape), as_f64(du_upper, shape)
         else:
             lo = hi = self._no_bounds
         t_fail, n_box, n_clamped, dV0, dV1 = riccati_kernel(

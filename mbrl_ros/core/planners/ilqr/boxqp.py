@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mbrl_ros.core.planners.ilqr.kernels import boxqp_kernel
+from mbrl_ros.core.planners.ilqr.kernels import as_f64, boxqp_kernel
 
 __all__ = ["BoxQPResult", "solve_boxqp", "STATUS_MESSAGES"]
 
@@ -91,15 +91,15 @@ def solve_boxqp(H: np.ndarray, g: np.ndarray, lower: np.ndarray, upper: np.ndarr
     Returns:
         A :class:`BoxQPResult`.
     """
-    H = np.ascontiguousarray(H, dtype=np.float64)
-    g = np.ascontiguousarray(g, dtype=np.float64).reshape(-1)
+    g = as_f64(g).reshape(-1)
     n = g.shape[0]
-    lower = np.ascontiguousarray(np.broadcast_to(lower, (n,)), dtype=np.float64)
-    upper = np.ascontiguousarray(np.broadcast_to(upper, (n,)), dtype=np.float64)
+    H = as_f64(H)
     if H.shape != (n, n):
         raise ValueError(f"solve_boxqp: H has shape {H.shape}, expected ({n}, {n})")
+    lower = as_f64(lower, (n,))
+    upper = as_f64(upper, (n,))
     use_x0 = x0 is not None and np.shape(x0) == (n,)
-    x0 = (np.ascontiguousarray(x0, dtype=np.float64) if use_x0 else np.zeros(n))
+    x0 = as_f64(x0) if use_x0 else np.zeros(n)
     x = np.empty(n)
     free = np.empty(n, dtype=np.bool_)
     R = np.zeros((n, n))

@@ -1,7 +1,8 @@
 """Compiled (numba) kernels of the control-limited DDP backward pass: the Riccati sweep
 (:mod:`.backward_pass` documents the algebra) and the projected-Newton box QP
-(:mod:`.boxqp` documents the method). The Python modules keep the interfaces; this one holds
-the only implementation of the arithmetic.
+(:mod:`.boxqp` documents the method), and the closed-loop rollout of affine models (the
+planner's rollouts of any other model call its ``predict``). The Python modules keep the
+interfaces; this one holds the only implementation of the arithmetic.
 
 Why compiled: at the sizes of MPC on an arm (nx = 14, nu = 7, T = 50) a NumPy/LAPACK sweep
 spends most of its time in per-call overhead of ~10 small calls per step, not arithmetic.
@@ -15,8 +16,8 @@ Compilation never happens inside a control loop:
 * :func:`warm_up` loads (or, on the first run ever, compiles) every kernel with inputs of the
   exact types the wrappers pass; planners call it at construction (the controller node
   constructs its planner at ``configure``). The wrappers convert every argument to those
-  types (C-contiguous float64 arrays, Python floats/ints/bools), so a call never triggers a
-  new specialisation; ``test_ilqr_kernels.py`` checks that each dispatcher has exactly one
+  types (:func:`as_f64`: C-contiguous writable float64 arrays; Python floats/ints/bools),
+  so a call never triggers a new specialisation; ``test_ilqr_kernels.py`` checks that each dispatcher has exactly one
   signature after solves of different shapes.
 """
 from __future__ import annotations
@@ -29,7 +30,8 @@ import warnings
 import numba
 import numpy as np
 
-__all__ = ["boxqp_kernel", "riccati_kernel", "warm_up", "warm_up_seconds", "KERNELS"]
+__all__ = ["affine_rollout_kernel", "as_f64", "boxqp_kernel", "riccati_kernel", "warm_up",
+           "warm_up_seconds", "KERNELS"]
 
 
 def _jit(fn):
@@ -42,6 +44,16 @@ def _jit(fn):
                       "process at warm-up. Set NUMBA_CACHE_DIR to a writable directory.",
                       RuntimeWarning, stacklevel=2)
         return numba.njit(nogil=True)(fn)
+
+
+def as_f64(a, shape: tuple[int, ...] | None = None) -> np.ndarray:
+    """``a`` (broadcast to ``shape`` if given) as the one array type the kernels are compiled
+    for: float64, C-contiguous, writable (numba specialises on read-only arrays too, so a
+    frozen or broadcast array would otherwise compile a new version at call time)."""
+    a = np.asarray(a, dtype=np.float64)
+    if shape is not None and a.shape != shape:
+        a = np.broadcast_to(a, shape)
+    return np.require(a, np.float64, ("C", "W"))
 
 
 # ------------------------------------------------------------------------------ Cholesky
@@ -499,8 +511,44 @@ def riccati_kernel(F, L, FtFu, Vf, mu, box, du_lower, du_upper, kK_all, Qrows, Q
     return -1, n_box, n_clamped, dV0, dV1
 
 
+# ------------------------------------------------------------------------------ rollout
+@_jit
+def affine_rollout_kernel(A, B, c, x0, U, xbar, K, feedback, lower, upper, xs):
+    """Closed-loop rollouts of x' = A x + B u + c with u = clip(U[a, t] + K_t (x - xbar_t))
+    (the feedback term only if ``feedback``), one per row a of U.
+
+    Args:
+        A (nx, nx), B (nx, nu), c (nx,), x0 (nx,); U (n, T, nu) open-loop controls,
+        overwritten with the applied (clipped) controls; xbar (T, nx), K (T, nu, nx);
+        lower, upper (nu,) limits (may be infinite); xs (n, T+1, nx) output states.
+    """
+    n, T, nu = U.shape
+    nx = x0.shape[0]
+    for r in range(n):
+        for i in range(nx):
+            xs[r, 0, i] = x0[i]
+        for t in range(T):
+            for i in range(nu):
+                v = U[r, t, i]
+                if feedback:
+                    for j in range(nx):
+                        v += K[t, i, j] * (xs[r, t, j] - xbar[t, j])
+                if v < lower[i]:
+                    v = lower[i]
+                if v > upper[i]:
+                    v = upper[i]
+                U[r, t, i] = v
+            for i in range(nx):
+                s = c[i]
+                for j in range(nx):
+                    s += A[i, j] * xs[r, t, j]
+                for j in range(nu):
+                    s += B[i, j] * U[r, t, j]
+                xs[r, t + 1, i] = s
+
+
 # ------------------------------------------------------------------------------ warm-up
-KERNELS = (boxqp_kernel, riccati_kernel)
+KERNELS = (boxqp_kernel, riccati_kernel, affine_rollout_kernel)
 _warm_lock = threading.Lock()
 _warm_seconds: float | None = None
 
@@ -525,6 +573,9 @@ def _exercise() -> None:
     du = np.ones((T, nu))
     riccati_kernel(F, L, FtFu, Vf, 0.0, True, -du, du, np.empty((T, nu, M)),
                    np.empty((T, nu, N)), np.empty((T, nu, nu)))
+    affine_rollout_kernel(np.eye(nx), np.ones((nx, nu)), np.zeros(nx), np.ones(nx),
+                          np.zeros((3, T, nu)), np.zeros((T, nx)), np.zeros((T, nu, nx)),
+                          True, -du[0], du[0], np.empty((3, T + 1, nx)))
 
 
 def warm_up() -> float:

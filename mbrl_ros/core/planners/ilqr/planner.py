@@ -38,6 +38,7 @@ import numpy as np
 from mbrl_ros.core import registry
 from mbrl_ros.core.planners.base import Planner, shift_trajectory
 from mbrl_ros.core.planners.ilqr.backward_pass import BackwardPass, BackwardResult
+from mbrl_ros.core.planners.ilqr.kernels import affine_rollout_kernel, as_f64, warm_up
 from mbrl_ros.core.planners.ilqr.settings import ILQRSettings
 from mbrl_ros.core.policies.linear_gaussian import LinearGaussianPolicy
 
@@ -81,13 +82,23 @@ class ILQRPlanner(Planner):
     name = "ilqr"
     Settings = ILQRSettings
 
+    def __init__(self, settings: ILQRSettings | None, nx: int, nu: int, u_min: np.ndarray,
+                 u_max: np.ndarray, dt: float):
+        super().__init__(settings, nx, nu, u_min, u_max, dt)
+        # Load the compiled kernels now (the node constructs planners at configure), so no
+        # optimize call compiles or loads machine code.
+        self.warm_up_s = warm_up()
+        self._no_xbar = np.zeros((0, self.nx))          # the open-loop rollout's feedback
+        self._no_K = np.zeros((0, self.nu, self.nx))    # arguments (unused by the kernel)
+
     def reset(self, horizon: int, initial_actions: np.ndarray | None = None) -> None:
         super().reset(horizon, initial_actions)
         self._K: np.ndarray | None = None          # (T, nu, nx) gains of the nominal
         self._cov: np.ndarray | None = None        # (T, nu, nu)
         self._mu = float(self.settings.mu_init)
         self._dmu = 1.0
-        self._bp: BackwardPass | None = None
+        # The backward-pass workspace holds no state between solves: kept across resets.
+        self._bp: BackwardPass | None = getattr(self, "_bp", None)
 
     def _on_warm_start(self) -> None:
         self._K = None
@@ -110,6 +121,25 @@ class ILQRPlanner(Planner):
         return self._mu
 
     # -- rollout ---------------------------------------------------------------------------
+    def _affine_dynamics(self, model: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+        """(A, B, c) as C-contiguous float64 arrays if the model declares time-invariant
+        affine dynamics x' = A x + B u + c through an optional ``affine_dynamics()`` method
+        (then the rollouts are one compiled call), else None (rollouts call ``predict``)."""
+        f = None if getattr(model, "time_varying", False) else getattr(
+            model, "affine_dynamics", None)
+        if f is None:
+            return None
+        abc = f()
+        if abc is None:
+            return None
+        nx, nu = self.nx, self.nu
+        A, B, c = (as_f64(a) for a in abc)
+        if A.shape != (nx, nx) or B.shape != (nx, nu) or c.shape != (nx,):
+            raise ValueError(f"{self.name}: model.affine_dynamics() returned A {A.shape}, "
+                             f"B {B.shape}, c {c.shape}; expected ({nx}, {nx}), ({nx}, {nu}), "
+                             f"({nx},)")
+        return A, B, c
+
     def _rollout(self, model: Any, x0: np.ndarray, ubar: np.ndarray,
                  xbar: np.ndarray | None = None, K: np.ndarray | None = None,
                  kff: np.ndarray | None = None, alphas: np.ndarray | None = None
@@ -126,6 +156,16 @@ class ILQRPlanner(Planner):
         else:
             U = ubar[None] + alphas[:, None, None] * kff[None]
         A = U.shape[0]
+        affine = self._affine_dynamics(model)
+        if affine is not None:
+            xs = np.empty((A, T + 1, self.nx))
+            fb = K is not None
+            U = as_f64(U)      # clipped in place by the kernel
+            affine_rollout_kernel(*affine, as_f64(x0), U,
+                                  as_f64(xbar) if fb else self._no_xbar,
+                                  as_f64(K) if fb else self._no_K, fb,
+                                  self.u_min, self.u_max, xs)
+            return xs, U
         xs = np.empty((A, T + 1, self.nx))
         xs[:, 0] = x0
         x = xs[:, 0]
