@@ -64,10 +64,10 @@ def run(robot: str, model: str, max_steps: int, lockstep: bool, timeout: float,
     from sensor_msgs.msg import JointState
     from std_msgs.msg import Float64MultiArray, String
 
+    from mbrl_ros.core.robot import RobotDescription
     from mbrl_ros.ros.demo import ee_distance
-    from mbrl_ros.sim.env import MujocoSim
 
-    sim = MujocoSim(robot)
+    sim = RobotDescription.load(robot)
     target = target_of(robot)
     dt = 1.0 / 100.0
     env = ros_env()

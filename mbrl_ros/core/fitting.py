@@ -109,14 +109,14 @@ def check_excitation(batch: TransitionBatch, min_std: float) -> list[str]:
             if constant else [])
 
 
-def _robot_sim(robot: str):
-    """The MujocoSim of ``robot`` (a shipped model name or MJCF path), or None when it is
-    only a label this machine cannot load."""
+def _robot(robot: str):
+    """The :class:`RobotDescription` of ``robot`` (a shipped model name or MJCF path), or
+    None when it is only a label this machine cannot load."""
     if not robot:
         return None
-    from mbrl_ros.sim.env import MujocoSim
+    from mbrl_ros.core.robot import RobotDescription
     try:
-        return MujocoSim(robot)
+        return RobotDescription.load(robot)
     except (ValueError, TypeError, OSError):
         return None
 
@@ -140,13 +140,13 @@ def check_fitted(model: DynamicsModel, states: np.ndarray, robot: str = "") -> N
     states = np.asarray(states, dtype=np.float64).reshape(-1, model.spec.nx)
     for x in states[[0, -1]] if len(states) else ():
         check_one_step(model, x, where)
-    sim = _robot_sim(robot)
-    if sim is not None:
+    desc = _robot(robot)
+    if desc is not None:
         try:
-            model.spec.check_robot(sim.joint_names, sim.command_names)
+            model.spec.check_robot(desc.joint_names, desc.command_names)
         except ModelError as e:
             raise ModelError(f"{where} is not a model of robot {robot!r}: {e}") from e
-        check_one_step(model, sim.state(), f"{where} (from the home state of {robot!r})")
+        check_one_step(model, desc.home_state, f"{where} (from the home state of {robot!r})")
 
 
 def split_episodes(batch: TransitionBatch, val_fraction: float,
@@ -287,10 +287,10 @@ def continuous_joints(batch: TransitionBatch, settings: FitSettings, robot: str 
     if not names and "continuous_joints" in batch.meta:
         names = tuple(batch.meta["continuous_joints"])
     elif not names and robot:
-        sim = _robot_sim(robot)
-        if sim is None:
+        desc = _robot(robot)
+        if desc is None:
             return ()
-        names = tuple(j for j, c in zip(sim.joint_names, sim.continuous) if c)
+        names = desc.continuous_joints
         names = tuple(j for j in names if f"{j}/position" in batch.state_names)
     missing = [j for j in names if f"{j}/position" not in batch.state_names]
     if missing:

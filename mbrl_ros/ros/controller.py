@@ -94,19 +94,19 @@ from visualization_msgs.msg import Marker, MarkerArray
 from mbrl_ros.core import registry, store
 from mbrl_ros.core.control.actuator import Actuator
 from mbrl_ros.core.control.health import RecentEvents, controller_health
-from mbrl_ros.core.control.mpc import CostSettings, MPCController
+from mbrl_ros.core.control.mpc import MPCController
 from mbrl_ros.core.control.plan_process import PlanProcess, PlanProcessError, load_model
-from mbrl_ros.core.control.plausibility import (StatePlausibility, min_effective_inertia,
-                                              robot_limits)
+from mbrl_ros.core.control.plausibility import StatePlausibility, default_limits
 from mbrl_ros.core.control.safety import SafetyFilter, SafetySettings
+from mbrl_ros.core.costs.task import CostSettings
 from mbrl_ros.core.models.base import ModelError
 from mbrl_ros.core.planners.base import RobotLayout
+from mbrl_ros.core.robot import RobotDescription
 from mbrl_ros.core.settings import SettingsError, setting
 from mbrl_ros.ros.conversions import (JointStateReader, MessageError, NonFiniteState,
                                       command_msg, time_to_ns)
 from mbrl_ros.ros.node_main import run_node
 from mbrl_ros.ros.params import declare_settings
-from mbrl_ros.sim.env import MujocoSim
 
 RELIABLE = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
 LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
@@ -148,11 +148,9 @@ class ControllerSettings:
                                   "in on_state mode the robot's joint-state rate (the known "
                                   "model's step and the rate limit use 1/control_rate)",
                                   unit="Hz", low=1.0, high=5000.0)
-    control_loop: str = setting("thread", "timer mode: what runs the control step: "
-                                "'thread' (a control thread of its own sleeping to absolute "
-                                "deadlines, not queued behind executor callbacks) or 'executor' "
-                                "(an rclpy timer on the node's executor). With use_sim_time "
-                                "the executor timer is used: it follows /clock",
+    control_loop: str = setting("thread", "timer mode: what runs the control step: 'thread' (a "
+                                "thread of its own, absolute deadlines) or 'executor' (an rclpy "
+                                "timer on the node's executor; always so with use_sim_time)",
                                 choices=("thread", "executor"))
     control_priority: int = setting(50, "control thread: SCHED_FIFO priority it asks for "
                                     "(0: normal scheduling); refused without the permission "
@@ -169,19 +167,14 @@ class ControllerSettings:
     plan_rate: float = setting(50.0, "replanning rate in timer mode", unit="Hz", low=0.1,
                                high=2000.0)
     replan_every: int = setting(1, "states between replans in sync mode", low=1, high=10000)
-    planning: str = setting("process", "where timer-mode replans are solved: 'process' (a "
-                            "worker process: solves cannot hold the node's GIL, so the control "
-                            "timer keeps its period) or 'thread' (in the node: no worker, but "
-                            "each solve delays the control timer by up to milliseconds)",
+    planning: str = setting("process", "where timer-mode replans are solved: 'process' (a worker "
+                            "process: solves cannot hold the node's GIL) or 'thread' (in the "
+                            "node: each solve can delay the control timer)",
                             choices=("process", "thread"))
     latency_compensation: bool = setting(
-        True, "timer mode: plan from the state predicted (current policy, model mean) for "
-        "when the new plan will take over -- the state's time plus the median of the last "
-        "10 plan latencies (state arrival to plan ready) -- and switch to it at that time, "
-        "instead of planning from the measured state, whose first planned steps have "
-        "passed by then (emulated on arm2, CEM replanning every 5 periods with a 4-period "
-        "solve: 0.062 -> 0.020 rad around the target; /diagnostics lookahead_steps, "
-        "plan_latency_ms_median)", dynamic=True)
+        True, "timer mode: plan from the state predicted for when the new plan takes over (state "
+        "time + median of the last 10 plan latencies), not the measured one; docs/CONTROLLER.md",
+        dynamic=True)
     plan_timeout: float = setting(10.0, "planning process: a replan unanswered for this long "
                                   "means it hangs; it is killed and restarted (the controller "
                                   "holds safely meanwhile)", unit="s", low=0.05, high=3600.0)
@@ -279,17 +272,19 @@ class Controller(LifecycleNode):
     def on_configure(self, state) -> TransitionCallbackReturn:
         s = self.settings
         try:
-            self.robot = MujocoSim(s.robot)
+            self.robot = RobotDescription.load(s.robot)
             if not np.all(np.isfinite(self.robot.effort_limits)):
                 raise ValueError(f"{self.robot.model_path.name}: every command joint needs a "
                                  "finite effort limit (ctrlrange or forcerange) for the "
                                  f"controller; got {self.robot.effort_limits.tolist()}")
             n = self.robot.n_joints
             cmd_index = np.asarray(self.robot.command_index)
+            min_inertia = self.robot.min_effective_inertia()
             self.safety = SafetyFilter(self.safety_settings, self.robot.effort_limits,
                                        self.robot.position_limits[cmd_index], cmd_index, n,
-                                       min_effective_inertia(self.robot), self._model_period())
-            v_max, a_max = robot_limits(self.robot)
+                                       min_inertia, self._model_period())
+            v_max, a_max = default_limits(self.robot.linear, self.robot.effort_limits,
+                                          min_inertia)
             self.actuator = Actuator(self.safety, StatePlausibility(
                 self.safety_settings, self.robot.position_limits, self.robot.continuous,
                 v_max, a_max, names=self.robot.joint_names))
@@ -912,8 +907,7 @@ class Controller(LifecycleNode):
             marker.scale.x = 0.005
             marker.color.r, marker.color.g, marker.color.a = 0.1, 0.8, 1.0
             for x in xs:
-                self.robot.set_state(x[:n], x[n:])
-                p = self.robot.ee_position()
+                p = self.robot.ee_position(x[:n])
                 marker.points.append(Point(x=float(p[0]), y=float(p[1]), z=float(p[2])))
             self.path_pub.publish(MarkerArray(markers=[marker]))
 

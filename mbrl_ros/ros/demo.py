@@ -36,13 +36,13 @@ from mbrl_ros.core.models.evaluate import rollouts
 from mbrl_ros.core.plots import plot_rollouts
 from mbrl_ros.core.report import (IterationMetrics, episode_cost, plot_joint_trajectories,
                                   plot_learning_curve)
+from mbrl_ros.core.robot import RobotDescription
 from mbrl_ros.ros.compose import InProcessSystem
 from mbrl_ros.ros.controller import Controller
 from mbrl_ros.ros.data_logger import DataLogger
 from mbrl_ros.ros.excitation_node import ExcitationNode
 from mbrl_ros.ros.model_fitter import ModelFitter
 from mbrl_ros.ros.sim_node import SimNode
-from mbrl_ros.sim.env import MujocoSim
 
 # Task, rates and loop timing per shipped robot (config/<robot>.yaml holds the same
 # targets and rates): excitation seconds, episode seconds and planner settings.
@@ -60,7 +60,7 @@ GENERIC_DEFAULTS = {"rate": 100.0, "horizon": 30, "excite": 8.0, "episode": 3.0,
                     "planners": {}}
 
 
-def default_target(robot: MujocoSim, offset: float = 0.5) -> np.ndarray:
+def default_target(robot: RobotDescription, offset: float = 0.5) -> np.ndarray:
     """A reachable target away from home for a robot without a tuned task.
 
     Each joint moves ``offset`` (rad, or a tenth of that in m for slide joints) from the
@@ -70,7 +70,7 @@ def default_target(robot: MujocoSim, offset: float = 0.5) -> np.ndarray:
     Returns:
         (n_joints,) joint positions [rad or m].
     """
-    home = robot.positions().copy()
+    home = np.array(robot.home_positions)
     lo, hi = robot.position_limits[:, 0], robot.position_limits[:, 1]
     finite = np.isfinite(lo) & np.isfinite(hi)
     slide = finite & ((hi - lo) < 1.0) & ~robot.continuous    # heuristically metres
@@ -114,7 +114,7 @@ def run_demo(cfg: DemoConfig) -> dict:
     """
     from tqdm import tqdm
 
-    robot = MujocoSim(cfg.robot)             # limits and forward kinematics for metrics
+    robot = RobotDescription.load(cfg.robot)   # limits and forward kinematics for metrics
     defaults = ROBOT_DEFAULTS.get(cfg.robot, GENERIC_DEFAULTS)
     rate = defaults["rate"]
     if cfg.target is not None:
@@ -332,13 +332,9 @@ def final_model_version(out: Path, cfg: DemoConfig) -> int:
     return (store.versions(out / "models", cfg.model) or [0])[-1]
 
 
-def ee_distance(robot: MujocoSim, q: np.ndarray, target: np.ndarray) -> float:
+def ee_distance(robot: RobotDescription, q: np.ndarray, target: np.ndarray) -> float:
     """End-effector distance [m] between configurations q and target (joint error [rad]
     if the model has no 'ee' site)."""
     if not robot.has_ee:
         return float(np.max(np.abs(q - target)))
-    zeros = np.zeros(robot.n_joints)
-    robot.set_state(q, zeros)
-    p = robot.ee_position().copy()
-    robot.set_state(target, zeros)
-    return float(np.linalg.norm(p - robot.ee_position()))
+    return float(np.linalg.norm(robot.ee_position(q) - robot.ee_position(target)))

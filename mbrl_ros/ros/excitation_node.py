@@ -26,14 +26,14 @@ from std_msgs.msg import Float64MultiArray
 from std_srvs.srv import Trigger
 
 from mbrl_ros.core.control.plausibility import (PlausibilitySettings, StatePlausibility,
-                                                robot_limits)
+                                                default_limits)
 from mbrl_ros.core.policies.excitation import ExcitationPolicy, ExcitationSettings
+from mbrl_ros.core.robot import RobotDescription
 from mbrl_ros.core.settings import setting
 from mbrl_ros.ros.conversions import (JointStateReader, MessageError, NonFiniteState,
                                       command_msg, time_to_ns)
 from mbrl_ros.ros.node_main import run_node
 from mbrl_ros.ros.params import declare_settings
-from mbrl_ros.sim.env import MujocoSim
 
 
 @dataclass(frozen=True)
@@ -51,16 +51,17 @@ class ExcitationNode(Node):
         super().__init__("excitation", **kwargs)
         s = declare_settings(self, ExcitationNodeSettings)
         ex = declare_settings(self, ExcitationSettings, prefix="excitation.")
-        sim = MujocoSim(s.model, control_period=s.control_period)   # metadata only
-        self.reader = JointStateReader(sim.joint_names)
-        v_max, a_max = robot_limits(sim)
-        self.plausibility = StatePlausibility(s, sim.position_limits, sim.continuous, v_max,
-                                              a_max, names=sim.joint_names)
+        robot = RobotDescription.load(s.model)
+        self.reader = JointStateReader(robot.joint_names)
+        v_max, a_max = default_limits(robot.linear, robot.effort_limits,
+                                      robot.min_effective_inertia())
+        self.plausibility = StatePlausibility(s, robot.position_limits, robot.continuous, v_max,
+                                              a_max, names=robot.joint_names)
         self.fault: str | None = None         # latched: zero effort until ~/clear_error
-        self._zero = np.zeros(sim.n_commands)
-        cmd_index = np.array([sim.joint_names.index(n) for n in sim.command_names])
-        self.policy = ExcitationPolicy(ex, sim.position_limits[cmd_index], sim.effort_limits,
-                                       cmd_index, sim.n_joints, sim.effective_inertia(),
+        self._zero = np.zeros(robot.n_commands)
+        cmd_index = np.array([robot.joint_names.index(n) for n in robot.command_names])
+        self.policy = ExcitationPolicy(ex, robot.position_limits[cmd_index], robot.effort_limits,
+                                       cmd_index, robot.n_joints, robot.effective_inertia(),
                                        seed=s.seed, dt=s.control_period)
         qos = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
         self.pub = self.create_publisher(Float64MultiArray,
@@ -69,7 +70,7 @@ class ExcitationNode(Node):
         self.create_service(Trigger, "~/clear_error", self._srv_clear)
         self.commands_sent = 0
         self.bad_states = 0
-        self.get_logger().info(f"exciting {list(sim.command_names)} of {sim.model_path.name}: "
+        self.get_logger().info(f"exciting {list(robot.command_names)} of {robot.model_path.name}: "
                                f"commands on {self.pub.topic_name}")
 
     def _on_state(self, msg: JointState) -> None:

@@ -72,10 +72,9 @@ class FitterSettings:
     command_topic: str = setting("effort_controller/commands", "effort command topic")
     episode_topic: str = setting("sim/episode", "std_msgs/UInt32 episode starts (live data)")
     action_source: str = setting(
-        "commands", "live data: the action of x_k -> x_k+1 is the command received "
-        "between the two states ('commands'), or the effort state k+1 reports as applied "
-        "('state_effort': exact whatever the command latency; for a simulator, whose "
-        "joint-state effort is the effort it applied)", choices=("commands", "state_effort"))
+        "commands", "live data: the action of x_k -> x_k+1 is the command received between the "
+        "two states ('commands') or the effort state k+1 reports as applied ('state_effort'); "
+        "docs/MODELS.md", choices=("commands", "state_effort"))
     joints: tuple[str, ...] = setting((), "state joint order (empty: the first message's)")
     fit_on_start: bool = setting(False, "fit once as soon as the node is up (offline replay)")
     # Live learning: the first model after ~2 s of exploration at 100 Hz, refits every
@@ -234,8 +233,9 @@ class ModelFitter(Node):
             self._robot_commands = []
             if self.settings.robot:
                 try:
-                    from mbrl_ros.sim.env import MujocoSim
-                    self._robot_commands = list(MujocoSim(self.settings.robot).command_names)
+                    from mbrl_ros.core.robot import RobotDescription
+                    self._robot_commands = list(
+                        RobotDescription.load(self.settings.robot).command_names)
                 except Exception:       # noqa: BLE001 -- a label, not an MJCF
                     pass
         names = self._robot_commands or list(self.settings.joints or state_names)[:n_cmd]
@@ -263,9 +263,9 @@ class ModelFitter(Node):
         nx, nu = 4, 2
         if s.robot:
             try:
-                from mbrl_ros.sim.env import MujocoSim
-                sim = MujocoSim(s.robot)
-                nx, nu = 2 * sim.n_joints, sim.n_commands
+                from mbrl_ros.core.robot import RobotDescription
+                robot = RobotDescription.load(s.robot)
+                nx, nu = 2 * robot.n_joints, robot.n_commands
             except Exception:           # noqa: BLE001 -- any size warms up the libraries
                 pass
         try:

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mbrl_ros.ros.demo import default_target
-from mbrl_ros.sim.env import MujocoSim
+from mbrl_ros.core.robot import RobotDescription
+from mbrl_ros.ros.demo import default_target, ee_distance
 from proc_util import ctrl_c_when
 
 EXE = str(Path(sys.executable).parent / "mbrl-ros")
@@ -17,16 +17,16 @@ ARM3 = Path(__file__).resolve().parents[1] / "resources" / "arm3.xml"
 
 
 def test_default_target_is_reachable_and_away_from_home():
-    robot = MujocoSim(str(ARM3))
+    robot = RobotDescription.load(str(ARM3))
     target = default_target(robot)
     lo, hi = robot.position_limits.T
     assert target.shape == (3,)
     assert np.all(target > lo) and np.all(target < hi)
-    assert np.min(np.abs(target - robot.positions())) >= 0.4      # every joint moves
-    robot.set_state(target, np.zeros(3))
-    away = robot.ee_position().copy()
-    robot.set_state(np.zeros(3), np.zeros(3))
-    assert np.linalg.norm(away - robot.ee_position()) > 0.1       # metres
+    assert np.min(np.abs(target - robot.home_positions)) >= 0.4      # every joint moves
+    away = robot.ee_position(target)
+    assert np.linalg.norm(away - robot.ee_position(np.zeros(3))) > 0.1       # metres
+    assert ee_distance(robot, target, np.zeros(3)) == pytest.approx(
+        np.linalg.norm(away - robot.ee_position(np.zeros(3))))
 
 
 def test_demo_rejects_a_bad_robot_or_target_in_one_line(tmp_path):

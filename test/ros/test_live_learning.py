@@ -19,8 +19,8 @@ from std_msgs.msg import Float64MultiArray, String
 from conftest import diagnostics_values
 from test_bringup import bringup  # noqa: F401  (the fixture: start `mbrl-ros bringup`)
 
+from mbrl_ros.core.robot import RobotDescription
 from mbrl_ros.ros.demo import ee_distance
-from mbrl_ros.sim.env import MujocoSim
 
 pytestmark = pytest.mark.timeout(300)
 TARGET = np.array([0.5, -0.5])          # config/arm2.yaml
@@ -36,7 +36,7 @@ def test_sim_bringup_with_a_learned_model_explores_learns_and_reaches(bringup, p
                       "/**/controller:\n  ros__parameters:\n    plan_mode: sync\n"
                       "    state_timeout: 60.0\n")   # lockstep: time stands while it plans
     p = bringup("sim", "robot:=arm2", "model:=gp", "record:=false", f"params_file:={params}")
-    arm = MujocoSim("arm2")
+    arm = RobotDescription.load("arm2")
     states = probe.collect(JointState, "/joint_states", RELIABLE)
     commands = probe.collect(Float64MultiArray, "/effort_controller/commands", RELIABLE)
     models = probe.collect(String, "/model_fitter/model", LATCHED)

@@ -32,8 +32,8 @@ import mujoco
 import numpy as np
 
 from mbrl_ros.core.costs.quadratic import Array, Cost, _frozen
+from mbrl_ros.core.robot import resolve_model
 from mbrl_ros.core.types import is_torch
-from mbrl_ros.sim.models import resolve_model
 
 __all__ = ["EndEffectorCost"]
 
