@@ -71,10 +71,9 @@ class PlausibilitySettings:
         "m/s for slide joints -- the MJCF has no velocity limits)", unit="rad/s|m/s",
         low=0.0, high=1e6)
     state_max_acceleration: tuple[float, ...] = setting(
-        (), "largest plausible acceleration per state joint, bounding how far a state may "
-        "jump from the previous accepted one (one value: every joint; empty: "
-        f"{ACCELERATION_FACTOR:g} x the largest effort limit / smallest effective inertia "
-        "of the command joints over their ranges)", unit="rad/s²|m/s²", low=0.0, high=1e9)
+        (), "largest plausible acceleration per state joint: bounds how far a state may jump "
+        "from the last accepted one (one value: every joint; empty: from the robot, "
+        "docs/CONTROLLER.md)", unit="rad/s²|m/s²", low=0.0, high=1e9)
     state_position_tolerance: float = setting(
         0.01, "added to the position jump allowed between stamps (sensor noise, stamp "
         "jitter)", unit="rad|m", low=0.0, high=1e3)
@@ -89,9 +88,9 @@ class PlausibilitySettings:
         3, "consecutive mutually reachable states that establish a new reference state: "
         "at start, after a gap or a teleport (simulator reset, set_state)", low=1, high=1000)
     implausible_latch: int = setting(
-        5, "latch a fault (safe hold until ~/clear_error) after this many consecutive "
-        "implausible joint states, or this many within implausible_window (0: never); "
-        "at least state_confirm, so a teleport never latches", low=0, high=1_000_000)
+        5, "latch a fault (safe hold until ~/clear_error) after this many consecutive implausible "
+        "joint states, or this many within implausible_window (0: never); at least state_confirm",
+        low=0, high=1_000_000)
     implausible_window: float = setting(
         1.0, "implausible_latch also counts implausible states this close together "
         "(arrival time) with plausible ones between them: a second publisher on the state "

@@ -68,55 +68,30 @@ class SamplingSettings:
         "colored noise, Pinneri et al. 2020): 0 white, 1 pink, 2 brown; larger values give "
         "smoother action sequences", low=0.0, high=6.0, dynamic=True)
     propagation: str = setting(
-        "ts1", "how models with a torch propagate() (ensembles) step the samples: 'ts1' a "
-        "random elite member at every step (PETS TS-1), 'tsinf' each sample row keeps one "
-        "member over the horizon (PETS TS-inf; member = row % E), 'expectation' the mean of "
-        "the members (E times the network work); models with only predict() always use "
-        "their mean prediction. With one particle per sample, 'tsinf' lets the weights "
-        "pick the member that is optimistic everywhere rather than the better actions (on "
-        "arm7 the plan then follows that member and diverges); 'ts1' averages the members "
-        "along every trajectory", choices=PROPAGATION_MODES, dynamic=True)
+        "ts1", "how models with a torch propagate() (ensembles) step the samples: 'ts1' (PETS "
+        "TS-1), 'tsinf' (PETS TS-inf, member = row % E) or 'expectation'; docs/PLANNERS.md",
+        choices=PROPAGATION_MODES, dynamic=True)
     n_particles: int = setting(
-        1, "particles per sampled action sequence (PETS: 20); its cost is the mean over its "
-        "particles; rows c * P + j, so with 'tsinf' and a multiple of E particles every "
-        "sequence is scored by every member. Each particle is a model row per step: P "
-        "multiplies the time per iteration", low=1, high=10_000, dynamic=True)
+        1, "particles per sampled action sequence (PETS: 20); a sequence's cost is the mean over "
+        "its particles; P multiplies the time per iteration; docs/PLANNERS.md",
+        low=1, high=10_000, dynamic=True)
     aleatoric: bool = setting(
         False, "in 'tsinf'/'ts1', add each member's predicted Gaussian noise to the samples "
         "(PETS); ignored by models whose propagate() has no 'sample' argument", dynamic=True)
     nominal_rollout: bool = setting(
-        True, "roll the returned plan out with the model's mean prediction for the policy's "
-        "xbar, the plan's cost and the disagreement along it (one rollout of one row: about "
-        "5 ms for a 5 x 4x200 ensemble on one core, as every step reads all weights); false: "
-        "use the weighted average of the sampled trajectories (MPPI weights / CEM elites) "
-        "of the last iteration instead (free)",
+        True, "roll the returned plan out with the model's mean for the policy's xbar, cost and "
+        "disagreement (one rollout); false: the weighted mean of the last iteration's samples "
+        "(free)",
         dynamic=True)
     warm_start_fill: str = setting(
-        "hold", "actions appended to the shifted previous plan for the steps beyond its "
-        "horizon (as many as control steps elapsed since it was planned): 'hold' the action "
-        "that holds the previous plan's final configuration at rest under the model "
-        "(least squares on the next velocities from one batched prediction of nu + 1 rows: "
-        "gravity compensation on an arm, about zero on arm2 or an upright cart-pole; "
-        "'repeat' for time-varying models or if it is not finite); 'repeat' the plan's last "
-        "action; 'zero' the zero action clipped into the limits (pytorch_mppi, mbrl-lib). "
-        "A repeated last action keeps accelerating a plan that ends moving, and one update per replan cannot undo "
-        "that when several steps elapse between replans (arm2, MPPI, replanning every 5 "
-        "steps: 1.9 rad from the target after 6 s, 'hold' 0.002 rad; arm7, every step: "
-        "0.015 rad vs 0.019-0.030 on 3 seeds)", choices=FILL_MODES,
+        "hold", "actions appended to the shifted previous plan beyond its horizon: 'hold' (its "
+        "final configuration at rest under the model), 'repeat' its last action, or 'zero'; "
+        "docs/PLANNERS.md", choices=FILL_MODES,
         dynamic=True)
     feedback: str = setting(
-        "none", "gains of the returned policy u = u_t + K_t (x - xbar_t): 'none' the open-loop "
-        "plan (K = 0); 'lqr' time-varying LQR gains along the plan (the Riccati sweep of "
-        "ilqr, box-limited: clamped actions get no gain) from the model's linearisation and "
-        "the cost's second-order expansion along the mean rollout, as the ancillary "
-        "controller of tube/robust MPPI (Williams et al. 2018). Costs one linearize over "
-        "the horizon and one backward pass per replan (MuJoCo model: arm2, 40 steps, 6.7 "
-        "ms; arm7, 30 steps, 12.5 ms). It corrects what happens between replans: with a "
-        "learned linear model on arm2 and MPPI replanning every 5 steps the final error "
-        "fell from 0.12 to 0.018 rad, over an ensemble with CEM from 0.013 to 0.007; "
-        "replanning every step it changes nothing (the plan starts at the state). Off by "
-        "default: the ensemble's real-time budget (30 Hz) has little room for it; turn it "
-        "on when replans are several control periods apart", choices=FEEDBACK_MODES,
+        "none", "gains of the returned policy u = u_t + K_t (x - xbar_t): 'none' (open loop) or "
+        "'lqr' (time-varying LQR gains along the plan, as tube MPPI); docs/PLANNERS.md",
+        choices=FEEDBACK_MODES,
         dynamic=True)
     seed: int = setting(0, "seed of the planner's torch generator (set again by reset())",
                         low=0)

@@ -112,13 +112,10 @@ class GPModel(DynamicsModel):
                                            "sqrt(inputs) in standardised units (the "
                                            "hyper-parameters are its MAP estimate); 0: no "
                                            "prior (maximum likelihood)", low=0.0, high=100.0)
-        outlier_threshold: float = setting(4.0, "a training transition whose held-out "
-                                           "residual exceeds this many predictive standard "
-                                           "deviations in some output gets the noise "
-                                           "variance that puts that residual at this many "
-                                           "noise standard deviations (robust "
-                                           "down-weighting, e.g. of impacts on joint stops); "
-                                           "0: off", low=0.0, high=1000.0)
+        outlier_threshold: float = setting(4.0, "robust down-weighting: a transition whose "
+                                           "held-out residual exceeds this many predictive std in "
+                                           "some output gets a larger noise variance (impacts on "
+                                           "stops); 0: off; docs/MODELS.md", low=0.0, high=1000.0)
         val_fraction: float = setting(0.1, "share of each episode (its last transitions) "
                                       "held out for validation metrics (0: none)",
                                       low=0.0, high=0.5)

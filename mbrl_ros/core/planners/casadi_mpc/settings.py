@@ -46,9 +46,8 @@ class CasadiMPCSettings:
         "dual tolerances, osqp eps_abs/eps_rel, ipopt/fatrop tol); 0: 1e-8 (osqp 1e-6)",
         low=0.0, high=1e-2)
     feasibility_tolerance: float = setting(
-        1e-6, "largest bound violation (state/action units) or linearised-dynamics "
-        "violation (relative to 1 + max|x|) accepted in a solver's solution; a solution "
-        "violating more counts as a solver failure, whatever the solver reports",
+        1e-6, "largest bound violation (state/action units) or linearised-dynamics violation "
+        "(relative to 1 + max|x|) accepted in a solution; more counts as a solver failure",
         low=0.0, high=1.0, dynamic=True)
     hpipm_mode: str = setting(
         "robust", "HPIPM preset (its iteration options)",

@@ -38,20 +38,16 @@ class CEMSettings(SamplingSettings):
     alpha: float = setting(0.1, "smoothing: mean/var = alpha * old + (1 - alpha) * elite "
                            "mean/var", low=0.0, high=1.0, dynamic=True)
     init_std: tuple[float, ...] = setting(
-        (0.1,), "initial standard deviation of the samples at every step (one value, or one "
-        "per action), in std_units (mbrl-lib: 0.5, i.e. (u_max - u_min)^2 / 16; on arm7 "
-        "that is 43 N m on the big joints, and the elites stay too coarse to hold the "
-        "reaching target within 0.05 rad)", low=0.0, dynamic=True)
+        (0.1,), "initial standard deviation of the samples at every step (one value, or one per "
+        "action), in std_units (mbrl-lib: 0.5); docs/PLANNERS.md", low=0.0, dynamic=True)
     std_units: str = setting(
         "limit_fraction", "units of init_std: 'limit_fraction' times half the action range "
         "(u_max - u_min)/2 (the effort limit for symmetric limits), or 'absolute' action "
         "units (N m, N)", choices=STD_UNITS)
     sampling: str = setting(
-        "truncated", "'truncated': PETS/mbrl-lib CEM, the variance is capped so that 2 "
-        "standard deviations stay inside the limits and the noise is truncated (white) or "
-        "clipped (colored) to +-2 std, so samples never touch the limits (a mean exactly on "
-        "a limit cannot move within the call); 'clipped': iCEM, unconstrained samples "
-        "clipped to the limits", choices=("truncated", "clipped"), dynamic=True)
+        "truncated", "'truncated' (PETS/mbrl-lib CEM: variance capped and noise truncated to +-2 "
+        "std inside the limits) or 'clipped' (iCEM: unconstrained samples clipped to the limits)",
+        choices=("truncated", "clipped"), dynamic=True)
     keep_elites: float = setting(
         0.3, "iCEM: share of the elites (rounded) that are candidates again in the next "
         "iteration and, shifted by the elapsed steps, in the first iteration of the next "

@@ -43,10 +43,9 @@ class ILQRSettings:
         1e-4, "accept a step when actual/expected cost reduction exceeds this", low=0.0,
         high=1.0, dynamic=True)
     parallel_line_search: str = setting(
-        "auto", "roll out all step sizes in one batched rollout (B = number of alphas): "
-        "'auto' when the model's batched predict costs about one call (learned models; "
-        "not the MuJoCo model, which simulates each row), 'always', or 'never' (try the "
-        "step sizes one by one)", choices=("auto", "always", "never"), dynamic=True)
+        "auto", "roll out all step sizes in one batched rollout: 'auto' when a batched predict "
+        "costs about one call (learned models, not MuJoCo), 'always', or 'never' (one by one)",
+        choices=("auto", "always", "never"), dynamic=True)
     box_qp: bool = setting(
         True, "solve the control-limited backward pass (box QP, Tassa 2014); false: clamp "
         "controls only in the forward pass")

@@ -31,18 +31,12 @@ class MPPISettings(SamplingSettings):
         "temperature_units; also scales the control-cost term", low=1e-12, high=1e12,
         dynamic=True)
     temperature_units: str = setting(
-        "relative", "'relative': lambda = temperature x (median(S) - min(S)) of the finite "
-        "sampled costs at every update, so the weights do not depend on the cost's scale "
-        "or on the distance to the target (0.1 gives an effective sample size of about "
-        "10-30 of 256 on the arms); 'absolute': lambda in cost units (Williams et al., "
-        "pytorch_mppi), where lambda = 1 against reaching costs of 10^2-10^3 puts all "
-        "weight on the best sample", choices=TEMPERATURE_UNITS, dynamic=True)
+        "relative", "'relative': lambda = temperature x (median(S) - min(S)) of the sampled "
+        "costs, whatever the cost's scale; 'absolute': lambda in cost units (Williams et al.); "
+        "docs/PLANNERS.md", choices=TEMPERATURE_UNITS, dynamic=True)
     noise_sigma: tuple[float, ...] = setting(
         (0.05,), "standard deviation of the action noise (one value, or one per action), in "
-        "noise_units; Sigma = diag(noise_sigma^2). 0.05 of the effort limit: 0.15 N m on "
-        "arm2 (38 and 300 rad/s^2 at the limit), 4.35 / 0.6 N m on arm7's big / small "
-        "joints; 0.25 (pytorch_mppi's 0.25 in the peer benchmark) makes the plan follow "
-        "the noise, and 0.02 cannot build up arm7's gravity torques fast enough",
+        "noise_units; Sigma = diag(noise_sigma^2); tuning notes in docs/PLANNERS.md",
         low=0.0, dynamic=True)
     noise_units: str = setting(
         "limit_fraction", "units of noise_sigma: 'limit_fraction' times half the action range "
@@ -51,13 +45,8 @@ class MPPISettings(SamplingSettings):
     iterations: int = setting(1, "MPPI updates per optimize call", low=1, high=10_000,
                               dynamic=True)
     control_cost: float = setting(
-        0.0, "weight gamma / lambda of the control-cost term gamma * sum_t u_t' Sigma^-1 "
-        "eps_t of a sample's perturbation eps: 1 as in Williams et al. 2017 and "
-        "pytorch_mppi (the update then tends to the mean of exp(-S/lambda) N(0, Sigma), "
-        "which pulls the plan towards zero action as a cost lambda/2 u' Sigma^-1 u would: "
-        "against gravity and with small noise that prior dominates the task's effort "
-        "cost); 0: no such term (the mean of exp(-S/lambda) N(U, Sigma); the task cost "
-        "has its own effort term); Williams et al. 2018 use 1 - alpha", low=0.0, high=1.0,
+        0.0, "weight gamma / lambda of the control-cost term gamma * sum_t u_t' Sigma^-1 eps_t "
+        "(1: Williams et al. 2017, pytorch_mppi; 0: none); docs/PLANNERS.md", low=0.0, high=1.0,
         dynamic=True)
     keep_nominal: bool = setting(
         True, "make sample 0 the unperturbed nominal (eps = 0), so that an update never "
