@@ -2,7 +2,9 @@
 
 One implementation used by the model-fitting node, ``mbrl-ros fit`` and the benchmarks:
 
-1. clean: rows with NaN/inf are dropped and counted (the dataset converter drops most);
+1. clean: rows with NaN/inf are dropped and counted (the dataset converter drops most), a
+   transition identical to the one before it counts once (:func:`drop_repeats`: a robot
+   at rest before its first command);
    data without excitation (every action, or every state, constant: an arm at rest) is
    refused, since no model can be identified from it (:func:`check_excitation`);
 2. split by whole episodes (the last ``val_fraction`` of episodes, at least one) so the
@@ -72,6 +74,35 @@ def drop_nonfinite(batch: TransitionBatch) -> tuple[TransitionBatch, int]:
           & np.isfinite(batch.next_states).all(1) & np.isfinite(batch.dt))
     n_bad = int((~ok).sum())
     return (batch.subset(ok) if n_bad else batch), n_bad
+
+
+def drop_repeats(data: TransitionBatch) -> tuple[TransitionBatch, int]:
+    """Drop every transition identical to the one before it (state, action, next state and
+    episode equal bit for bit), keeping the first of each run.
+
+    Such runs are a robot at rest under a constant effort: a simulated arm before its
+    controller's first command, or a held robot. One copy tells all they tell; thousands
+    (a live fitter on a busy machine gets several thousand before the first command)
+    fill a training split -- the time split of a single live episode can leave nothing
+    else in it --, shrink the normalisers' spread, fill the minibatches and turn held-out
+    blocks into blocks at rest that any model predicts exactly. The kept copy still joins
+    its neighbours (its next state is the next kept state), so contiguous runs stay
+    contiguous for rollouts.
+
+    Returns:
+        (the batch without the repeats, the number dropped).
+    """
+    n = len(data)
+    if n < 2:
+        return data, 0
+    same = ((data.states[1:] == data.states[:-1]).all(axis=1)
+            & (data.actions[1:] == data.actions[:-1]).all(axis=1)
+            & (data.next_states[1:] == data.next_states[:-1]).all(axis=1)
+            & (data.episode[1:] == data.episode[:-1]))
+    n_rep = int(same.sum())
+    if not n_rep:
+        return data, 0
+    return data.subset(np.concatenate([[True], ~same])), n_rep
 
 
 def check_excitation(batch: TransitionBatch, min_std: float) -> list[str]:
@@ -227,6 +258,7 @@ def fit_model(batch: TransitionBatch, settings: FitSettings = FitSettings(),
     (too few samples, data without excitation, dimensions not matching ``expect``,
     non-finite weights or predictions, a model of other joints than ``robot``'s)."""
     batch, n_bad = drop_nonfinite(batch)
+    batch, n_repeats = drop_repeats(batch)
     excitation_notes = check_excitation(batch, settings.min_excitation)
     continuous = continuous_joints(batch, settings, robot)
     batch = batch.replace(meta={**batch.meta, "continuous_joints": list(continuous)})
@@ -245,7 +277,8 @@ def fit_model(batch: TransitionBatch, settings: FitSettings = FitSettings(),
     if len(train) < model.min_transitions:
         raise ModelError(f"{settings.model} needs at least {model.min_transitions} training "
                          f"transitions, got {len(train)} ({len(batch)} in all, {n_bad} "
-                         f"dropped as NaN/inf)")
+                         f"dropped as NaN/inf, {n_repeats} repeats of the one before "
+                         "counted once)")
     t0 = time.perf_counter()
     report = model.fit(train, rng=rng, progress=progress)
     fit_seconds = time.perf_counter() - t0
@@ -263,7 +296,11 @@ def fit_model(batch: TransitionBatch, settings: FitSettings = FitSettings(),
                        metrics=metrics, notes=list(report.notes) + excitation_notes)
     if n_bad:
         report.notes.append(f"{n_bad} transitions with NaN/inf dropped")
-    return FitResult(model, report, n_bad, validation=validation)
+    if n_repeats:
+        report.notes.append(f"{n_repeats} transitions identical to the one before them (a "
+                            "robot at rest under a constant effort) counted once")
+    return FitResult(model, report, n_bad, validation=validation,
+                     extra={"repeats_dropped": n_repeats})
 
 
 def rescore(previous: DynamicsModel, result: FitResult, horizon: int) -> FitReport:

@@ -310,15 +310,8 @@ class EnsembleModel(DynamicsModel):
             progress: Callable[[float], None] | None = None) -> FitReport:
         """Train the ensemble from scratch on ``data``.
 
-        A transition identical to the one before it (same state, action and next state,
-        bit for bit: a robot at rest under a constant effort, e.g. a simulated arm before
-        its controller's first command) is dropped first: a live data set can hold
-        thousands of them, and they would fill the minibatches, shrink the normalisers'
-        spread and make the validation blocks trivially predictable (see
-        :func:`drop_repeats`).
-
         Args:
-            data: N >= 10 transitions with finite values (and >= 10 distinct ones).
+            data: N >= 10 transitions with finite values.
             rng: if given, the seed is drawn from it instead of ``settings.seed``.
             progress: called with the fraction of the epoch budget done after each epoch.
 
@@ -340,11 +333,6 @@ class EnsembleModel(DynamicsModel):
         t0 = time.perf_counter()
         self._check_fit_data(data)
         s = self.settings
-        data, n_repeats = drop_repeats(data)
-        if len(data) < self.min_transitions:
-            raise ModelError(f"ensemble needs at least {self.min_transitions} distinct "
-                             f"transitions, got {len(data)} ({n_repeats} repeats of the "
-                             "previous transition counted once)")
         self.features = InputFeatures(self.spec)
         X = self.features(data.states, data.actions)
         Y = data.next_states - data.states
@@ -359,10 +347,6 @@ class EnsembleModel(DynamicsModel):
         finally:
             torch.set_num_threads(prev_threads)
         report.fit_seconds = time.perf_counter() - t0
-        report.metrics["repeats_dropped"] = float(n_repeats)
-        if n_repeats:
-            report.notes.append(f"{n_repeats} transitions identical to the one before them "
-                                "(a robot at rest under a constant effort) counted once")
         return report
 
     def _train(self, X: np.ndarray, Y: np.ndarray, seed: int,
@@ -1133,35 +1117,6 @@ class EnsembleModel(DynamicsModel):
                                for k in ("lin_A", "lin_c", "lin_std"))
                          if s.linear_prior else None)
         self._refresh_caches()
-
-
-def drop_repeats(data: TransitionBatch) -> tuple[TransitionBatch, int]:
-    """Drop every transition identical to the one before it (state, action, next state and
-    episode equal bit for bit), keeping the first of each run.
-
-    Such runs are a robot at rest under a constant effort: a simulated arm before its
-    controller's first command (on a busy machine the live fitter got 4,800 of them
-    beside 1,000 moving transitions), or a held robot. One copy tells all they tell;
-    thousands fill the minibatches, shrink the normalisers' spread and turn the held-out
-    blocks into blocks at rest that every member predicts exactly (validation MSE ~1e-16
-    on live arm2 data), so early stopping and elite selection see nothing. The kept copy
-    still joins its neighbours (its next state is the next kept state), so contiguous
-    runs stay contiguous for block validation.
-
-    Returns:
-        (the batch without the repeats, the number dropped).
-    """
-    n = len(data)
-    if n < 2:
-        return data, 0
-    same = ((data.states[1:] == data.states[:-1]).all(axis=1)
-            & (data.actions[1:] == data.actions[:-1]).all(axis=1)
-            & (data.next_states[1:] == data.next_states[:-1]).all(axis=1)
-            & (data.episode[1:] == data.episode[:-1]))
-    n_rep = int(same.sum())
-    if not n_rep:
-        return data, 0
-    return data.subset(np.concatenate([[True], ~same])), n_rep
 
 
 # Ridge of the linear prior without enough contiguous data to cross-validate it, the
