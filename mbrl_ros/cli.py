@@ -14,7 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from mbrl_ros.bringup import EXPLORER, KINDS, MODEL_FAMILIES, PLANNERS
+from mbrl_ros.bringup import KINDS
+from mbrl_ros.core import registry
 
 
 def _cmd_record(args: argparse.Namespace) -> int:
@@ -34,8 +35,7 @@ def _robot_command_names(robot: str, required: bool) -> tuple[str, ...] | None:
     label and not ``required``). Raises ValueError naming the robot otherwise."""
     if not robot:
         return None
-    from mbrl_ros.sim.env import MujocoSim
-    from mbrl_ros.sim.models import resolve_model
+    from mbrl_ros.core.robot import RobotDescription, resolve_model
 
     try:
         resolve_model(robot)
@@ -45,7 +45,7 @@ def _robot_command_names(robot: str, required: bool) -> tuple[str, ...] | None:
         print(f"note: robot {robot!r} is a label, not a shipped robot or MJCF: the command "
               "joints are inferred from the joint states", file=sys.stderr)
         return None
-    return tuple(MujocoSim(robot).command_names)
+    return RobotDescription.load(robot).command_names
 
 
 def _alignment_config(args: argparse.Namespace, robot_required: bool):
@@ -263,14 +263,15 @@ NODE_SETTINGS = {
     "data_logger": ("mbrl_ros.ros.data_logger", [("LoggerSettings", "")]),
     "excitation": ("mbrl_ros.ros.excitation_node", [("ExcitationNodeSettings", ""),
                                                     ("ExcitationSettings", "excitation.")]),
-    # Only the chosen family's hyper-parameters are declared; all are listed here.
+    # Only the chosen family's hyper-parameters are declared; every registered one is
+    # listed here.
     "model_fitter": ("mbrl_ros.ros.model_fitter", [("FitterSettings", "")]
-                     + [(f"model:{m}", f"{m}.") for m in MODEL_FAMILIES]),
-    # Planner parameters live under '<id>.'; listed here for the default ids (= types),
-    # and the exploring planner the launches add for learned models.
+                     + [(f"model:{m}", f"{m}.") for m in registry.names("model")]),
+    # Planner parameters live under '<id>.'; listed here for every registered planner
+    # under its default id (= its type).
     "controller": ("mbrl_ros.ros.controller", [("ControllerSettings", ""),
                                                ("SafetySettings", ""), ("CostSettings", "")]
-                   + [(f"planner:{p}", f"{p}.") for p in (*PLANNERS, EXPLORER)]),
+                   + [(f"planner:{p}", f"{p}.") for p in registry.names("planner")]),
 }
 
 
@@ -323,7 +324,10 @@ def parameters_document() -> str:
              "Generated from the settings schema by `mbrl-ros params all --markdown`; "
              "do not edit by hand. `mbrl-ros params NODE` prints the same as a documented "
              "`--params-file` YAML. Dynamic parameters can be changed while the node runs "
-             "(`ros2 param set`); the others are read at start-up.", ""]
+             "(`ros2 param set`); the others are read at start-up. The model families and "
+             "planners are the plugins `mbrl_ros/core/registry.py` lists (`PLUGINS`). What a "
+             "one-line description leaves out is in [CONTROLLER.md](CONTROLLER.md), "
+             "[MODELS.md](MODELS.md) and [PLANNERS.md](PLANNERS.md).", ""]
     for node in NODE_SETTINGS:
         parts += [f"## {node}", "", parameters_markdown(node), ""]
     return "\n".join(parts)
@@ -425,7 +429,7 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--bag", action="append", required=True,
                    help="bag directory or .mcap (repeat for several)")
     f.add_argument("--model", required=True,
-                   choices=list(MODEL_FAMILIES))
+                   choices=list(registry.names("model")))
     f.add_argument("--out", required=True, help="output directory (artifact store + report)")
     f.add_argument("--name", default="", help="artifact name (default: the model family)")
     f.add_argument("--horizon", type=int, default=20, help="rollout steps (default 20)")
@@ -453,9 +457,11 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--target", default="",
                    help="target joint positions, e.g. '0.5 -0.5' (default: the robot's task; "
                         "for your MJCF a reachable configuration away from home)")
-    m.add_argument("--model", default="gp", choices=[x for x in MODEL_FAMILIES if x != "tvlg"])
-    m.add_argument("--planner", default="ilqr", choices=list(PLANNERS))
-    m.add_argument("--switch-to", default="mppi", choices=list(PLANNERS) + [""],
+    m.add_argument("--model", default="gp",
+                   choices=[x for x in registry.names("model") if x != "tvlg"])
+    m.add_argument("--planner", default="ilqr", choices=list(registry.names("planner", "mpc")))
+    m.add_argument("--switch-to", default="mppi",
+                   choices=list(registry.names("planner", "mpc")) + [""],
                    help="planner switched to half way ('' for none)")
     m.add_argument("--iterations", type=int, default=0,
                    help="iterations including the excitation (default 6, --quick 3)")
