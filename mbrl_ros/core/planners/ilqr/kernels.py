@@ -30,8 +30,8 @@ import warnings
 import numba
 import numpy as np
 
-__all__ = ["affine_rollout_kernel", "as_f64", "boxqp_kernel", "riccati_kernel", "warm_up",
-           "warm_up_seconds", "KERNELS"]
+__all__ = ["affine_rollout_kernel", "as_f64", "boxqp_kernel", "riccati_kernel",
+           "spd_inverse_kernel", "warm_up", "warm_up_seconds", "KERNELS"]
 
 
 def _jit(fn):
@@ -511,6 +511,41 @@ def riccati_kernel(F, L, FtFu, Vf, mu, box, du_lower, du_upper, kK_all, Qrows, Q
     return -1, n_box, n_clamped, dV0, dV1
 
 
+@_jit
+def spd_inverse_kernel(H, out):
+    """out[t] = inv(0.5 (H[t] + H[t]')) for every t by Cholesky; returns False (out
+    partly written) if some H[t] is not positive definite."""
+    T, n, _ = H.shape
+    S = np.empty((n, n))
+    R = np.empty((n, n))
+    Ri = np.empty((n, n))
+    iota = np.arange(n)
+    for t in range(T):
+        for i in range(n):
+            for j in range(n):
+                S[i, j] = 0.5 * (H[t, i, j] + H[t, j, i])
+        if not _chol_sub(S, iota, n, R):
+            return False
+        # Ri = R^{-1} (upper triangular), inv(S) = Ri Ri'.
+        for j in range(n):
+            for i in range(n):
+                Ri[i, j] = 0.0
+            Ri[j, j] = 1.0 / R[j, j]
+            for i in range(j - 1, -1, -1):
+                v = 0.0
+                for k in range(i + 1, j + 1):
+                    v += R[i, k] * Ri[k, j]
+                Ri[i, j] = -v / R[i, i]
+        for i in range(n):
+            for j in range(i, n):
+                v = 0.0
+                for k in range(j, n):
+                    v += Ri[i, k] * Ri[j, k]
+                out[t, i, j] = v
+                out[t, j, i] = v
+    return True
+
+
 # ------------------------------------------------------------------------------ rollout
 @_jit
 def affine_rollout_kernel(A, B, c, x0, U, xbar, K, feedback, lower, upper, xs):
@@ -548,7 +583,7 @@ def affine_rollout_kernel(A, B, c, x0, U, xbar, K, feedback, lower, upper, xs):
 
 
 # ------------------------------------------------------------------------------ warm-up
-KERNELS = (boxqp_kernel, riccati_kernel, affine_rollout_kernel)
+KERNELS = (boxqp_kernel, riccati_kernel, affine_rollout_kernel, spd_inverse_kernel)
 _warm_lock = threading.Lock()
 _warm_seconds: float | None = None
 
@@ -573,6 +608,7 @@ def _exercise() -> None:
     du = np.ones((T, nu))
     riccati_kernel(F, L, FtFu, Vf, 0.0, True, -du, du, np.empty((T, nu, M)),
                    np.empty((T, nu, N)), np.empty((T, nu, nu)))
+    spd_inverse_kernel(np.ones((T, nu, nu)) + np.eye(nu), np.empty((T, nu, nu)))
     affine_rollout_kernel(np.eye(nx), np.ones((nx, nu)), np.zeros(nx), np.ones(nx),
                           np.zeros((3, T, nu)), np.zeros((T, nx)), np.zeros((T, nu, nx)),
                           True, -du[0], du[0], np.empty((3, T + 1, nx)))

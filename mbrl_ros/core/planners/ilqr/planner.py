@@ -38,7 +38,8 @@ import numpy as np
 from mbrl_ros.core import registry
 from mbrl_ros.core.planners.base import Planner, shift_trajectory
 from mbrl_ros.core.planners.ilqr.backward_pass import BackwardPass, BackwardResult
-from mbrl_ros.core.planners.ilqr.kernels import affine_rollout_kernel, as_f64, warm_up
+from mbrl_ros.core.planners.ilqr.kernels import (affine_rollout_kernel, as_f64,
+                                                 spd_inverse_kernel, warm_up)
 from mbrl_ros.core.planners.ilqr.settings import ILQRSettings
 from mbrl_ros.core.policies.linear_gaussian import LinearGaussianPolicy
 
@@ -48,16 +49,14 @@ __all__ = ["ILQRPlanner"]
 def _pd_inverse(H: np.ndarray) -> np.ndarray:
     """Batched inverse of symmetric matrices (T, n, n), eigenvalues floored so the result
     is a valid covariance even where H is indefinite (possible on clamped controls)."""
+    out = np.empty(H.shape)
+    if spd_inverse_kernel(as_f64(H), out):          # Cholesky of 0.5 (H + H') per step
+        return out
     H = 0.5 * (H + np.swapaxes(H, 1, 2))
-    try:
-        L = np.linalg.cholesky(H)
-        Linv = np.linalg.inv(L)
-        return np.swapaxes(Linv, 1, 2) @ Linv
-    except np.linalg.LinAlgError:
-        w, V = np.linalg.eigh(H)
-        floor = 1e-9 * np.maximum(np.abs(w).max(axis=1, keepdims=True), 1e-12)
-        w = np.maximum(w, floor)
-        return (V / w[:, None, :]) @ np.swapaxes(V, 1, 2)
+    w, V = np.linalg.eigh(H)
+    floor = 1e-9 * np.maximum(np.abs(w).max(axis=1, keepdims=True), 1e-12)
+    w = np.maximum(w, floor)
+    return (V / w[:, None, :]) @ np.swapaxes(V, 1, 2)
 
 
 @registry.register("planner", "ilqr")
