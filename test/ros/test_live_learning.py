@@ -1,7 +1,7 @@
 """Live learning as a user starts it (issue 12): `mbrl-ros bringup sim robot:=arm2
-model:=gp` -- the plan sim.launch.py uses -- explores on its own (the controller's
-excitation planner), the fitter publishes a model fitted on that data, the controller
-loads it and drives the arm to its target.
+model:=gp` (and `model:=ensemble`) -- the plan sim.launch.py uses -- explores on its own
+(the controller's excitation planner), the fitter publishes a model fitted on that data,
+the controller loads it and drives the arm to its target.
 
 The simulator runs in lockstep and the controller replans on every state (plan_mode sync,
 through the user's params_file), so a busy machine slows the run down but cannot change
@@ -29,13 +29,15 @@ LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
 RELIABLE = QoSProfile(depth=1000, reliability=ReliabilityPolicy.RELIABLE)
 
 
+@pytest.mark.parametrize("model", ["gp", "ensemble"])
 def test_sim_bringup_with_a_learned_model_explores_learns_and_reaches(bringup, probe,  # noqa: F811
-                                                                      tmp_path):
+                                                                      tmp_path, model):
     params = tmp_path / "lockstep.yaml"
     params.write_text("/**/sim:\n  ros__parameters:\n    lockstep: true\n"
                       "/**/controller:\n  ros__parameters:\n    plan_mode: sync\n"
                       "    state_timeout: 60.0\n")   # lockstep: time stands while it plans
-    p = bringup("sim", "robot:=arm2", "model:=gp", "record:=false", f"params_file:={params}")
+    p = bringup("sim", "robot:=arm2", f"model:={model}", "record:=false",
+                f"params_file:={params}")
     arm = RobotDescription.load("arm2")
     states = probe.collect(JointState, "/joint_states", RELIABLE)
     commands = probe.collect(Float64MultiArray, "/effort_controller/commands", RELIABLE)
@@ -54,7 +56,7 @@ def test_sim_bringup_with_a_learned_model_explores_learns_and_reaches(bringup, p
     assert np.all(np.ptp(before, axis=0) > 0.3), np.ptp(before, axis=0)
     assert max(np.abs(c.data).max() for c in commands) > 0.5     # N·m, not a zero hold
     info = json.loads(models[0].data)
-    assert info["kind"] == "gp" and info["version"] >= 1
+    assert info["kind"] == model and info["version"] >= 1
 
     # 2. The controller loads it and stops exploring.
     ctrl = {}
