@@ -67,9 +67,15 @@ class NeuralPolicy:
 
     u = clip(u_mean + u_scale * MLP((x - x_mean) / x_std), u_min, u_max).
 
+    A *target-conditioned* policy (``n_task`` > 0) takes the task -- the target joint
+    positions -- as ``n_task`` more inputs after the state: the network's input is
+    [x, task], so one network serves many targets. :meth:`with_task` binds a task, after
+    which ``action(x, t)`` / ``mean(X)`` take states only (the Policy protocol a control
+    loop uses); ``mean`` also accepts [x, task] rows directly.
+
     Attributes:
         weights: per layer (out, in) matrices; biases: per layer (out,) vectors.
-        x_mean, x_std: (nx,) input standardisation; u_mean, u_scale: (nu,) output scaling.
+        x_mean, x_std: (nx + n_task,) input standardisation; u_mean, u_scale: (nu,) output scaling.
         std: (nu,) standard deviation of the Gaussian policy [action units].
         u_min, u_max: (nu,) action limits (may be +-inf).
         activation: 'tanh' or 'relu' (hidden layers; the output layer is linear).
@@ -89,6 +95,8 @@ class NeuralPolicy:
     activation: str = "tanh"
     t0: float = 0.0
     duration: float = math.inf
+    n_task: int = 0
+    task: np.ndarray | None = None
     _act: Any = field(init=False, repr=False)
     _x_scale: np.ndarray = field(init=False, repr=False)
 
@@ -105,6 +113,16 @@ class NeuralPolicy:
                 raise ValueError(f"layer {i} takes {w.shape[1]} inputs, layer {i - 1} gives "
                                  f"{W[i - 1].shape[0]}")
         nx, nu = W[0].shape[1], W[-1].shape[0]
+        n_task = int(self.n_task)
+        if not 0 <= n_task < nx:
+            raise ValueError(f"n_task must be in [0, {nx}), got {n_task}")
+        s(self, "n_task", n_task)
+        if self.task is not None:
+            task = _ro(np.asarray(self.task, dtype=np.float64).reshape(-1))
+            if task.shape != (n_task,) or not np.all(np.isfinite(task)):
+                raise ValueError(f"task must be {n_task} finite numbers, got "
+                                 f"{np.asarray(self.task).tolist()}")
+            s(self, "task", task)
         s(self, "weights", W)
         s(self, "biases", b)
         for name, n in (("x_mean", nx), ("x_std", nx), ("u_mean", nu), ("u_scale", nu),
@@ -123,7 +141,28 @@ class NeuralPolicy:
 
     @property
     def nx(self) -> int:
-        return int(self.weights[0].shape[1])
+        """State dimension (network inputs minus the task inputs)."""
+        return int(self.weights[0].shape[1]) - self.n_task
+
+    def with_task(self, task) -> "NeuralPolicy":
+        """The same network with ``task`` (n_task,) bound (e.g. the target joint positions
+        [rad|m]); a policy without task inputs is returned unchanged.
+
+        Raises:
+            ValueError: wrong size or non-finite task.
+        """
+        if self.n_task == 0:
+            return self
+        return dataclasses.replace(self, task=task)
+
+    def _inputs(self, X: np.ndarray) -> np.ndarray:
+        if self.n_task == 0 or X.shape[-1] == self.nx + self.n_task:
+            return X
+        if self.task is None:
+            raise ValueError("target-conditioned policy without a task: bind one with "
+                             "with_task(target)")
+        return np.concatenate([X, np.broadcast_to(self.task, X.shape[:-1] + (self.n_task,))],
+                              axis=-1)
 
     @property
     def nu(self) -> int:
@@ -139,8 +178,9 @@ class NeuralPolicy:
         return dataclasses.replace(self, t0=t0, duration=duration)
 
     def mean(self, X: np.ndarray) -> np.ndarray:
-        """Unclipped mean actions (B, nu) for states X (B, nx) (or (nu,) for (nx,))."""
-        h = (np.asarray(X, dtype=np.float64) - self.x_mean) * self._x_scale
+        """Unclipped mean actions (B, nu) for states X (B, nx) (or (nu,) for (nx,)); rows
+        may also be [x, task] (B, nx + n_task)."""
+        h = (self._inputs(np.asarray(X, dtype=np.float64)) - self.x_mean) * self._x_scale
         last = len(self.weights) - 1
         for i, (W, b) in enumerate(zip(self.weights, self.biases)):
             h = h @ W.T + b
@@ -150,6 +190,8 @@ class NeuralPolicy:
 
     def action(self, x: np.ndarray, t: float = 0.0) -> np.ndarray:
         """Deterministic action (nu,) for state x (nx,), clipped to the limits; t unused."""
+        if self.n_task:
+            x = self._inputs(np.asarray(x, dtype=np.float64))
         h = (x - self.x_mean) * self._x_scale
         act = self._act
         W, b = self.weights, self.biases
@@ -175,6 +217,8 @@ class NeuralPolicy:
         out.update({f"layer{i}_bias": b for i, b in enumerate(self.biases)})
         out.update(x_mean=self.x_mean, x_std=self.x_std, u_mean=self.u_mean,
                    u_scale=self.u_scale, std=self.std, u_min=self.u_min, u_max=self.u_max)
+        if self.n_task:
+            out["n_task"] = np.array(self.n_task)
         return out
 
     @classmethod
@@ -188,7 +232,8 @@ class NeuralPolicy:
             return cls(tuple(arrays[f"layer{i}_weight"] for i in range(n)),
                        tuple(arrays[f"layer{i}_bias"] for i in range(n)),
                        arrays["x_mean"], arrays["x_std"], arrays["u_mean"], arrays["u_scale"],
-                       arrays["std"], arrays["u_min"], arrays["u_max"], activation)
+                       arrays["std"], arrays["u_min"], arrays["u_max"], activation,
+                       n_task=int(arrays["n_task"]) if "n_task" in arrays else 0)
         except KeyError as e:
             raise ModelError(f"policy arrays lack {e.args[0]!r}") from e
 
@@ -205,12 +250,18 @@ class PolicyTrainer:
         nx, nu: state and action dimensions.
         u_min, u_max: (nu,) action limits.
         settings: :class:`PolicySettings`.
+        n_task: task inputs (target joint positions) after the state; ``train`` then takes
+            X as [x, task] rows (P, nx + n_task). Their standardisation keeps a floor of
+            ``task_std_floor`` so a task seen only once is not scaled up a thousandfold.
     """
 
     def __init__(self, nx: int, nu: int, u_min: np.ndarray, u_max: np.ndarray,
-                 settings: PolicySettings | None = None):
+                 settings: PolicySettings | None = None, n_task: int = 0,
+                 task_std_floor: float = 0.1):
         self.settings = settings or PolicySettings()
         self.nx, self.nu = int(nx), int(nu)
+        self.n_task = int(n_task)
+        self.task_std_floor = float(task_std_floor)
         self.u_min = np.broadcast_to(np.asarray(u_min, dtype=np.float64), (self.nu,)).copy()
         self.u_max = np.broadcast_to(np.asarray(u_max, dtype=np.float64), (self.nu,)).copy()
         self.x_mean: np.ndarray | None = None
@@ -228,7 +279,8 @@ class PolicyTrainer:
 
         s = self.settings
         self.x_mean = X.mean(axis=0)
-        self.x_std = np.maximum(X.std(axis=0), 1e-3)
+        floor = np.r_[np.full(self.nx, 1e-3), np.full(self.n_task, self.task_std_floor)]
+        self.x_std = np.maximum(X.std(axis=0), floor)
         finite = np.isfinite(self.u_min) & np.isfinite(self.u_max)
         lo, hi = np.where(finite, self.u_min, 0.0), np.where(finite, self.u_max, 0.0)
         self.u_mean = np.where(finite, 0.5 * (lo + hi), U.mean(axis=0))
@@ -236,7 +288,7 @@ class PolicyTrainer:
                                 np.maximum(U.std(axis=0), 1e-3))
         torch.manual_seed(s.seed)
         layers: list = []
-        width = self.nx
+        width = self.nx + self.n_task
         act = {"tanh": torch.nn.Tanh, "relu": torch.nn.ReLU}[s.activation]
         for h in s.hidden:
             layers += [torch.nn.Linear(width, h), act()]
@@ -256,7 +308,7 @@ class PolicyTrainer:
         """One S-step: fit mu_theta(X) to U weighted by the precisions.
 
         Args:
-            X: (P, nx) states; U: (P, nu) target mean actions;
+            X: (P, nx + n_task) states (and tasks); U: (P, nu) target mean actions;
             prec: (P, nu, nu) target precisions (inverse controller covariances);
             weights: (P,) non-negative point weights (default 1).
 
@@ -272,9 +324,10 @@ class PolicyTrainer:
         prec = np.asarray(prec, dtype=np.float64)
         P = X.shape[0]
         w = np.ones(P) if weights is None else np.asarray(weights, dtype=np.float64)
-        if X.shape != (P, self.nx) or U.shape != (P, self.nu) or \
+        nin = self.nx + self.n_task
+        if X.shape != (P, nin) or U.shape != (P, self.nu) or \
                 prec.shape != (P, self.nu, self.nu) or w.shape != (P,):
-            raise ValueError(f"expected X (P, {self.nx}), U (P, {self.nu}), prec (P, {self.nu}, "
+            raise ValueError(f"expected X (P, {nin}), U (P, {self.nu}), prec (P, {self.nu}, "
                              f"{self.nu}), weights (P,); got {X.shape}, {U.shape}, "
                              f"{prec.shape}, {w.shape}")
         if self.net is None:
@@ -336,7 +389,24 @@ class PolicyTrainer:
         return NeuralPolicy(tuple(m.weight.detach().numpy().copy() for m in lin),
                             tuple(m.bias.detach().numpy().copy() for m in lin),
                             self.x_mean, self.x_std, self.u_mean, self.u_scale, self.std,
-                            self.u_min, self.u_max, self.settings.activation)
+                            self.u_min, self.u_max, self.settings.activation,
+                            n_task=self.n_task)
+
+    # A checkpoint (pickle) of the trainer: torch's Generator does not pickle, its state does.
+    def __getstate__(self):
+        d = dict(self.__dict__)
+        gen = d.pop("_gen")
+        d["_gen_state"] = None if gen is None else gen.get_state()
+        return d
+
+    def __setstate__(self, d):
+        state = d.pop("_gen_state", None)
+        self.__dict__.update(d)
+        self._gen = None
+        if state is not None:
+            import torch
+            self._gen = torch.Generator()
+            self._gen.set_state(state)
 
 
 # ---------------------------------------------------------------------- artifacts

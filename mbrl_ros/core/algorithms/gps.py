@@ -25,6 +25,25 @@ implementation (cbfinn/gps ``AlgorithmMDGPS``). One iteration:
 
 On the first iteration the global policy is first trained on the initial controllers, so
 the first C-step is measured against something meaningful (as the reference does).
+
+**Conditions with tasks.** A condition is an (initial state, target) pair: with ``tasks``
+(M, n_task) -- e.g. each condition's target joint positions -- the global policy is
+target-conditioned (its input is [x, task]), each condition's cost pulls toward its own
+target, and one network learns to reach all of them (and, with enough conditions, targets in
+between).
+
+**Bad cases** the iteration handles rather than crashes on: a sample that leaves the
+environment's valid region (``env.check(x)`` returns a reason: non-finite, diverging,
+beyond the joint limits) is discarded, counted and redrawn (at most
+``max_discarded_per_condition`` times, then :class:`GPSError`); a C-step whose KL bound
+cannot be met even at the largest eta, or whose KL measured on the next samples exceeds
+``kl_sample_limit`` x epsilon, is reported in the record (``warnings``) and halves the step
+multiplier.
+
+**Checkpoints.** An :class:`MDGPS` pickles without its environment (``__getstate__``):
+``gps_run`` writes one after every iteration and, right after sampling, the pending
+samples with the random states, so a resumed run continues at the next iteration without
+losing or redrawing samples.
 """
 from __future__ import annotations
 
@@ -53,7 +72,12 @@ from mbrl_ros.core.models.tvlg import TVLGModel, TVLGSettings
 from mbrl_ros.core.policies.linear_gaussian import LinearGaussianPolicy
 from mbrl_ros.core.settings import setting
 
-__all__ = ["Environment", "GPSSettings", "IterationRecord", "MDGPS", "initial_controller"]
+__all__ = ["Environment", "GPSError", "GPSSettings", "IterationRecord", "MDGPS",
+           "initial_controller", "sample_kl"]
+
+
+class GPSError(RuntimeError):
+    """An iteration cannot go on (e.g. every redraw of a sample was invalid)."""
 
 
 @runtime_checkable
@@ -108,6 +132,11 @@ class GPSSettings:
     evaluate_policy: bool = setting(True, "roll out the global policy's mean from every "
                                     "condition after each S-step (not counted as "
                                     "training interaction)")
+    kl_sample_limit: float = setting(2.0, "a C-step whose KL, measured on the next "
+                                     "samples, exceeds this times its bound halves the step "
+                                     "multiplier", low=1.0)
+    max_discarded_per_condition: int = setting(20, "invalid samples redrawn per condition "
+                                               "and iteration before giving up", low=0)
     seed: int = setting(0, "seed of the exploration noise and the GMM initialisations",
                         low=0)
 
@@ -159,6 +188,12 @@ class IterationRecord:
     policy_rmse: float                 # S-step imitation error [action units]
     dynamics_rmse: list[float]         # one-step fit error of each TVLG model
     timings: dict[str, float] = field(default_factory=dict)
+    # this C-step's KL measured on the states of the next iteration's samples (drawn from
+    # its controllers); filled in when those arrive [nats], per condition
+    kl_samples: list[float] | None = None
+    discarded_samples: int = 0         # invalid samples redrawn in this iteration
+    discard_reasons: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
@@ -190,7 +225,10 @@ class MDGPS:
         initial_controllers: one LinearGaussianPolicy per condition (default:
             :func:`initial_controller` with ``settings.init_std``).
         distance: task metric of a final state (nx,) -> float reported per condition for
-            the global policy (e.g. the joint-position error); None: not reported.
+            the global policy (e.g. the joint-position error), or one such function per
+            condition; None: not reported.
+        tasks: (M, n_task) task of each condition (e.g. its target joint positions): the
+            global policy becomes target-conditioned; None: one policy for the one task.
     """
 
     def __init__(self, env: Environment, cost: Cost | Sequence[Cost],
@@ -198,7 +236,9 @@ class MDGPS:
                  dynamics: TVLGSettings | None = None, traj_opt: TrajOptSettings | None = None,
                  policy: PolicySettings | None = None,
                  initial_controllers: Sequence[LinearGaussianPolicy] | None = None,
-                 distance: Callable[[np.ndarray], float] | None = None):
+                 distance: Callable[[np.ndarray], float] |
+                 Sequence[Callable[[np.ndarray], float]] | None = None,
+                 tasks: np.ndarray | None = None):
         self.env = env
         self.settings = s = settings or GPSSettings()
         self.M = M = int(env.n_conditions)
@@ -216,7 +256,12 @@ class MDGPS:
         for m in self.models[1:]:          # one prior learns from every condition
             m.prior = self.models[0].prior
         self.prior = self.models[0].prior
-        self.trainer = PolicyTrainer(self.nx, self.nu, self.u_min, self.u_max, policy)
+        self.tasks = None if tasks is None else np.asarray(tasks, dtype=np.float64).reshape(M, -1)
+        if self.tasks is not None and not np.all(np.isfinite(self.tasks)):
+            raise ValueError("tasks must be finite")
+        self.n_task = 0 if self.tasks is None else int(self.tasks.shape[1])
+        self.trainer = PolicyTrainer(self.nx, self.nu, self.u_min, self.u_max, policy,
+                                     n_task=self.n_task)
         self.policy_prior = PolicyPriorGMM(
             max(s.policy_prior_samples, M * s.samples), s.policy_prior_min_cluster,
             s.policy_prior_max_clusters) if s.policy_prior else None
@@ -229,7 +274,7 @@ class MDGPS:
             raise ValueError(f"need {M} initial controllers with >= {self.T} steps and a "
                              "covariance")
         self.controllers = list(initial_controllers)
-        self.distance = distance
+        self.attach(env, distance)
         self.eta = [1.0] * M
         self.step_mult = 1.0
         self.rng = np.random.default_rng(s.seed)
@@ -241,12 +286,46 @@ class MDGPS:
         self.last_results: list[TrajOptResult] = []
         self.last_samples: tuple[np.ndarray, np.ndarray] | None = None
         self._prev: _Iter | None = None
+        self._pending_discards: tuple[int, list[str], float] = (0, [], 0.0)
+
+    def attach(self, env: Environment, distance=None) -> None:
+        """(Re-)attach the environment and the distance metric (after unpickling a
+        checkpoint, which holds neither)."""
+        self.env = env
+        if distance is None or callable(distance):
+            self.distances = [distance] * self.M
+        else:
+            self.distances = list(distance)
+            if len(self.distances) != self.M:
+                raise ValueError(f"need one distance or {self.M}, got {len(self.distances)}")
+        self.distance = distance
+
+    def __getstate__(self):
+        """Everything but the environment and the distance metric (a checkpoint;
+        re-attach them with :meth:`attach`)."""
+        d = dict(self.__dict__)
+        d["env"] = None
+        d["distance"] = None
+        d["distances"] = [None] * self.M
+        return d
 
     # ------------------------------------------------------------------ pieces
     @property
     def policy(self) -> NeuralPolicy:
-        """The current global policy (numpy snapshot)."""
+        """The current global policy (numpy snapshot; target-conditioned: unbound)."""
         return self.trainer.policy()
+
+    def policy_for(self, m: int, policy: NeuralPolicy | None = None) -> NeuralPolicy:
+        """The global policy bound to condition m's task."""
+        policy = policy or self.policy
+        return policy if self.tasks is None else policy.with_task(self.tasks[m])
+
+    def _inputs(self, X: np.ndarray, m: int) -> np.ndarray:
+        """[x, task_m] rows for states X (..., nx) of condition m."""
+        if self.tasks is None:
+            return X
+        return np.concatenate([X, np.broadcast_to(self.tasks[m], X.shape[:-1]
+                                                  + (self.n_task,))], axis=-1)
 
     def sample(self, controllers: Sequence, n: int, noisy: bool = True
                ) -> tuple[np.ndarray, np.ndarray]:
@@ -262,26 +341,47 @@ class MDGPS:
         T, dt = self.T, self.dt
         X = np.empty((self.M, n, T + 1, self.nx))
         U = np.empty((self.M, n, T, self.nu))
+        check = getattr(self.env, "check", None) if noisy else None
+        discarded, reasons, lost = 0, [], 0.0
         for m, ctrl in enumerate(controllers):
-            for i in range(n):
+            i = bad = 0
+            while i < n:
                 x = np.asarray(self.env.reset(m), dtype=np.float64)
                 X[m, i, 0] = x
+                why = None
                 for t in range(T):
                     u = ctrl.sample(x, t * dt, self.rng) if noisy else ctrl.action(x, t * dt)
                     u = np.clip(u, self.u_min, self.u_max)
                     U[m, i, t] = u
                     x = np.asarray(self.env.step(u), dtype=np.float64)
                     X[m, i, t + 1] = x
+                    if check is not None:
+                        why = check(x) if np.all(np.isfinite(x)) else "non-finite state"
+                        if why:
+                            why = f"condition {m}, step {t + 1}: {why}"
+                            break
+                if why:                    # discard, count, redraw
+                    lost += (t + 1) * dt   # it did run on the system
+                    discarded += 1
+                    bad += 1
+                    reasons.append(why)
+                    if bad > self.settings.max_discarded_per_condition:
+                        raise GPSError(f"{bad} invalid samples for condition {m} in one "
+                                       f"iteration (last: {why}); the controller leaves the "
+                                       "valid region -- lower the exploration or the KL step")
+                    continue
+                i += 1
+        self._pending_discards = (discarded, reasons, lost)
         return X, U
 
     def evaluate(self, policy=None) -> tuple[list[float], list[float] | None, np.ndarray]:
         """Deterministic rollout of ``policy`` (default: the global policy) from every
         condition: (costs per condition, final distances or None, X (M, T+1, nx))."""
         policy = policy or self.policy
-        X, U = self.sample([policy] * self.M, 1, noisy=False)
+        X, U = self.sample([self.policy_for(m, policy) for m in range(self.M)], 1, noisy=False)
         costs = [float(sample_costs(self.costs[m], X[m], U[m]).sum()) for m in range(self.M)]
-        dist = None if self.distance is None else \
-            [float(self.distance(X[m, 0, -1])) for m in range(self.M)]
+        dist = None if self.distances[0] is None else \
+            [float(self.distances[m](X[m, 0, -1])) for m in range(self.M)]
         return costs, dist, X[:, 0]
 
     def _s_step(self, X: np.ndarray, controllers: Sequence[LinearGaussianPolicy]) -> dict:
@@ -293,7 +393,7 @@ class MDGPS:
             Xm = X[m, :, :T]                                           # (N, T, nx)
             mu = np.einsum("tij,ntj->nti", c.K[:T], Xm) + c.k_gps[:T]
             prec = np.linalg.inv(c.cov[:T])
-            xs.append(Xm.reshape(-1, self.nx))
+            xs.append(self._inputs(Xm, m).reshape(-1, self.nx + self.n_task))
             us.append(np.clip(mu, self.u_min, self.u_max).reshape(-1, self.nu))
             ps.append(np.broadcast_to(prec, (Xm.shape[0],) + prec.shape)
                       .reshape(-1, self.nu, self.nu))
@@ -305,12 +405,14 @@ class MDGPS:
         T = self.T
         pol = self.policy
         if self.policy_prior is not None:
+            ctx = None if self.tasks is None else np.repeat(self.tasks, X.shape[1], axis=0)
             self.policy_prior.update(X[:, :, :T].reshape(-1, T, self.nx), pol.mean,
-                                     rng=self._gmm_rng)
+                                     rng=self._gmm_rng, context=ctx)
         out = []
         for m in range(self.M):
             Xm = X[m, :, :T]
-            pol_mu = pol.mean(Xm.reshape(-1, self.nx)).reshape(Xm.shape[0], T, self.nu)
+            pol_mu = self.policy_for(m, pol).mean(Xm.reshape(-1, self.nx)).reshape(
+                Xm.shape[0], T, self.nu)
             K, k, S = fit_policy_linearization(Xm, pol_mu, pol.std ** 2, self.policy_prior)
             xbar = Xm.mean(axis=0)
             out.append(LinearGaussianPolicy(K=K, k=k + np.einsum("tij,tj->ti", K, xbar),
@@ -347,19 +449,41 @@ class MDGPS:
         return float(predicted), float(actual)
 
     # ------------------------------------------------------------------ iteration
-    def iteration(self) -> IterationRecord:
-        """Run one MDGPS iteration (sample, fit, C-step, S-step) and return its record."""
+    def draw_samples(self) -> tuple[np.ndarray, np.ndarray, float, tuple]:
+        """This iteration's samples from the current controllers: (X, U, seconds,
+        (discarded, reasons, simulated seconds of the discarded ones)); pass them to :meth:`iteration` (a checkpoint can keep them
+        in between)."""
+        t0 = time.perf_counter()
+        X, U = self.sample(self.controllers, self.settings.samples)
+        return X, U, time.perf_counter() - t0, self._pending_discards
+
+    def iteration(self, samples: tuple | None = None) -> IterationRecord:
+        """Run one MDGPS iteration (sample, fit, C-step, S-step) and return its record.
+
+        Args:
+            samples: the result of :meth:`draw_samples` (default: draw them now).
+        """
         s = self.settings
         M, T = self.M, self.T
         timings: dict[str, float] = {}
+        if samples is None:
+            samples = self.draw_samples()
+        X, U, sampling_seconds, (discarded, reasons, lost) = samples
         t0 = time.perf_counter()
-        X, U = self.sample(self.controllers, s.samples)
+        warnings: list[str] = []
         self.last_samples = (X, U)
+        kl_prev = None
+        if self._prev is not None and self._prev.new_ctrl is not None:
+            kl_prev = [sample_kl(self._prev.new_ctrl[m], self._prev.pol_lin[m], X[m, :, :T])
+                       for m in range(M)]
+            rec_prev = self.history[-1] if self.history else None
+            if rec_prev is not None:
+                rec_prev.kl_samples = [float(k) for k in kl_prev]
         self.n_samples += M * s.samples
-        self.interaction_seconds += M * s.samples * T * self.dt
+        self.interaction_seconds += M * s.samples * T * self.dt + lost
         costs = [sample_costs(self.costs[m], X[m], U[m]) for m in range(M)]
         expansion = [CostExpansion.from_samples(self.costs[m], X[m], U[m]) for m in range(M)]
-        timings["sampling"] = time.perf_counter() - t0
+        timings["sampling"] = sampling_seconds + time.perf_counter() - t0
 
         t0 = time.perf_counter()
         self.prior.update(X.reshape(-1, T + 1, self.nx), U.reshape(-1, T, self.nu),
@@ -392,6 +516,22 @@ class MDGPS:
         predicted = actual = None
         if self._prev is not None:
             predicted, actual = self._step_adjust(cur)
+            prev_rec = self.history[-1] if self.history else None
+            shrink = False
+            if prev_rec is not None and any(st == "max_eta" for st in prev_rec.traj_opt_status):
+                warnings.append(f"the last C-step could not meet its KL bound "
+                                f"{prev_rec.epsilon:.3g} nats even at the largest eta "
+                                f"(conditions {[m for m, st in enumerate(prev_rec.traj_opt_status) if st == 'max_eta']})")
+                shrink = True
+            if kl_prev is not None and prev_rec is not None and \
+                    max(kl_prev) > s.kl_sample_limit * prev_rec.epsilon:
+                warnings.append(f"the last C-step's KL measured on the samples "
+                                f"({max(kl_prev):.3g} nats) exceeds {s.kl_sample_limit:g} x "
+                                f"its bound {prev_rec.epsilon:.3g}")
+                shrink = True
+            if shrink:
+                self.step_mult = max(0.5 * self.step_mult, s.min_step_mult)
+                warnings.append(f"step multiplier halved to {self.step_mult:.3g}")
         epsilon = s.kl_step * self.step_mult * T
         results = []
         for m in range(M):
@@ -416,6 +556,10 @@ class MDGPS:
 
         self.controllers = new_ctrl
         self._prev = cur
+        for m, r in enumerate(results):
+            if r.status == "max_eta":
+                warnings.append(f"condition {m}: KL bound {epsilon:.3g} not met even at the "
+                                f"largest eta (KL {r.kl:.3g}); the next step is halved")
         self.iteration_count += 1
         rec = IterationRecord(
             iteration=self.iteration_count, samples=self.n_samples,
@@ -426,7 +570,9 @@ class MDGPS:
             eta=[float(r.eta) for r in results],
             traj_opt_status=[r.status for r in results], predicted_improvement=predicted,
             actual_improvement=actual, policy_rmse=float(fit["rmse"]),
-            dynamics_rmse=dyn_rmse, timings={k: round(v, 6) for k, v in timings.items()})
+            dynamics_rmse=dyn_rmse, timings={k: round(v, 6) for k, v in timings.items()},
+            discarded_samples=int(discarded), discard_reasons=list(reasons)[:10],
+            warnings=warnings)
         self.history.append(rec)
         return rec
 
@@ -440,3 +586,26 @@ class MDGPS:
             if callback is not None:
                 callback(rec)
         return out
+
+
+def sample_kl(controller: LinearGaussianPolicy, reference: LinearGaussianPolicy,
+              X: np.ndarray) -> float:
+    """KL(controller || reference) summed over the T steps, averaged over sampled states
+    X (N, T, nx) instead of the state marginals under fitted dynamics: what the KL bound
+    of a C-step became on the system (cbfinn/gps reports the same check).
+
+    KL_t(x) = 0.5 [tr(P_r S) - nu + log|S_r| - log|S| + d' P_r d], d = (K - K_r) x + k - k_r.
+    """
+    K, k, cov = policy_arrays(controller)
+    rK, rk, rcov = policy_arrays(reference)
+    X = np.asarray(X, dtype=np.float64)
+    T = X.shape[1]
+    K, k, cov, rK, rk, rcov = K[:T], k[:T], cov[:T], rK[:T], rk[:T], rcov[:T]
+    nu = K.shape[1]
+    rprec = np.linalg.inv(rcov)
+    ld_r = np.linalg.slogdet(rcov)[1]
+    ld = np.linalg.slogdet(cov)[1]
+    d = np.einsum("tij,ntj->nti", K - rK, X) + (k - rk)                    # (N, T, nu)
+    quad = np.einsum("nti,tij,ntj->nt", d, rprec, d).mean(axis=0)
+    kl = 0.5 * (np.einsum("tij,tji->t", rprec, cov) - nu + ld_r - ld + quad)
+    return float(np.maximum(kl, 0.0).sum())

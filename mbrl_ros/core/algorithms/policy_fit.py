@@ -46,27 +46,41 @@ class PolicyPriorGMM:
         self.strength = float(strength)
         self.gmm = GaussianMixture(reg_covar=reg_covar, max_iters=max_iters, warm_start=True)
         self.X: np.ndarray | None = None          # (N_kept, T, nx)
+        self.C: np.ndarray | None = None          # (N_kept, nc) context or None
 
     @property
     def fitted(self) -> bool:
         return self.gmm.fitted
 
     def update(self, X: np.ndarray, policy_mean: Callable[[np.ndarray], np.ndarray],
-               rng: np.random.Generator | None = None) -> None:
+               rng: np.random.Generator | None = None, context: np.ndarray | None = None
+               ) -> None:
         """Add sample states and refit the mixture on [x, policy_mean(x)].
 
         Args:
             X: (N, T, nx) states of new trajectories (same T as the kept ones).
-            policy_mean: (B, nx) -> (B, nu) mean action of the current policy.
+            policy_mean: (B, nx) -> (B, nu) mean action of the current policy (with
+                ``context``: (B, nx + nc) -> (B, nu) on [x, context] rows).
+            context: (N, nc) per-trajectory inputs of a task-conditioned policy (e.g. the
+                target of the trajectory's condition), kept with the states; the mixture
+                is still over [x, u].
         """
         X = np.asarray(X, dtype=np.float64)
-        if self.X is None or self.X.shape[1:] != X.shape[1:]:
-            self.X = X
+        C = None if context is None else np.asarray(context, dtype=np.float64).reshape(
+            len(X), -1)
+        if self.X is None or self.X.shape[1:] != X.shape[1:] or \
+                (C is None) != (self.C is None) or \
+                (C is not None and C.shape[1:] != self.C.shape[1:]):
+            self.X, self.C = X, C
         else:
             self.X = np.concatenate([self.X, X], axis=0)[-self.max_samples:]
+            if C is not None:
+                self.C = np.concatenate([self.C, C], axis=0)[-self.max_samples:]
         N, T, nx = self.X.shape
         flat = self.X.reshape(N * T, nx)
-        pts = np.concatenate([flat, policy_mean(flat)], axis=1)
+        inputs = flat if self.C is None else np.concatenate(
+            [flat, np.repeat(self.C, T, axis=0)], axis=1)
+        pts = np.concatenate([flat, policy_mean(inputs)], axis=1)
         K = int(max(2, min(self.max_clusters, len(pts) // self.min_samples_per_cluster)))
         self.gmm.fit(pts, min(K, len(pts)), rng=rng)
 

@@ -13,9 +13,15 @@ With ``rollout_nominal`` the model is rolled out under the policy for ``horizon`
 that nominal is what the controller publishes as the planned trajectory and what another
 planner is warm-started from on a switch (bumpless hand-over). A model that cannot be
 rolled out that far (a TVLG model fitted for fewer steps) only loses the nominal.
+
+A *target-conditioned* policy (``mbrl-ros gps`` trains one: the network's inputs are the
+state and the target joint positions) is bound at every plan to the controller's current
+target, read from the cost the controller passes (``cost.x_target``: its first ``n_task``
+entries are the target joint positions), so a new target needs no new policy.
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 from typing import Any
@@ -37,10 +43,12 @@ class GPSPolicyPlanner(Planner):
 
     ``stats`` after ``optimize``: artifact (resolved path), version, reloaded (bool),
     cost (of the nominal, if rolled out), nominal (bool), dt_trained (the control period
-    the policy was trained at [s]), solve_time_s.
+    the policy was trained at [s]), task (the target bound to a target-conditioned policy,
+    else None), solve_time_s.
 
-    Raises (from ``optimize``): ValueError if no artifact is set, it cannot be loaded, or
-    it is for other dimensions or joints than the planner / model.
+    Raises (from ``optimize``): ValueError if no artifact is set, it cannot be loaded, it
+    is for other dimensions or joints than the planner / model, or it is target-conditioned
+    and the cost has no joint-space target.
     """
     name = "gps_policy"
     Settings = GPSPolicySettings
@@ -70,10 +78,8 @@ class GPSPolicyPlanner(Planner):
             raise ValueError(f"gps_policy: {path} is for nx={policy.nx}, nu={policy.nu}; the "
                              f"controller has nx={self.nx}, nu={self.nu}")
         # The controller clamps to its (possibly scaled) effort limits: so does the policy.
-        self.policy = NeuralPolicy(policy.weights, policy.biases, policy.x_mean,
-                                   policy.x_std, policy.u_mean, policy.u_scale, policy.std,
-                                   np.maximum(policy.u_min, self.u_min),
-                                   np.minimum(policy.u_max, self.u_max), policy.activation)
+        self.policy = dataclasses.replace(policy, u_min=np.maximum(policy.u_min, self.u_min),
+                                          u_max=np.minimum(policy.u_max, self.u_max))
         self.meta = meta
         self._path = path
         return True
@@ -88,9 +94,19 @@ class GPSPolicyPlanner(Planner):
             except ModelError as e:
                 raise ValueError(f"gps_policy: the policy and the model disagree: {e}") from e
         policy = self.policy.at(float(t0), self.horizon * self.dt)
+        task = None
+        if policy.n_task:
+            target = getattr(cost, "x_target", None)
+            if target is None or np.asarray(target).shape[-1] < policy.n_task:
+                raise ValueError(f"gps_policy: {self.meta.get('path', '')} is target-"
+                                 f"conditioned ({policy.n_task} target joint positions) but "
+                                 f"the cost has no joint-space target (x_target)")
+            task = np.asarray(target, dtype=np.float64)[:policy.n_task]
+            policy = policy.with_task(task)
         stats = {"artifact": self.meta.get("path", ""), "version": self.meta.get("version"),
                  "reloaded": reloaded, "nominal": False, "cost": None,
-                 "dt_trained": float(self.meta["spec"].dt)}
+                 "dt_trained": float(self.meta["spec"].dt),
+                 "task": None if task is None else task.tolist()}
         self._xs = self._us = None
         self._t_nominal = None
         if self.settings.rollout_nominal and model is not None:
