@@ -228,32 +228,56 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_gps(args: argparse.Namespace) -> int:
-    from mbrl_ros.core.algorithms.gps_run import GPSRunConfig, run_gps
+    import dataclasses
 
-    cfg = GPSRunConfig(robot=args.robot, out=Path(args.out), iterations=args.iterations,
-                       quick=args.quick, conditions=args.conditions, samples=args.samples,
-                       horizon=args.horizon, seed=args.seed, name=args.name,
-                       progress=not args.no_progress).resolved()
+    from mbrl_ros.core.algorithms.gps_run import GPSRunConfig, load_config, run_gps
+
+    over = {"robot": args.robot, "iterations": args.iterations or None,
+            "conditions": args.conditions or None, "samples": args.samples or None,
+            "horizon": args.horizon, "seed": args.seed, "name": args.name}
+    try:
+        if args.config:
+            cfg = load_config(args.config, **over)
+        else:
+            cfg = GPSRunConfig(**{k: v for k, v in over.items() if v is not None})
+        cfg = dataclasses.replace(cfg, out=Path(args.out), quick=args.quick,
+                                  progress=not args.no_progress, resume=args.resume)
+        cfg = cfg.resolved()
+    except (ValueError, TypeError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     print(f"guided policy search (MDGPS): {cfg.robot}, {cfg.conditions} conditions x "
-          f"{cfg.samples} samples x {cfg.horizon} steps, {cfg.iterations} iterations -> "
-          f"{cfg.out}")
-    rep = run_gps(cfg)
-    print(f"\n{'it':>3} {'samples':>7} {'sim s':>7} {'LG cost':>10} {'policy cost':>11} "
-          f"{'final err':>9} {'KL bound':>8} {'eta (mean)':>10}")
-    for r in rep["history"]:
-        pc = r["cost_policy"]
-        fd = r["policy_final_distance"]
-        print(f"{r['iteration']:>3} {r['samples']:>7} {r['interaction_seconds']:>7.1f} "
-              f"{np.mean(r['cost_lg']):>10.4g} "
-              f"{(format(np.mean(pc), '11.4g') if pc else '-'):>11} "
-              f"{(format(max(fd), '9.4f') if fd else '-'):>9} {r['epsilon']:>8.3g} "
-              f"{np.mean(r['eta']):>10.3g}")
-    print(f"\ndo-nothing final joint error: {min(rep['do_nothing_final_distance']):.3f} rad "
-          f"(smallest over the conditions); policy action(): "
-          f"{rep['policy_action_seconds'] * 1e6:.1f} us; took {rep['wall_seconds']:.1f} s")
-    print(f"artifact {rep['artifact']['uri']} (v{rep['artifact']['version']}; use "
-          f"{rep['artifact']['latest']} as the gps_policy planner's 'artifact')\n"
-          f"report {Path(args.out) / 'report.json'}\nplot {rep['plot']}")
+          f"{cfg.samples} samples x {cfg.horizon} steps, {len(cfg.heldout_targets)} held-out, "
+          f"{cfg.iterations} iterations -> {cfg.out}" + (" (resuming)" if cfg.resume else ""))
+    try:
+        rep = run_gps(cfg)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+    def cm(v):
+        return f"{max(v) * 100:9.2f}" if v else f"{'-':>9}"
+
+    print(f"\n{'it':>3} {'sim s':>7} {'local cost':>10} {'local cm':>9} {'pol cm':>9} "
+          f"{'held cm':>9} {'KL bound':>8} {'KL model':>8} {'KL smpl':>8} {'disc':>4}")
+    for r in rep["iterations"]:
+        ks = r["kl_samples"]
+        print(f"{r['iteration']:>3} {r['interaction_seconds']:>7.1f} {r['local_cost']:>10.4g} "
+              f"{cm(r['final_distance_m'])} {cm(r['policy_final_distance_m'])} "
+              f"{cm(r['policy_heldout_distance_m'])} {r['kl_bound']:>8.3g} "
+              f"{max(r['kl_model']):>8.3g} {(format(max(ks), '8.3g') if ks else '-'):>8} "
+              f"{r['discarded_samples']:>4}")
+        for w in r["warnings"]:
+            print(f"    warning: {w}")
+    print("(distances: end effector, worst condition)")
+    if rep.get("best"):
+        b = rep["best"]
+        print(f"best policy: iteration {b['iteration']} (held-out mean "
+              f"{b['score_m'] * 100:.2f} cm) -> {rep['latest']} (the gps_policy planner's "
+              f"'artifact'; it follows the controller's target)")
+    if rep.get("plot"):
+        print(f"metrics {Path(cfg.out) / 'metrics.json'}\nplot {rep['plot']}")
+    print(f"took {rep['wall_seconds']:.1f} s")
     return 0
 
 
@@ -473,25 +497,34 @@ def build_parser() -> argparse.ArgumentParser:
     m.set_defaults(func=_cmd_demo)
 
     g = sub.add_parser("gps", help="train a global policy by guided policy search in simulation",
-                       description="Mirror-descent guided policy search on a joint-space "
-                                   "reaching task: local linear-Gaussian controllers from "
-                                   "fitted TVLG dynamics, distilled into one neural-network "
-                                   "policy. Writes OUT/report.json, OUT/gps.png and the policy "
-                                   "artifact OUT/NAME/vNNNN (for the gps_policy planner).")
-    g.add_argument("--robot", default="arm2", choices=["arm2"],
-                   help="robot with a default reaching task (default: arm2)")
+                       description="Mirror-descent guided policy search: local linear-Gaussian "
+                                   "controllers from fitted TVLG dynamics, one per (start, "
+                                   "target) condition, distilled into one target-conditioned "
+                                   "neural-network policy. Writes OUT/metrics.json, OUT/gps.png, "
+                                   "OUT/checkpoint/ and the policy artifacts OUT/NAME/vNNNN "
+                                   "(latest = best on the held-out targets; for the gps_policy "
+                                   "planner).")
+    g.add_argument("--config", default="", help="YAML run configuration (config/gps_arm2.yaml, "
+                                                "config/gps_arm7.yaml)")
+    g.add_argument("--robot", default=None,
+                   help="shipped robot (arm2, arm7: default conditions) or an MJCF path "
+                        "(conditions drawn around its home keyframe); default arm2 or the "
+                        "config's")
     g.add_argument("--iterations", type=int, default=0,
-                   help="GPS iterations (default 8, --quick 3)")
+                   help="GPS iterations (default 8, --quick 3, or the config's)")
     g.add_argument("--out", default="gps_out", help="output directory (default gps_out)")
+    g.add_argument("--resume", action="store_true",
+                   help="continue the run in OUT from its last checkpoint")
     g.add_argument("--quick", action="store_true",
                    help="small run: 2 conditions, 4 samples, shorter S-steps")
     g.add_argument("--conditions", type=int, default=0,
-                   help="initial conditions (default 3, --quick 2; at most 4)")
+                   help="training conditions used (default all, --quick 2)")
     g.add_argument("--samples", type=int, default=0,
                    help="samples per condition and iteration (default 5, --quick 4)")
-    g.add_argument("--horizon", type=int, default=40, help="steps of 0.05 s per trajectory")
-    g.add_argument("--name", default="gps_policy", help="artifact name (default gps_policy)")
-    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--horizon", type=int, default=None,
+                   help="steps per trajectory (default 40 or the config's)")
+    g.add_argument("--name", default=None, help="artifact name (default gps_policy)")
+    g.add_argument("--seed", type=int, default=None)
     g.add_argument("--no-progress", action="store_true")
     g.set_defaults(func=_cmd_gps)
 
