@@ -7,7 +7,8 @@ without, cartpole with a continuous joint) and reports, per model: predictions (
 variance) on fixed inputs, ``predict_mean``, the linearisation (fx, fu, f0, cov) at three
 points, the noise variance, the one-step RMSE on held-out transitions and the same
 predictions after an artifact round trip (``state_arrays`` -> ``load_state_arrays``).
-The fit time is reported but not compared.
+Fit time, the median time of one predict() and of a 50-step linearize() are reported, not
+compared.
 
 The data sets are stored in ``test/resources/model_equivalence.npz`` (made once with
 ``--make-data`` from ``mbrl_ros.sim`` excitation rollouts), so the figures do not depend on
@@ -16,6 +17,7 @@ saved in ``test/resources/model_equivalence.json`` (rtol 1e-9, atol 1e-10).
 
 Usage:
     python bench/model_equivalence.py [--make-data] [--json PATH] [--compare PATH]
+    python bench/model_equivalence.py --fit-cpu     # median CPU seconds of arm2 fits
 """
 from __future__ import annotations
 
@@ -124,13 +126,22 @@ def model_figures(kind: str, settings: dict, train, val) -> dict:
         out["train_nll"] = float(report.metrics["train_nll"])
         ref_mean, ref_var = model.predict_reference(x[:4], u[:4])
         out["reference_mean"], out["reference_var"] = ref_mean, ref_var
+    times = []
+    for i in range(100):
+        t1 = time.perf_counter()
+        model.predict(x[i % len(x)], u[i % len(u)])
+        times.append(time.perf_counter() - t1)
+    t1 = time.perf_counter()
+    model.linearize(np.repeat(x[:1], 50, axis=0), np.repeat(u[:1], 50, axis=0))
+    lin_s = time.perf_counter() - t1
     clone = cls(model.settings, model.spec)
     clone.load_state_arrays(model.state_arrays())
     m2, v2 = clone.predict(x, u)
     out["reloaded_mean"], out["reloaded_var"] = m2, v2
     out = {k: (np.asarray(v).tolist() if not isinstance(v, float) else v)
            for k, v in out.items()}
-    return {"values": out, "fit_seconds": fit_s}
+    return {"values": out, "fit_seconds": fit_s, "predict_1_ms": 1e3 * float(np.median(times)),
+            "linearize_50_ms": 1e3 * lin_s}
 
 
 def run(models: dict = MODELS) -> dict:
@@ -142,6 +153,30 @@ def run(models: dict = MODELS) -> dict:
         for name, (kind, settings) in models.items():
             res[f"{robot}/{name}"] = model_figures(kind, settings, train, val)
     return res
+
+
+def fit_cpu_times(robot: str = "arm2", names=("gp_exact", "gp_multitask", "gp_sparse",
+                                              "linear"), repeats: int = 5) -> dict:
+    """Median CPU time (s, ``time.process_time``: less sensitive to other processes than
+    wall time) of one fit of each model on ``robot``'s data, after one warm-up fit."""
+    import mbrl_ros.core.models  # noqa: F401  (registers the model providers)
+    import torch
+    from mbrl_ros.core import registry
+    from mbrl_ros.core.settings import from_mapping
+    torch.set_num_threads(1)
+    train, _ = load_data()[robot]
+    out = {}
+    for name in names:
+        kind, settings = MODELS[name]
+        cls = registry.lookup("model", kind)
+        cpu = []
+        for _ in range(repeats + 1):
+            model = cls(from_mapping(cls.Settings, settings))
+            c0 = time.process_time()
+            model.fit(train, rng=np.random.default_rng(11))
+            cpu.append(time.process_time() - c0)
+        out[name] = float(np.median(cpu[1:]))
+    return out
 
 
 def compare(new: dict, ref: dict, rtol: float = 1e-9, atol: float = 1e-10) -> list[str]:
@@ -171,7 +206,12 @@ def main() -> int:
     ap.add_argument("--make-data", action="store_true", help="regenerate the data set")
     ap.add_argument("--json", help="write the figures here")
     ap.add_argument("--compare", help="compare with figures saved by --json")
+    ap.add_argument("--fit-cpu", action="store_true",
+                    help="only print the median CPU time of arm2 fits (JSON)")
     a = ap.parse_args()
+    if a.fit_cpu:
+        print(json.dumps(fit_cpu_times()))
+        return 0
     if a.make_data:
         make_data()
     res = run()
