@@ -253,10 +253,15 @@ def warm_up(kind: str, model_settings: dict[str, Any] | None, nx: int, nu: int,
 def fit_model(batch: TransitionBatch, settings: FitSettings = FitSettings(),
               model_settings: dict[str, Any] | None = None, *, robot: str = "",
               expect: ModelSpec | None = None,
-              progress: Callable[[float], None] | None = None) -> FitResult:
+              progress: Callable[[float], None] | None = None,
+              previous: DynamicsModel | None = None) -> FitResult:
     """Clean, split, fit and validate. Raises ModelError with the reason on failure
     (too few samples, data without excitation, dimensions not matching ``expect``,
-    non-finite weights or predictions, a model of other joints than ``robot``'s)."""
+    non-finite weights or predictions, a model of other joints than ``robot``'s).
+
+    ``previous``: the last model of the same family (a live refit); a family with a
+    ``warm_start_from`` method may start training from it (the ensemble's
+    ``warm_start`` setting)."""
     batch, n_bad = drop_nonfinite(batch)
     batch, n_repeats = drop_repeats(batch)
     excitation_notes = check_excitation(batch, settings.min_excitation)
@@ -279,6 +284,8 @@ def fit_model(batch: TransitionBatch, settings: FitSettings = FitSettings(),
                          f"transitions, got {len(train)} ({len(batch)} in all, {n_bad} "
                          f"dropped as NaN/inf, {n_repeats} repeats of the one before "
                          "counted once)")
+    warm = previous is not None and hasattr(model, "warm_start_from") and \
+        model.warm_start_from(previous)
     t0 = time.perf_counter()
     report = model.fit(train, rng=rng, progress=progress)
     fit_seconds = time.perf_counter() - t0
@@ -296,6 +303,8 @@ def fit_model(batch: TransitionBatch, settings: FitSettings = FitSettings(),
                        metrics=metrics, notes=list(report.notes) + excitation_notes)
     if n_bad:
         report.notes.append(f"{n_bad} transitions with NaN/inf dropped")
+    if warm:
+        report.notes.append("warm-started from the previous model's weights")
     if n_repeats:
         report.notes.append(f"{n_repeats} transitions identical to the one before them (a "
                             "robot at rest under a constant effort) counted once")

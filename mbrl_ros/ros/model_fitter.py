@@ -293,7 +293,8 @@ class ModelFitter(Node):
                     model_settings["mjcf"] = s.robot
                 model_settings["control_period"] = float(np.median(batch.dt))
             # Later models must describe the same joints as the first one published.
-            result = fit_model(batch, fs, model_settings, robot=s.robot, expect=self.spec)
+            result = fit_model(batch, fs, model_settings, robot=s.robot, expect=self.spec,
+                               previous=self.last_model)
         except Exception as e:      # any failure keeps the last good model and says why
             self.fits["failed"] += 1
             msg = f"fit failed ({reason}): {e}; " + self._keeping()

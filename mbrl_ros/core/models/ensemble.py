@@ -174,6 +174,9 @@ class EnsembleModel(DynamicsModel):
                                "setting); restored afterwards", low=0, high=256)
         dtype: str = setting("float32", "floating-point type of the network",
                              choices=tuple(_DTYPES))
+        warm_start: bool = setting(False, "a refit starts from the previous model's weights "
+                                   "(same shapes) instead of a random initialisation, so "
+                                   "training accumulates over bounded live refits")
 
         def __post_init__(self):
             if self.min_logvar_init >= self.max_logvar_init:
@@ -205,6 +208,8 @@ class EnsembleModel(DynamicsModel):
         # (epoch, mean validation MSE over members, train NLL, seconds) of the last fit.
         self.history: list[tuple[int, float, float, float]] = []
         self._t_in_mean = self._t_in_std = self._t_out_mean = self._t_out_std = None
+        # Parameters a warm-started fit begins from (see warm_start_from), else None.
+        self._warm: list[torch.Tensor] | None = None
 
     # ------------------------------------------------------------------ network
     @property
@@ -306,6 +311,31 @@ class EnsembleModel(DynamicsModel):
         return torch.cat([m for m, _ in parts], dim=1), torch.cat([v for _, v in parts], dim=1)
 
     # ------------------------------------------------------------------ learning
+    def warm_start_from(self, previous: DynamicsModel) -> bool:
+        """With ``warm_start``, make the next :meth:`fit` begin from ``previous``'s weights
+        and log-variance bounds instead of a random initialisation (the refit of a live
+        learner, as mbrl-lib's PETS keeps training one model as data arrives). The
+        normalisers and the linear prior are refitted on the new data as always; the
+        members then correct what moved, and each keeps the weights of lowest validation
+        error -- scored before the first step too, so a refit never ends worse on the
+        new validation data than the weights it started from.
+
+        Returns:
+            False if the next fit starts cold: setting off, another family, other members,
+            layers or units (other inputs or outputs: checked by the fit, which then
+            starts cold and reports ``warm_start`` 0).
+        """
+        self._warm = None
+        s = self.settings
+        if not s.warm_start or not isinstance(previous, EnsembleModel) \
+                or previous.max_logvar is None or any(
+                    getattr(previous.settings, k) != getattr(s, k)
+                    for k in ("members", "hidden_layers", "hidden_units")):
+            return False
+        params = [p.detach().clone().to(self.torch_dtype) for p in previous._params()]
+        self._warm = params
+        return True
+
     def fit(self, data: TransitionBatch, rng: np.random.Generator | None = None,
             progress: Callable[[float], None] | None = None) -> FitReport:
         """Train the ensemble from scratch on ``data``.
@@ -405,6 +435,13 @@ class EnsembleModel(DynamicsModel):
             self._set_linear(None)
         gen = torch.Generator().manual_seed(seed)
         self._init_params(X.shape[1], Y.shape[1], gen)
+        warm = self._warm is not None and [tuple(p.shape) for p in self._warm] == \
+            [tuple(p.shape) for p in self._params()]
+        if warm:
+            with torch.no_grad():
+                for p, w in zip(self._params(), self._warm):
+                    p.copy_(w)
+        self._warm = None
         if s.bootstrap:
             boot = torch.randint(0, n_tr, (M, n_tr), generator=gen)
         else:
@@ -435,6 +472,14 @@ class EnsembleModel(DynamicsModel):
                 return ((vm - Yv) ** 2).mean(dim=(1, 2)).to(torch.float64)
         params = self._params()
         self.history = []
+        if warm:
+            # The starting weights are a candidate too: a refit keeps each member's
+            # warm-start weights unless training improves on them.
+            with torch.no_grad():
+                best_val = torch.nan_to_num(val_fn(), nan=math.inf)
+            best_mean = float(best_val.mean())
+            if not math.isfinite(best_mean):
+                best_mean = math.inf
         t_start = time.perf_counter()
         stop_reason = f"stopped at the epoch budget ({s.epochs}) before early stopping"
         for epoch in range(1, s.epochs + 1):
@@ -509,7 +554,7 @@ class EnsembleModel(DynamicsModel):
                    "best_epoch": float(best_epoch),
                    "epoch_seconds": float(np.mean(epoch_times)) if epoch_times else 0.0,
                    "prior_ridge": float(ridge), "batch_size": float(bs),
-                   "steps": float(opt.t),
+                   "steps": float(opt.t), "warm_start": float(warm),
                    "val_horizon": float(H if val_blocks is not None else 1)}
         if n_val:
             vs = states[val_idx]
