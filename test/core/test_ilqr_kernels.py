@@ -344,3 +344,21 @@ def test_fresh_process_compiles_nothing_after_construction():
     assert r["same"], r
     assert r["warm_up"] > 0.0 and r["warm_up"] <= r["construct"], r
     assert r["clamped"] >= 0
+
+
+def test_policy_covariance_is_the_inverse_of_quu_and_floored_when_indefinite():
+    from mbrl_ros.core.planners.ilqr.planner import _pd_inverse
+    rng = np.random.default_rng(4)
+    X = rng.standard_normal((6, 4, 4))
+    H = X @ np.swapaxes(X, 1, 2) + 0.1 * np.eye(4)
+    H[2, 0, 1] += 1e-3            # slightly asymmetric: the symmetric part is inverted
+    out = np.empty_like(H)
+    assert kernels.spd_inverse_kernel(H, out)
+    Hs = 0.5 * (H + np.swapaxes(H, 1, 2))
+    np.testing.assert_allclose(out, np.linalg.inv(Hs), rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(_pd_inverse(H), np.linalg.inv(Hs), rtol=1e-9, atol=1e-12)
+    H[3] = np.diag([1.0, -2.0, 3.0, 4.0])       # indefinite: eigenvalues floored instead
+    assert not kernels.spd_inverse_kernel(H, np.empty_like(H))
+    cov = _pd_inverse(H)
+    assert np.all(np.linalg.eigvalsh(cov) > 0)
+    np.testing.assert_allclose(cov[0], np.linalg.inv(Hs[0]), rtol=1e-9)

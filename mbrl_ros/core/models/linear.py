@@ -115,6 +115,11 @@ class LinearModel(DynamicsModel):
         x, u = check_xu(self.spec, x, u)
         return self._mean(x, u), np.broadcast_to(self.var, x.shape).copy()
 
+    def affine_dynamics(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(A, B, c) of the mean x' = A x + B u + c (iLQR rolls it out in compiled code)."""
+        self._require_fitted()
+        return self.A, self.B, self.c
+
     def linearize(self, xs: np.ndarray, us: np.ndarray) -> Linearization:
         """The constant A, B, c (and diag(var) as cov) repeated for T = len(xs) steps."""
         self._require_fitted()
