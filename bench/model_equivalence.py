@@ -18,6 +18,8 @@ saved in ``test/resources/model_equivalence.json`` (rtol 1e-9, atol 1e-10).
 Usage:
     python bench/model_equivalence.py [--make-data] [--json PATH] [--compare PATH]
     python bench/model_equivalence.py --fit-cpu     # median CPU seconds of arm2 fits
+    python bench/model_equivalence.py --save-artifacts DIR   # at one commit, then
+    python bench/model_equivalence.py --load-artifacts DIR   # at another
 """
 from __future__ import annotations
 
@@ -179,6 +181,46 @@ def fit_cpu_times(robot: str = "arm2", names=("gp_exact", "gp_multitask", "gp_sp
     return out
 
 
+ARTIFACT_MODELS = ("gp_exact", "gp_multitask", "gp_sparse", "gp_sparse_multitask", "linear")
+
+
+def artifacts(directory: str, save: bool) -> dict:
+    """Artifact compatibility across commits: ``save`` fits the models and writes their
+    ``state_arrays`` (npz), spec and predictions on the probe inputs to ``directory``; else
+    loads them with the code at hand and returns the largest |prediction difference| (mean
+    and variance) per model."""
+    import mbrl_ros.core.models  # noqa: F401  (registers the model providers)
+    import torch
+    from mbrl_ros.core import registry
+    from mbrl_ros.core.models.base import ModelSpec
+    from mbrl_ros.core.settings import from_mapping
+    torch.set_num_threads(1)
+    root = Path(directory)
+    root.mkdir(parents=True, exist_ok=True)
+    out = {}
+    for robot, (train, val) in load_data().items():
+        x, u = _probe(val)
+        for name in ARTIFACT_MODELS:
+            kind, settings = MODELS[name]
+            cls = registry.lookup("model", kind)
+            path = root / f"{robot}_{name}"
+            if save:
+                model = cls(from_mapping(cls.Settings, settings))
+                model.fit(train, rng=np.random.default_rng(11))
+                np.savez(path.with_suffix(".npz"), **model.state_arrays())
+                np.save(path.with_suffix(".pred.npy"), np.concatenate(model.predict(x, u), 1))
+                path.with_suffix(".spec.json").write_text(json.dumps(model.spec.to_json()))
+                continue
+            spec = ModelSpec.from_json(json.loads(path.with_suffix(".spec.json").read_text()))
+            model = cls(from_mapping(cls.Settings, settings), spec)
+            with np.load(path.with_suffix(".npz"), allow_pickle=False) as f:
+                model.load_state_arrays({k: f[k] for k in f.files})
+            got = np.concatenate(model.predict(x, u), 1)
+            out[f"{robot}/{name}"] = float(np.max(np.abs(got - np.load(
+                path.with_suffix(".pred.npy")))))
+    return out
+
+
 def compare(new: dict, ref: dict, rtol: float = 1e-9, atol: float = 1e-10) -> list[str]:
     """Differences beyond tolerance, one line each (empty: equivalent)."""
     bad = []
@@ -208,7 +250,15 @@ def main() -> int:
     ap.add_argument("--compare", help="compare with figures saved by --json")
     ap.add_argument("--fit-cpu", action="store_true",
                     help="only print the median CPU time of arm2 fits (JSON)")
+    ap.add_argument("--save-artifacts", metavar="DIR",
+                    help="only fit and save artifacts + predictions to DIR")
+    ap.add_argument("--load-artifacts", metavar="DIR",
+                    help="only load DIR's artifacts and print |prediction differences|")
     a = ap.parse_args()
+    if a.save_artifacts or a.load_artifacts:
+        res = artifacts(a.save_artifacts or a.load_artifacts, save=bool(a.save_artifacts))
+        print(json.dumps(res))
+        return 0
     if a.fit_cpu:
         print(json.dumps(fit_cpu_times()))
         return 0
