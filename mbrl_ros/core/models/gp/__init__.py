@@ -23,7 +23,7 @@ exact (:mod:`.exact`); above, a sparse variational GP with ``n_inducing`` induci
 (:mod:`.sparse`).
 
 Why the pieces (the measurements behind each, and the alternatives rejected, are in
-BENCHMARKS.md, section "GP"):
+BENCHMARKS.md, "Issue 3 -- dynamics models", GP design measurements):
 
 * Hyper-parameters (:mod:`.hyper`) maximise the exact marginal likelihood of a random
   subset (``hyper_subset``) times a log-normal prior on every lengthscale

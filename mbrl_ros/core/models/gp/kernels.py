@@ -137,7 +137,7 @@ def compute_threads(n: int) -> Iterator[None]:
 
     Products of small kernel values (distant points, short lengthscales) underflow to
     subnormal numbers, on which x86 arithmetic is ~100x slower (the posterior and every
-    query several times slower; figures in BENCHMARKS.md, "GP").
+    query several times slower; BENCHMARKS.md, "Issue 3", GP design measurements).
     """
     global _COMPUTE_DEPTH
     prev = torch.get_num_threads()

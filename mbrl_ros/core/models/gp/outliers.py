@@ -4,7 +4,7 @@ Why: simulated excitation data is deterministic and dense along trajectories, so
 marginal likelihood puts the noise near ``noise_floor`` and the posterior interpolates.
 The few transitions through an impact on a joint stop do not fit a smooth function;
 interpolating them makes the posterior mean oscillate between trajectories (the figures
-are in BENCHMARKS.md, "GP").
+are in BENCHMARKS.md, "Issue 3", GP design measurements).
 
 What: after the hyper-parameters, every training point's residual is judged by a
 posterior that did not see it -- leave-one-out within the hyper-parameter subset
