@@ -188,7 +188,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         return 2
     cfg = DemoConfig(robot=args.robot, model=args.model, planner=args.planner,
                      switch_to=args.switch_to, out=Path(args.out), seed=args.seed,
-                     target=target,
+                     target=target, plan_rate=args.plan_rate,
                      iterations=args.iterations or (3 if quick else 6),
                      excite_seconds=5.0 if quick and args.robot != "cartpole" else None,
                      progress=not args.no_progress,
@@ -215,7 +215,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         dist = f"{dist:.4f} m" if dist is not None else "not measured (no episode data)"
         print(f"\nfinal end-effector distance to the target: {dist} after "
               f"{last['interaction_seconds']:.1f} s ({last['steps']} steps) of simulated "
-              f"interaction; demo took {summary['wall_seconds']} s")
+              f"interaction; demo took {summary['wall_seconds']} s "
+              f"({summary['cpu_seconds']} s of CPU)")
     print(f"report: {Path(args.out) / 'metrics.json'}")
     for name, path in summary["plots"].items():
         print(f"  {name}: {path}")
@@ -491,6 +492,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="iterations including the excitation (default 6, --quick 3)")
     m.add_argument("--out", default="demo_out", help="output directory (default demo_out)")
     m.add_argument("--quick", action="store_true", help="short run (under two minutes)")
+    m.add_argument("--plan-rate", type=float, default=50.0,
+                   help="replans per simulated second, as the controller's plan_rate "
+                        "(default 50; 0: every control step)")
     m.add_argument("--model-settings", default="", help="model hyper-parameters as JSON")
     m.add_argument("--seed", type=int, default=0)
     m.add_argument("--no-progress", action="store_true")
