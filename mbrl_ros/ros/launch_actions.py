@@ -9,7 +9,8 @@ arguments of that kind and, at launch time, starts the plan's processes:
   file written from the plan, the same bytes ``mbrl-ros bringup`` passes), then the user's
   ``params_file``;
 - a lifecycle node is configured each time its process starts (so a respawned one is
-  too), and activated after a successful configure when the plan says so;
+  too), once that process answers ``get_state`` (see :func:`_configure_when_answering`),
+  and activated after a successful configure when the plan says so;
 - a node that exits (unless it respawns) or fails to configure ends the launch with a
   non-zero exit code naming the node. A ``Shutdown`` action would exit 0:
   ``LaunchService.run()`` returns 1 only when an exception escapes an action or event
@@ -21,6 +22,8 @@ Imported only by the launch files (needs ``launch`` and ``launch_ros``).
 from __future__ import annotations
 
 import tempfile
+import threading
+import time
 
 from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, EmitEvent, OpaqueFunction, RegisterEventHandler
@@ -32,11 +35,14 @@ from launch_ros.event_handlers import OnStateTransition
 from launch_ros.events.lifecycle import ChangeState, StateTransition
 from launch_ros.substitutions import FindPackageShare
 from lifecycle_msgs.msg import Transition
+from lifecycle_msgs.srv import GetState
 
 from mbrl_ros.bringup import ARGUMENTS, PACKAGE, RESPAWN_DELAY, BringupError, Process, plan
 
 _TRANSITION_IDS = {"configure": Transition.TRANSITION_CONFIGURE,
                    "activate": Transition.TRANSITION_ACTIVATE}
+ANSWER_TIMEOUT = 60.0   # s for a started lifecycle node to answer get_state (as mbrl-ros bringup)
+RETRY = 1.0             # s without an answer before get_state is asked again
 
 
 class NodeFailure(RuntimeError):
@@ -89,7 +95,13 @@ def _process_actions(process: Process) -> list:
         def change(transition: str) -> EmitEvent:
             return EmitEvent(event=ChangeState(lifecycle_node_matcher=matches_action(node),
                                                transition_id=_TRANSITION_IDS[transition]))
-        handlers.append(OnProcessStart(target_action=node, on_start=[change("configure")]))
+        starts = [0]          # process starts so far: a waiter gives up when a newer one runs
+
+        def on_start(event, context):
+            starts[0] += 1
+            _configure_when_answering(node, change("configure").event, context,
+                                      lambda start=starts[0]: start != starts[0])
+        handlers.append(OnProcessStart(target_action=node, on_start=on_start))
         handlers.append(OnStateTransition(
             target_lifecycle_node=node,
             matcher=lambda event: (isinstance(event, StateTransition) and event.action is node
@@ -103,6 +115,71 @@ def _process_actions(process: Process) -> list:
                                               entities=[change("activate")]))
     # Handlers first: they must be registered before the process can start and exit.
     return [RegisterEventHandler(h) for h in handlers] + [node]
+
+
+def _configure_when_answering(node, configure, context, superseded) -> None:
+    """Emit ``configure`` (a ChangeState event) once the node's process answers get_state.
+
+    launch_ros sends a ChangeState request as soon as the graph lists the node's
+    change_state service. For a respawned node the graph still lists the killed process's
+    service until DDS drops it (its lease: ~20 s), so the request goes to the dead process,
+    is never answered, and the new process stays unconfigured (checked under ros2 launch:
+    robot.launch.py respawn:=true, controller killed). So, as ``mbrl-ros bringup`` does,
+    get_state is asked first, again every RETRY s until answered: an answer comes only from a
+    live process, and then the change_state request reaches it. Runs on a thread of the
+    launch's executor; the launch waits for it (a completion future). Gives up quietly when
+    the launch shuts down or a newer start of the process took over (``superseded()``);
+    no answer within ANSWER_TIMEOUT ends the launch with an error naming the node.
+    """
+    from launch_ros.ros_adapters import get_ros_node
+    ros_node = get_ros_node(context)
+    name = node.node_name
+
+    def stop() -> bool:
+        return context.is_shutdown or superseded()
+
+    def wait() -> None:
+        try:
+            client = ros_node.create_client(GetState, f"{name}/get_state")
+        except Exception:
+            if stop():
+                return
+            raise
+        try:
+            answered = wait_for_answer(client, GetState.Request(), stop, ANSWER_TIMEOUT, RETRY)
+        except Exception:
+            if stop():          # the launch's ROS node is being destroyed (shutting down)
+                return
+            raise
+        finally:
+            try:
+                ros_node.destroy_client(client)
+            except Exception:
+                pass
+        if answered:
+            context.asyncio_loop.call_soon_threadsafe(context.emit_event_sync, configure)
+        elif not stop():
+            raise NodeFailure(f"node {name} did not answer get_state within "
+                              f"{ANSWER_TIMEOUT:g} s of its start")
+
+    context.add_completion_future(context.asyncio_loop.run_in_executor(None, wait))
+
+
+def wait_for_answer(client, request, stop, timeout: float, retry: float) -> bool:
+    """Call ``client`` until a call is answered (True); re-send after ``retry`` s without an
+    answer, dropping the unanswered request. False when ``stop()`` or after ``timeout`` s."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end and not stop():
+        if not client.service_is_ready():
+            time.sleep(0.1)
+            continue
+        answered = threading.Event()
+        future = client.call_async(request)
+        future.add_done_callback(lambda _: answered.set())
+        if answered.wait(min(retry, max(0.0, end - time.monotonic()))) and not future.cancelled():
+            return True
+        client.remove_pending_request(future)
+    return False
 
 
 def _exited(process: Process, event, context):

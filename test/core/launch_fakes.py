@@ -73,6 +73,12 @@ def matches_action(target_action):
 
 
 class Node:
+    @property
+    def node_name(self) -> str:
+        """The fully qualified name launch_ros resolves when executing the action."""
+        ns = (self.namespace or "").strip("/")
+        return f"/{ns}/{self.name}" if ns else f"/{self.name}"
+
     def __init__(self, *, executable, package=None, name=None, namespace=None, exec_name=None,
                  parameters=None, remappings=None, ros_arguments=None, arguments=None,
                  **kwargs):
@@ -134,12 +140,93 @@ class FindPackageShare:
         return FindPackageShare.share
 
 
-class Context:
-    """LaunchContext: the argument values and whether the launch is shutting down."""
+class ProcessStarted:
+    """launch.events.process.ProcessStarted (the attribute handlers read)."""
 
-    def __init__(self, configurations: dict[str, str], is_shutdown: bool = False):
+    def __init__(self, pid: int = 1234):
+        self.pid = pid
+
+
+class Loop:
+    """The launch's asyncio loop as actions use it: ``run_in_executor`` runs the function
+    at once (as if its thread finished before the test looks), ``call_soon_threadsafe``
+    calls at once."""
+
+    def run_in_executor(self, executor, function, *args):
+        import concurrent.futures
+        future = concurrent.futures.Future()
+        try:
+            future.set_result(function(*args))
+        except Exception as e:                    # the launch service would re-raise it
+            future.set_exception(e)
+        return future
+
+    def call_soon_threadsafe(self, callback, *args):
+        callback(*args)
+
+
+class Client:
+    """An rclpy service client whose calls are answered as ``answers`` says, call by call
+    (True: answered; False: never answered, like a request sent to a dead process's
+    endpoint the graph still lists)."""
+
+    def __init__(self, srv_type, name: str, answers: list[bool]):
+        self.srv_type, self.name, self.answers = srv_type, name, answers
+        self.requests, self.removed = [], []
+
+    def service_is_ready(self) -> bool:
+        return True
+
+    def call_async(self, request):
+        from rclpy.task import Future
+        future = Future()
+        self.requests.append(request)
+        if self.answers.pop(0) if self.answers else False:
+            future.set_result(self.srv_type.Response())
+        return future
+
+    def remove_pending_request(self, future) -> None:
+        self.removed.append(future)
+
+
+class RosNode:
+    """launch_ros' node of the launch (``get_ros_node``): hands out scripted clients."""
+
+    def __init__(self, answers: list[bool] | None = None):
+        self.answers = list(answers if answers is not None else [True])
+        self.clients: list[Client] = []
+        self.destroyed: list[Client] = []
+
+    def create_client(self, srv_type, name):
+        self.clients.append(Client(srv_type, name, self.answers))
+        return self.clients[-1]
+
+    def destroy_client(self, client) -> None:
+        self.destroyed.append(client)
+
+
+def get_ros_node(context):
+    return context.ros_node
+
+
+class Context:
+    """LaunchContext: the argument values, whether the launch is shutting down, the
+    launch's loop and ROS node; records the events emitted and the futures it waits on."""
+
+    def __init__(self, configurations: dict[str, str], is_shutdown: bool = False,
+                 ros_node: RosNode | None = None):
         self.launch_configurations = dict(configurations)
         self.is_shutdown = is_shutdown
+        self.asyncio_loop = Loop()
+        self.ros_node = ros_node or RosNode()
+        self.emitted: list = []
+        self.completion_futures: list = []
+
+    def emit_event_sync(self, event) -> None:
+        self.emitted.append(event)
+
+    def add_completion_future(self, future) -> None:
+        self.completion_futures.append(future)
 
 
 def modules() -> dict[str, types.ModuleType]:
@@ -161,6 +248,8 @@ def modules() -> dict[str, types.ModuleType]:
         "launch_ros": module("launch_ros"),
         "launch_ros.actions": module("launch_ros.actions", Node=Node,
                                      LifecycleNode=LifecycleNode),
+        "launch_ros.ros_adapters": module("launch_ros.ros_adapters",
+                                          get_ros_node=get_ros_node),
         "launch_ros.event_handlers": module("launch_ros.event_handlers",
                                             OnStateTransition=OnStateTransition),
         "launch_ros.events": module("launch_ros.events"),

@@ -134,11 +134,18 @@ def _fired(handlers, event):
 def test_the_controller_is_configured_on_start_and_activated_on_request(run_launch, activate):
     _, actions = run_launch("sim", activate=activate)
     controller, starts, transitions = _lifecycle(actions)
-    # Configured whenever its process starts (a respawned controller too).
+    # Configured whenever its process starts (a respawned controller too), once that
+    # process answers get_state.
     (start,) = starts
-    (configure,) = start.on_start
-    assert configure.event.transition_id == Transition.TRANSITION_CONFIGURE
-    assert configure.event.lifecycle_node_matcher(controller)
+    context = fake.Context({})
+    start.on_start(fake.ProcessStarted(), context)
+    (client,) = context.ros_node.clients
+    assert client.name == "/controller/get_state" and len(client.requests) == 1
+    assert context.ros_node.destroyed == [client]
+    assert all(f.exception() is None for f in context.completion_futures)
+    (configure,) = context.emitted
+    assert configure.transition_id == Transition.TRANSITION_CONFIGURE
+    assert configure.lifecycle_node_matcher(controller)
     configured = fake.StateTransition(action=controller, start_state="configuring",
                                       goal_state="inactive")
     activations = [e for h in _fired(transitions, configured) for e in h.entities
@@ -148,6 +155,71 @@ def test_the_controller_is_configured_on_start_and_activated_on_request(run_laun
         assert act.event.transition_id == Transition.TRANSITION_ACTIVATE
     else:
         assert activations == []
+
+
+def test_a_respawned_controller_is_configured_though_the_dead_one_looks_alive(run_launch,
+                                                                                monkeypatch):
+    # Under ros2 launch (respawn:=true, controller killed): the graph still listed the killed
+    # process's services, launch_ros' change_state request went to it and the new
+    # controller stayed unconfigured. get_state is asked until a live process answers.
+    import mbrl_ros.ros.launch_actions as la
+    monkeypatch.setattr(la, "RETRY", 0.01)
+    _, actions = run_launch("robot", namespace="left", respawn="true")
+    _, (start,), _ = _lifecycle(actions)
+    context = fake.Context({}, ros_node=fake.RosNode(answers=[False, False, True]))
+    start.on_start(fake.ProcessStarted(), context)
+    (client,) = context.ros_node.clients
+    assert client.name == "/left/controller/get_state"
+    assert len(client.requests) == 3 and len(client.removed) == 2    # unanswered ones dropped
+    assert [e.transition_id for e in context.emitted] == [Transition.TRANSITION_CONFIGURE]
+
+
+def test_configure_waiters_give_up_on_shutdown_restart_or_silence(run_launch, monkeypatch):
+    import mbrl_ros.ros.launch_actions as la
+    from mbrl_ros.ros.launch_actions import NodeFailure
+    monkeypatch.setattr(la, "RETRY", 0.01)
+    monkeypatch.setattr(la, "ANSWER_TIMEOUT", 0.2)
+    _, actions = run_launch("sim", namespace="arm_a")
+    _, (start,), _ = _lifecycle(actions)
+    # Never answered: the launch ends with an error naming the node.
+    silent = fake.Context({}, ros_node=fake.RosNode(answers=[False] * 1000))
+    start.on_start(fake.ProcessStarted(), silent)
+    (future,) = silent.completion_futures
+    with pytest.raises(NodeFailure, match="/arm_a/controller did not answer get_state"):
+        future.result()
+    assert silent.emitted == []
+    # Shutting down: no request, no error, nothing emitted.
+    stopping = fake.Context({}, is_shutdown=True, ros_node=fake.RosNode(answers=[True]))
+    start.on_start(fake.ProcessStarted(), stopping)
+    assert stopping.emitted == [] and stopping.completion_futures[0].exception() is None
+    assert stopping.ros_node.clients[0].requests == []
+    # A waiter of an earlier start stops once the process started again (respawn).
+    superseded = []
+    stale = fake.RosNode(answers=[False] * 1000)
+    original = stale.create_client
+
+    def restart_meanwhile(*a):
+        start.on_start(fake.ProcessStarted(pid=2), fake.Context({}))   # the new start
+        superseded.append(True)
+        return original(*a)
+    stale.create_client = restart_meanwhile
+    old = fake.Context({}, ros_node=stale)
+    start.on_start(fake.ProcessStarted(pid=1), old)
+    assert superseded and old.emitted == [] and old.completion_futures[0].exception() is None
+
+
+def test_wait_for_answer_resends_until_answered(run_launch):
+    from lifecycle_msgs.srv import GetState
+    from rclpy.task import Future
+
+    from mbrl_ros.ros.launch_actions import wait_for_answer
+    client = fake.Client(GetState, "/x/get_state", [False, True])
+    assert wait_for_answer(client, "req", lambda: False, timeout=5.0, retry=0.01)
+    assert client.requests == ["req", "req"] and len(client.removed) == 1
+    assert isinstance(client.removed[0], Future) and not client.removed[0].done()
+    never = fake.Client(GetState, "/x/get_state", [False] * 1000)
+    assert not wait_for_answer(never, "req", lambda: False, timeout=0.1, retry=0.01)
+    assert not wait_for_answer(client, "req", lambda: True, timeout=5.0, retry=0.01)
 
 
 @pytest.mark.parametrize("goal", ["unconfigured", "errorprocessing"])

@@ -6,6 +6,7 @@ import os
 import re
 import signal
 import subprocess
+import time
 
 import pytest
 from lifecycle_msgs.srv import GetState
@@ -171,3 +172,24 @@ def test_respawn_restarts_a_node_and_repeats_its_transitions(bringup, probe):
                 raise
     assert state.current_state.label == "inactive"
     _stop_cleanly(p)
+
+
+@pytest.mark.parametrize("executable,params", [
+    ("sim_node", {"model": "arm2"}),
+    ("controller", {"robot": "arm2", "model": "mujoco", "autostart": True})])
+def test_a_node_exits_0_when_ctrl_c_reaches_it_twice(start_node, probe, executable, params):
+    # Under `ros2 launch` a terminal's Ctrl-C reaches each node twice: the terminal signals
+    # the whole foreground process group, then launch signals each node. A second SIGINT
+    # while the finished node's interpreter shut down killed it (exit -2, and launch
+    # printed "process has died" for every node on every Ctrl-C; checked by hand).
+    node = start_node(executable, params)
+    ready = {"sim_node": "simulating arm2", "controller": "active: commanding"}[executable]
+    probe.spin_until(lambda: ready in node.output() or node.proc.poll() is not None, UP,
+                     f"{executable} running")
+    assert node.proc.poll() is None, node.output()
+    node.signal(signal.SIGINT)
+    end = time.monotonic() + 30
+    while node.proc.poll() is None and time.monotonic() < end:
+        time.sleep(0.02)
+        node.signal(signal.SIGINT)         # launch's, and any further Ctrl-C, while it exits
+    assert node.proc.poll() == 0, node.output()
