@@ -8,7 +8,9 @@ from mbrl_ros.cli import NODE_SETTINGS, node_parameter_specs
 from mbrl_ros.core.settings import SettingsError, coerce
 
 CONFIG = Path(__file__).resolve().parents[2] / "config"
-FILES = sorted(CONFIG.glob("*.yaml"))
+# gps_*.yaml are `mbrl-ros gps --config` run files, not ROS parameter files (checked by
+# test/core/test_gps_config.py).
+FILES = sorted(p for p in CONFIG.glob("*.yaml") if not p.name.startswith("gps_"))
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:

@@ -171,3 +171,15 @@ def test_non_pd_action_cost_raises_eta():
     res = kl_constrained_update(dyn, x0, S0, expansion, ref, 1.0, eta=1e-6)
     assert np.all(np.linalg.eigvalsh(res.policy.cov) > 0)
     assert res.kl <= 1.1
+
+
+def test_eta_to_infinity_leaves_the_controller():
+    """A vanishing KL bound (eta -> max_eta) hands back the reference controller."""
+    _, _, _, _, dyn, x0, S0, expansion, ref = _problem(3)
+    res = kl_constrained_update(dyn, x0, S0, expansion, ref, epsilon=1e-9)
+    K, k, cov = policy_arrays(res.policy)
+    ref_K, ref_k, ref_cov = policy_arrays(ref)
+    assert res.kl < 1e-6
+    np.testing.assert_allclose(K, ref_K, atol=1e-4)
+    np.testing.assert_allclose(k, ref_k, atol=1e-4)
+    np.testing.assert_allclose(cov, ref_cov, atol=1e-5)
