@@ -14,6 +14,7 @@ the held-out targets. The first iteration that meets each is reported.
 One torch thread and one BLAS thread. The wall times depend on the machine's load: the
 load average is recorded next to them.
 Usage: python bench/gps.py [--quick] [--json PATH] [--robots arm7,arm2] [--iterations N]
+       [--horizon T]
 """
 from __future__ import annotations
 
@@ -45,12 +46,14 @@ def _first(its, key, limit):
     return None
 
 
-def bench(robot: str, quick: bool, iterations: int, seed: int) -> dict:
+def bench(robot: str, quick: bool, iterations: int, seed: int, horizon: int = 0) -> dict:
     cfg = load_config(ROOT / "config" / f"gps_{robot}.yaml")
     if quick:
         cfg = dataclasses.replace(cfg, iterations=4 if robot == "arm7" else 3)
     if iterations:
         cfg = dataclasses.replace(cfg, iterations=iterations)
+    if horizon:
+        cfg = dataclasses.replace(cfg, horizon=horizon)
     cfg = dataclasses.replace(cfg, seed=seed, progress=False, write=False).resolved()
     load0 = os.getloadavg()
     t0 = time.perf_counter()
@@ -108,13 +111,16 @@ def main() -> None:
     ap.add_argument("--robots", default="arm7,arm2")
     ap.add_argument("--iterations", type=int, default=0,
                     help="override the configs' iterations (arm7 10, arm2 8)")
+    ap.add_argument("--horizon", type=int, default=0,
+                    help="override the configs' steps per trajectory (arm7 60, arm2 40; the "
+                         "reference budget has 100)")
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args()
     limit_threads()
     out = {"benchmark": "gps", "quick": a.quick, "nproc": os.cpu_count(),
            "targets_m": {"local": LOCAL_TARGET, "heldout": HELDOUT_TARGET}, "runs": []}
     for robot in a.robots.split(","):
-        r = bench(robot.strip(), a.quick, a.iterations, a.seed)
+        r = bench(robot.strip(), a.quick, a.iterations, a.seed, a.horizon)
         out["runs"].append(r)
         print(f"{robot}: local<1cm at it {r['first_iteration_local_below_1cm']}, held-out<2cm "
               f"at it {r['first_iteration_heldout_below_2cm']}, best held-out "
