@@ -70,16 +70,22 @@ class BringupError(ValueError):
 
 @dataclass(frozen=True)
 class Argument:
-    """A launch argument: ``DeclareLaunchArgument(name, default_value, description, choices)``."""
+    """A launch argument: ``DeclareLaunchArgument(name, default_value, description, choices)``.
+
+    ``text`` is the description as the launch files declare it (ros2 launch --show-args
+    appends "Valid choices are: [...]" itself); :attr:`description` adds the choices, for
+    ``mbrl-ros bringup --show-args``."""
     name: str
     default: str
-    description: str
+    text: str
     choices: tuple[str, ...] = ()
+
+    @property
+    def description(self) -> str:
+        return f"{self.text} ({' | '.join(self.choices)})" if self.choices else self.text
 
 
 def _arg(name: str, default: str, description: str, choices=()) -> Argument:
-    if choices:
-        description = f"{description} ({' | '.join(choices)})"
     return Argument(name, default, description, tuple(choices))
 
 

@@ -52,7 +52,7 @@ class NodeFailure(RuntimeError):
 def launch_description(kind: str) -> LaunchDescription:
     """The launch description of ``kind`` (``sim``, ``robot``, ``replay``)."""
     return LaunchDescription(
-        [DeclareLaunchArgument(a.name, default_value=a.default, description=a.description,
+        [DeclareLaunchArgument(a.name, default_value=a.default, description=a.text,
                                choices=list(a.choices) or None)
          for a in ARGUMENTS[kind]]
         + [OpaqueFunction(function=_plan_actions, args=[kind])])
