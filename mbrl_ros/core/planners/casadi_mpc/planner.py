@@ -12,12 +12,7 @@ solvers such as HPIPM and FATROP detect as an optimal-control problem)::
           q_lo <= q_t <= q_hi,  |qd_t| <= v_max      (t >= 1; optional)
 
 The dynamics are the model's affine approximation ``model.linearize(xs, us)`` along the
-nominal trajectory (LTV-MPC); the cost is a quadratic model of any
-:class:`~mbrl_ros.core.costs.quadratic.Cost`: :class:`QuadraticCost` terms enter exactly
-(Q, R, Qf and targets), other terms through their second-order expansion from
-``stage_derivatives`` at the nominal (Gauss-Newton Hessians for least-squares terms such as
-:class:`~mbrl_ros.core.costs.end_effector.EndEffectorCost`), projected onto the PSD cone
-when a term's Hessian is indefinite.
+nominal trajectory (LTV-MPC); the cost is its quadratic model (:mod:`.quadratic_model`).
 
 One ``optimize`` call is the real-time iteration of Diehl, Bock & Schloeder ("A real-time
 iteration scheme for nonlinear optimization in optimal feedback control", SIAM J. Control
@@ -26,10 +21,18 @@ Optim. 2005): the previous solution shifted by the elapsed steps is the linearis
 the new plan. ``iterations > 1`` repeats linearise-and-solve around each new solution
 (sequential convex programming) until the control step is below ``tol_step``.
 
-The problem is built once per (T, nx, nu, solver options): QP solvers get a
-``casadi.conic`` with the fixed sparsity of H and A, and each replan only writes the new
-numbers into preallocated buffers (CasADi's zero-copy ``Function.buffer``); IPOPT and FATROP
-get a ``casadi.nlpsol`` whose matrices are parameters. Nothing is rebuilt per replan.
+Modules, as ``ilqr/`` is split:
+
+* :mod:`.settings`        -- :class:`CasadiMPCSettings` (one schema: docs, ranges, ROS parameters);
+* :mod:`.quadratic_model` -- the cost's quadratic model (the QP objective);
+* :mod:`.problem`         -- :class:`~.problem.ProblemLayout`, the problem template every solver
+  path shares: variable order, sparsity of H and A, warm-start shifts, bounds, solution check;
+* :mod:`.backends`        -- the solver template and its two paths, ``casadi.conic`` (hpipm,
+  qrqp, osqp: numeric H, A) and ``casadi.nlpsol`` (ipopt, fatrop: H, A as parameters), built
+  once per (T, nx, nu, solver options); a replan only writes numbers into preallocated
+  buffers;
+* this module             -- :class:`CasadiMPCPlanner`: the real-time iteration, the
+  fallbacks and the feedback gains.
 
 Feedback: after the solve, a Riccati sweep of the same linearisation and cost Hessians
 around the solution (the iLQR backward pass,
@@ -40,438 +43,39 @@ gains.
 
 Failures never raise inside the control loop: if the solver reports failure (infeasible,
 iteration limit, numerical trouble) or returns a solution that violates the bounds or the
-linearised dynamics by more than ``feasibility_tolerance`` (qrqp reports success with joint
-bounds violated by up to 9e-3 rad on arm7), the problem is first re-solved without state
-bounds (``relax_state_bounds``; state bounds can be infeasible when the robot is already
-past a limit), and if that fails too the previous plan, shifted to the current time, is
-returned with ``stats['status'] == 'failed'``. Only configuration errors raise
-``ValueError``.
+linearised dynamics by more than ``feasibility_tolerance`` (qrqp can report success with
+joint bounds violated), the problem is first re-solved without state bounds
+(``relax_state_bounds``; state bounds can be infeasible when the robot is already past a
+limit), and if that fails too the previous plan, shifted to the current time, is returned
+with ``stats['status'] == 'failed'``. Only configuration errors raise ``ValueError``.
 
-Measured QP solve times (arm7: nx = 14, nu = 7, T = 50, MuJoCo linearisation, torque and
-joint bounds active, warm-started replans of a closed loop; 2 CPU cores shared with other
-jobs, load average 4-5, so absolute numbers are pessimistic): hpipm 'robust' median ~15 ms
-(~13 interior-point iterations; 'speed'/'balance' equal within noise, 'speed_abs' is
-inaccurate), ipopt ~75-125 ms, fatrop ~50-125 ms but failing on 6 of 19 problems with
-active joint bounds, qrqp ~12 ms warm but with the bound violations above, osqp > 2.5 s
-without reaching 1e-6 accuracy. The linearisation of the MuJoCo model (not part of the
-planner) takes ~40 ms of each replan on arm7.
+Solver comparison (solve times, iterations, failures on arm7) and the rejected
+alternatives: BENCHMARKS.md, 'CasADi LTV-MPC solvers' (bench/results/split-data-casadi-2026-12-07.md
+until merged).
 """
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from mbrl_ros.core import registry
-from mbrl_ros.core.costs.quadratic import Cost, QuadraticCost, SumCost
 from mbrl_ros.core.planners.base import Planner, shift_trajectory
-from mbrl_ros.core.planners.casadi_mpc.settings import NLP_SOLVERS, CasadiMPCSettings
+from mbrl_ros.core.planners.casadi_mpc.backends import SolverBackend, make_backend
+from mbrl_ros.core.planners.casadi_mpc.problem import ProblemLayout
+from mbrl_ros.core.planners.casadi_mpc.quadratic_model import QuadraticModel, quadratic_model
+from mbrl_ros.core.planners.casadi_mpc.settings import CasadiMPCSettings
 from mbrl_ros.core.planners.ilqr.backward_pass import BackwardPass, BackwardResult
 from mbrl_ros.core.policies.linear_gaussian import LinearGaussianPolicy
 
 __all__ = ["CasadiMPCPlanner", "QuadraticModel", "quadratic_model"]
 
-# HPIPM takes every variable as box-constrained; infinite bounds are replaced by this.
-# 1e8 (CasADi's default) stalls its interior point at the iteration limit on arm7; 1e6
-# converges in the same ~25 iterations as tighter values and is far beyond any joint
-# velocity (rad/s) or torque (N*m) a robot reaches.
-_HPIPM_INF = 1e6
 # Regularisations tried, in order, when the Riccati sweep for the gains meets a Q_uu that
 # is not positive definite.
 _FEEDBACK_MU = (0.0, 1e-8, 1e-6, 1e-4, 1e-2, 1.0)
 
 
-# ---------------------------------------------------------------------------------------
-# quadratic model of a cost
-# ---------------------------------------------------------------------------------------
-@dataclass
-class QuadraticModel:
-    """Quadratic model of a trajectory cost in absolute coordinates.
-
-    ``sum_t 0.5 z_t' H[t] z_t + g[t]' z_t + 0.5 x_T' Hf x_T + gf' x_T`` (+ const) with
-    z_t = [x_t; u_t].
-
-    Attributes:
-        H: (T, nx+nu, nx+nu) symmetric PSD stage Hessians.
-        g: (T, nx+nu) stage linear terms.
-        Hf: (nx, nx) symmetric PSD terminal Hessian.
-        gf: (nx,) terminal linear term.
-        projected: number of Hessian blocks that were indefinite and projected.
-    """
-    H: np.ndarray
-    g: np.ndarray
-    Hf: np.ndarray
-    gf: np.ndarray
-    projected: int = 0
-
-
-def _terms(cost: Cost) -> tuple[Cost, ...]:
-    return cost.terms if isinstance(cost, SumCost) else (cost,)
-
-
-def _project_psd(H: np.ndarray) -> tuple[np.ndarray, int]:
-    """Symmetric (..., n, n) blocks with negative eigenvalues clipped to zero."""
-    flat = H.reshape((-1,) + H.shape[-2:])
-    w, V = np.linalg.eigh(flat)
-    scale = np.maximum(np.abs(w).max(axis=-1, keepdims=True), 1e-300)
-    bad = (w < -1e-12 * scale).any(axis=-1)
-    if not bad.any():
-        return H, 0
-    Vb, wb = V[bad], np.maximum(w[bad], 0.0)
-    flat = flat.copy()
-    flat[bad] = (Vb * wb[:, None, :]) @ np.swapaxes(Vb, 1, 2)
-    return flat.reshape(H.shape), int(bad.sum())
-
-
-def quadratic_model(cost: Cost, xs: np.ndarray, us: np.ndarray) -> QuadraticModel:
-    """Quadratic model of ``cost`` around the nominal (xs (T+1, nx), us (T, nu)).
-
-    :class:`QuadraticCost` terms (alone or inside a :class:`SumCost`) are used exactly;
-    other terms are expanded to second order from their analytic derivatives at the
-    nominal, and the summed Hessian blocks that are indefinite are projected onto the PSD
-    cone (eigenvalues clipped at zero) so the subproblem stays convex.
-    """
-    T, nx = us.shape[0], xs.shape[1]
-    nu = us.shape[1]
-    nz = nx + nu
-    H = np.zeros((T, nz, nz))
-    g = np.zeros((T, nz))
-    Hf = np.zeros((nx, nx))
-    gf = np.zeros(nx)
-    other = False
-    for c in _terms(cost):
-        if isinstance(c, QuadraticCost):
-            H[:, :nx, :nx] += c.Q
-            H[:, nx:, nx:] += c.R
-            g[:, :nx] -= c.Q @ c.x_target
-            g[:, nx:] -= c.R @ c.u_ref
-            Hf += c.Qf
-            gf -= c.Qf @ c.x_target
-            continue
-        other = True
-        lx, lu, lxx, luu, lux = c.stage_derivatives(xs[:T], us)
-        Hc = np.empty((T, nz, nz))
-        Hc[:, :nx, :nx] = lxx
-        Hc[:, nx:, nx:] = luu
-        Hc[:, nx:, :nx] = lux
-        Hc[:, :nx, nx:] = np.swapaxes(lux, 1, 2)
-        zbar = np.concatenate([xs[:T], us], axis=1)
-        H += Hc
-        g[:, :nx] += lx
-        g[:, nx:] += lu
-        # Absolute coordinates: grad at z of the expansion around zbar is l_z + H (z - zbar).
-        g -= np.einsum("tij,tj->ti", Hc, zbar)
-        lfx, lfxx = c.terminal_derivatives(xs[T])
-        Hf += lfxx
-        gf += np.asarray(lfx) - np.asarray(lfxx) @ xs[T]
-    H = 0.5 * (H + np.swapaxes(H, 1, 2))
-    Hf = 0.5 * (Hf + Hf.T)
-    projected = 0
-    if other:
-        H, n1 = _project_psd(H)
-        Hf_p, n2 = _project_psd(Hf[None])
-        Hf = Hf_p[0]
-        projected = n1 + n2
-    return QuadraticModel(H, g, Hf, gf, projected)
-
-
-# ---------------------------------------------------------------------------------------
-# problem layout and solver back ends
-# ---------------------------------------------------------------------------------------
-# Solver defaults used when the settings leave max_solver_iterations / tolerance at 0:
-# (iteration limit, tolerance). OSQP (first-order ADMM) needs many iterations and does not
-# reach 1e-8 on badly scaled arm problems.
-_SOLVER_DEFAULTS = {"hpipm": (100, 1e-8), "qrqp": (1000, 1e-8), "osqp": (20000, 1e-6),
-                    "ipopt": (1000, 1e-8), "fatrop": (1000, 1e-8)}
-
-
-def _solver_limits(s: CasadiMPCSettings) -> tuple[float, int]:
-    it, tol = _SOLVER_DEFAULTS[s.solver]
-    return (float(s.tolerance) if s.tolerance > 0 else tol,
-            int(s.max_solver_iterations) if s.max_solver_iterations > 0 else it)
-
-
-class _Layout:
-    """Index bookkeeping of the stage-wise variable vector and of the sparse H and A.
-
-    The nonzeros of H and A are gathered from "source" vectors that concatenate the
-    per-stage blocks in C order, so filling the solver's column-compressed data is one
-    fancy-index per replan:
-
-    * H source: ``[H (T, nz, nz).ravel(), Hf (nx, nx).ravel()]``;
-    * A source: ``[-fx (T, nx, nx).ravel(), -fu (T, nx, nu).ravel(), 1.0]`` (A's rows t
-      are ``x_{t+1} - fx_t x_t - fu_t u_t``, equal to f0_t).
-    """
-
-    def __init__(self, T: int, nx: int, nu: int):
-        import scipy.sparse as sps
-
-        self.T, self.nx, self.nu = T, nx, nu
-        nz = nx + nu
-        self.nz = nz
-        self.nw = T * nz + nx
-        self.ng = T * nx
-        # H: dense stage blocks on the diagonal.
-        rows, cols, src = [], [], []
-        r, c = np.meshgrid(np.arange(nz), np.arange(nz), indexing="ij")
-        for t in range(T):
-            rows.append(r.ravel() + t * nz)
-            cols.append(c.ravel() + t * nz)
-            src.append(t * nz * nz + (r * nz + c).ravel())
-        r, c = np.meshgrid(np.arange(nx), np.arange(nx), indexing="ij")
-        rows.append(r.ravel() + T * nz)
-        cols.append(c.ravel() + T * nz)
-        src.append(T * nz * nz + (r * nx + c).ravel())
-        self.H_pattern, self.H_perm = self._csc(np.concatenate(rows), np.concatenate(cols),
-                                                np.concatenate(src), self.nw, self.nw, sps)
-        # A: gap-closing rows.
-        rows, cols, src = [], [], []
-        nA, nB = T * nx * nx, T * nx * nu
-        rx, cx = np.meshgrid(np.arange(nx), np.arange(nx), indexing="ij")
-        ru, cu = np.meshgrid(np.arange(nx), np.arange(nu), indexing="ij")
-        for t in range(T):
-            rows += [rx.ravel() + t * nx, ru.ravel() + t * nx, np.arange(nx) + t * nx]
-            cols += [cx.ravel() + t * nz, cu.ravel() + t * nz + nx,
-                     np.arange(nx) + (t + 1) * nz]
-            src += [t * nx * nx + (rx * nx + cx).ravel(), nA + t * nx * nu + (ru * nu + cu).ravel(),
-                    np.full(nx, nA + nB)]
-        self.A_pattern, self.A_perm = self._csc(np.concatenate(rows), np.concatenate(cols),
-                                                np.concatenate(src), self.ng, self.nw, sps)
-        self.nH, self.nA = self.H_perm.size, self.A_perm.size
-
-    @staticmethod
-    def _csc(rows, cols, src, n_rows, n_cols, sps):
-        # Values are src + 1 so that no entry is a structural zero dropped by scipy.
-        M = sps.csc_matrix((src + 1.0, (rows, cols)), shape=(n_rows, n_cols))
-        M.sort_indices()
-        return (n_rows, n_cols, M.indptr.astype(np.int64), M.indices.astype(np.int64)), \
-            (M.data - 1.0).astype(np.intp)
-
-    def sparsity(self, pattern):
-        import casadi as ca
-        n_rows, n_cols, indptr, indices = pattern
-        return ca.Sparsity(n_rows, n_cols, indptr.tolist(), indices.tolist())
-
-    def pack(self, xs: np.ndarray, us: np.ndarray) -> np.ndarray:
-        """(T+1, nx), (T, nu) -> w (nw,)."""
-        w = np.empty(self.nw)
-        W = w[:self.T * self.nz].reshape(self.T, self.nz)
-        W[:, :self.nx] = xs[:self.T]
-        W[:, self.nx:] = us
-        w[self.T * self.nz:] = xs[self.T]
-        return w
-
-    def unpack(self, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """w (nw,) -> xs (T+1, nx), us (T, nu) (copies)."""
-        W = w[:self.T * self.nz].reshape(self.T, self.nz)
-        xs = np.concatenate([W[:, :self.nx], w[None, self.T * self.nz:]], axis=0)
-        return xs, W[:, self.nx:].copy()
-
-    def shift_primal(self, w: np.ndarray, steps: int) -> np.ndarray:
-        """Shift a stage-wise vector (layout of w) by ``steps`` stages, repeating the last."""
-        if steps <= 0:
-            return w.copy()
-        W = w[:self.T * self.nz].reshape(self.T, self.nz)
-        out = np.empty_like(w)
-        out[:self.T * self.nz] = shift_trajectory(W, steps).ravel()
-        out[self.T * self.nz:] = w[self.T * self.nz:]
-        return out
-
-    def shift_rows(self, lam: np.ndarray, steps: int) -> np.ndarray:
-        """Shift per-stage constraint multipliers (T * nx,) by ``steps`` stages."""
-        if steps <= 0:
-            return lam.copy()
-        return shift_trajectory(lam.reshape(self.T, self.nx), steps).ravel()
-
-
-@dataclass
-class _SolveResult:
-    success: bool
-    status: str
-    iterations: int
-    w: np.ndarray
-    lam_x: np.ndarray
-    lam_g: np.ndarray
-    objective: float
-    solver_time_s: float
-
-
-class _Backend:
-    """A built CasADi solver for one layout; ``solve`` takes the numeric problem data."""
-
-    uses_duals = False
-    # CasADi 3.8.2's HPIPM interface returns the first solution again on later evaluations
-    # of one Function.buffer (measured); a fresh buffer per solve costs ~0.1 ms.
-    _rebind = False
-
-    def __init__(self, layout: _Layout, settings: CasadiMPCSettings):
-        self.layout = layout
-        self.settings = settings
-
-    def _bind(self, fn, keep: bool = False) -> None:
-        """Zero-copy argument/result buffers of a CasADi Function (``keep``: a new CasADi
-        buffer on the existing numpy arrays)."""
-        self._fn = fn
-        self._buf, self._eval = fn.buffer()
-        if not keep:
-            self.args = {n: np.zeros(fn.nnz_in(i)) for i, n in enumerate(fn.name_in())}
-            self.res = {n: np.zeros(fn.nnz_out(i)) for i, n in enumerate(fn.name_out())}
-        for i, n in enumerate(fn.name_in()):
-            self._buf.set_arg(i, memoryview(self.args[n]))
-        for i, n in enumerate(fn.name_out()):
-            self._buf.set_res(i, memoryview(self.res[n]))
-
-    def _call(self) -> dict:
-        self._eval()
-        return self._buf.stats()
-
-
-class _ConicBackend(_Backend):
-    """``casadi.conic`` (hpipm, qrqp, osqp) with numeric H and A."""
-
-    def __init__(self, layout: _Layout, settings: CasadiMPCSettings):
-        import casadi as ca
-        super().__init__(layout, settings)
-        s, L = settings, layout
-        tol, it = _solver_limits(s)
-        opts: dict[str, Any] = {"error_on_fail": False, "print_time": False}
-        if s.solver == "hpipm":
-            self._rebind = True
-            opts.update(N=L.T, nx=[L.nx] * (L.T + 1), nu=[L.nu] * L.T + [0],
-                        ng=[0] * (L.T + 1), inf=_HPIPM_INF,
-                        hpipm={"mode": s.hpipm_mode, "iter_max": it, "res_g_max": tol,
-                               "res_b_max": tol, "res_d_max": tol, "res_m_max": tol,
-                               "warm_start": int(bool(s.warm_start))})
-        elif s.solver == "qrqp":
-            opts.update(max_iter=it, constr_viol_tol=tol, dual_inf_tol=tol,
-                        print_iter=False, print_header=False, print_info=False)
-            self.uses_duals = True
-        elif s.solver == "osqp":
-            opts.update(osqp={"verbose": False, "eps_abs": tol, "eps_rel": tol,
-                              "max_iter": it, "polish": True},
-                        warm_start_primal=bool(s.warm_start), warm_start_dual=bool(s.warm_start))
-            self.uses_duals = True
-        else:
-            raise ValueError(f"{s.solver!r} is not a QP solver")
-        fn = ca.conic("casadi_mpc", s.solver, {"h": L.sparsity(L.H_pattern),
-                                               "a": L.sparsity(L.A_pattern)}, opts)
-        self._bind(fn)
-
-    def solve(self, H_src, A_src, g, b, lbx, ubx, w0, lam_x0, lam_g0) -> _SolveResult:
-        a, L = self.args, self.layout
-        np.take(H_src, L.H_perm, out=a["h"])
-        np.take(A_src, L.A_perm, out=a["a"])
-        a["g"][:] = g
-        a["lba"][:] = b
-        a["uba"][:] = b
-        a["lbx"][:] = lbx
-        a["ubx"][:] = ubx
-        a["x0"][:] = w0
-        a["lam_x0"][:] = lam_x0
-        a["lam_a0"][:] = lam_g0
-        tic = time.perf_counter()
-        if self._rebind:
-            self._bind(self._fn, keep=True)
-        st = self._call()
-        dt = time.perf_counter() - tic
-        r = self.res
-        status = st.get("return_status", st.get("unified_return_status", ""))
-        return _SolveResult(bool(st.get("success", False)), str(status),
-                            int(st.get("iter_count", -1)), r["x"].copy(), r["lam_x"].copy(),
-                            r["lam_a"].copy(), float(r["cost"][0]), dt)
-
-
-class _NlpBackend(_Backend):
-    """``casadi.nlpsol`` (ipopt, fatrop) on the problem with its matrices as parameters.
-
-    Variables are declared stage by stage (x_t, u_t, then the gap constraint of x_{t+1}),
-    which FATROP's structure detection needs.
-    """
-    uses_duals = True
-
-    def __init__(self, layout: _Layout, settings: CasadiMPCSettings):
-        import casadi as ca
-        super().__init__(layout, settings)
-        s, L = settings, layout
-        T, nx, nu, nz = L.T, L.nx, L.nu, L.nz
-        pH = ca.SX.sym("H", L.T * nz * nz + nx * nx)
-        pA = ca.SX.sym("A", T * nx * nx + T * nx * nu)
-        pg = ca.SX.sym("g", L.nw)
-        w, gap = [], []
-        f = 0
-        x = ca.SX.sym("x0", nx)
-        w.append(x)
-        for t in range(T):
-            u = ca.SX.sym(f"u{t}", nu)
-            xn = ca.SX.sym(f"x{t + 1}", nx)
-            w += [u, xn]
-            z = ca.vertcat(x, u)
-            Ht = ca.reshape(pH[t * nz * nz:(t + 1) * nz * nz], nz, nz).T
-            f += 0.5 * ca.dot(z, ca.mtimes(Ht, z)) + ca.dot(pg[t * nz:(t + 1) * nz], z)
-            At = ca.reshape(pA[t * nx * nx:(t + 1) * nx * nx], nx, nx).T
-            o = T * nx * nx + t * nx * nu
-            Bt = ca.reshape(pA[o:o + nx * nu], nu, nx).T
-            gap.append(xn + ca.mtimes(At, x) + ca.mtimes(Bt, u))
-            x = xn
-        Hf = ca.reshape(pH[T * nz * nz:], nx, nx).T
-        f += 0.5 * ca.dot(x, ca.mtimes(Hf, x)) + ca.dot(pg[T * nz:], x)
-        nlp = {"x": ca.vertcat(*w), "p": ca.vertcat(pH, pA, pg), "f": f,
-               "g": ca.vertcat(*gap)}
-        tol, it = _solver_limits(s)
-        opts: dict[str, Any] = {"error_on_fail": False, "print_time": False}
-        if s.solver == "ipopt":
-            ip = {"print_level": 0, "sb": "yes", "tol": tol, "max_iter": it,
-                  "hessian_constant": "yes", "jac_c_constant": "yes", "jac_d_constant": "yes"}
-            if s.warm_start:
-                ip.update(warm_start_init_point="yes", warm_start_bound_push=1e-9,
-                          warm_start_mult_bound_push=1e-9, mu_init=1e-6)
-            opts["ipopt"] = ip
-        elif s.solver == "fatrop":
-            # A small bound push keeps the warm start where it is; with FATROP's defaults
-            # it needed ~100 iterations on arm7, with these ~20 (measured).
-            opts.update(structure_detection="auto", equality=[True] * L.ng, expand=True,
-                        fatrop={"print_level": 0, "tol": tol, "max_iter": it,
-                                "bound_push": 1e-8, "bound_frac": 1e-8})
-        else:
-            raise ValueError(f"{s.solver!r} is not an NLP solver")
-        self._split = (L.T * nz * nz + nx * nx, T * nx * nx + T * nx * nu)
-        self._bind(ca.nlpsol("casadi_mpc", s.solver, nlp, opts))
-
-    def solve(self, H_src, A_src, g, b, lbx, ubx, w0, lam_x0, lam_g0) -> _SolveResult:
-        a = self.args
-        nH, nA = self._split
-        p = a["p"]
-        p[:nH] = H_src
-        p[nH:nH + nA] = A_src[:nA]
-        p[nH + nA:] = g
-        a["lbg"][:] = b
-        a["ubg"][:] = b
-        a["lbx"][:] = lbx
-        a["ubx"][:] = ubx
-        a["x0"][:] = w0
-        a["lam_x0"][:] = lam_x0
-        a["lam_g0"][:] = lam_g0
-        tic = time.perf_counter()
-        st = self._call()
-        dt = time.perf_counter() - tic
-        r = self.res
-        status = st.get("return_status", st.get("unified_return_status", ""))
-        return _SolveResult(bool(st.get("success", False)), str(status),
-                            int(st.get("iter_count", -1)), r["x"].copy(), r["lam_x"].copy(),
-                            r["lam_g"].copy(), float(r["f"][0]), dt)
-
-
-def _make_backend(layout: _Layout, settings: CasadiMPCSettings) -> _Backend:
-    if settings.solver in NLP_SOLVERS:
-        return _NlpBackend(layout, settings)
-    return _ConicBackend(layout, settings)
-
-
-# ---------------------------------------------------------------------------------------
-# planner
-# ---------------------------------------------------------------------------------------
 @registry.register("planner", "casadi_mpc")
 class CasadiMPCPlanner(Planner):
     """Linear time-varying MPC solved with CasADi (real-time iteration).
@@ -509,7 +113,7 @@ class CasadiMPCPlanner(Planner):
                  u_max: np.ndarray, dt: float, position_limits: np.ndarray | None = None):
         self._position_limits: np.ndarray | None = None
         self._violation = 0.0
-        self._backends: dict[tuple, tuple[_Layout, _Backend]] = {}
+        self._backends: dict[tuple, tuple[ProblemLayout, SolverBackend]] = {}
         self._bp: BackwardPass | None = None
         super().__init__(settings, nx, nu, u_min, u_max, dt)
         self.set_position_limits(position_limits)
@@ -567,7 +171,7 @@ class CasadiMPCPlanner(Planner):
         self._lam_x = None
         self._lam_g = None
 
-    def _backend(self, T: int) -> tuple[_Layout, _Backend, float]:
+    def _backend(self, T: int) -> tuple[ProblemLayout, SolverBackend, float]:
         s = self.settings
         key = (T, s.solver, s.max_solver_iterations, s.tolerance, s.hpipm_mode,
                bool(s.warm_start))
@@ -576,9 +180,9 @@ class CasadiMPCPlanner(Planner):
             return layout, backend, 0.0
         tic = time.perf_counter()
         layout = next((lay for (t, *_), (lay, _) in self._backends.items() if t == T), None)
-        layout = layout or _Layout(T, self.nx, self.nu)
+        layout = layout or ProblemLayout(T, self.nx, self.nu)
         try:
-            backend = _make_backend(layout, s)
+            backend = make_backend(layout, s)
         except RuntimeError as e:  # CasADi raises RuntimeError for plugin/option errors
             raise ValueError(f"casadi_mpc: cannot create solver {s.solver!r}: {e}") from e
         # Keep only the newest build per horizon (settings changes would otherwise pile up).
@@ -607,13 +211,11 @@ class CasadiMPCPlanner(Planner):
             xs[:] = x0
         return xs
 
-    def _bounds(self, x0: np.ndarray, layout: _Layout, with_state: bool
+    def _bounds(self, x0: np.ndarray, layout: ProblemLayout, with_state: bool
                 ) -> tuple[np.ndarray, np.ndarray]:
-        T, nx, nz = layout.T, layout.nx, layout.nz
-        lo = np.full((T, nz), -np.inf)
-        hi = np.full((T, nz), np.inf)
-        lo[:, nx:] = self.u_min
-        hi[:, nx:] = self.u_max
+        """(lbx, ubx) of the problem from x0; ``with_state``: with the position and
+        velocity bounds on x_1..x_T, else torque bounds only."""
+        nx = self.nx
         xlo = np.full(nx, -np.inf)
         xhi = np.full(nx, np.inf)
         if with_state:
@@ -625,28 +227,13 @@ class CasadiMPCPlanner(Planner):
             if v is not None:
                 xlo[n:] = -v
                 xhi[n:] = v
-        lo[1:, :nx] = xlo
-        hi[1:, :nx] = xhi
-        lo[0, :nx] = x0
-        hi[0, :nx] = x0
-        return (np.concatenate([lo.ravel(), xlo]), np.concatenate([hi.ravel(), xhi]))
+        return layout.bounds(x0, self.u_min, self.u_max, xlo, xhi)
 
     def _feasible(self, w: np.ndarray, bounds: tuple[np.ndarray, np.ndarray], lin,
-                  layout: _Layout) -> bool:
-        """Check a solver's answer: finite, within the bounds and the linearised dynamics
-        (some solvers report success with violated bounds; measured for qrqp on arm7)."""
-        if not np.isfinite(w).all():
-            self._violation = float("inf")
-            return False
-        xs, us = layout.unpack(w)
-        with np.errstate(invalid="ignore"):
-            bound = max(float(np.max(bounds[0] - w)), float(np.max(w - bounds[1])), 0.0)
-        pred = (np.einsum("tij,tj->ti", lin.fx, xs[:-1]) + np.einsum("tij,tj->ti", lin.fu, us)
-                + lin.f0)
-        dyn = float(np.max(np.abs(pred - xs[1:])))
-        # Relative to the magnitudes involved: state entries may be far from 1.
-        scale = 1.0 + float(np.max(np.abs(xs)))
-        self._violation = max(bound, dyn / scale)
+                  layout: ProblemLayout) -> bool:
+        """Accept a solver's answer only within ``feasibility_tolerance`` of the bounds and
+        the linearised dynamics (:meth:`ProblemLayout.violation`)."""
+        self._violation = layout.violation(w, bounds, lin)
         return self._violation <= self.settings.feasibility_tolerance
 
     def _has_state_bounds(self) -> bool:
@@ -752,10 +339,7 @@ class CasadiMPCPlanner(Planner):
                     and np.isfinite(qm_k.Hf).all() and np.isfinite(qm_k.gf).all()):
                 status = "nonfinite_cost"
                 break
-            H_src = np.concatenate([qm_k.H.ravel(), qm_k.Hf.ravel()])
-            A_src = np.concatenate([-lin_k.fx.ravel(), -lin_k.fu.ravel(), [1.0]])
-            g = np.concatenate([qm_k.g.ravel(), qm_k.gf])
-            b = lin_k.f0.ravel()
+            H_src, A_src, g, b = layout.sources(qm_k, lin_k)
             res = backend.solve(H_src, A_src, g, b, *bounds, w0, lam_x, lam_g)
             timings["solver_time_s"] += res.solver_time_s
             solver_iterations += max(res.iterations, 0)

@@ -20,7 +20,7 @@ class CasadiMPCSettings:
     """LTV-MPC (real-time iteration) settings.
 
     The default solver is HPIPM (Frison & Diehl 2020), the fastest accurate one measured
-    on the 7-joint arm (see the planner module docstring for the numbers).
+    on the 7-joint arm (BENCHMARKS.md, 'CasADi LTV-MPC solvers').
     """
     horizon: int = setting(50, "planning horizon", unit="steps", low=1, high=100000)
     solver: str = setting(
