@@ -22,10 +22,10 @@ L = [[0, l_x', l_u'], [l_x, l_xx, l_xu], [l_u, l_ux, l_uu]], the dynamics
 [1, dx'] = F z with F = [[1, 0, 0], [0, A, B]], and the value 0.5 y' V y with
 y = [1, dx] and V = [[., V_x'], [V_x, V_xx]]. Then Q = L + F' V F holds every Q term, the
 rows u of Q are [Q_u, Q_ux, Q_uu] contiguous, the solution [k, K] = -Q_uu^{-1} [Q_u, Q_ux]
-is one Cholesky solve, and with G = [[I], [k K]] the propagated value is V = G' Q G. F, L
-and mu-terms F'F are built for all steps in batched numpy before the sequential sweep,
-and the sequential sweep (with the box QP where needed) is one compiled call
-(:mod:`.kernels`, numba), loaded at construction: no compilation at control time.
+is one Cholesky solve, and with G = [[I], [k K]] the propagated value is V = G' Q G.
+Filling F and L for all steps, and the sequential sweep (with the box QP where needed), are
+compiled calls (:mod:`.kernels`, numba), loaded at construction: no compilation at control
+time. The mu-terms F'F are one batched product, formed only when mu > 0.
 """
 from __future__ import annotations
 
@@ -33,7 +33,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mbrl_ros.core.planners.ilqr.kernels import as_f64, riccati_kernel, warm_up
+from mbrl_ros.core.planners.ilqr.kernels import (as_f64, prepare_kernel, riccati_kernel,
+                                                 warm_up)
 
 __all__ = ["BackwardPass", "BackwardResult"]
 
@@ -80,6 +81,7 @@ class BackwardPass:
         self._kK = np.zeros((T, nu, M))
         self._Qrows = np.zeros((T, nu, N))
         self._Quu_reg = np.zeros((T, nu, nu))
+        self._FtFu_valid = False
         self._no_bounds = np.zeros((1, nu))
         warm_up()
 
@@ -94,23 +96,21 @@ class BackwardPass:
                 stage cost derivatives.
             lfx (nx,), lfxx (nx, nx): terminal cost derivatives.
         """
-        M = self.M
-        F, L = self._F, self._L
-        F[:, 1:, 1:M] = fx
-        F[:, 1:, M:] = fu
-        L[:, 0, 1:M] = lx
-        L[:, 1:M, 0] = lx
-        L[:, 0, M:] = lu
-        L[:, M:, 0] = lu
-        L[:, 1:M, 1:M] = lxx
-        L[:, M:, M:] = luu
-        L[:, M:, 1:M] = lux
-        L[:, 1:M, M:] = np.swapaxes(lux, 1, 2)
-        # Rows u of F'F = [0, B'A, B'B]: the mu-regularisation of the rows u of Q.
-        np.matmul(np.swapaxes(F[:, :, M:], 1, 2), F, out=self._FtFu)
-        self._Vf[0, 1:] = lfx
-        self._Vf[1:, 0] = lfx
-        self._Vf[1:, 1:] = lfxx
+        T, nx, nu = self.T, self.nx, self.nu
+        prepare_kernel(as_f64(fx, (T, nx, nx)), as_f64(fu, (T, nx, nu)), as_f64(lx, (T, nx)),
+                       as_f64(lu, (T, nu)), as_f64(lxx, (T, nx, nx)), as_f64(luu, (T, nu, nu)),
+                       as_f64(lux, (T, nu, nx)), as_f64(lfx, (nx,)), as_f64(lfxx, (nx, nx)),
+                       self._F, self._L, self._Vf)
+        self._FtFu_valid = False
+
+    def _mu_rows(self) -> np.ndarray:
+        """Rows u of F'F = [0, B'A, B'B] (the mu-regularisation of the rows u of Q), computed
+        on the first run with mu > 0 after a prepare."""
+        if not self._FtFu_valid:
+            F, M = self._F, self.M
+            np.matmul(np.swapaxes(F[:, :, M:], 1, 2), F, out=self._FtFu)
+            self._FtFu_valid = True
+        return self._FtFu
 
     def run(self, mu: float, du_lower: np.ndarray | None, du_upper: np.ndarray | None
             ) -> BackwardResult | int:
@@ -131,8 +131,10 @@ class BackwardPass:
             lo, hi = as_f64(du_lower, shape), as_f64(du_upper, shape)
         else:
             lo = hi = self._no_bounds
+        mu = float(mu)
         t_fail, n_box, n_clamped, dV0, dV1 = riccati_kernel(
-            self._F, self._L, self._FtFu, self._Vf, float(mu), box, lo, hi, self._kK,
+            self._F, self._L, self._mu_rows() if mu > 0.0 else self._FtFu, self._Vf, mu, box,
+            lo, hi, self._kK,
             self._Qrows, self._Quu_reg)
         if t_fail >= 0:
             return int(t_fail)

@@ -30,7 +30,7 @@ import warnings
 import numba
 import numpy as np
 
-__all__ = ["affine_rollout_kernel", "as_f64", "boxqp_kernel", "riccati_kernel",
+__all__ = ["affine_rollout_kernel", "as_f64", "boxqp_kernel", "prepare_kernel", "riccati_kernel",
            "spd_inverse_kernel", "warm_up", "warm_up_seconds", "KERNELS"]
 
 
@@ -50,6 +50,9 @@ def as_f64(a, shape: tuple[int, ...] | None = None) -> np.ndarray:
     """``a`` (broadcast to ``shape`` if given) as the one array type the kernels are compiled
     for: float64, C-contiguous, writable (numba specialises on read-only arrays too, so a
     frozen or broadcast array would otherwise compile a new version at call time)."""
+    if (type(a) is np.ndarray and a.dtype == np.float64 and a.flags.c_contiguous
+            and a.flags.writeable and (shape is None or a.shape == shape)):
+        return a
     a = np.asarray(a, dtype=np.float64)
     if shape is not None and a.shape != shape:
         a = np.broadcast_to(a, shape)
@@ -372,6 +375,39 @@ def boxqp_kernel(H, g, lower, upper, x0, use_x0, max_iterations, min_grad, min_r
 
 # ------------------------------------------------------------------------------ Riccati
 @_jit
+def prepare_kernel(fx, fu, lx, lu, lxx, luu, lux, lfx, lfxx, F, L, Vf):
+    """Fill the homogeneous blocks (see :mod:`.backward_pass`): F[t] = [[1, 0, 0],
+    [0, fx, fu]], L[t] = [[0, lx', lu'], [lx, lxx, lux'], [lu, lux, luu]], Vf = [[0, lfx'],
+    [lfx, lfxx]] (F[:, 0, 0] = 1 and the zero blocks are set once at allocation)."""
+    T, nx, nu = fu.shape
+    M = 1 + nx
+    for t in range(T):
+        for i in range(nx):
+            for j in range(nx):
+                F[t, 1 + i, 1 + j] = fx[t, i, j]
+            for j in range(nu):
+                F[t, 1 + i, M + j] = fu[t, i, j]
+        for i in range(nx):
+            L[t, 0, 1 + i] = lx[t, i]
+            L[t, 1 + i, 0] = lx[t, i]
+            for j in range(nx):
+                L[t, 1 + i, 1 + j] = lxx[t, i, j]
+        for a in range(nu):
+            L[t, 0, M + a] = lu[t, a]
+            L[t, M + a, 0] = lu[t, a]
+            for j in range(nx):
+                L[t, M + a, 1 + j] = lux[t, a, j]
+                L[t, 1 + j, M + a] = lux[t, a, j]
+            for b in range(nu):
+                L[t, M + a, M + b] = luu[t, a, b]
+    for i in range(nx):
+        Vf[0, 1 + i] = lfx[i]
+        Vf[1 + i, 0] = lfx[i]
+        for j in range(nx):
+            Vf[1 + i, 1 + j] = lfxx[i, j]
+
+
+@_jit
 def riccati_kernel(F, L, FtFu, Vf, mu, box, du_lower, du_upper, kK_all, Qrows, Quu_reg):
     """Riccati sweep t = T-1..0 in homogeneous coordinates (see :mod:`.backward_pass`).
 
@@ -583,7 +619,8 @@ def affine_rollout_kernel(A, B, c, x0, U, xbar, K, feedback, lower, upper, xs):
 
 
 # ------------------------------------------------------------------------------ warm-up
-KERNELS = (boxqp_kernel, riccati_kernel, affine_rollout_kernel, spd_inverse_kernel)
+KERNELS = (boxqp_kernel, prepare_kernel, riccati_kernel, affine_rollout_kernel,
+           spd_inverse_kernel)
 _warm_lock = threading.Lock()
 _warm_seconds: float | None = None
 
@@ -605,6 +642,10 @@ def _exercise() -> None:
     L[:, 1:, 1:] = np.eye(nx + nu)
     FtFu = np.zeros((T, nu, N))
     Vf = np.eye(M)
+    prepare_kernel(F[:, 1:, 1:M].copy(), F[:, 1:, M:].copy(), np.zeros((T, nx)),
+                   np.zeros((T, nu)), np.eye(nx)[None].repeat(T, 0),
+                   np.eye(nu)[None].repeat(T, 0), np.zeros((T, nu, nx)), np.zeros(nx),
+                   np.eye(nx), F, L, Vf)
     du = np.ones((T, nu))
     riccati_kernel(F, L, FtFu, Vf, 0.0, True, -du, du, np.empty((T, nu, M)),
                    np.empty((T, nu, N)), np.empty((T, nu, nu)))
