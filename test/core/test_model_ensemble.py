@@ -215,7 +215,7 @@ def test_rollout_tsinf_equals_the_per_member_computation(pendulum_models, prior,
 
 @pytest.mark.parametrize("mode", ["ts1", "expectation"])
 def test_rollout_other_modes_equal_propagate(pendulum_models, mode, monkeypatch):
-    import mbrl_ros.core.models.ensemble as ens
+    import mbrl_ros.core.models.ensemble.network as ens
     model = pendulum_models[True]
     n, T = 9, 6
     gen = torch.Generator().manual_seed(1)
@@ -248,7 +248,7 @@ def test_expectation_rollout_returns_the_disagreement_along_it(pendulum_models):
 
 
 def test_rollout_float32_and_errors(toy_model, monkeypatch):
-    import mbrl_ros.core.models.ensemble as ens
+    import mbrl_ros.core.models.ensemble.network as ens
     model, _ = toy_model                                      # float32, linear prior
     E = model.n_elite
     n, T = 3 * E, 5
