@@ -30,7 +30,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(__file__))
 from _common import write_json  # noqa: E402
 
-from mbrl_ros.core.algorithms.gps_run import load_config, run_gps  # noqa: E402
+from mbrl_ros.core.algorithms.gps_run import kl_max, load_config, run_gps  # noqa: E402
 from mbrl_ros.core.threads import limit_threads  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -70,8 +70,8 @@ def bench(robot: str, quick: bool, iterations: int, seed: int, horizon: int = 0)
             row[key + "_max"] = round(max(r[key]), 5)
             row[key + "_mean"] = round(float(np.mean(r[key])), 5)
         row.update(kl_bound=round(r["kl_bound"], 3),
-                   kl_model_max=round(max(r["kl_model"]), 3),
-                   kl_samples_max=None if not r["kl_samples"] else round(max(r["kl_samples"]), 3),
+                   kl_model_max=round(kl_max(r["kl_model"]), 3),
+                   kl_samples_max=None if not r["kl_samples"] else round(kl_max(r["kl_samples"]), 3),
                    step_mult=round(r["step_mult"], 4), discarded_samples=r["discarded_samples"],
                    warnings=r["warnings"],
                    seconds={p: round(r["timings"][p], 3) for p in PHASES})

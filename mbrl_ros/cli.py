@@ -231,7 +231,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 def _cmd_gps(args: argparse.Namespace) -> int:
     import dataclasses
 
-    from mbrl_ros.core.algorithms.gps_run import GPSRunConfig, load_config, run_gps
+    from mbrl_ros.core.algorithms.gps_run import GPSRunConfig, kl_max, load_config, run_gps
 
     over = {"robot": args.robot, "iterations": args.iterations or None,
             "conditions": args.conditions or None, "samples": args.samples or None,
@@ -266,7 +266,7 @@ def _cmd_gps(args: argparse.Namespace) -> int:
         print(f"{r['iteration']:>3} {r['interaction_seconds']:>7.1f} {r['local_cost']:>10.4g} "
               f"{cm(r['final_distance_m'])} {cm(r['policy_final_distance_m'])} "
               f"{cm(r['policy_heldout_distance_m'])} {r['kl_bound']:>8.3g} "
-              f"{max(r['kl_model']):>8.3g} {(format(max(ks), '8.3g') if ks else '-'):>8} "
+              f"{kl_max(r['kl_model']):>8.3g} {(format(kl_max(ks), '8.3g') if ks else '-'):>8} "
               f"{r['discarded_samples']:>4}")
         for w in r["warnings"]:
             print(f"    warning: {w}")

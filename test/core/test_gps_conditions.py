@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from mbrl_ros.core import registry
-from mbrl_ros.core.algorithms.global_policy import (NeuralPolicy, PolicySettings,
+from mbrl_ros.core.policies.neural import (NeuralPolicy, PolicySettings,
                                                     load_policy, publish_policy)
 from mbrl_ros.core.algorithms.gps import MDGPS, GPSError, GPSSettings, sample_kl
 from mbrl_ros.core.algorithms.traj_opt import TrajOptSettings
@@ -161,3 +161,21 @@ def test_sample_kl_is_zero_for_the_same_controller_and_exact_for_a_shift():
                                    cov=cov, t0=0.0, dt=DT, **lim)
     # KL of a mean shift d: 0.5 d' P d per step
     assert sample_kl(shifted, c, X) == pytest.approx(T * 0.5 * (1 / 0.5 + 1 / 2.0))
+
+
+def test_a_failed_c_step_keeps_the_controller_and_halves_the_step():
+    """A concave action cost with eta capped below what makes Q_uu positive definite: the
+    LQG update has no solution; the condition keeps its controller, the run goes on."""
+    env = LinearEnv([[1, 0, 0, 0], [0, 1, 0, 0]])
+    cost = QuadraticCost(0.01 * np.eye(4), -2.0 * np.eye(2))
+    gps = MDGPS(env, cost, GPSSettings(horizon=10, samples=3, seed=0),
+                traj_opt=TrajOptSettings(max_eta=1.0),
+                policy=PolicySettings(hidden=(8,), iterations=20))
+    before = list(gps.controllers)
+    r1 = gps.iteration()
+    assert r1.traj_opt_status == ["failed", "failed"] and np.all(np.isnan(r1.kl))
+    assert any("C-step failed" in w for w in r1.warnings)
+    assert all(a is b for a, b in zip(gps.controllers, before))
+    r2 = gps.iteration()
+    assert any("or failed (conditions [0, 1])" in w for w in r2.warnings)
+    assert any("halved" in w for w in r2.warnings)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from mbrl_ros.core.algorithms.global_policy import PolicySettings, load_policy
+from mbrl_ros.core.policies.neural import PolicySettings, load_policy
 from mbrl_ros.core.algorithms.gps import MDGPS, GPSSettings
 from mbrl_ros.core.algorithms.gps_run import GPSRunConfig, run_gps
 from mbrl_ros.core.algorithms.sim_env import MujocoEnv, reach_task

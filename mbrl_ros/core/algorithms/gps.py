@@ -32,7 +32,10 @@ target-conditioned (its input is [x, task]), each condition's cost pulls toward 
 target, and one network learns to reach all of them (and, with enough conditions, targets in
 between).
 
-**Bad cases** the iteration handles rather than crashes on: a sample that leaves the
+**Bad cases** the iteration handles rather than crashes on: a C-step that fails for a
+condition (no positive-definite solution under badly conditioned fitted dynamics) keeps
+that condition's controller (status ``failed``, KL NaN) and halves the next step; a sample
+that leaves the
 environment's valid region (``env.check(x)`` returns a reason: non-finite, diverging,
 beyond the joint limits) is discarded, counted and redrawn (at most
 ``max_discarded_per_condition`` times, then :class:`GPSError`); a C-step whose KL bound
@@ -54,10 +57,11 @@ from typing import Callable, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
-from mbrl_ros.core.algorithms.global_policy import NeuralPolicy, PolicySettings, PolicyTrainer
+from mbrl_ros.core.policies.neural import NeuralPolicy, PolicySettings, PolicyTrainer
 from mbrl_ros.core.algorithms.policy_fit import PolicyPriorGMM, fit_policy_linearization
 from mbrl_ros.core.algorithms.traj_opt import (
     CostExpansion,
+    TrajOptError,
     TrajOptResult,
     TrajOptSettings,
     expected_cost,
@@ -518,10 +522,12 @@ class MDGPS:
             predicted, actual = self._step_adjust(cur)
             prev_rec = self.history[-1] if self.history else None
             shrink = False
-            if prev_rec is not None and any(st == "max_eta" for st in prev_rec.traj_opt_status):
+            bad = [] if prev_rec is None else \
+                [m for m, st in enumerate(prev_rec.traj_opt_status) if st in ("max_eta", "failed")]
+            if bad:
                 warnings.append(f"the last C-step could not meet its KL bound "
-                                f"{prev_rec.epsilon:.3g} nats even at the largest eta "
-                                f"(conditions {[m for m, st in enumerate(prev_rec.traj_opt_status) if st == 'max_eta']})")
+                                f"{prev_rec.epsilon:.3g} nats even at the largest eta or "
+                                f"failed (conditions {bad})")
                 shrink = True
             if kl_prev is not None and prev_rec is not None and \
                     max(kl_prev) > s.kl_sample_limit * prev_rec.epsilon:
@@ -533,13 +539,30 @@ class MDGPS:
                 self.step_mult = max(0.5 * self.step_mult, s.min_step_mult)
                 warnings.append(f"step multiplier halved to {self.step_mult:.3g}")
         epsilon = s.kl_step * self.step_mult * T
-        results = []
+        results, new_ctrl, kls, etas, statuses = [], [], [], [], []
         for m in range(M):
-            res = kl_constrained_update(dyn[m], x0[m][0], x0[m][1], expansion[m], pol_lin[m],
-                                        epsilon, self.eta[m], self.traj_opt_settings)
+            try:
+                res = kl_constrained_update(dyn[m], x0[m][0], x0[m][1], expansion[m],
+                                            pol_lin[m], epsilon, self.eta[m],
+                                            self.traj_opt_settings)
+            except TrajOptError as e:
+                # e.g. no positive-definite Q_uu for any eta under badly conditioned fitted
+                # dynamics: this condition keeps its controller for one more iteration.
+                warnings.append(f"condition {m}: C-step failed ({e}); it keeps its "
+                                "controller and the next step is halved")
+                new_ctrl.append(self.controllers[m])
+                kls.append(float("nan"))
+                etas.append(float(self.eta[m]))
+                statuses.append("failed")
+                continue
             self.eta[m] = res.eta
             results.append(res)
-        new_ctrl = [r.policy for r in results]
+            new_ctrl.append(res.policy)
+            kls.append(float(res.kl))
+            etas.append(float(res.eta))
+            statuses.append(res.status)
+        if len(results) == 0:
+            warnings.append("every condition's C-step failed")
         cur.new_ctrl = new_ctrl
         self.last_results = results
         timings["c_step"] = time.perf_counter() - t0
@@ -556,19 +579,18 @@ class MDGPS:
 
         self.controllers = new_ctrl
         self._prev = cur
-        for m, r in enumerate(results):
-            if r.status == "max_eta":
+        for m, (st, kl) in enumerate(zip(statuses, kls)):
+            if st == "max_eta":
                 warnings.append(f"condition {m}: KL bound {epsilon:.3g} not met even at the "
-                                f"largest eta (KL {r.kl:.3g}); the next step is halved")
+                                f"largest eta (KL {kl:.3g}); the next step is halved")
         self.iteration_count += 1
         rec = IterationRecord(
             iteration=self.iteration_count, samples=self.n_samples,
             interaction_seconds=round(self.interaction_seconds, 9),
             cost_lg=[float(c) for c in cur.sample_cost], cost_policy=cost_pol,
             policy_final_distance=dist, epsilon=float(epsilon),
-            step_mult=float(self.step_mult), kl=[float(r.kl) for r in results],
-            eta=[float(r.eta) for r in results],
-            traj_opt_status=[r.status for r in results], predicted_improvement=predicted,
+            step_mult=float(self.step_mult), kl=kls, eta=etas,
+            traj_opt_status=statuses, predicted_improvement=predicted,
             actual_improvement=actual, policy_rmse=float(fit["rmse"]),
             dynamics_rmse=dyn_rmse, timings={k: round(v, 6) for k, v in timings.items()},
             discarded_samples=int(discarded), discard_reasons=list(reasons)[:10],

@@ -27,7 +27,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from mbrl_ros.core.algorithms.global_policy import PolicySettings, publish_policy
+from mbrl_ros.core.policies.neural import PolicySettings, publish_policy
 from mbrl_ros.core.algorithms.gps import MDGPS, GPSSettings, IterationRecord
 from mbrl_ros.core.algorithms.sim_env import (ARM7_HOME, DEFAULT_STARTS, MujocoEnv,
                                               default_conditions, reach_task)
@@ -37,7 +37,7 @@ from mbrl_ros.core.models.base import FitReport
 from mbrl_ros.core.settings import as_dict, from_mapping
 
 __all__ = ["GPSRunConfig", "run_gps", "plot_learning_curve", "time_policy_action",
-           "load_config", "DEFAULT_CONDITIONS"]
+           "load_config", "kl_max", "DEFAULT_CONDITIONS"]
 
 _A7 = np.array(ARM7_HOME)
 
@@ -261,9 +261,9 @@ def plot_learning_curve(iterations: list[dict], path: str | Path, title: str = "
     ax.legend(fontsize=8)
     ax = axes[1]
     ax.plot(it, [r["kl_bound"] for r in iterations], "k--", label="KL bound")
-    ax.plot(it, [max(r["kl_model"]) for r in iterations], "o-",
+    ax.plot(it, [kl_max(r["kl_model"]) for r in iterations], "o-",
             label="KL under the fitted dynamics (max)")
-    ks = [max(r["kl_samples"]) if r.get("kl_samples") else np.nan for r in iterations]
+    ks = [kl_max(r.get("kl_samples")) for r in iterations]
     if np.any(np.isfinite(ks)):
         ax.plot(it, ks, "s-", label="KL on the next samples (max)")
     ax.set_yscale("log")
@@ -322,6 +322,17 @@ def evaluate_conditions(env: MujocoEnv, policy, targets: np.ndarray, costs: Sequ
     return dist, cost
 
 
+def _num(v: float) -> float | None:
+    """NaN (a failed C-step's KL) as null: metrics.json stays strict JSON."""
+    return None if v is None or not np.isfinite(v) else float(v)
+
+
+def kl_max(values) -> float:
+    """Largest finite entry of a KL list with nulls (NaN if none)."""
+    vals = [v for v in (values or []) if v is not None and np.isfinite(v)]
+    return max(vals) if vals else float("nan")
+
+
 def _entry(rec: IterationRecord, gps: MDGPS, heldout: list[float] | None,
            heldout_cost: list[float] | None, local: list[float]) -> dict:
     t = rec.timings
@@ -334,7 +345,8 @@ def _entry(rec: IterationRecord, gps: MDGPS, heldout: list[float] | None,
         "final_distance_m": local,
         "policy_final_distance_m": rec.policy_final_distance,
         "policy_heldout_distance_m": heldout,
-        "kl_bound": rec.epsilon, "kl_model": rec.kl, "kl_samples": rec.kl_samples,
+        "kl_bound": rec.epsilon, "kl_model": [_num(k) for k in rec.kl],
+        "kl_samples": None if rec.kl_samples is None else [_num(k) for k in rec.kl_samples],
         "step_mult": rec.step_mult, "eta": rec.eta, "traj_opt_status": rec.traj_opt_status,
         "policy_rmse": rec.policy_rmse, "discarded_samples": rec.discarded_samples,
         "discard_reasons": rec.discard_reasons, "warnings": rec.warnings,
@@ -437,7 +449,9 @@ def run_gps(cfg: GPSRunConfig, stop_after: int | None = None) -> dict[str, Any]:
                                              cfg.horizon)
             rec.timings["heldout"] = round(time.perf_counter() - t0, 6)
             if state["iterations"]:              # kl_samples of the last C-step came in
-                state["iterations"][-1]["kl_samples"] = gps.history[-2].kl_samples
+                ks = gps.history[-2].kl_samples
+                state["iterations"][-1]["kl_samples"] = None if ks is None else \
+                    [_num(k) for k in ks]
             entry = _entry(rec, gps, hd, hc, local)
             score = float(np.mean(hd if hd else (rec.policy_final_distance or [np.inf])))
             entry["score_m"] = score

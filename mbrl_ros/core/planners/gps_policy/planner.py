@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from mbrl_ros.core import registry
-from mbrl_ros.core.algorithms.global_policy import NeuralPolicy, load_policy
+from mbrl_ros.core.policies.neural import NeuralPolicy, load_policy
 from mbrl_ros.core.models.base import ModelError
 from mbrl_ros.core.planners.base import Planner
 from mbrl_ros.core.planners.gps_policy.settings import GPSPolicySettings
