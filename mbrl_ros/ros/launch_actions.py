@@ -38,6 +38,7 @@ from lifecycle_msgs.msg import Transition
 from lifecycle_msgs.srv import GetState
 
 from mbrl_ros.bringup import ARGUMENTS, PACKAGE, RESPAWN_DELAY, BringupError, Process, plan
+from mbrl_ros.ros.bringup_runner import STOP_TIMEOUT
 
 _TRANSITION_IDS = {"configure": Transition.TRANSITION_CONFIGURE,
                    "activate": Transition.TRANSITION_ACTIVATE}
@@ -85,7 +86,11 @@ def _process_actions(process: Process) -> list:
         parameters=process.parameter_files(_overrides_file(process)),
         remappings=list(process.remappings),
         ros_arguments=["--log-level", process.log_level],
-        respawn=process.respawn, respawn_delay=RESPAWN_DELAY if process.respawn else None)
+        respawn=process.respawn, respawn_delay=RESPAWN_DELAY if process.respawn else None,
+        # as long as `mbrl-ros bringup` waits after SIGINT (launch's default, 5 s, was too
+        # short on a busy machine: a fit or the controller's threads finishing, then
+        # torch's teardown; SIGTERM then killed nodes that were ending normally)
+        sigterm_timeout=f"{STOP_TIMEOUT:g}")
     handlers = []
     if not process.respawn:
         handlers.append(OnProcessExit(target_action=node,

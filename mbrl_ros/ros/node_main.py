@@ -71,12 +71,12 @@ def run_node(factory: Callable[[], "rclpy.node.Node"], args=None, threads: int =
         # so no callback touches a node being destroyed.
         executor.shutdown(timeout_sec=2.0)
         node.destroy_node()
-    # Finished: further SIGINT/SIGTERM must not kill the exit. Under `ros2 launch` a Ctrl-C
+    # Finished: a further SIGINT must not kill the exit. Under `ros2 launch` a Ctrl-C
     # reaches every node twice (the terminal's, then launch's), and Python restores the
     # default handlers while the interpreter finalizes: the second one killed the node
-    # (exit -2, "process has died" for every node). Ignored dispositions stay ignored.
+    # (exit -2, "process has died" for every node). An ignored SIGINT stays ignored.
+    # SIGTERM keeps its default there: it is launch's escalation for a node that does not end.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     rclpy.try_shutdown()
     if code:
         sys.exit(code)

@@ -94,6 +94,10 @@ def test_the_launch_starts_the_plan(kind, given, run_launch, tmp_path):
         assert node.remappings == list(p.remappings)
         assert node.ros_arguments == ["--log-level", p.log_level]
         assert node.kwargs["respawn"] is p.respawn and node.kwargs["output"] == "screen"
+        # SIGINT, then as long as `mbrl-ros bringup` waits before escalating (launch's 5 s
+        # default SIGTERMed nodes still ending normally on a busy machine)
+        from mbrl_ros.ros.bringup_runner import STOP_TIMEOUT
+        assert float(node.kwargs["sigterm_timeout"]) == STOP_TIMEOUT >= 10
     # Every handler of a node is registered before the node itself starts.
     for i, a in enumerate(actions):
         if isinstance(a, fake.RegisterEventHandler):
