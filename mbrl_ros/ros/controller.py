@@ -296,16 +296,21 @@ class Controller(LifecycleNode):
             # Model-free planners (exploration before the first model) need the joints.
             layout = RobotLayout(self.robot.position_limits, cmd_index,
                                  self.robot.effective_inertia())
+            # Real-time replanning: a replan's budget is the replan period (planners
+            # adapt their work to it); sync mode is deterministic, without one.
+            deadline = 1.0 / s.plan_rate if s.plan_mode == "timer" else None
             if self._in_process():
                 self.mpc = PlanProcess(s.robot, self._model_period(), self.robot.joint_names,
                                        lambda: self._planner_settings, *args,
                                        continuous=self.robot.continuous, layout=layout,
                                        plan_timeout=s.plan_timeout, nice=s.plan_nice,
+                                       deadline=deadline,
                                        log=self._log_planning, on_lost=self._on_plan_lost)
             else:
                 self.mpc = MPCController(self._make_planner, *args,
                                          continuous=self.robot.continuous, robot=layout,
-                                         control_period=self._model_period())
+                                         control_period=self._model_period(),
+                                         deadline=deadline)
             self.mpc.effort_scale = self.safety_settings.effort_scale
             if isinstance(self.mpc, MPCController):      # built with the unscaled limits
                 self.mpc.rebuild_planners()

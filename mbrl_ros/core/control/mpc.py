@@ -61,6 +61,16 @@ def finite_plan(policy: Policy, x: np.ndarray, t: float) -> bool:
         return bool(np.all(np.isfinite(policy.action(x, t))))
 
 
+def _check_deadline(seconds: float | None) -> float | None:
+    """A replan deadline as float [s] or None; ValueError if not positive and finite."""
+    if seconds is None:
+        return None
+    v = float(seconds)
+    if not (v > 0 and np.isfinite(v)):
+        raise ValueError(f"deadline must be positive and finite (or None), got {seconds}")
+    return v
+
+
 def joints_of(spec: ModelSpec) -> tuple[str, ...]:
     """Joint names of a model whose states are '<joint>/position'..., '<joint>/velocity'."""
     n = spec.nx // 2
@@ -92,6 +102,11 @@ class MPCController:
         control_period: the robot's control period [s]. With ``robot``, the planners are
             built at once with this step (nx = 2 n_joints), so a model-free planner can
             plan before the first model; a model with another step rebuilds them.
+        deadline: wall-clock time a replan should take at most [s], given to every planner
+            (:meth:`~mbrl_ros.core.planners.base.Planner.set_deadline`: iLQR stops
+            iterating, the sampling planners sample fewer sequences); for real-time
+            replanning (the node's timer mode: 1/plan_rate). None: no limit, every replan
+            does the same work (lockstep, tests).
     """
 
     def __init__(self, planner_factory: Callable[..., Planner], planner_ids: list[str],
@@ -99,8 +114,9 @@ class MPCController:
                  position_limits: np.ndarray, cost_settings: CostSettings,
                  fallback: str = "", uncertainty_threshold: float = 0.0,
                  continuous: np.ndarray | None = None, robot: RobotLayout | None = None,
-                 control_period: float | None = None):
+                 control_period: float | None = None, deadline: float | None = None):
         check_planner_ids(planner_ids, active, fallback)
+        self.deadline = _check_deadline(deadline)
         self._factory = planner_factory
         self.planner_ids = list(planner_ids)
         self.active = active
@@ -169,6 +185,13 @@ class MPCController:
         self.cost_settings = s
         self._rebuild_cost()
 
+    def set_deadline(self, seconds: float | None) -> None:
+        """The wall-clock budget of a replan [s] (None: none), for every planner, now and
+        after a rebuild (ValueError if not positive and finite)."""
+        self.deadline = _check_deadline(seconds)
+        for p in self.planners.values():
+            p.set_deadline(self.deadline)
+
     def rebuild_planners(self) -> None:
         """Rebuild every planner (new settings or limits), warm-started from the current
         plan of the active one."""
@@ -187,6 +210,7 @@ class MPCController:
                          for pid in self.planner_ids}
         for p in self.planners.values():
             p.reset(self.horizon)
+            p.set_deadline(self.deadline)
             if hasattr(p, "set_position_limits"):    # planners with state constraints
                 p.set_position_limits(self.position_limits)
             if hasattr(p, "set_robot"):              # model-free planners: the joints

@@ -327,6 +327,8 @@ class PlanProcess:
             the child's planners exist before a model, so a model-free planner explores
             until the first one (as MPCController with ``robot`` and ``control_period``).
         plan_timeout: a replan unanswered for this long [s] means the child hangs.
+        deadline: wall-clock budget of a replan [s] for the child's planners (as
+            MPCController's ``deadline``; None: none).
         nice: niceness added to the child (0: the parent's priority): when the CPUs are
             busy, the scheduler runs the parent's control loop before the solver.
         start_timeout: a child not ready within this long [s] failed to start.
@@ -341,7 +343,7 @@ class PlanProcess:
                  effort_limits: np.ndarray, position_limits: np.ndarray, cost_settings: Any,
                  fallback: str = "", uncertainty_threshold: float = 0.0,
                  continuous: np.ndarray | None = None, layout: Any = None,
-                 plan_timeout: float = 10.0,
+                 plan_timeout: float = 10.0, deadline: float | None = None,
                  start_timeout: float = START_TIMEOUT, nice: int = 0,
                  log: Callable[[str, str], None] | None = None,
                  on_lost: Callable[[str], None] | None = None):
@@ -360,6 +362,8 @@ class PlanProcess:
         self.cost_settings = cost_settings
         self.layout = layout
         self.plan_timeout, self.start_timeout = float(plan_timeout), float(start_timeout)
+        from mbrl_ros.core.control.mpc import _check_deadline
+        self.deadline = _check_deadline(deadline)
         self.nice = int(nice)
         self._log = log or (lambda level, text: None)
         self._notify_lost = on_lost or (lambda reason: None)
@@ -422,7 +426,7 @@ class PlanProcess:
                 "cost": _settings_dict(self.cost_settings), "fallback": self._fallback,
                 "threshold": self._threshold, "effort_scale": self._effort_scale,
                 "target": self.target_q, "model": self._source, "parent": os.getpid(),
-                "nice": self.nice,
+                "nice": self.nice, "deadline": self.deadline,
                 "layout": None if self.layout is None else self.layout.to_dict()}
         self._child = _Child(init, self._log, self._on_lost)
         self.counters["starts"] += 1
@@ -684,7 +688,8 @@ class _Worker:
                                  cfg["threshold"], continuous=cfg["continuous"],
                                  robot=None if cfg.get("layout") is None
                                  else RobotLayout(**cfg["layout"]),
-                                 control_period=cfg["control_period"])
+                                 control_period=cfg["control_period"],
+                                 deadline=cfg.get("deadline"))
         self.mpc.effort_scale = cfg["effort_scale"]
         if cfg["effort_scale"] != 1.0:
             self.mpc.rebuild_planners()       # built above with the unscaled limits

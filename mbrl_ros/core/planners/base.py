@@ -16,6 +16,9 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
+import math
+import time
+
 import numpy as np
 
 __all__ = ["Policy", "Planner", "RobotLayout", "resize_actions", "shift_trajectory"]
@@ -114,7 +117,45 @@ class Planner(ABC):
         self._xs: np.ndarray | None = None        # (T+1, nx) nominal states
         self._us: np.ndarray | None = None        # (T, nu) nominal actions
         self._t_nominal: float | None = None      # time [s] of step 0 of the nominal
+        self.deadline: float | None = None        # wall-clock budget of optimize [s]
         self.reset(self.horizon)
+
+    # -- time budget ------------------------------------------------------------------------
+    def set_deadline(self, seconds: float | None) -> None:
+        """The wall-clock time one :meth:`optimize` call should take at most [s], or None.
+
+        A real-time controller sets it (the node in timer mode: its replan period
+        1/plan_rate); planners that can trade quality for time use it -- iLQR stops
+        iterating when another iteration would end past it, the sampling planners choose
+        their number of samples from the solve times they measured. None (the default;
+        lockstep simulation, benchmarks, tests): no limit, and the planners do the same
+        work every call, so their plans do not depend on the machine's speed or load.
+
+        Raises:
+            ValueError: not positive and finite.
+        """
+        if seconds is not None:
+            seconds = float(seconds)
+            if not (seconds > 0 and math.isfinite(seconds)):
+                raise ValueError(f"deadline must be positive and finite (or None), got "
+                                 f"{seconds}")
+        self.deadline = seconds
+
+    def out_of_time(self, started: float, rounds: int, now: float | None = None) -> bool:
+        """True if one more round of an iterative solver would end past the deadline: the
+        time since ``started`` (``time.perf_counter()`` at the start of ``optimize``) plus
+        the average of the ``rounds`` rounds done so far exceeds :attr:`deadline`. Always
+        False without a deadline or before the first round (a solver does at least one).
+
+        Args:
+            started: perf_counter time the optimisation started [s].
+            rounds: rounds done since then (>= 0).
+            now: the current perf_counter time (default: read it).
+        """
+        if self.deadline is None or rounds <= 0:
+            return False
+        spent = (time.perf_counter() if now is None else now) - started
+        return spent + spent / rounds > self.deadline
 
     # -- nominal trajectory ---------------------------------------------------------------
     def reset(self, horizon: int, initial_actions: np.ndarray | None = None) -> None:

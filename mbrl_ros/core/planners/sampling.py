@@ -46,13 +46,17 @@ from mbrl_ros.core.planners.ilqr.backward_pass import BackwardPass, BackwardResu
 from mbrl_ros.core.policies.linear_gaussian import LinearGaussianPolicy
 from mbrl_ros.core.settings import setting
 
-__all__ = ["DTYPES", "FEEDBACK_MODES", "FILL_MODES", "PROPAGATION_MODES", "STD_UNITS",
-           "RolloutEngine", "SamplingPlanner", "SamplingSettings", "colored_noise", "hold_action",
+__all__ = ["DTYPES", "FEEDBACK_MODES", "FILL_MODES", "PROPAGATION_MODES", "REFINE_MODES",
+           "STD_UNITS",
+           "RolloutEngine", "SampleBudget", "SamplingPlanner", "SamplingSettings", "colored_noise", "hold_action",
            "is_torch_model", "limit_scaled_std"]
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 FILL_MODES = ("hold", "repeat", "zero")
 FEEDBACK_MODES = ("none", "lqr")
+REFINE_MODES = ("none", "newton")
+# Step sizes of the refinement's line search; 0 keeps the sampled plan.
+REFINE_ALPHAS = (1.0, 0.5, 0.25, 0.0)
 PROPAGATION_MODES = ("tsinf", "ts1", "expectation")
 STD_UNITS = ("limit_fraction", "absolute")
 # Modes a model's whole-horizon ``rollout`` serves (see EnsembleModel.rollout).
@@ -93,6 +97,20 @@ class SamplingSettings:
         "'lqr' (time-varying LQR gains along the plan, as tube MPPI); docs/PLANNERS.md",
         choices=FEEDBACK_MODES,
         dynamic=True)
+    refine: str = setting(
+        "none", "local refinement of the sampled plan: 'none', or 'newton' (one line-searched "
+        "Gauss-Newton/iLQR step on it; removes the steady-state offset); docs/PLANNERS.md",
+        choices=REFINE_MODES, dynamic=True)
+    adapt_samples: bool = setting(
+        True, "with a deadline from the controller (timer mode: 1/plan_rate), sample fewer "
+        "sequences per replan when solves run late (none: the configured count); "
+        "docs/PLANNERS.md", dynamic=True)
+    min_samples: int = setting(
+        32, "adapt_samples: the fewest sequences a replan samples, however late it runs",
+        low=2, high=1_000_000, dynamic=True)
+    deadline_fraction: float = setting(
+        0.8, "adapt_samples: the share of the deadline a replan aims to use (the rest is "
+        "headroom for the variation of solve times)", low=0.05, high=1.0, dynamic=True)
     seed: int = setting(0, "seed of the planner's torch generator (set again by reset())",
                         low=0)
     threads: int = setting(
@@ -100,6 +118,59 @@ class SamplingSettings:
         "afterwards", low=0, high=256)
     dtype: str = setting("float32", "floating-point type of samples, rollouts and costs "
                          "(torch models step in their own torch_dtype)", choices=tuple(DTYPES))
+
+
+class SampleBudget:
+    """Sampled sequences per replan from measured solve times against a deadline.
+
+    Clock-free (the planner passes the times it measured), so it can be tested with
+    injected times. A replan's time is modelled as ``fixed + per_sample * n``: the sampled
+    rollouts grow with the number of samples n, the rest (warm start, nominal rollout,
+    feedback gains) does not. After a replan that took ``total`` seconds, ``sampled`` of
+    them in the n-sample rollouts, the next count is the n that would have fit into
+    ``fraction * deadline``: taken at once when it is lower (a late replan is cut back
+    in the next one), approached by at most ``growth`` x per replan when it is higher
+    (a single quick replan does not restore everything), within [n_min, n_max].
+
+    Args:
+        n_max: the configured count (also the start).
+        n_min: the floor.
+        fraction: share of the deadline to aim for.
+        growth: largest factor between consecutive counts when they grow (> 1).
+    """
+
+    def __init__(self, n_max: int, n_min: int, fraction: float = 0.8, growth: float = 1.5):
+        if n_max < 1 or n_min < 1:
+            raise ValueError(f"sample counts must be >= 1, got n_max {n_max}, n_min {n_min}")
+        if not (0.0 < fraction <= 1.0) or not growth > 1.0:
+            raise ValueError(f"need 0 < fraction <= 1 and growth > 1, got {fraction}, "
+                             f"{growth}")
+        self.n_max, self.n_min = int(n_max), min(int(n_min), int(n_max))
+        self.fraction, self.growth = float(fraction), float(growth)
+        self.n = self.n_max
+
+    def configure(self, n_max: int, n_min: int, fraction: float) -> None:
+        """New limits (settings changed at run time); the count is kept within them."""
+        self.n_max, self.n_min = int(n_max), min(int(n_min), int(n_max))
+        self.fraction = float(fraction)
+        self.n = min(max(self.n, self.n_min), self.n_max)
+
+    def update(self, n: int, total: float, sampled: float, deadline: float) -> int:
+        """Record a replan of ``n`` samples that took ``total`` seconds, ``sampled`` of them
+        in the sampled rollouts, against ``deadline`` seconds; returns the next count.
+        Times that are not finite or not positive leave the count as it is."""
+        if not (n > 0 and math.isfinite(total) and math.isfinite(sampled) and total > 0
+                and sampled > 0 and deadline > 0):
+            return self.n
+        per_sample = sampled / n
+        fixed = max(total - sampled, 0.0)
+        fits = (self.fraction * deadline - fixed) / per_sample
+        if fits < n:
+            target = fits
+        else:
+            target = min(fits, n * self.growth)
+        self.n = int(min(max(math.floor(target), self.n_min), self.n_max))
+        return self.n
 
 
 def colored_noise(n: int, T: int, nu: int, beta: float, generator: torch.Generator | None,
@@ -484,6 +555,26 @@ class SamplingPlanner(Planner):
         self.initial_actions: np.ndarray | None = None
         self._fill: np.ndarray | None = None
         self._bp: BackwardPass | None = None
+        self._budget: SampleBudget | None = None
+        self._n = self._configured_samples()
+
+    def _configured_samples(self) -> int:
+        """The configured number of sampled sequences per iteration (MPPI ``samples``, CEM
+        ``population``)."""
+        return int(self.settings.samples)
+
+    def _sample_count(self) -> int:
+        """Sequences to sample in this replan: the configured count, or with a deadline
+        and ``adapt_samples`` the :class:`SampleBudget`'s."""
+        s = self.settings
+        n_max = self._configured_samples()
+        if self.deadline is None or not s.adapt_samples:
+            return n_max
+        if self._budget is None:
+            self._budget = SampleBudget(n_max, int(s.min_samples), float(s.deadline_fraction))
+        else:
+            self._budget.configure(n_max, int(s.min_samples), float(s.deadline_fraction))
+        return self._budget.n
 
     def _appended(self, shift: int) -> int:
         """Number of steps appended at the end when the plan is shifted by ``shift``
@@ -566,6 +657,8 @@ class SamplingPlanner(Planner):
             torch.set_num_threads(s.threads)
         engine = self._engine
         engine.model_calls = 0
+        # The subclasses' _improve samples self._n sequences per iteration.
+        self._n = self._sample_count()
         try:
             with torch.no_grad():
                 tic = time.perf_counter()
@@ -578,6 +671,13 @@ class SamplingPlanner(Planner):
                         "cost) is non-finite; the model is unusable from this state")
                 us = np.clip(U.to(torch.float64).numpy(), self.u_min, self.u_max)
                 states = stats.pop("states", None)
+                if s.refine == "newton":
+                    ric = time.perf_counter()
+                    us, alpha = self._refine(model, cost, x0, us)
+                    if alpha != 0.0:
+                        states = None      # the sample average belongs to the old plan
+                    stats.update(refine_alpha=alpha,
+                                 time_refine_s=time.perf_counter() - ric)
                 if s.nominal_rollout or states is None:
                     xs = engine.mean_rollout(model, x0, us)
                     unc = engine.mean_disagreement
@@ -623,14 +723,18 @@ class SamplingPlanner(Planner):
             if gains is not None:
                 K = gains
         self.stats["solve_time_s"] = time.perf_counter() - t_start
+        self.stats["samples"] = self._n
+        if self._budget is not None and self.deadline is not None and s.adapt_samples:
+            self.stats["samples_next"] = self._budget.update(
+                self._n, self.stats["solve_time_s"], toc - tic, self.deadline)
         return LinearGaussianPolicy(K=K, k=us, xbar=xbar, cov=None, t0=t0, dt=self.dt,
                                     u_min=self.u_min, u_max=self.u_max)
 
-    def _feedback_gains(self, model: Any, cost: Any, xs: np.ndarray, us: np.ndarray
-                        ) -> np.ndarray | None:
-        """TV-LQR gains (T, nu, nx) along the plan (xs (T+1, nx), us (T, nu)), or None if
-        the linearisation is not finite or no regularisation up to 1e6 makes the sweep
-        positive definite."""
+    def _sweep(self, model: Any, cost: Any, xs: np.ndarray, us: np.ndarray
+               ) -> tuple[BackwardResult, Any] | None:
+        """The box-limited Riccati sweep along the plan (xs (T+1, nx), us (T, nu)) and the
+        linearisation it used, or None if the linearisation is not finite or no
+        regularisation up to 1e6 makes the sweep positive definite."""
         T = self.horizon
         with np.errstate(invalid="ignore", over="ignore"):
             lin = model.linearize(xs[:T], us)
@@ -645,9 +749,51 @@ class SamplingPlanner(Planner):
         while mu <= 1e6:
             res = self._bp.run(mu, self.u_min - us, self.u_max - us)
             if isinstance(res, BackwardResult):
-                return res.K if np.isfinite(res.K).all() else None
+                ok = np.isfinite(res.K).all() and np.isfinite(res.k).all()
+                return (res, lin) if ok else None
             mu = max(1e-6, 10.0 * mu)
         return None
+
+    def _refine(self, model: Any, cost: Any, x0: np.ndarray, us: np.ndarray
+                ) -> tuple[np.ndarray, float]:
+        """One line-searched Gauss-Newton step on the plan us (T, nu) from x0 (``refine:
+        newton``). Returns the new plan and the step size taken (0: the plan unchanged --
+        also when the mean rollout or the linearisation is not finite)."""
+        T = self.horizon
+        xs = self._engine.mean_rollout(model, x0, us)
+        if not np.isfinite(xs).all():
+            return us, 0.0
+        sweep = self._sweep(model, cost, xs, us)
+        if sweep is None:
+            return us, 0.0
+        res, lin = sweep
+        # The step as an open-loop action sequence: du_t = k_t + K_t dx_t with dx
+        # propagated through the linearisation, so that it can be rolled out in a batch.
+        du = np.empty_like(us)
+        dx = np.zeros(self.nx)
+        for t in range(T):
+            du[t] = res.k[t] + res.K[t] @ dx
+            dx = lin.fx[t] @ dx + lin.fu[t] @ du[t]
+        if not np.isfinite(du).all():
+            return us, 0.0
+        alphas = np.asarray(REFINE_ALPHAS)
+        cand = np.clip(us[None] + alphas[:, None, None] * du[None], self.u_min, self.u_max)
+        rows = self._engine.rows             # stats: the rows of the sampled rollouts
+        J, _ = self._engine.run(model, cost, x0, torch.as_tensor(cand, dtype=self.dtype),
+                                "expectation", self._generator)
+        self._engine.rows = rows
+        i = int(torch.argmin(J))
+        if not math.isfinite(float(J[i])):
+            return us, 0.0
+        return cand[i], float(alphas[i])
+
+    def _feedback_gains(self, model: Any, cost: Any, xs: np.ndarray, us: np.ndarray
+                        ) -> np.ndarray | None:
+        """TV-LQR gains (T, nu, nx) along the plan (xs (T+1, nx), us (T, nu)), or None if
+        the linearisation is not finite or no regularisation up to 1e6 makes the sweep
+        positive definite."""
+        sweep = self._sweep(model, cost, xs, us)
+        return None if sweep is None else sweep[0].K
 
     def _disagreement(self, model: Any, xs: np.ndarray, us: np.ndarray
                       ) -> tuple[np.ndarray | None, str]:

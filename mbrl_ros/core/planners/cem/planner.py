@@ -118,6 +118,9 @@ class CEMPlanner(SamplingPlanner):
         z = parts[0] if len(parts) == 1 else torch.cat(parts)
         return z[:n].view(shape)
 
+    def _configured_samples(self) -> int:
+        return int(self.settings.population)
+
     def reset(self, horizon: int, initial_actions: np.ndarray | None = None) -> None:
         super().reset(horizon, initial_actions)
         self._kept: torch.Tensor | None = None
@@ -141,7 +144,7 @@ class CEMPlanner(SamplingPlanner):
     def _improve(self, x0: np.ndarray, U: torch.Tensor, model: Any, cost: Any
                  ) -> tuple[torch.Tensor, dict[str, Any]]:
         s = self.settings
-        pop, P = int(s.population), int(s.n_particles)
+        pop, P = self._n, int(s.n_particles)
         n_elite = min(pop, max(1, int(math.ceil(pop * s.elite_ratio))))
         n_keep = min(n_elite, int(round(s.keep_elites * n_elite)), pop - 1)
         T = U.shape[0]

@@ -17,7 +17,9 @@ Algorithm (one ``optimize`` call, at most ``max_iterations`` iterations):
    reduction exceeds ``min_reduction_ratio``; accepted steps lower mu, rejected iterations
    raise it (the schedule of Tassa et al. 2012).
 5. Stop on a small Newton step (gradient criterion of Tassa's iLQG.m), a small relative
-   cost change, or the iteration budget.
+   cost change, or the iteration budget -- or, with a deadline from the controller
+   (:meth:`Planner.set_deadline`), when another iteration would end past it (at least one
+   iteration always runs).
 
 The returned :class:`LinearGaussianPolicy` has the nominal states and controls and the
 last feedback gains, and (iLQG, as GPS uses it) the controller covariance inv(Q_uu).
@@ -72,9 +74,9 @@ class ILQRPlanner(Planner):
     ``stats`` after ``optimize``: iterations, accepted (steps), cost, cost_initial,
     expected_reduction, alpha, regularization, grad_norm, status (converged_gradient,
     converged_cost, max_iterations, line_search_failed, regularization_exceeded,
-    backward_pass_failed, nonfinite_linearization), n_boxqp, n_clamped, warm_start_shift,
-    solve_time_s, time_rollout_s, time_linearize_s, time_cost_derivatives_s,
-    time_backward_s (seconds).
+    backward_pass_failed, nonfinite_linearization, deadline), n_boxqp, n_clamped,
+    warm_start_shift, solve_time_s, time_rollout_s, time_linearize_s,
+    time_cost_derivatives_s, time_backward_s (seconds).
 
     Raises (from ``optimize``): ValueError if the model's rollout from x0 is not finite.
     """
@@ -263,6 +265,9 @@ class ILQRPlanner(Planner):
         n_boxqp = n_clamped = 0
         last: BackwardResult | None = None
         for _ in range(s.max_iterations):
+            if self.out_of_time(t_start, iterations):     # the controller's deadline
+                status = "deadline"
+                break
             iterations += 1
             tic = time.perf_counter()
             lin = model.linearize(xs[:T], us)

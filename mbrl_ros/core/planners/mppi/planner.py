@@ -102,7 +102,7 @@ class MPPIPlanner(SamplingPlanner):
     def _improve(self, x0: np.ndarray, U: torch.Tensor, model: Any, cost: Any
                  ) -> tuple[torch.Tensor, dict[str, Any]]:
         s = self.settings
-        K, T, P = int(s.samples), U.shape[0], int(s.n_particles)
+        K, T, P = self._n, U.shape[0], int(s.n_particles)
         std = self.noise_std
         sigma = torch.as_tensor(std, dtype=self.dtype)
         sigma_inv = torch.as_tensor(1.0 / std ** 2, dtype=self.dtype)
