@@ -123,7 +123,9 @@ def run(robot: str, model: str, max_steps: int, lockstep: bool, timeout: float,
                 if states:
                     diag.append((states[-1][0], {k: v.get(k) for k in (
                         "exploring", "active_planner", "model_version", "uncertainty",
-                        "replan_failures", "fallbacks")}))
+                        "replan_failures", "fallbacks", "replans", "stale", "holds",
+                        "solve_ms_median", "solve_ms_p99", "plan_latency_ms_median",
+                        "lookahead_steps")}))
     probe.node.create_subscription(DiagnosticArray, "/diagnostics", on_diag, 10)
     t_wall = time.monotonic()
     load0 = os.getloadavg()
