@@ -4,7 +4,7 @@ One implementation used by the model-fitting node, ``mbrl-ros fit`` and the benc
 
 1. clean: rows with NaN/inf are dropped and counted (the dataset converter drops most), a
    transition identical to the one before it counts once (:func:`drop_repeats`: a robot
-   at rest before its first command);
+   at rest before its first command; not for time-varying models);
    data without excitation (every action, or every state, constant: an arm at rest) is
    refused, since no model can be identified from it (:func:`check_excitation`);
 2. split by whole episodes (the last ``val_fraction`` of episodes, at least one) so the
@@ -263,7 +263,6 @@ def fit_model(batch: TransitionBatch, settings: FitSettings = FitSettings(),
     ``warm_start_from`` method may start training from it (the ensemble's
     ``warm_start`` setting)."""
     batch, n_bad = drop_nonfinite(batch)
-    batch, n_repeats = drop_repeats(batch)
     excitation_notes = check_excitation(batch, settings.min_excitation)
     continuous = continuous_joints(batch, settings, robot)
     batch = batch.replace(meta={**batch.meta, "continuous_joints": list(continuous)})
@@ -277,6 +276,8 @@ def fit_model(batch: TransitionBatch, settings: FitSettings = FitSettings(),
                              f"x={list(expect.state_names)}, u={list(expect.action_names)}")
         expect.check_compatible(data_spec)
     model = build_model(settings.model, model_settings)
+    # a time-varying model indexes the steps of each episode: nothing may be removed
+    batch, n_repeats = (batch, 0) if model.time_varying else drop_repeats(batch)
     rng = np.random.default_rng(settings.seed)
     train, val = split_episodes(batch, settings.val_fraction, rng)
     if len(train) < model.min_transitions:

@@ -589,3 +589,27 @@ def test_warm_start_continues_from_the_previous_weights():
     two = EnsembleModel(EnsembleModel.Settings(**short, warm_start=True))
     assert two.warm_start_from(prev)
     assert two.fit(wider).metrics["warm_start"] == 0.0
+
+
+def test_repeats_stay_for_time_varying_models():
+    """tvlg indexes the steps of each episode: fit_model drops no repeated transition for
+    it (a linear model of the same data counts them once)."""
+    from mbrl_ros.core.fitting import FitSettings, fit_model
+    rng = np.random.default_rng(0)
+    rows = []
+    for e in range(8):
+        x = np.zeros(2)
+        for t in range(40):                       # 5 steps at rest, then random efforts
+            u = np.zeros(1) if t < 5 else rng.normal(size=1)
+            nxt = np.array([x[0] + 0.01 * x[1], x[1] + 0.01 * u[0]])
+            rows.append((x, u, nxt, e))
+            x = nxt
+    n = len(rows)
+    data = TransitionBatch(np.array([r[0] for r in rows]), np.array([r[1] for r in rows]),
+                           np.array([r[2] for r in rows]), np.full(n, 0.01),
+                           np.arange(n) * 0.01, np.array([r[3] for r in rows]),
+                           ("p/position", "p/velocity"), ("p",))
+    tv = fit_model(data, FitSettings(model="tvlg"))
+    assert tv.report.n_train + tv.report.n_val == n and tv.extra["repeats_dropped"] == 0
+    lin = fit_model(data, FitSettings(model="linear"))
+    assert lin.extra["repeats_dropped"] == 8 * 4
