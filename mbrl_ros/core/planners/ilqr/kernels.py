@@ -434,6 +434,7 @@ def riccati_kernel(F, L, FtFu, Vf, mu, box, du_lower, du_upper, kK_all, Qrows, Q
     kK = np.empty((nu, M))
     G = np.zeros((N, M))
     QG = np.empty((N, M))
+    Qmu = np.empty((M, nu))
     k_next = np.zeros(nu)
     iota = np.arange(nu)
     xq = np.empty(nu)
@@ -515,12 +516,23 @@ def riccati_kernel(F, L, FtFu, Vf, mu, box, du_lower, du_upper, kK_all, Qrows, Q
                         for j in range(M - 1):
                             kK[a, 1 + j] = Bf[f, j]
                         f += 1
-        # V = G' Q G with G = [[I], [k K]], symmetrised.
-        for a in range(nu):
-            for j in range(M):
-                G[M + a, j] = kK[a, j]
-        np.dot(Q, G, QG)
-        np.dot(G.T, QG, V)
+        # V = G' Q G with G = [[I], [k K]] = Q_mm + Q_mu kK + kK' (Q_um + Q_uu kK),
+        # symmetrised (m = [1, x], kK = [k, K]). Without regularisation and limits,
+        # Q_uu kK = -Q_um, so V = Q_mm + Q_mu kK (the textbook Riccati update).
+        if mu == 0.0 and ok and not outside:
+            for i in range(M):
+                for a in range(nu):
+                    Qmu[i, a] = Q[i, M + a]
+            np.dot(Qmu, kK, V)
+            for i in range(M):
+                for j in range(M):
+                    V[i, j] += Q[i, j]
+        else:
+            for a in range(nu):
+                for j in range(M):
+                    G[M + a, j] = kK[a, j]
+            np.dot(Q, G, QG)
+            np.dot(G.T, QG, V)
         for i in range(M):
             for j in range(i + 1, M):
                 v = 0.5 * (V[i, j] + V[j, i])
