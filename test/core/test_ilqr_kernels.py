@@ -362,3 +362,29 @@ def test_policy_covariance_is_the_inverse_of_quu_and_floored_when_indefinite():
     cov = _pd_inverse(H)
     assert np.all(np.linalg.eigvalsh(cov) > 0)
     np.testing.assert_allclose(cov[0], np.linalg.inv(Hs[0]), rtol=1e-9)
+
+
+def test_prepare_with_matrices_repeated_over_steps_equals_full_arrays():
+    """Broadcast (stride-0) or 2-D per-step matrices are passed once; the sweep is the same
+    as with materialised (T, r, c) arrays."""
+    rng = np.random.default_rng(8)
+    T, nx, nu = 9, 4, 2
+    A, B = rng.standard_normal((nx, nx)) / 2, rng.standard_normal((nx, nu))
+    Q, R = np.eye(nx), 0.3 * np.eye(nu)
+    S = 0.01 * rng.standard_normal((nu, nx))
+    lx, lu = rng.standard_normal((T, nx)), rng.standard_normal((T, nu))
+    full = [np.repeat(m[None], T, 0) for m in (A, B)] + [lx, lu] + [
+        np.repeat(m[None], T, 0) for m in (Q, R, S)] + [np.ones(nx), 2 * np.eye(nx)]
+    bcast = [np.broadcast_to(m, (T,) + m.shape) for m in (A, B)] + [lx, lu] + [
+        np.broadcast_to(m, (T,) + m.shape) for m in (Q, R, S)] + [np.ones(nx), 2 * np.eye(nx)]
+    two_d = [A, B, lx, lu, Q, R, S, np.ones(nx), 2 * np.eye(nx)]
+    results = []
+    for args in (full, bcast, two_d):
+        bp = BackwardPass(T, nx, nu)
+        bp.prepare(*args)
+        results.append(bp.run(0.2, -0.5 * np.ones((T, nu)), 0.5 * np.ones((T, nu))))
+    for r in results[1:]:
+        np.testing.assert_array_equal(r.k, results[0].k)
+        np.testing.assert_array_equal(r.K, results[0].K)
+    with pytest.raises(ValueError):
+        BackwardPass(T, nx, nu).prepare(np.ones((T - 1, nx, nx)), *full[1:])

@@ -97,11 +97,22 @@ class BackwardPass:
             lfx (nx,), lfxx (nx, nx): terminal cost derivatives.
         """
         T, nx, nu = self.T, self.nx, self.nu
-        prepare_kernel(as_f64(fx, (T, nx, nx)), as_f64(fu, (T, nx, nu)), as_f64(lx, (T, nx)),
-                       as_f64(lu, (T, nu)), as_f64(lxx, (T, nx, nx)), as_f64(luu, (T, nu, nu)),
-                       as_f64(lux, (T, nu, nx)), as_f64(lfx, (nx,)), as_f64(lfxx, (nx, nx)),
+        steps = self._per_step
+        prepare_kernel(steps(fx, nx, nx), steps(fu, nx, nu), as_f64(lx, (T, nx)),
+                       as_f64(lu, (T, nu)), steps(lxx, nx, nx), steps(luu, nu, nu),
+                       steps(lux, nu, nx), as_f64(lfx, (nx,)), as_f64(lfxx, (nx, nx)),
                        self._F, self._L, self._Vf)
         self._FtFu_valid = False
+
+    def _per_step(self, a: np.ndarray, r: int, c: int) -> np.ndarray:
+        """(T, r, c) per-step matrices for the kernel; a matrix repeated over the steps
+        (np.broadcast_to over T, as the costs and linear models return, or (r, c)) is passed
+        once, (1, r, c), instead of being copied T times."""
+        a = np.asarray(a)
+        if a.ndim == 2 or (a.ndim == 3 and a.shape[0] > 1 and a.strides[0] == 0):
+            a = a[:1] if a.ndim == 3 else a[None]
+            return as_f64(a, (1, r, c))
+        return as_f64(a, (self.T, r, c))
 
     def _mu_rows(self) -> np.ndarray:
         """Rows u of F'F = [0, B'A, B'B] (the mu-regularisation of the rows u of Q), computed

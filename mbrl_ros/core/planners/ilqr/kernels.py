@@ -378,28 +378,35 @@ def boxqp_kernel(H, g, lower, upper, x0, use_x0, max_iterations, min_grad, min_r
 def prepare_kernel(fx, fu, lx, lu, lxx, luu, lux, lfx, lfxx, F, L, Vf):
     """Fill the homogeneous blocks (see :mod:`.backward_pass`): F[t] = [[1, 0, 0],
     [0, fx, fu]], L[t] = [[0, lx', lu'], [lx, lxx, lux'], [lu, lux, luu]], Vf = [[0, lfx'],
-    [lfx, lfxx]] (F[:, 0, 0] = 1 and the zero blocks are set once at allocation)."""
-    T, nx, nu = fu.shape
+    [lfx, lfxx]] (F[:, 0, 0] = 1 and the zero blocks are set once at allocation).
+    fx, fu, lxx, luu, lux have T rows or one (the same matrix at every step)."""
+    T = F.shape[0]
+    nx, nu = fu.shape[1], fu.shape[2]
     M = 1 + nx
     for t in range(T):
+        tA = t if fx.shape[0] > 1 else 0
+        tB = t if fu.shape[0] > 1 else 0
+        tQ = t if lxx.shape[0] > 1 else 0
+        tR = t if luu.shape[0] > 1 else 0
+        tS = t if lux.shape[0] > 1 else 0
         for i in range(nx):
             for j in range(nx):
-                F[t, 1 + i, 1 + j] = fx[t, i, j]
+                F[t, 1 + i, 1 + j] = fx[tA, i, j]
             for j in range(nu):
-                F[t, 1 + i, M + j] = fu[t, i, j]
+                F[t, 1 + i, M + j] = fu[tB, i, j]
         for i in range(nx):
             L[t, 0, 1 + i] = lx[t, i]
             L[t, 1 + i, 0] = lx[t, i]
             for j in range(nx):
-                L[t, 1 + i, 1 + j] = lxx[t, i, j]
+                L[t, 1 + i, 1 + j] = lxx[tQ, i, j]
         for a in range(nu):
             L[t, 0, M + a] = lu[t, a]
             L[t, M + a, 0] = lu[t, a]
             for j in range(nx):
-                L[t, M + a, 1 + j] = lux[t, a, j]
-                L[t, 1 + j, M + a] = lux[t, a, j]
+                L[t, M + a, 1 + j] = lux[tS, a, j]
+                L[t, 1 + j, M + a] = lux[tS, a, j]
             for b in range(nu):
-                L[t, M + a, M + b] = luu[t, a, b]
+                L[t, M + a, M + b] = luu[tR, a, b]
     for i in range(nx):
         Vf[0, 1 + i] = lfx[i]
         Vf[1 + i, 0] = lfx[i]
