@@ -157,7 +157,9 @@ class ILQRPlanner(Planner):
         else:
             U = ubar[None] + alphas[:, None, None] * kff[None]
         A = U.shape[0]
-        affine = self._affine_dynamics(model)
+        cached = getattr(self, "_affine", None)
+        affine = cached[1] if cached is not None and cached[0] is model \
+            else self._affine_dynamics(model)
         if affine is not None:
             xs = np.empty((A, T + 1, self.nx))
             fb = K is not None
@@ -227,6 +229,8 @@ class ILQRPlanner(Planner):
         timings = dict(time_rollout_s=0.0, time_linearize_s=0.0,
                        time_cost_derivatives_s=0.0, time_backward_s=0.0)
 
+        # The model's affine form (if any), read once per call for all rollouts.
+        self._affine = (model, self._affine_dynamics(model))
         us, shift = self._initial_actions(t0)
         K = shift_trajectory(self._K, shift)
         cov = shift_trajectory(self._cov, shift)
@@ -350,6 +354,7 @@ class ILQRPlanner(Planner):
             # No backward pass succeeded and nothing to reuse: open-loop policy.
             K = np.zeros((T, nu, nx))
             cov = None
+        self._affine = None
         self._xs, self._us, self._K, self._cov = xs, us, K, cov
         self._t_nominal = float(t0)
         self.stats = dict(iterations=iterations, accepted=accepted, cost=J,
