@@ -16,6 +16,7 @@ from mbrl_ros.core.models.base import (DynamicsModel, InputFeatures, Linearizati
 from mbrl_ros.core.models.ensemble.network import ACTIVATIONS, DTYPES, Network
 from mbrl_ros.core.models.ensemble.propagation import Propagation
 from mbrl_ros.core.models.ensemble.trainer import Trainer
+from mbrl_ros.core.models.pipeline import DeltaPipeline
 from mbrl_ros.core.settings import setting
 
 
@@ -123,6 +124,10 @@ class EnsembleModel(Network, Trainer, Propagation, DynamicsModel):
         self.min_logvar: torch.Tensor | None = None   # (M, 1, nx)
         self.elites = np.zeros(0, dtype=np.int64)
         self.val_mse = np.zeros(0)
+        # Features, normalisers and delta targets (models/pipeline.py, shared with linear
+        # and gp); features/in_norm/out_norm are its parts, kept as attributes for the
+        # torch paths.
+        self.pipeline: DeltaPipeline | None = None
         self.features: InputFeatures | None = None
         self.in_norm: Normalizer | None = None
         self.out_norm: Normalizer | None = None
@@ -206,11 +211,9 @@ class EnsembleModel(Network, Trainer, Propagation, DynamicsModel):
             sel = torch.diagonal(mbar, dim1=0, dim2=2).sum()              # sum_i mbar[i,:,i]
             (grad,) = torch.autograd.grad(sel, zr)
         J = grad.detach().numpy().astype(np.float64).transpose(1, 0, 2)    # (T, nx, in)
-        # Chain rule through the normalisers, next = x + out_mean + out_std * f(z),
-        # z = (features(x, u) - in_mean) / in_std, and the features (sin/cos of angles).
-        J = J * self.out_norm.std[None, :, None] / self.in_norm.std[None, None, :]
-        Jx, fu = self.features.chain(J, xs)
-        fx = Jx + np.eye(nx)[None]
+        # Chain rule through the normalisers and the sin/cos features, plus the identity
+        # of the delta (the shared pipeline).
+        fx, fu = self.pipeline.jacobian(J, xs)
         mean_np, var = self.predict(xs, us)
         f0 = mean_np - np.einsum("tij,tj->ti", fx, xs) - np.einsum("tij,tj->ti", fu, us)
         cov = np.zeros((T, nx, nx))
@@ -231,8 +234,7 @@ class EnsembleModel(Network, Trainer, Propagation, DynamicsModel):
         arrays["min_logvar"] = self.min_logvar.detach().numpy().copy()
         arrays["elites"] = self.elites.astype(np.int64)
         arrays["val_mse"] = np.asarray(self.val_mse, dtype=np.float64)
-        arrays.update(self.in_norm.arrays("in"))
-        arrays.update(self.out_norm.arrays("out"))
+        arrays.update(self.pipeline.arrays())
         if self.linear is not None:
             arrays.update(lin_A=self.linear[0], lin_c=self.linear[1], lin_std=self.linear[2])
         return arrays
@@ -275,8 +277,9 @@ class EnsembleModel(Network, Trainer, Propagation, DynamicsModel):
         self.min_logvar = t(arrays["min_logvar"])
         self.elites = elites
         self.val_mse = np.asarray(arrays["val_mse"], dtype=np.float64)
-        self.in_norm = Normalizer.from_arrays(arrays, "in")
-        self.out_norm = Normalizer.from_arrays(arrays, "out")
+        self.pipeline = DeltaPipeline.from_arrays(spec, arrays)
+        self.features = self.pipeline.features
+        self.in_norm, self.out_norm = self.pipeline.in_norm, self.pipeline.out_norm
         self._set_linear(tuple(np.asarray(arrays[k], dtype=np.float64)
                                for k in ("lin_A", "lin_c", "lin_std"))
                          if s.linear_prior else None)

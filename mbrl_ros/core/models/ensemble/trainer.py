@@ -21,8 +21,8 @@ import numpy as np
 import torch
 
 from mbrl_ros.core.models import evaluate
-from mbrl_ros.core.models.base import (DynamicsModel, FitReport, InputFeatures, ModelError,
-                                       Normalizer)
+from mbrl_ros.core.models.base import DynamicsModel, FitReport, InputFeatures, ModelError
+from mbrl_ros.core.models.pipeline import DeltaPipeline
 from mbrl_ros.core.types import TransitionBatch
 
 # Smallest automatic minibatch (see the batch_size setting): below it the per-step overhead
@@ -132,8 +132,10 @@ class Trainer:
             n_val = min(n_val, N - 1)
             val_idx, tr_idx = split[:n_val], split[n_val:]
         n_val = val_idx.size
-        self.in_norm = Normalizer.fit(X[tr_idx])
-        self.out_norm = Normalizer.fit(Y[tr_idx])
+        self.pipeline = DeltaPipeline.fit(self.spec, states, actions, data.next_states,
+                                          rows=tr_idx)
+        self.features = self.pipeline.features
+        self.in_norm, self.out_norm = self.pipeline.in_norm, self.pipeline.out_norm
         Xt = torch.as_tensor(self.in_norm(X), dtype=dt)
         Yt = torch.as_tensor(self.out_norm(Y), dtype=dt)
         Xtr, Ytr = Xt[tr_idx], Yt[tr_idx]
