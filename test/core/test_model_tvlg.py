@@ -15,6 +15,7 @@ import pytest
 from mbrl_ros.core import store
 from mbrl_ros.core.models.base import ModelError, finite_difference_linearization
 from mbrl_ros.core.models.gmm import GaussianMixture, GMMError
+from mbrl_ros.core.models.gmm_prior import GMMPrior, niw_prior_steps
 from mbrl_ros.core.models.tvlg import (DynamicsPriorGMM, TVLGModel, TVLGSettings,
                                        gauss_fit_joint_prior)
 from mbrl_ros.core.settings import SettingsError, from_mapping
@@ -139,9 +140,14 @@ def test_gmm_moments_and_inference():
     np.testing.assert_allclose(sig, np.cov(X, rowvar=False, bias=True), atol=1e-3)
     mus, sigs = g.moments(np.eye(3))
     assert mus.shape == (3, 3) and sigs.shape == (3, 3, 3)
-    mu0, phi, m, n0 = g.inference(X[:10])
+    mu0, phi, m, n0 = niw_prior_steps(g, X[:10, None, :], 1.0)
     assert m == 1.0 and n0 == pytest.approx((900 - 2 - 3) / 900)
-    assert np.all(np.linalg.eigvalsh(phi) > 0)
+    assert mu0.shape == (1, 3) and np.all(np.linalg.eigvalsh(phi[0]) > 0)
+    # the prior mean is the mixture re-weighted by the batch's average responsibilities
+    np.testing.assert_allclose(mu0[0], g.moments(g.cluster_weights(X[:10]))[0], atol=1e-12)
+    mu2, phi2, m2, n02 = niw_prior_steps(g, X[:10, None, :], 2.0)
+    np.testing.assert_allclose(phi2, 2.0 * phi, rtol=1e-12)
+    assert (m2, n02) == (2.0, pytest.approx(2 * n0))
 
 
 def test_gmm_restarts_keep_the_best_likelihood_and_arrays_round_trip():
@@ -398,3 +404,24 @@ def test_registered_under_tvlg():
     from mbrl_ros.core import registry
     assert registry.lookup("model", "tvlg") is TVLGModel
     assert TVLGModel.time_varying
+
+
+def test_dynamics_and_policy_priors_share_one_gmm_prior():
+    """Issue 13: the GMM/NIW prior exists once (models/gmm_prior.py); the dynamics prior
+    and the policy linearisation's prior only decide which points they keep."""
+    from mbrl_ros.core.algorithms.policy_fit import PolicyPriorGMM
+
+    for cls in (DynamicsPriorGMM, PolicyPriorGMM):
+        assert issubclass(cls, GMMPrior)
+        for name in ("eval_steps", "fit_points", "n_clusters"):
+            assert getattr(cls, name) is getattr(GMMPrior, name), (cls, name)
+    dyn, pol = DynamicsPriorGMM(min_samples_per_cluster=10, max_clusters=3), \
+        PolicyPriorGMM(min_samples_per_cluster=10, max_clusters=3)
+    assert [dyn.n_clusters(n) for n in (1, 15, 60, 1000)] == [1, 2, 3, 3]
+    assert [pol.n_clusters(n) for n in (1, 15, 60, 1000)] == [1, 2, 3, 3]
+    with pytest.raises(ModelError, match="policy prior has no data yet"):
+        pol.eval_steps(np.zeros((2, 3, 6)))
+    X, U = _rollouts(2, 0)
+    dyn.update(X, U)
+    with pytest.raises(ModelError, match="dynamics prior was fitted on 10-D points"):
+        dyn.eval_steps(np.zeros((2, 3, 9)))

@@ -8,9 +8,8 @@ controller ``pi(u_t | x_t) ~ N(pol_K[t] x_t + pol_k[t], pol_S[t])``. Following L
 linear regression of the policy's mean action on the sampled states, regularised by a
 normal-inverse-Wishart prior from a Gaussian mixture over [x, pi(x)] points of recent
 samples; pol_S is the regression residual plus the policy's own (state-independent)
-covariance. The regression is the same conditional-Gaussian fit as the TVLG dynamics
-(:func:`~mbrl_ros.core.models.tvlg.gauss_fit_joint_prior`) and the mixture the same
-:class:`~mbrl_ros.core.models.gmm.GaussianMixture`.
+covariance. The regression, the mixture and the prior's evaluation are the ones the TVLG
+dynamics use (:mod:`mbrl_ros.core.models.gmm_prior`); only what the prior keeps differs.
 """
 from __future__ import annotations
 
@@ -18,14 +17,14 @@ from typing import Callable
 
 import numpy as np
 
-from mbrl_ros.core.models.gmm import GaussianMixture
-from mbrl_ros.core.models.tvlg import gauss_fit_joint_prior, gmm_prior_steps
+from mbrl_ros.core.models.gmm_prior import GMMPrior, gauss_fit_joint_prior
 
 __all__ = ["PolicyPriorGMM", "fit_policy_linearization"]
 
 
-class PolicyPriorGMM:
-    """NIW prior for the per-step policy regression from a GMM over [x, pi(x)].
+class PolicyPriorGMM(GMMPrior):
+    """NIW prior for the per-step policy regression from a GMM over [x, pi(x)] (the
+    mixture, K and the evaluation: :class:`~mbrl_ros.core.models.gmm_prior.GMMPrior`).
 
     The prior keeps the states of the ``max_samples`` most recent trajectories, evaluates
     the *current* policy on all of them at every :meth:`update` and refits its mixture
@@ -34,23 +33,19 @@ class PolicyPriorGMM:
     Args:
         max_samples: trajectories kept; min_samples_per_cluster, max_clusters: the number of
             clusters is clip(points / min_samples_per_cluster, 2, max_clusters);
-        strength: multiplies the pseudo-counts (1 ~ one extra sample).
+        strength: multiplies the pseudo-counts (1 ~ one extra sample); max_iters,
+            reg_covar: EM settings.
     """
+
+    what = "policy prior"
 
     def __init__(self, max_samples: int = 20, min_samples_per_cluster: int = 20,
                  max_clusters: int = 50, strength: float = 1.0, max_iters: int = 100,
                  reg_covar: float = 1e-6):
-        self.max_samples = int(max_samples)
-        self.min_samples_per_cluster = int(min_samples_per_cluster)
-        self.max_clusters = int(max_clusters)
-        self.strength = float(strength)
-        self.gmm = GaussianMixture(reg_covar=reg_covar, max_iters=max_iters, warm_start=True)
+        super().__init__(max_samples, min_samples_per_cluster, max_clusters, strength,
+                         max_iters=max_iters, reg_covar=reg_covar)
         self.X: np.ndarray | None = None          # (N_kept, T, nx)
         self.C: np.ndarray | None = None          # (N_kept, nc) context or None
-
-    @property
-    def fitted(self) -> bool:
-        return self.gmm.fitted
 
     def update(self, X: np.ndarray, policy_mean: Callable[[np.ndarray], np.ndarray],
                rng: np.random.Generator | None = None, context: np.ndarray | None = None
@@ -81,19 +76,7 @@ class PolicyPriorGMM:
         inputs = flat if self.C is None else np.concatenate(
             [flat, np.repeat(self.C, T, axis=0)], axis=1)
         pts = np.concatenate([flat, policy_mean(inputs)], axis=1)
-        K = int(max(2, min(self.max_clusters, len(pts) // self.min_samples_per_cluster)))
-        self.gmm.fit(pts, min(K, len(pts)), rng=rng)
-
-    def eval_steps(self, pts: np.ndarray) -> tuple[np.ndarray, np.ndarray, float, float]:
-        """NIW parameters for T batches of points.
-
-        Args:
-            pts: (N, T, D) [x, pi(x)] of N samples at each of T steps.
-
-        Returns:
-            mu0 (T, D), Phi (T, D, D) (scaled by m), m, n0.
-        """
-        return gmm_prior_steps(self.gmm, pts, self.strength)
+        self.fit_points(pts, rng=rng)
 
 
 def fit_policy_linearization(X: np.ndarray, pol_mu: np.ndarray, pol_var: np.ndarray,

@@ -5,7 +5,8 @@ Used as the data-driven prior of the time-varying linear-Gaussian dynamics
 local linear-Gaussian models (Levine & Abbeel 2014, "Learning Neural Network Policies with
 Guided Policy Search under Unknown Dynamics", NIPS; Levine, Finn, Darrell &
 Abbeel 2016, "End-to-End Training of Deep Visuomotor Policies", JMLR, App. A.3). It is kept
-general (any data, any K) so the policy prior can reuse it.
+general (any data, any K); the prior built on it, shared by the dynamics and the policy
+linearisation, is :mod:`mbrl_ros.core.models.gmm_prior`.
 
 EM follows Bishop, "Pattern Recognition and Machine Learning" (2006), Sec. 9.2.2, with the
 E-step in the log domain (log-sum-exp) so points far from every cluster do not underflow,
@@ -105,7 +106,8 @@ class GaussianMixture:
         covariances: (K, D, D) component covariances (regularised, symmetric PD).
         log_weights: (K,) log mixing weights (log-sum-exp to 0).
         n_points: number of points the mixture was fitted on (the prior's pseudo-count
-            normalisation in :meth:`inference` uses it).
+            normalisation of :func:`mbrl_ros.core.models.gmm_prior.niw_prior_steps` uses
+            it).
         n_iter: EM iterations of the last fit; converged: whether it met ``tol``.
         log_likelihood: mean log-likelihood per point of the fitted data (nats).
 
@@ -370,27 +372,6 @@ class GaussianMixture:
             mu[:, :, None] * mu[:, None, :]
         sigma = 0.5 * (sigma + sigma.transpose(0, 2, 1))
         return (mu[0], sigma[0]) if single else (mu, sigma)
-
-    def inference(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray, float, float]:
-        """Normal-inverse-Wishart prior for a batch of points (Levine et al. 2016, App. A.3).
-
-        The prior mean and scale are the moments of the mixture weighted by
-        :meth:`cluster_weights` of X. The pseudo-counts m = N_fit and n0 = N_fit - 2 - D
-        are normalised by the number of fitted points N_fit (as the reference
-        implementation cbfinn/gps does), giving m = 1 and n0 ~ 1; callers scale both by a
-        strength.
-
-        Args:
-            X: (N, D) points of one batch (e.g. the samples of one time step).
-
-        Returns:
-            mu0 (D,), Phi (D, D) (a covariance, not yet multiplied by m), m, n0.
-        """
-        mu0, phi = self.moments(self.cluster_weights(X))
-        n = max(self.n_points, 1)
-        m = 1.0
-        n0 = max(float(n - 2 - self.dim) / n, 0.0)
-        return mu0, phi, m, n0
 
     # ------------------------------------------------------------------ persistence
     def to_arrays(self, prefix: str = "gmm") -> dict[str, np.ndarray]:

@@ -36,18 +36,17 @@ result depends only on the batch).
 """
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import numpy as np
-from scipy.special import logsumexp
 
 from mbrl_ros.core import registry
 from mbrl_ros.core.models.base import (DynamicsModel, FitReport, Linearization, ModelError,
                                        ModelSpec, check_trajectory, check_xu)
-from mbrl_ros.core.models.gmm import GaussianMixture, GMMError
+from mbrl_ros.core.models.gmm import GaussianMixture
+from mbrl_ros.core.models.gmm_prior import GMMPrior, gauss_fit_joint_prior
 from mbrl_ros.core.settings import setting
 from mbrl_ros.core.types import TransitionBatch
 
@@ -87,77 +86,11 @@ class TVLGSettings:
                            "update_prior() is given no generator", low=0)
 
 
-# ---------------------------------------------------------------------- NIW fit
-def gauss_fit_joint_prior(pts: np.ndarray, mu0: np.ndarray, Phi: np.ndarray, m: float,
-                          n0: float, d_in: int, sig_reg: np.ndarray
-                          ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Linear-Gaussian conditional of a joint Gaussian fitted with a NIW prior, for T
-    independent problems at once (Levine & Abbeel 2014; cbfinn/gps
-    ``gauss_fit_joint_prior``).
-
-    Args:
-        pts: (N, T, D) samples of the joint vector [inputs (d_in), outputs (D - d_in)] at
-            each of T steps, equally weighted.
-        mu0: (T, D) prior means; Phi: (T, D, D) prior scale matrices (already multiplied
-            by m); m, n0: prior pseudo-counts (0 and 0 with Phi = 0 = no prior).
-        d_in: number of input dimensions (nx + nu).
-        sig_reg: (D, D) added to each joint covariance before conditioning.
-
-    Returns:
-        Fm (T, D-d_in, d_in), fv (T, D-d_in), dyn_cov (T, D-d_in, D-d_in) such that
-        outputs ~ N(Fm @ inputs + fv, dyn_cov).
-    """
-    N = pts.shape[0]
-    mun = pts.mean(axis=0)                                         # (T, D)
-    diff = pts - mun
-    empsig = diff.transpose(1, 2, 0) @ diff.transpose(1, 0, 2) / N         # (T, D, D)
-    dm = mun - mu0
-    sigma = (N * empsig + Phi + (N * m / (N + m)) * dm[:, :, None] * dm[:, None, :]) / (N + n0)
-    sigma = 0.5 * (sigma + sigma.transpose(0, 2, 1)) + sig_reg
-    s_ii = sigma[:, :d_in, :d_in]
-    s_io = sigma[:, :d_in, d_in:]
-    try:
-        Fm = np.linalg.solve(s_ii, s_io).transpose(0, 2, 1)        # (T, Do, d_in)
-    except np.linalg.LinAlgError as e:
-        raise ModelError("the per-step input covariance is singular: some state or action "
-                         "column does not vary across samples; set 'regularization' > 0 or "
-                         "enable the prior (strength > 0)") from e
-    fv = mun[:, d_in:] - np.einsum("toi,ti->to", Fm, mun[:, :d_in])
-    dyn = sigma[:, d_in:, d_in:] - Fm @ s_ii @ Fm.transpose(0, 2, 1)
-    dyn = 0.5 * (dyn + dyn.transpose(0, 2, 1))
-    return Fm, fv, dyn
-
-
 # ---------------------------------------------------------------------- prior
-def gmm_prior_steps(gmm: GaussianMixture, pts: np.ndarray, strength: float
-                    ) -> tuple[np.ndarray, np.ndarray, float, float]:
-    """Normal-inverse-Wishart prior per step from a GMM fitted on all data (cbfinn/gps
-    ``DynamicsPriorGMM.eval`` / ``PolicyPriorGMM.eval``, for T steps at once): the mixture
-    of the components weighted by the responsibilities of each step's N points.
-
-    Args:
-        gmm: the fitted mixture over D-dimensional points.
-        pts: (N, T, D) the N samples of each of T steps.
-        strength: prior strength m (in pseudo-points).
-
-    Returns:
-        mu0 (T, D), Phi (T, D, D) (scaled by m), m, n0 (scalars, shared by all steps).
-    """
-    N, T, D = pts.shape
-    logp = gmm.log_prob_components(pts.reshape(N * T, D)).reshape(N, T, -1)
-    # responsibilities per point, averaged over the N samples of each step
-    logr = logp - logsumexp(logp, axis=2, keepdims=True)
-    wts = np.exp(logsumexp(logr, axis=0) - math.log(N))        # (T, K)
-    wts /= wts.sum(axis=1, keepdims=True)
-    mu0, phi = gmm.moments(wts)
-    n = max(gmm.n_points, 1)
-    n0 = strength * max(float(n - 2 - D) / n, 0.0)
-    return mu0, phi * strength, strength, n0
-
-
-class DynamicsPriorGMM:
+class DynamicsPriorGMM(GMMPrior):
     """NIW prior for per-step dynamics from a GMM over [x_t, u_t, x_{t+1}] points
-    (Levine et al. 2016, App. A.3).
+    (Levine et al. 2016, App. A.3; the mixture, K and the evaluation:
+    :class:`~mbrl_ros.core.models.gmm_prior.GMMPrior`).
 
     The prior keeps the transitions of the ``max_samples`` most recent trajectories and
     refits its mixture (warm-started) on every :meth:`update`.
@@ -169,25 +102,18 @@ class DynamicsPriorGMM:
             settings (see :class:`GaussianMixture`).
     """
 
+    what = "dynamics prior"
+
     def __init__(self, max_samples: int = 20, min_samples_per_cluster: int = 20,
                  max_clusters: int = 50, strength: float = 1.0, max_iters: int = 100,
                  tol: float = 1e-5, reg_covar: float = 1e-6, n_init: int = 1):
-        self.max_samples = int(max_samples)
-        self.min_samples_per_cluster = int(min_samples_per_cluster)
-        self.max_clusters = int(max_clusters)
-        self.strength = float(strength)
-        self.gmm = GaussianMixture(reg_covar=reg_covar, max_iters=max_iters, tol=tol,
-                                   warm_start=True, n_init=n_init)
+        super().__init__(max_samples, min_samples_per_cluster, max_clusters, strength,
+                         max_iters, tol, reg_covar, n_init)
         self.nx = 0
         self.nu = 0
         self.points = np.zeros((0, 0))                  # (P, 2 nx + nu) kept transitions
         self.traj_lengths = np.zeros(0, dtype=np.int64)  # transitions per kept trajectory
         self.x0 = np.zeros((0, 0))                      # (n_traj, nx) initial states
-
-    @property
-    def fitted(self) -> bool:
-        """True once the mixture has been fitted (the prior is usable)."""
-        return self.gmm.fitted
 
     @property
     def n_trajectories(self) -> int:
@@ -231,12 +157,7 @@ class DynamicsPriorGMM:
             pts = pts[int(lens[:drop].sum()):]
             lens, x0 = lens[drop:], x0[drop:]
         self.points, self.traj_lengths, self.x0 = pts, lens, x0
-        K = int(max(2, min(self.max_clusters, len(pts) // self.min_samples_per_cluster)))
-        K = min(K, len(pts))
-        try:
-            self.gmm.fit(pts, K, rng=rng)
-        except GMMError as e:
-            raise ModelError(f"dynamics prior: {e}") from e
+        self.fit_points(pts, rng=rng)
 
     def eval(self, Dx: int, Du: int, pts: np.ndarray
              ) -> tuple[np.ndarray, np.ndarray, float, float]:
@@ -253,22 +174,6 @@ class DynamicsPriorGMM:
             raise ModelError(f"prior points must be (N, {2 * Dx + Du}), got {pts.shape}")
         mu0, Phi, m, n0 = self.eval_steps(pts[:, None, :])
         return mu0[0], Phi[0], m, n0
-
-    def eval_steps(self, pts: np.ndarray) -> tuple[np.ndarray, np.ndarray, float, float]:
-        """:meth:`eval` for T batches at once.
-
-        Args:
-            pts: (N, T, D) the N samples of each of T steps.
-
-        Returns:
-            mu0 (T, D), Phi (T, D, D) (scaled by m), m, n0 (scalars, shared by all steps).
-        """
-        if not self.fitted:
-            raise ModelError("the dynamics prior has no data yet (call update first)")
-        N, T, D = pts.shape
-        if D != self.gmm.dim:
-            raise ModelError(f"prior was fitted on {self.gmm.dim}-D points, got {D}-D")
-        return gmm_prior_steps(self.gmm, pts, self.strength)
 
     def initial_state(self) -> tuple[np.ndarray, np.ndarray, float, float]:
         """NIW prior (mu0 (nx,), Phi (nx, nx) scaled by m, m, n0) for the initial state,
@@ -296,10 +201,7 @@ class DynamicsPriorGMM:
         if int(self.traj_lengths.sum()) != len(self.points):
             raise ModelError(f"prior arrays inconsistent: {len(self.points)} points but "
                              f"trajectory lengths sum to {int(self.traj_lengths.sum())}")
-        try:
-            self.gmm.load_arrays(arrays, "prior_gmm")
-        except GMMError as e:
-            raise ModelError(f"dynamics prior: {e}") from e
+        self.load_gmm_arrays(arrays, "prior_gmm")
 
 
 def _as_trajectory_lists(X, U) -> tuple[list[np.ndarray], list[np.ndarray]]:
