@@ -3,3 +3,11 @@ mbrl_ros.core.threads): small-matrix numerics are faster and timing is more repe
 from mbrl_ros.core.threads import limit_threads
 
 limit_threads()
+
+
+def pytest_sessionstart(session):
+    """Load (on a fresh clone: compile, ~10 s of CPU) the compiled iLQR kernels once before
+    any test, so that the first test constructing a planner does not pay it inside its
+    timeout; later processes (nodes) load them from numba's on-disk cache."""
+    from mbrl_ros.core.planners.ilqr import kernels
+    kernels.warm_up()
