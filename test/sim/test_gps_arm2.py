@@ -150,7 +150,9 @@ def test_a_crash_mid_iteration_resumes_at_the_next_iteration_with_its_samples(
     monkeypatch.setattr(MDGPS, "iteration", dying_iteration)
     with pytest.raises(KeyboardInterrupt):
         run_gps(_quick(out))
-    assert (out / "checkpoint" / "pending.pkl").exists()
+    assert (out / "checkpoint" / "pending-0002" / "arrays.npz").exists()
+    assert (out / "checkpoint" / "it0001" / "state.json").exists()
+    assert not list(out.rglob("*.pkl"))               # no pickles anywhere
     assert len(json.loads((out / "metrics.json").read_text())["iterations"]) == 1
     monkeypatch.setattr(MDGPS, "iteration", real_iteration)
 
@@ -161,7 +163,8 @@ def test_a_crash_mid_iteration_resumes_at_the_next_iteration_with_its_samples(
     monkeypatch.setattr(MDGPS, "draw_samples", counting_draw)
     rep = run_gps(dataclasses.replace(_quick(out), resume=True))
     assert calls["draw"] == 0                         # iteration 2 used the saved samples
-    assert not (out / "checkpoint" / "pending.pkl").exists()
+    assert not list((out / "checkpoint").glob("pending-*"))
+    assert sorted(p.name for p in (out / "checkpoint").glob("it*")) == ["it0001", "it0002"]
     assert [r["iteration"] for r in rep["iterations"]] == [1, 2]
     got, want = _numbers(rep["iterations"]), _numbers(ref["iterations"])
     for g, w in zip(got, want):

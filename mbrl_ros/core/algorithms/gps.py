@@ -43,8 +43,8 @@ cannot be met even at the largest eta, or whose KL measured on the next samples 
 ``kl_sample_limit`` x epsilon, is reported in the record (``warnings``) and halves the step
 multiplier.
 
-**Checkpoints.** An :class:`MDGPS` pickles without its environment (``__getstate__``):
-``gps_run`` writes one after every iteration and, right after sampling, the pending
+**Checkpoints.** :mod:`.gps_checkpoint` writes an :class:`MDGPS`'s state as plain data
+(JSON, npz, torch state_dicts) after every iteration and, right after sampling, the pending
 samples with the random states, so a resumed run continues at the next iteration without
 losing or redrawing samples.
 """

@@ -3,12 +3,13 @@
 * **Conditions** are (start, target) pairs; the global policy is target-conditioned (its
   input is [state, target joint positions]), so one network serves every target; it is
   also evaluated on *held-out* conditions it never trained on.
-* **Checkpoints**: after every iteration ``OUT/checkpoint/state.pkl`` (the algorithm's
-  whole state without the simulator) and, right after sampling, ``pending.pkl`` (this
-  iteration's samples and the random states): ``resume=True`` continues at the next
-  iteration and reuses samples already drawn. Both are pickles *this* program wrote into
-  ``OUT``: resume only from a directory you trust (the policy artifacts themselves stay
-  pickle-free, :mod:`mbrl_ros.core.store`).
+* **Checkpoints**: after every iteration ``OUT/checkpoint/itNNNN/`` (the algorithm's
+  whole state without the simulator, and the run's bookkeeping) and, right after sampling,
+  ``pending-NNNN/`` (this iteration's samples and the random states): ``resume=True``
+  continues at the next iteration and reuses samples already drawn. They are plain data
+  (JSON, ``.npz`` without pickles, torch state_dicts loaded ``weights_only``), written
+  atomically; a damaged one is refused naming the file, and the previous iteration's is
+  used instead (:mod:`.gps_checkpoint`).
 * **Artifacts**: every iteration's policy is published as ``OUT/NAME/vNNNN``; ``latest``
   points at the best one so far by the held-out end-effector distance (training
   conditions when there are no held-out ones).
@@ -19,7 +20,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import pickle
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +30,9 @@ import numpy as np
 
 from mbrl_ros.core.policies.neural import PolicySettings, publish_policy
 from mbrl_ros.core.algorithms.gps import MDGPS, GPSSettings, IterationRecord
+from mbrl_ros.core.algorithms.gps_checkpoint import (CheckpointError, drop_pending,
+                                                     load_latest, load_pending,
+                                                     save_checkpoint, save_pending)
 from mbrl_ros.core.algorithms.sim_env import (ARM7_HOME, DEFAULT_STARTS, MujocoEnv,
                                               default_conditions, reach_task)
 from mbrl_ros.core.algorithms.traj_opt import TrajOptSettings, sample_costs
@@ -279,15 +283,6 @@ def plot_learning_curve(iterations: list[dict], path: str | Path, title: str = "
     return path
 
 
-def _atomic_pickle(obj: Any, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        pickle.dump(obj, f, protocol=pickle.HIGHEST_PROTOCOL)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def _atomic_text(text: str, path: Path) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     tmp.write_text(text)
@@ -393,25 +388,30 @@ def run_gps(cfg: GPSRunConfig, stop_after: int | None = None) -> dict[str, Any]:
                                                   **cfg.gps))
     cfg_json = cfg.to_json()
     state: dict[str, Any]
+
+    def new_gps() -> MDGPS:
+        return MDGPS(task.env, task.costs, gps_settings, traj_opt=cfg.traj_opt,
+                     policy=cfg.policy, initial_controllers=task.initial_controllers,
+                     distance=task.distances(), tasks=task.targets)
+
+    def warn(msg: str) -> None:
+        print(msg, file=sys.stderr)
+
     if cfg.resume:
-        if not (ckpt / "state.pkl").exists():
-            raise ValueError(f"--resume: no checkpoint in {ckpt}")
-        with open(ckpt / "state.pkl", "rb") as f:
-            state = pickle.load(f)
-        mine = {k: v for k, v in cfg_json.items() if k not in ("resume", "progress", "iterations")}
-        theirs = {k: v for k, v in state["config"].items()
-                  if k not in ("resume", "progress", "iterations")}
+        try:
+            gps, state, _ = load_latest(ckpt, new_gps, warn=warn)
+        except CheckpointError as e:
+            raise ValueError(str(e)) from e
+        skip = ("resume", "progress", "iterations")
+        mine = {k: v for k, v in cfg_json.items() if k not in skip}
+        theirs = {k: v for k, v in state["config"].items() if k not in skip}
         if json.loads(json.dumps(mine)) != json.loads(json.dumps(theirs)):
             diff = sorted(k for k in mine if mine.get(k) != theirs.get(k))
             raise ValueError(f"--resume: the checkpoint in {ckpt} is for another "
                              f"configuration (differs in {diff})")
-        gps: MDGPS = state["gps"]
-        gps.attach(task.env, task.distances())
         task.env._rng.bit_generator.state = state["env_rng"]
     else:
-        gps = MDGPS(task.env, task.costs, gps_settings, traj_opt=cfg.traj_opt,
-                    policy=cfg.policy, initial_controllers=task.initial_controllers,
-                    distance=task.distances(), tasks=task.targets)
+        gps = new_gps()
         state = {"config": cfg_json, "iterations": [], "best": None, "versions": []}
     done = gps.iteration_count
     todo = max(0, cfg.iterations - done)
@@ -423,21 +423,19 @@ def run_gps(cfg: GPSRunConfig, stop_after: int | None = None) -> dict[str, Any]:
                disable=not cfg.progress, unit="it")
     try:
         for _ in range(todo):
-            pending = ckpt / "pending.pkl"
             samples = None
-            if cfg.resume and pending.exists():
-                with open(pending, "rb") as f:
-                    p = pickle.load(f)
-                if p["iteration"] == gps.iteration_count + 1:
-                    samples = p["samples"]
-                    gps.rng.bit_generator.state = p["rng"]
-                    task.env._rng.bit_generator.state = p["env_rng"]
+            if cfg.resume:
+                p = load_pending(ckpt, gps.iteration_count + 1, warn=warn)
+                if p is not None:
+                    samples, rng_state, env_rng_state = p
+                    gps.rng.bit_generator.state = rng_state
+                    task.env._rng.bit_generator.state = env_rng_state
             if samples is None:
                 samples = gps.draw_samples()
                 if cfg.write:
-                    _atomic_pickle({"iteration": gps.iteration_count + 1, "samples": samples,
-                                    "rng": gps.rng.bit_generator.state,
-                                    "env_rng": task.env._rng.bit_generator.state}, pending)
+                    save_pending(ckpt, gps.iteration_count + 1, samples,
+                                 gps.rng.bit_generator.state,
+                                 task.env._rng.bit_generator.state)
             rec = gps.iteration(samples)
             X = gps.last_samples[0]
             local = [float(np.mean([task.ee_distance(X[m, i, -1], m)
@@ -477,10 +475,8 @@ def run_gps(cfg: GPSRunConfig, stop_after: int | None = None) -> dict[str, Any]:
             state["iterations"].append(entry)
             if cfg.write:
                 state["env_rng"] = task.env._rng.bit_generator.state
-                state["gps"] = gps
-                _atomic_pickle(state, ckpt / "state.pkl")
-                if pending.exists():
-                    pending.unlink()
+                save_checkpoint(ckpt, gps, state)
+                drop_pending(ckpt)
                 _write_report(cfg, out, state, task, gps, t_wall)
             post = {"local": f"{max(local) * 100:.2g}cm"}
             if hd:
