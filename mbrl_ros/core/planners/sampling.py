@@ -26,7 +26,11 @@ shared lives here, written once:
   rollout of the final plan (``xbar`` of the returned
   :class:`~mbrl_ros.core.policies.linear_gaussian.LinearGaussianPolicy`: open loop, K = 0,
   or with ``feedback: lqr`` TV-LQR gains along it from the iLQR Riccati sweep), its cost
-  and the model's disagreement along it.
+  and the model's disagreement along it; with ``refine: newton`` one line-searched
+  Gauss-Newton step on the sampled plan first (the same sweep), which removes the
+  steady-state offset sampling leaves near the goal.
+* :class:`SampleBudget` -- with a deadline from the controller (real-time replanning), the
+  number of sampled sequences per replan from the measured solve times.
 """
 from __future__ import annotations
 
@@ -763,7 +767,10 @@ class SamplingPlanner(Planner):
         xs = self._engine.mean_rollout(model, x0, us)
         if not np.isfinite(xs).all():
             return us, 0.0
-        sweep = self._sweep(model, cost, xs, us)
+        try:
+            sweep = self._sweep(model, cost, xs, us)
+        except (NotImplementedError, TypeError):     # a model without a linearisation
+            return us, 0.0
         if sweep is None:
             return us, 0.0
         res, lin = sweep
