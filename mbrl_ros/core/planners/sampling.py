@@ -47,6 +47,7 @@ import torch
 
 from mbrl_ros.core.planners.base import Planner
 from mbrl_ros.core.planners.ilqr.backward_pass import BackwardPass, BackwardResult
+from mbrl_ros.core.planners.ilqr.kernels import warm_up
 from mbrl_ros.core.policies.linear_gaussian import LinearGaussianPolicy
 from mbrl_ros.core.settings import setting
 
@@ -550,6 +551,7 @@ class SamplingPlanner(Planner):
         self._engine = RolloutEngine(self.nx, self.nu, self.dtype)
         self._lo = torch.as_tensor(self.u_min, dtype=self.dtype)
         self._hi = torch.as_tensor(self.u_max, dtype=self.dtype)
+        warm_up()   # the compiled Riccati sweep (feedback: lqr, refine: newton), not in a loop
 
     def reset(self, horizon: int, initial_actions: np.ndarray | None = None) -> None:
         super().reset(horizon, initial_actions)

@@ -67,6 +67,7 @@ from mbrl_ros.core.planners.casadi_mpc.problem import ProblemLayout
 from mbrl_ros.core.planners.casadi_mpc.quadratic_model import QuadraticModel, quadratic_model
 from mbrl_ros.core.planners.casadi_mpc.settings import CasadiMPCSettings
 from mbrl_ros.core.planners.ilqr.backward_pass import BackwardPass, BackwardResult
+from mbrl_ros.core.planners.ilqr.kernels import warm_up
 from mbrl_ros.core.policies.linear_gaussian import LinearGaussianPolicy
 
 __all__ = ["CasadiMPCPlanner", "QuadraticModel", "quadratic_model"]
@@ -118,6 +119,7 @@ class CasadiMPCPlanner(Planner):
         super().__init__(settings, nx, nu, u_min, u_max, dt)
         self.set_position_limits(position_limits)
         self._velocity_bound()  # validate the settings now, not in the control loop
+        warm_up()               # the compiled Riccati sweep of the gains, likewise
 
     # -- configuration --------------------------------------------------------------------
     def set_position_limits(self, limits: np.ndarray | None) -> None:
