@@ -39,7 +39,7 @@ bench: $(STAMP)
 	$(PY) bench/soak.py --quick
 
 # Peers (Crocoddyl, pytorch_mppi, mbrl-lib, GPyTorch) need their own environment.
-.venv-anchors/.installed: ../shared/anchors/requirements.txt
+.venv-anchors/.installed: ../shared/anchors/requirements.txt requirements.txt
 	test -x .venv-anchors/bin/python || $(PYTHON) -m venv .venv-anchors
 	.venv-anchors/bin/pip install --quiet --disable-pip-version-check torch==2.13.0
 	.venv-anchors/bin/pip install --quiet --disable-pip-version-check --no-deps \
