@@ -97,3 +97,22 @@ def test_gps_killed_after_its_first_checkpoint_resumes_at_the_next_iteration(tmp
     assert not list(ckpt.glob("pending-*")) and not list(out.rglob("*.pkl"))
     assert sorted(p.name for p in ckpt.glob("it[0-9]*")) == ["it0002", "it0003"]
     assert (out / "gps_policy" / "latest").exists()
+
+    # A damaged newest checkpoint: --resume says so, falls back to the previous one and
+    # runs iteration 3 again; with every checkpoint damaged it exits 2 naming the files,
+    # without a traceback.
+    npz = ckpt / "it0003" / "arrays.npz"
+    npz.write_bytes(npz.read_bytes()[:100])
+    res = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, env=_env(),
+                         timeout=800)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert "it0003/arrays.npz" in res.stderr and "previous iteration" in res.stderr
+    assert [r["iteration"] for r in json.loads((out / "metrics.json").read_text())[
+        "iterations"]] == [1, 2, 3]
+    for it in ("it0002", "it0003"):
+        (ckpt / it / "state.json").write_text("{")
+    res = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, env=_env(),
+                         timeout=800)
+    assert res.returncode == 2
+    assert "no usable checkpoint" in res.stderr and "it0002/state.json" in res.stderr
+    assert "Traceback" not in res.stderr
