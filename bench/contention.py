@@ -23,10 +23,12 @@ clock, not lockstep):
   iLQR iterations.
 
 Runs: ``mppi`` (adapt_samples on, the default), ``mppi_fixed`` (adapt_samples off: the
-behaviour before the deadline existed) and ``ilqr`` (max 2 iterations), each with the GP;
-``--quick``: mppi and ilqr, shorter phases. The load average is recorded per N.
+behaviour before the deadline existed), ``mppi_newton`` (refine 'newton') and ``ilqr``
+(max 2 iterations), each with the GP (or ``--model ensemble``); ``--quick``: mppi and
+ilqr, shorter phases; ``--runs`` picks runs. The load average is recorded per run.
 
 Usage: python bench/contention.py [--quick] [--json PATH] [--model gp|ensemble]
+       [--hogs 0,1,2] [--runs mppi,mppi_fixed,mppi_newton,ilqr]
 """
 from __future__ import annotations
 
@@ -52,6 +54,7 @@ HORIZON = 30
 TARGET_A = np.array([0.5, -0.5])
 TARGET_B = np.array([-0.3, 0.6])
 RUNS = {"mppi": ("mppi", {}), "mppi_fixed": ("mppi", {"adapt_samples": False}),
+        "mppi_newton": ("mppi", {"refine": "newton"}),
         "ilqr": ("ilqr", {"max_iterations": 2})}
 
 
@@ -217,11 +220,17 @@ def main() -> None:
     ap.add_argument("--json", help="write the figures to this file")
     ap.add_argument("--model", default="gp", choices=("gp", "ensemble"))
     ap.add_argument("--hogs", default="0,1,2", help="comma-separated hog counts")
+    ap.add_argument("--runs", default="", help=f"comma-separated runs of {', '.join(RUNS)} "
+                    "(default: mppi,ilqr with --quick, else all)")
     a = ap.parse_args()
     limit_threads()
     import torch
     torch.set_num_threads(1)
-    runs = ["mppi", "ilqr"] if a.quick else ["mppi", "mppi_fixed", "ilqr"]
+    runs = (a.runs.split(",") if a.runs else
+            ["mppi", "ilqr"] if a.quick else ["mppi", "mppi_fixed", "mppi_newton", "ilqr"])
+    unknown = set(runs) - set(RUNS)
+    if unknown:
+        ap.error(f"unknown runs {sorted(unknown)}; known: {', '.join(RUNS)}")
     settle, after = (2.0, 3.0) if a.quick else (3.0, 5.0)
     rows = []
     with tempfile.TemporaryDirectory() as root:
