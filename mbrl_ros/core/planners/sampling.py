@@ -45,9 +45,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from mbrl_ros.core.lqr import BackwardPass, BackwardResult, warm_up
 from mbrl_ros.core.planners.base import Planner
-from mbrl_ros.core.planners.ilqr.backward_pass import BackwardPass, BackwardResult
-from mbrl_ros.core.planners.ilqr.kernels import warm_up
 from mbrl_ros.core.policies.linear_gaussian import LinearGaussianPolicy
 from mbrl_ros.core.settings import setting
 
@@ -510,10 +509,16 @@ class RolloutEngine:
             xs[:] = out[:, 0].to(torch.float64).numpy()
         else:
             tv = bool(getattr(model, "time_varying", False))
+            # The mean only: a model that can skip its variance says so (the GP: the
+            # variance is most of a one-row prediction).
+            mean_only = None if tv else getattr(model, "predict_mean", None)
             with np.errstate(invalid="ignore", over="ignore"):
                 for t in range(T):
-                    xs[t + 1] = (model.predict(xs[t], us[t], t)[0][0] if tv
-                                 else model.predict(xs[t], us[t])[0][0])
+                    if mean_only is not None:
+                        xs[t + 1] = np.asarray(mean_only(xs[t][None], us[t][None]))[0]
+                    else:
+                        xs[t + 1] = (model.predict(xs[t], us[t], t)[0][0] if tv
+                                     else model.predict(xs[t], us[t])[0][0])
         self.model_calls += T
         return xs
 
