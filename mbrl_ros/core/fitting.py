@@ -7,9 +7,10 @@ One implementation used by the model-fitting node, ``mbrl-ros fit`` and the benc
    at rest before its first command; not for time-varying models);
    data without excitation (every action, or every state, constant: an arm at rest) is
    refused, since no model can be identified from it (:func:`check_excitation`);
-2. split by whole episodes (the last ``val_fraction`` of episodes, at least one) so the
-   validation rollouts are on trajectories the model never saw; a single-episode dataset
-   is split in time instead;
+2. hold out the last ``val_fraction`` of the transitions, as whole episodes where they
+   allow it, so the validation rollouts are on trajectories the model never saw; a single
+   episode, or episodes so unequal that the last whole ones would hold far more than
+   that share, are split in time instead (:func:`split_episodes`);
 3. fit on the training part, then validate: one-step and ``horizon``-step open-loop RMSE;
    a model with a NaN/inf weight, a non-finite one-step prediction (from the validation
    states and the robot's home state) or, for a robot whose MJCF loads, other joints or
@@ -181,25 +182,41 @@ def check_fitted(model: DynamicsModel, states: np.ndarray, robot: str = "") -> N
 
 
 def split_episodes(batch: TransitionBatch, val_fraction: float,
-                   rng: np.random.Generator | None = None
+                   rng: np.random.Generator | None = None, *, keep_whole: bool = False
                    ) -> tuple[TransitionBatch, TransitionBatch]:
-    """Hold out whole episodes (the last ones in time) for validation.
+    """Hold out the last ``val_fraction`` of the transitions for validation, as whole
+    episodes (the last ones in time) where the episodes allow it.
 
-    With a single episode the last ``val_fraction`` of its transitions are held out. With
+    Whole episodes are added from the last one back until they hold ``val_fraction`` of
+    the transitions. Episodes can be very unequal -- a live stream is cut into episodes at
+    every gap in its stamps, so a robot at rest before its first command (one transition
+    once repeats count once) can be an episode of its own beside one with all the motion
+    -- so when the last whole episodes would hold more than twice that share and more
+    than half of the data, the split is made in time instead: the last ``val_fraction`` of the
+    transitions, cutting the episode that straddles the point. With a single episode the
+    split is in time too. ``keep_whole`` (time-varying models, which index the steps of
+    each episode) never cuts an episode: at least one is held out if there are two. With
     ``val_fraction == 0`` the validation batch is empty.
     """
     if val_fraction <= 0 or len(batch) == 0:
         return batch, batch.subset(np.zeros(len(batch), bool))
-    eps = np.unique(batch.episode)
+    n = len(batch)
+    eps, counts = np.unique(batch.episode, return_counts=True)
+    target = val_fraction * n
     if eps.size >= 2:
-        n_val = max(1, int(round(val_fraction * eps.size)))
-        n_val = min(n_val, eps.size - 1)
-        val_eps = eps[-n_val:]
-        mask = np.isin(batch.episode, val_eps)
-    else:
-        n_val = max(1, int(round(val_fraction * len(batch))))
-        mask = np.zeros(len(batch), bool)
-        mask[-n_val:] = True
+        n_val_eps, held = 0, 0
+        while held < target and n_val_eps < eps.size - 1:
+            n_val_eps += 1
+            held += int(counts[-n_val_eps])
+        if keep_whole or held <= max(2.0 * target, 0.5 * n):
+            return (batch.subset(~np.isin(batch.episode, eps[-n_val_eps:])),
+                    batch.subset(np.isin(batch.episode, eps[-n_val_eps:])))
+    n_val = max(1, int(round(target)))
+    # the last n_val transitions in time (rows of one episode are in time order; the
+    # episodes are numbered in time order)
+    order = np.lexsort((np.arange(n), batch.episode))
+    mask = np.zeros(n, bool)
+    mask[order[-n_val:]] = True
     return batch.subset(~mask), batch.subset(mask)
 
 
@@ -279,7 +296,8 @@ def fit_model(batch: TransitionBatch, settings: FitSettings = FitSettings(),
     # a time-varying model indexes the steps of each episode: nothing may be removed
     batch, n_repeats = (batch, 0) if model.time_varying else drop_repeats(batch)
     rng = np.random.default_rng(settings.seed)
-    train, val = split_episodes(batch, settings.val_fraction, rng)
+    train, val = split_episodes(batch, settings.val_fraction, rng,
+                                keep_whole=model.time_varying)
     if len(train) < model.min_transitions:
         raise ModelError(f"{settings.model} needs at least {model.min_transitions} training "
                          f"transitions, got {len(train)} ({len(batch)} in all, {n_bad} "

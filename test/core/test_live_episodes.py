@@ -96,3 +96,37 @@ def test_actions_from_the_applied_efforts_are_exact_whatever_the_command_latency
     efforts[10] = []
     swapped = commands_from_efforts(states, efforts, ("b",))
     assert len(swapped) == 48 and swapped[1][1].tolist() == [-1.0]
+
+
+def test_a_rest_episode_beside_one_with_all_the_motion_is_split_in_time():
+    """Found live: a gap in the stamps cut the stream into the robot at rest before its
+    first command (one transition once repeats count once) and everything after; holding
+    out the last whole episode left 1 training transition and no model was ever fitted
+    ('ensemble needs at least 10 training transitions, got 1 (214 in all ...)')."""
+    from mbrl_ros.core.types import TransitionBatch
+    n = 214
+    ep = np.ones(n, int)
+    ep[0] = 0
+    x = np.arange(n, dtype=float)[:, None] * np.ones((1, 4))
+    batch = TransitionBatch(x, np.ones((n, 2)), x + 1, np.full(n, 0.01), np.arange(n) * 0.01,
+                            ep, ("a", "b", "c", "d"), ("a", "b"), {})
+    train, val = split_episodes(batch, 0.2)
+    assert len(val) == 43 and len(train) == 171
+    assert train.time.max() < val.time.min()                 # the last 20 % in time
+    # a time-varying model never gets a cut episode: whole episodes still
+    train, val = split_episodes(batch, 0.2, keep_whole=True)
+    assert len(train) == 1 and len(val) == 213
+
+
+@pytest.mark.parametrize("n_eps, held", [(5, {4}), (10, {8, 9}), (3, {2}), (2, {1})])
+def test_equal_episodes_are_still_held_out_whole(n_eps, held):
+    from mbrl_ros.core.types import TransitionBatch
+    T = 50
+    n = n_eps * T
+    x = np.arange(n, dtype=float)[:, None] * np.ones((1, 4))
+    batch = TransitionBatch(x, np.ones((n, 2)), x + 1, np.full(n, 0.01), np.arange(n) * 0.01,
+                            np.repeat(np.arange(n_eps), T), ("a", "b", "c", "d"), ("a", "b"),
+                            {})
+    train, val = split_episodes(batch, 0.2)
+    assert set(val.episode.tolist()) == held
+    assert not set(train.episode.tolist()) & held

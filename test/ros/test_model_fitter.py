@@ -103,7 +103,7 @@ def test_controller_on_another_host_loads_the_served_artifact(start_node, probe,
                               "diagnostics_rate": 5.0})
     diags = probe.collect(DiagnosticArray, "/diagnostics")
     probe.spin_until(lambda: diagnostics_values(diags, "mbrl_ros/controller")
-                     .get("model_version") == "1", 60, "controller using model v1")
+                     .get("model_version") == "1", 120, "controller using model v1")
     assert store.versions(tmp_path / "robot_cache", "linear") == [1]
 
 
