@@ -83,7 +83,7 @@ def closed_loop(robot: str, model_kind: str, planner: str, model, steps: int, ho
 
 def ilqr_kernels(model, steps: int = 200) -> dict:
     """One warm iteration per replan on arm7 with the given model, and its kernels alone."""
-    from mbrl_ros.core.planners.ilqr.backward_pass import BackwardPass
+    from mbrl_ros.core.lqr import BackwardPass
     from mbrl_ros.core.control.closed_loop import run_episode
     from mbrl_ros.sim.env import MujocoSim
     sim = MujocoSim("arm7", seed=1, initial_noise=0.05)

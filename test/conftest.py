@@ -9,5 +9,5 @@ def pytest_sessionstart(session):
     """Load (on a fresh clone: compile, ~10 s of CPU) the compiled iLQR kernels once before
     any test, so that the first test constructing a planner does not pay it inside its
     timeout; later processes (nodes) load them from numba's on-disk cache."""
-    from mbrl_ros.core.planners.ilqr import kernels
-    kernels.warm_up()
+    from mbrl_ros.core.lqr import warm_up
+    warm_up()

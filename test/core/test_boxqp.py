@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 from scipy.optimize import minimize
 
-from mbrl_ros.core.planners.ilqr.boxqp import STATUS_MESSAGES, solve_boxqp
+from mbrl_ros.core.lqr.boxqp import STATUS_MESSAGES, solve_boxqp
 
 
 def _random_qp(rng, n, infinite_fraction=0.2):

@@ -1,4 +1,4 @@
-"""Compiled iLQR kernels (mbrl_ros.core.planners.ilqr.kernels) against independent
+"""Compiled iLQR kernels (mbrl_ros.core.lqr.kernels) against independent
 references: the Riccati sweep against a dense solve of the condensed LQ problem (scipy), the
 box QP against exhaustive active-set enumeration, the compiled affine rollout against the
 model's predict; and no compilation after a planner's construction."""
@@ -16,8 +16,8 @@ import scipy.linalg
 
 from mbrl_ros.core.costs import QuadraticCost
 from mbrl_ros.core.models.base import Linearization
-from mbrl_ros.core.planners.ilqr import ILQRPlanner, ILQRSettings, kernels, solve_boxqp
-from mbrl_ros.core.planners.ilqr.backward_pass import BackwardPass, BackwardResult
+from mbrl_ros.core.lqr import BackwardPass, BackwardResult, kernels, solve_boxqp, warmup
+from mbrl_ros.core.planners.ilqr import ILQRPlanner, ILQRSettings
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -268,7 +268,7 @@ def test_affine_dynamics_of_wrong_shape_is_a_clear_error():
 
 
 def _signatures():
-    return {k.py_func.__name__: len(k.overloads) for k in kernels.KERNELS}
+    return {k.py_func.__name__: len(k.overloads) for k in warmup.KERNELS}
 
 
 def test_solves_of_any_shape_add_no_kernel_specialisation():
@@ -305,11 +305,12 @@ def test_fresh_process_compiles_nothing_after_construction():
         import numpy as np
         from numba.core import event
         from mbrl_ros.core.costs import QuadraticCost
-        from mbrl_ros.core.planners.ilqr import ILQRPlanner, ILQRSettings, kernels
+        from mbrl_ros.core.lqr import warmup
+        from mbrl_ros.core.planners.ilqr import ILQRPlanner, ILQRSettings
         tic = time.perf_counter()
         planner = ILQRPlanner(ILQRSettings(horizon=30), 4, 2, -np.ones(2), np.ones(2), 0.1)
         construct = time.perf_counter() - tic
-        overloads = [len(k.overloads) for k in kernels.KERNELS]
+        overloads = [len(k.overloads) for k in warmup.KERNELS]
 
         class Affine:
             time_varying = False
@@ -332,7 +333,7 @@ def test_fresh_process_compiles_nothing_after_construction():
                 times.append(time.perf_counter() - tic)
         print(json.dumps(dict(compiles=len(rec.buffer), construct=construct,
                               warm_up=planner.warm_up_s, solves=times,
-                              same=overloads == [len(k.overloads) for k in kernels.KERNELS],
+                              same=overloads == [len(k.overloads) for k in warmup.KERNELS],
                               clamped=planner.stats["n_clamped"])))
     """)
     env = dict(os.environ, PYTHONPATH=str(ROOT))

@@ -34,6 +34,7 @@ LAYER_OF = {
     "mbrl_ros.core.models": "models",
     "mbrl_ros.core.costs": "costs",
     "mbrl_ros.core.policies": "policies",
+    "mbrl_ros.core.lqr": "lqr",                   # Riccati backward pass, box QP (numba)
     "mbrl_ros.core.store": "fitting",             # model artifacts
     "mbrl_ros.core.fitting": "fitting",
     "mbrl_ros.core.report": "reporting",
@@ -46,15 +47,15 @@ LAYER_OF = {
     "mbrl_ros.cli": "cli",
 }
 
-_CORE = {"base", "robot", "data", "models", "costs", "policies", "fitting", "reporting",
-         "planners", "control", "algorithms"}
+_CORE = {"base", "robot", "data", "models", "costs", "policies", "lqr", "fitting",
+         "reporting", "planners", "control", "algorithms"}
 
 # Layer -> the layers it may import (besides itself).
 MAY_IMPORT: dict[str, set[str]] = {
     "package": set(),
     "sim": set(),                                 # a leaf: imports nothing of ours
     "base": set(),
-    "robot": {"base", "sim"},                     # reads the MJCF through sim.env.joint_layout
+    "robot": {"base", "sim"},                     # reads the MJCF through sim.layout.joint_layout
     "data": {"base"},
     # The mujoco family's dynamics are the simulator itself (MujocoSim steps them).
     "models": {"base", "robot", "sim"},
@@ -63,7 +64,8 @@ MAY_IMPORT: dict[str, set[str]] = {
     # The neural policy's trainer reports like a model fit and saves through the store.
     "policies": {"base", "robot", "models", "fitting"},
     "reporting": {"base", "robot", "costs", "models"},
-    "planners": {"base", "robot", "costs", "models", "policies"},
+    "lqr": {"base"},                              # numerics shared by the planners
+    "planners": {"base", "robot", "costs", "models", "policies", "lqr"},
     # closed_loop.py runs controllers against the simulator (tests, benchmarks).
     "control": {"base", "robot", "sim", "data", "costs", "models", "policies", "fitting",
                 "planners"},

@@ -36,7 +36,7 @@ Modules, as ``ilqr/`` is split:
 
 Feedback: after the solve, a Riccati sweep of the same linearisation and cost Hessians
 around the solution (the iLQR backward pass,
-:class:`mbrl_ros.core.planners.ilqr.backward_pass.BackwardPass`, with the control limits
+:class:`mbrl_ros.core.lqr.backward_pass.BackwardPass`, with the control limits
 as a box so saturated controls get zero gain) gives the LQR gains K_t, returned in the
 :class:`LinearGaussianPolicy` (``feedback=False``: K = 0). State bounds are not seen by the
 gains.
@@ -61,13 +61,12 @@ from typing import Any
 import numpy as np
 
 from mbrl_ros.core import registry
+from mbrl_ros.core.lqr import BackwardPass, BackwardResult, warm_up
 from mbrl_ros.core.planners.base import Planner, shift_trajectory
 from mbrl_ros.core.planners.casadi_mpc.backends import SolverBackend, make_backend
 from mbrl_ros.core.planners.casadi_mpc.problem import ProblemLayout
 from mbrl_ros.core.planners.casadi_mpc.quadratic_model import QuadraticModel, quadratic_model
 from mbrl_ros.core.planners.casadi_mpc.settings import CasadiMPCSettings
-from mbrl_ros.core.planners.ilqr.backward_pass import BackwardPass, BackwardResult
-from mbrl_ros.core.planners.ilqr.kernels import warm_up
 from mbrl_ros.core.policies.linear_gaussian import LinearGaussianPolicy
 
 __all__ = ["CasadiMPCPlanner", "QuadraticModel", "quadratic_model"]

@@ -38,10 +38,11 @@ from typing import Any
 import numpy as np
 
 from mbrl_ros.core import registry
+from mbrl_ros.core.lqr import BackwardPass, BackwardResult, warm_up
+from mbrl_ros.core.lqr.jit import as_f64
+from mbrl_ros.core.lqr.kernels import spd_inverse_kernel
+from mbrl_ros.core.lqr.rollout import affine_rollout_kernel
 from mbrl_ros.core.planners.base import Planner, shift_trajectory
-from mbrl_ros.core.planners.ilqr.backward_pass import BackwardPass, BackwardResult
-from mbrl_ros.core.planners.ilqr.kernels import (affine_rollout_kernel, as_f64,
-                                                 spd_inverse_kernel, warm_up)
 from mbrl_ros.core.planners.ilqr.settings import ILQRSettings
 from mbrl_ros.core.policies.linear_gaussian import LinearGaussianPolicy
 

@@ -33,8 +33,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mbrl_ros.core.planners.ilqr.kernels import (as_f64, prepare_kernel, riccati_kernel,
-                                                 warm_up)
+from mbrl_ros.core.lqr.jit import as_f64
+from mbrl_ros.core.lqr.kernels import prepare_kernel, riccati_kernel
+from mbrl_ros.core.lqr.warmup import warm_up
 
 __all__ = ["BackwardPass", "BackwardResult"]
 
@@ -64,7 +65,7 @@ class BackwardPass:
     """Preallocated workspace for the Riccati sweep of a fixed (T, nx, nu).
 
     Usage: :meth:`prepare` once per linearisation, then :meth:`run` for each
-    regularisation value tried. Construction loads the compiled kernels (:func:`.kernels.
+    regularisation value tried. Construction loads the compiled kernels (:func:`.warmup.
     warm_up`, once per process).
     """
 

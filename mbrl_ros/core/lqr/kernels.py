@@ -1,66 +1,25 @@
 """Compiled (numba) kernels of the control-limited DDP backward pass: the Riccati sweep
-(:mod:`.backward_pass` documents the algebra) and the projected-Newton box QP
-(:mod:`.boxqp` documents the method), and the closed-loop rollout of affine models (the
-planner's rollouts of any other model call its ``predict``). The Python modules keep the
-interfaces; this one holds the only implementation of the arithmetic.
+(:mod:`.backward_pass` documents the algebra), the projected-Newton box QP (:mod:`.boxqp`
+documents the method) and the batched SPD inverse. The Python modules keep the interfaces;
+this one holds the only implementation of the arithmetic. How they are compiled and loaded
+ahead of control time: :mod:`.jit`, :mod:`.warmup`.
 
 Why compiled: at the sizes of MPC on an arm (nx = 14, nu = 7, T = 50) a NumPy/LAPACK sweep
 spends most of its time in per-call overhead of ~10 small calls per step, not arithmetic.
-
-Compilation never happens inside a control loop:
-
-* every kernel is ``cache=True``: numba stores the machine code on disk -- under
-  ``NUMBA_CACHE_DIR`` if set, else in ``__pycache__`` next to this file if writable (an
-  editable install), else in the user cache directory (``~/.cache/numba``; a read-only
-  installed package). If none is writable, the kernels are compiled once per process.
-* :func:`warm_up` loads (or, on the first run ever, compiles) every kernel with inputs of the
-  exact types the wrappers pass; planners call it at construction (the controller node
-  constructs its planner at ``configure``). The wrappers convert every argument to those
-  types (:func:`as_f64`: C-contiguous writable float64 arrays; Python floats/ints/bools),
-  so a call never triggers a new specialisation; ``test_ilqr_kernels.py`` checks that each dispatcher has exactly one
-  signature after solves of different shapes.
 """
 from __future__ import annotations
 
 import math
-import threading
-import time
-import warnings
 
-import numba
 import numpy as np
 
-__all__ = ["affine_rollout_kernel", "as_f64", "boxqp_kernel", "prepare_kernel", "riccati_kernel",
-           "spd_inverse_kernel", "warm_up", "warm_up_seconds", "KERNELS"]
+from mbrl_ros.core.lqr.jit import jit
 
-
-def _jit(fn):
-    """numba.njit with the on-disk cache (nogil: the node's planning thread keeps the GIL
-    free for the control thread); without a writable cache location, without the cache."""
-    try:
-        return numba.njit(cache=True, nogil=True)(fn)
-    except RuntimeError as e:          # "cannot cache function ...: no locator available"
-        warnings.warn(f"numba cannot cache {fn.__name__} ({e}); it is compiled once per "
-                      "process at warm-up. Set NUMBA_CACHE_DIR to a writable directory.",
-                      RuntimeWarning, stacklevel=2)
-        return numba.njit(nogil=True)(fn)
-
-
-def as_f64(a, shape: tuple[int, ...] | None = None) -> np.ndarray:
-    """``a`` (broadcast to ``shape`` if given) as the one array type the kernels are compiled
-    for: float64, C-contiguous, writable (numba specialises on read-only arrays too, so a
-    frozen or broadcast array would otherwise compile a new version at call time)."""
-    if (type(a) is np.ndarray and a.dtype == np.float64 and a.flags.c_contiguous
-            and a.flags.writeable and (shape is None or a.shape == shape)):
-        return a
-    a = np.asarray(a, dtype=np.float64)
-    if shape is not None and a.shape != shape:
-        a = np.broadcast_to(a, shape)
-    return np.require(a, np.float64, ("C", "W"))
+__all__ = ["boxqp_kernel", "prepare_kernel", "riccati_kernel", "spd_inverse_kernel"]
 
 
 # ------------------------------------------------------------------------------ Cholesky
-@_jit
+@jit
 def _chol_sub(H, idx, nf, R):
     """Upper Cholesky factor R (R'R = H[idx][:, idx], first nf indices of idx) into
     R[:nf, :nf] (strict lower part zeroed). Returns False if the block is not positive
@@ -82,7 +41,7 @@ def _chol_sub(H, idx, nf, R):
     return True
 
 
-@_jit
+@jit
 def _chol_solve(R, nf, b):
     """b <- (R'R)^{-1} b in place (b: (nf,) vector)."""
     for i in range(nf):
@@ -97,7 +56,7 @@ def _chol_solve(R, nf, b):
         b[i] = v / R[i, i]
 
 
-@_jit
+@jit
 def _chol_solve_rows(R, nf, B):
     """B <- (R'R)^{-1} B in place (B: (nf, m), m right-hand sides as columns)."""
     m = B.shape[1]
@@ -119,7 +78,7 @@ def _chol_solve_rows(R, nf, B):
             B[i, c] /= d
 
 
-@_jit
+@jit
 def _quad_value(H, g, x):
     """0.5 x'Hx + g'x."""
     n = x.shape[0]
@@ -132,7 +91,7 @@ def _quad_value(H, g, x):
     return v
 
 
-@_jit
+@jit
 def _gradient(H, g, x, out):
     """out = g + H x."""
     n = x.shape[0]
@@ -144,7 +103,7 @@ def _gradient(H, g, x, out):
 
 
 # ------------------------------------------------------------------------------ box QP
-@_jit
+@jit
 def boxqp_kernel(H, g, lower, upper, x0, use_x0, max_iterations, min_grad, min_rel_improve,
                  step_dec, min_step, armijo, x, free, R):
     """Box QP min 0.5 x'Hx + g'x s.t. lower <= x <= upper (see :func:`.boxqp.solve_boxqp`).
@@ -374,7 +333,7 @@ def boxqp_kernel(H, g, lower, upper, x0, use_x0, max_iterations, min_grad, min_r
 
 
 # ------------------------------------------------------------------------------ Riccati
-@_jit
+@jit
 def prepare_kernel(fx, fu, lx, lu, lxx, luu, lux, lfx, lfxx, F, L, Vf):
     """Fill the homogeneous blocks (see :mod:`.backward_pass`): F[t] = [[1, 0, 0],
     [0, fx, fu]], L[t] = [[0, lx', lu'], [lx, lxx, lux'], [lu, lux, luu]], Vf = [[0, lfx'],
@@ -414,7 +373,7 @@ def prepare_kernel(fx, fu, lx, lu, lxx, luu, lux, lfx, lfxx, F, L, Vf):
             Vf[1 + i, 1 + j] = lfxx[i, j]
 
 
-@_jit
+@jit
 def riccati_kernel(F, L, FtFu, Vf, mu, box, du_lower, du_upper, kK_all, Qrows, Quu_reg):
     """Riccati sweep t = T-1..0 in homogeneous coordinates (see :mod:`.backward_pass`).
 
@@ -566,7 +525,7 @@ def riccati_kernel(F, L, FtFu, Vf, mu, box, du_lower, du_upper, kK_all, Qrows, Q
     return -1, n_box, n_clamped, dV0, dV1
 
 
-@_jit
+@jit
 def spd_inverse_kernel(H, out):
     """out[t] = inv(0.5 (H[t] + H[t]')) for every t by Cholesky; returns False (out
     partly written) if some H[t] is not positive definite."""
@@ -600,93 +559,3 @@ def spd_inverse_kernel(H, out):
                 out[t, j, i] = v
     return True
 
-
-# ------------------------------------------------------------------------------ rollout
-@_jit
-def affine_rollout_kernel(A, B, c, x0, U, xbar, K, feedback, lower, upper, xs):
-    """Closed-loop rollouts of x' = A x + B u + c with u = clip(U[a, t] + K_t (x - xbar_t))
-    (the feedback term only if ``feedback``), one per row a of U.
-
-    Args:
-        A (nx, nx), B (nx, nu), c (nx,), x0 (nx,); U (n, T, nu) open-loop controls,
-        overwritten with the applied (clipped) controls; xbar (T, nx), K (T, nu, nx);
-        lower, upper (nu,) limits (may be infinite); xs (n, T+1, nx) output states.
-    """
-    n, T, nu = U.shape
-    nx = x0.shape[0]
-    for r in range(n):
-        for i in range(nx):
-            xs[r, 0, i] = x0[i]
-        for t in range(T):
-            for i in range(nu):
-                v = U[r, t, i]
-                if feedback:
-                    for j in range(nx):
-                        v += K[t, i, j] * (xs[r, t, j] - xbar[t, j])
-                if v < lower[i]:
-                    v = lower[i]
-                if v > upper[i]:
-                    v = upper[i]
-                U[r, t, i] = v
-            for i in range(nx):
-                s = c[i]
-                for j in range(nx):
-                    s += A[i, j] * xs[r, t, j]
-                for j in range(nu):
-                    s += B[i, j] * U[r, t, j]
-                xs[r, t + 1, i] = s
-
-
-# ------------------------------------------------------------------------------ warm-up
-KERNELS = (boxqp_kernel, prepare_kernel, riccati_kernel, affine_rollout_kernel,
-           spd_inverse_kernel)
-_warm_lock = threading.Lock()
-_warm_seconds: float | None = None
-
-
-def _exercise() -> None:
-    """Call every kernel once with the argument types the wrappers use."""
-    H = np.array([[2.0, 0.5], [0.5, 1.0]])
-    g = np.array([1.0, -3.0])
-    lo, hi = np.array([-1.0, -1.0]), np.array([1.0, 1.0])
-    x, free, R = np.empty(2), np.empty(2, np.bool_), np.empty((2, 2))
-    boxqp_kernel(H, g, lo, hi, np.zeros(2), True, 100, 1e-8, 1e-8, 0.6, 1e-22, 0.1,
-                 x, free, R)
-    T, nx, nu = 2, 2, 1
-    M, N = 1 + nx, 1 + nx + nu
-    F = np.zeros((T, M, N))
-    F[:, 0, 0] = 1.0
-    F[:, 1:, 1:] = 0.5
-    L = np.zeros((T, N, N))
-    L[:, 1:, 1:] = np.eye(nx + nu)
-    FtFu = np.zeros((T, nu, N))
-    Vf = np.eye(M)
-    prepare_kernel(F[:, 1:, 1:M].copy(), F[:, 1:, M:].copy(), np.zeros((T, nx)),
-                   np.zeros((T, nu)), np.eye(nx)[None].repeat(T, 0),
-                   np.eye(nu)[None].repeat(T, 0), np.zeros((T, nu, nx)), np.zeros(nx),
-                   np.eye(nx), F, L, Vf)
-    du = np.ones((T, nu))
-    riccati_kernel(F, L, FtFu, Vf, 0.0, True, -du, du, np.empty((T, nu, M)),
-                   np.empty((T, nu, N)), np.empty((T, nu, nu)))
-    spd_inverse_kernel(np.ones((T, nu, nu)) + np.eye(nu), np.empty((T, nu, nu)))
-    affine_rollout_kernel(np.eye(nx), np.ones((nx, nu)), np.zeros(nx), np.ones(nx),
-                          np.zeros((3, T, nu)), np.zeros((T, nx)), np.zeros((T, nu, nx)),
-                          True, -du[0], du[0], np.empty((3, T + 1, nx)))
-
-
-def warm_up() -> float:
-    """Load (or compile, on the first run without a cache) every kernel; idempotent and
-    thread-safe. Returns the seconds this process spent on it (0 after the first call)."""
-    global _warm_seconds
-    with _warm_lock:
-        if _warm_seconds is not None:
-            return 0.0
-        tic = time.perf_counter()
-        _exercise()
-        _warm_seconds = time.perf_counter() - tic
-        return _warm_seconds
-
-
-def warm_up_seconds() -> float | None:
-    """Seconds the first :func:`warm_up` of this process took (None before it ran)."""
-    return _warm_seconds

@@ -22,7 +22,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mbrl_ros.core.planners.ilqr.kernels import as_f64, boxqp_kernel
+from mbrl_ros.core.lqr.jit import as_f64
+from mbrl_ros.core.lqr.kernels import boxqp_kernel
 
 __all__ = ["BoxQPResult", "solve_boxqp", "STATUS_MESSAGES"]
 
