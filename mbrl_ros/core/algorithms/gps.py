@@ -59,6 +59,7 @@ import numpy as np
 
 from mbrl_ros.core.policies.neural import NeuralPolicy, PolicySettings, PolicyTrainer
 from mbrl_ros.core.algorithms.policy_fit import PolicyPriorGMM, fit_policy_linearization
+from mbrl_ros.core.algorithms.sampler import EnvSampler, Sampler, SamplerError
 from mbrl_ros.core.algorithms.traj_opt import (
     CostExpansion,
     TrajOptError,
@@ -233,6 +234,9 @@ class MDGPS:
             condition; None: not reported.
         tasks: (M, n_task) task of each condition (e.g. its target joint positions): the
             global policy becomes target-conditioned; None: one policy for the one task.
+        sampler: where the samples come from (:class:`~mbrl_ros.core.algorithms.sampler.
+            Sampler`; default: an ``EnvSampler`` stepping ``env``; the ROS node sampler
+            runs them through the nodes).
     """
 
     def __init__(self, env: Environment, cost: Cost | Sequence[Cost],
@@ -242,7 +246,7 @@ class MDGPS:
                  initial_controllers: Sequence[LinearGaussianPolicy] | None = None,
                  distance: Callable[[np.ndarray], float] |
                  Sequence[Callable[[np.ndarray], float]] | None = None,
-                 tasks: np.ndarray | None = None):
+                 tasks: np.ndarray | None = None, sampler: Sampler | None = None):
         self.env = env
         self.settings = s = settings or GPSSettings()
         self.M = M = int(env.n_conditions)
@@ -278,7 +282,7 @@ class MDGPS:
             raise ValueError(f"need {M} initial controllers with >= {self.T} steps and a "
                              "covariance")
         self.controllers = list(initial_controllers)
-        self.attach(env, distance)
+        self.attach(env, distance, sampler)
         self.eta = [1.0] * M
         self.step_mult = 1.0
         self.rng = np.random.default_rng(s.seed)
@@ -292,10 +296,13 @@ class MDGPS:
         self._prev: _Iter | None = None
         self._pending_discards: tuple[int, list[str], float] = (0, [], 0.0)
 
-    def attach(self, env: Environment, distance=None) -> None:
-        """(Re-)attach the environment and the distance metric (after unpickling a
-        checkpoint, which holds neither)."""
+    def attach(self, env: Environment, distance=None, sampler: Sampler | None = None) -> None:
+        """(Re-)attach the environment, the distance metric and the sampler (after
+        unpickling a checkpoint, which holds none of them; default sampler: an
+        :class:`~mbrl_ros.core.algorithms.sampler.EnvSampler` stepping ``env``)."""
         self.env = env
+        self.sampler = sampler if sampler is not None else EnvSampler(
+            env, self.u_min, self.u_max, self.settings.max_discarded_per_condition)
         if distance is None or callable(distance):
             self.distances = [distance] * self.M
         else:
@@ -309,6 +316,7 @@ class MDGPS:
         re-attach them with :meth:`attach`)."""
         d = dict(self.__dict__)
         d["env"] = None
+        d["sampler"] = None
         d["distance"] = None
         d["distances"] = [None] * self.M
         return d
@@ -342,39 +350,18 @@ class MDGPS:
         Returns:
             X (M, n, T+1, nx) states and U (M, n, T, nu) applied (clipped) actions.
         """
-        T, dt = self.T, self.dt
-        X = np.empty((self.M, n, T + 1, self.nx))
-        U = np.empty((self.M, n, T, self.nu))
-        check = getattr(self.env, "check", None) if noisy else None
+        X = np.empty((self.M, n, self.T + 1, self.nx))
+        U = np.empty((self.M, n, self.T, self.nu))
         discarded, reasons, lost = 0, [], 0.0
         for m, ctrl in enumerate(controllers):
-            i = bad = 0
-            while i < n:
-                x = np.asarray(self.env.reset(m), dtype=np.float64)
-                X[m, i, 0] = x
-                why = None
-                for t in range(T):
-                    u = ctrl.sample(x, t * dt, self.rng) if noisy else ctrl.action(x, t * dt)
-                    u = np.clip(u, self.u_min, self.u_max)
-                    U[m, i, t] = u
-                    x = np.asarray(self.env.step(u), dtype=np.float64)
-                    X[m, i, t + 1] = x
-                    if check is not None:
-                        why = check(x) if np.all(np.isfinite(x)) else "non-finite state"
-                        if why:
-                            why = f"condition {m}, step {t + 1}: {why}"
-                            break
-                if why:                    # discard, count, redraw
-                    lost += (t + 1) * dt   # it did run on the system
-                    discarded += 1
-                    bad += 1
-                    reasons.append(why)
-                    if bad > self.settings.max_discarded_per_condition:
-                        raise GPSError(f"{bad} invalid samples for condition {m} in one "
-                                       f"iteration (last: {why}); the controller leaves the "
-                                       "valid region -- lower the exploration or the KL step")
-                    continue
-                i += 1
+            try:
+                b = self.sampler.sample(m, ctrl, n, self.T, self.rng, noisy)
+            except SamplerError as e:
+                raise GPSError(str(e)) from e
+            X[m], U[m] = b.X, b.U
+            discarded += b.discarded
+            reasons += b.reasons
+            lost += b.lost
         self._pending_discards = (discarded, reasons, lost)
         return X, U
 

@@ -52,7 +52,7 @@ KEEP = 2                    # newest iteration checkpoints kept (the older one: 
 # Every attribute of an MDGPS and how a checkpoint treats it.
 _MDGPS_FIELDS = {
     # rebuilt from the run configuration / re-attached
-    "env", "settings", "M", "nx", "nu", "T", "dt", "u_min", "u_max", "costs",
+    "env", "sampler", "settings", "M", "nx", "nu", "T", "dt", "u_min", "u_max", "costs",
     "traj_opt_settings", "tasks", "n_task", "distances", "distance",
     # saved
     "models", "prior", "trainer", "policy_prior", "controllers", "eta", "step_mult", "rng",

@@ -1,0 +1,161 @@
+"""Where GPS samples come from: the :class:`Sampler` seam.
+
+An MDGPS iteration needs, for every condition m, N trajectories of T steps of a given
+linear-Gaussian controller (or, to evaluate the global policy, one deterministic rollout).
+A :class:`Sampler` draws them; MDGPS does not care *how*:
+
+- :class:`EnvSampler` (the default) steps an in-process
+  :class:`~mbrl_ros.core.algorithms.gps.Environment` (``reset(condition)`` /
+  ``step(u)``; :class:`~mbrl_ros.core.algorithms.sim_env.MujocoEnv` in ``mbrl-ros gps``,
+  the benchmarks and the tests);
+- the node sampler (:mod:`mbrl_ros.ros.gps_driver`) runs every sample through the ROS
+  nodes: the simulator's ``~/set_state`` reset, the controller node executing the
+  condition's controller with the ``lg_controller`` planner, the states and commands read
+  back.
+
+Both consume the exploration noise from the same random generator in the same order --
+one ``standard_normal(nu)`` per executed step, a discarded sample only the steps it ran --
+so the same seed gives the same noise on either path, and, with a deterministic system
+(lockstep MuJoCo), the same samples. :func:`noise_for_sample` draws a sample's noise as
+one (T, nu) block and gives back what a discarded sample did not use.
+
+A sample that leaves the valid region (``check(x)`` returns a reason) is discarded,
+counted and redrawn, at most ``max_discarded`` times per condition, then
+:class:`SamplerError`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Protocol, Sequence, runtime_checkable
+
+import numpy as np
+
+__all__ = ["Sampler", "SampleBatch", "SamplerError", "EnvSampler", "noise_for_sample",
+           "consume_noise", "first_invalid"]
+
+
+class SamplerError(RuntimeError):
+    """Samples cannot be drawn (e.g. every redraw of a sample was invalid)."""
+
+
+@dataclass
+class SampleBatch:
+    """n samples of one condition.
+
+    Attributes:
+        X: (n, T+1, nx) states; U: (n, T, nu) applied (clipped) actions.
+        discarded: invalid samples drawn and thrown away on the way.
+        reasons: why each was discarded.
+        lost: system time those discarded samples ran [s].
+    """
+    X: np.ndarray
+    U: np.ndarray
+    discarded: int = 0
+    reasons: list[str] = field(default_factory=list)
+    lost: float = 0.0
+
+
+@runtime_checkable
+class Sampler(Protocol):
+    """Draws the samples of one condition.
+
+    ``controller`` has ``sample(x, t, rng)`` (noisy: a
+    :class:`~mbrl_ros.core.policies.linear_gaussian.LinearGaussianPolicy`) or
+    ``action(x, t)`` (deterministic: a bound global policy); ``rng`` is the generator the
+    exploration noise comes from (consumed as documented in the module docstring).
+    """
+
+    def sample(self, condition: int, controller, n: int, horizon: int,
+               rng: np.random.Generator, noisy: bool = True) -> SampleBatch:
+        ...
+
+
+def noise_for_sample(rng: np.random.Generator, horizon: int, nu: int
+                     ) -> tuple[np.ndarray, dict]:
+    """A sample's exploration noise (T, nu) -- the same numbers T calls of
+    ``rng.standard_normal(nu)`` give -- and the generator state before it (for
+    :func:`consume_noise` when the sample is cut short)."""
+    before = rng.bit_generator.state
+    return rng.standard_normal((horizon, nu)), before
+
+
+def consume_noise(rng: np.random.Generator, before: dict, steps: int, nu: int) -> None:
+    """Put ``rng`` where it would be had the sample drawn only ``steps`` steps of noise
+    (a discarded sample: the in-process sampler stops drawing at its first invalid
+    state)."""
+    rng.bit_generator.state = before
+    if steps > 0:
+        rng.standard_normal((steps, nu))
+
+
+def first_invalid(check: Callable[[np.ndarray], str | None] | None, X: np.ndarray
+                  ) -> tuple[int, str] | None:
+    """(t, reason) of the first invalid state X[t] (t >= 1) of a trajectory X (T+1, nx),
+    or None -- what the in-process loop finds step by step."""
+    if check is None:
+        return None
+    for t in range(1, len(X)):
+        x = X[t]
+        why = check(x) if np.all(np.isfinite(x)) else "non-finite state"
+        if why:
+            return t, why
+    return None
+
+
+class EnvSampler:
+    """Samples by stepping an in-process environment (``reset``/``step``/``check``).
+
+    Args:
+        env: the environment (``n_conditions``, ``nx``, ``nu``, ``dt``; ``check`` optional).
+        u_min, u_max: (nu,) action limits the actions are clipped to before ``step``.
+        max_discarded: invalid samples redrawn per condition and call before giving up.
+    """
+
+    def __init__(self, env, u_min: np.ndarray, u_max: np.ndarray, max_discarded: int = 20):
+        self.env = env
+        self.u_min = np.asarray(u_min, dtype=np.float64)
+        self.u_max = np.asarray(u_max, dtype=np.float64)
+        self.max_discarded = int(max_discarded)
+
+    def sample(self, condition: int, controller, n: int, horizon: int,
+               rng: np.random.Generator, noisy: bool = True) -> SampleBatch:
+        env, T, m = self.env, int(horizon), int(condition)
+        dt = float(env.dt)
+        X = np.empty((n, T + 1, int(env.nx)))
+        U = np.empty((n, T, int(env.nu)))
+        check = getattr(env, "check", None) if noisy else None
+        out = SampleBatch(X, U)
+        i = bad = 0
+        while i < n:
+            x = np.asarray(env.reset(m), dtype=np.float64)
+            X[i, 0] = x
+            why = None
+            for t in range(T):
+                u = controller.sample(x, t * dt, rng) if noisy else controller.action(x, t * dt)
+                u = np.clip(u, self.u_min, self.u_max)
+                U[i, t] = u
+                x = np.asarray(env.step(u), dtype=np.float64)
+                X[i, t + 1] = x
+                if check is not None:
+                    why = check(x) if np.all(np.isfinite(x)) else "non-finite state"
+                    if why:
+                        why = f"condition {m}, step {t + 1}: {why}"
+                        break
+            if why:                        # discard, count, redraw
+                out.lost += (t + 1) * dt   # it did run on the system
+                out.discarded += 1
+                bad += 1
+                out.reasons.append(why)
+                if bad > self.max_discarded:
+                    raise SamplerError(f"{bad} invalid samples for condition {m} in one "
+                                       f"iteration (last: {why}); the controller leaves the "
+                                       "valid region -- lower the exploration or the KL step")
+                continue
+            i += 1
+        return out
+
+
+def sample_all(sampler: Sampler, controllers: Sequence, n: int, horizon: int,
+               rng: np.random.Generator, noisy: bool = True) -> list[SampleBatch]:
+    """One :class:`SampleBatch` per condition, conditions in order."""
+    return [sampler.sample(m, c, n, horizon, rng, noisy) for m, c in enumerate(controllers)]
