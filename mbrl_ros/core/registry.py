@@ -44,6 +44,7 @@ PLUGINS: dict[str, dict[str, Plugin]] = {
         "casadi_mpc": Plugin("mbrl_ros.core.planners.casadi_mpc.planner", "mpc"),
         "excitation": Plugin("mbrl_ros.core.planners.excitation.planner", "explorer"),
         "gps_policy": Plugin("mbrl_ros.core.planners.gps_policy.planner", "trained"),
+        "lg_controller": Plugin("mbrl_ros.core.planners.lg_controller.planner", "trained"),
     },
 }
 

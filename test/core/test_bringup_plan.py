@@ -199,9 +199,10 @@ def test_planner_and_model_choices_are_the_registry_entries():
     import mbrl_ros.core.models  # noqa: F401  (registers the providers)
     import mbrl_ros.core.planners  # noqa: F401
     assert set(bringup.MODEL_FAMILIES) == set(registry.available("model"))
-    # gps_policy needs a trained artifact: it is added by the user's params file.
+    # gps_policy and lg_controller need a trained artifact: added by the user's params
+    # file (or the GPS driver).
     assert set(bringup.PLANNERS) | {bringup.EXPLORER} == \
-        set(registry.available("planner")) - {"gps_policy"}
+        set(registry.available("planner")) - set(registry.names("planner", "trained"))
 
 
 def test_overrides_file_round_trips_every_value():
