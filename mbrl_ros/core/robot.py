@@ -2,7 +2,7 @@
 
 :class:`RobotDescription` holds the joints, limits, actuators, home configuration and the
 end-effector kinematics of a robot, as :class:`mbrl_ros.sim.env.MujocoSim` would see the
-same MJCF (both read it through :func:`mbrl_ros.sim.env.joint_layout`). Nodes and core code
+same MJCF (both read it through :func:`mbrl_ros.sim.layout.joint_layout`). Nodes and core code
 that only need to *describe* a robot (a controller's limits, a fitter's command joints, a
 metric's forward kinematics) use it instead of a simulator: nothing here steps physics.
 
@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import mujoco
 import numpy as np
 
-from mbrl_ros.sim.env import joint_layout
+from mbrl_ros.sim.layout import joint_layout
 from mbrl_ros.sim.models import resolve_model
 
 __all__ = ["RobotDescription", "resolve_model"]
