@@ -28,10 +28,9 @@ Seams:
 
 Features (sin/cos of continuous joints), normalisation, delta targets, the Jacobian chain
 rule and the normaliser arrays come from the shared
-:class:`~mbrl_ros.core.models.pipeline.DeltaPipeline` (as for linear and gp). The affine
-prior is still the ensemble's own ridge solve (``trainer._ridge``: normal equations with
-a residual-spread floor, its ridge cross-validated), the same map as
-:class:`~mbrl_ros.core.models.pipeline.AffinePrior` but not the same floating-point path.
+:class:`~mbrl_ros.core.models.pipeline.DeltaPipeline`, and the linear prior is the shared
+:class:`~mbrl_ros.core.models.pipeline.AffinePrior` ridge fit (as for linear and gp), its
+residual spread floored and its ridge cross-validated here.
 
 Why the additions to the reference design (switchable; the measurements behind them are
 in bench/results/ensemble-live-2026-12-07.md):

@@ -22,7 +22,7 @@ import torch
 
 from mbrl_ros.core.models import evaluate
 from mbrl_ros.core.models.base import DynamicsModel, FitReport, InputFeatures, ModelError
-from mbrl_ros.core.models.pipeline import DeltaPipeline
+from mbrl_ros.core.models.pipeline import AffinePrior, DeltaPipeline
 from mbrl_ros.core.types import TransitionBatch
 
 # Smallest automatic minibatch (see the batch_size setting): below it the per-step overhead
@@ -380,7 +380,9 @@ def _rollout_mse(step: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
 
 def _ridge(X: np.ndarray, Y: np.ndarray, reg: float = _RIDGE_DEFAULT, floor: float = 1e-3
            ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Ridge regression Y ~ X A + c on standardised inputs and targets.
+    """The linear prior Y ~ X A + c on standardised inputs and targets: the shared
+    :class:`~mbrl_ros.core.models.pipeline.AffinePrior` ridge fit, as the tuple the
+    network's ``_set_linear`` and the artifact keep.
 
     Args:
         X: (n, in), Y: (n, nx) float64. reg: ridge weight relative to the per-sample Gram
@@ -391,13 +393,8 @@ def _ridge(X: np.ndarray, Y: np.ndarray, reg: float = _RIDGE_DEFAULT, floor: flo
     Returns:
         A (in, nx), c (nx,), residual standard deviation (nx,).
     """
-    n, d = X.shape
-    xm, ym = X.mean(axis=0), Y.mean(axis=0)
-    Xc, Yc = X - xm, Y - ym
-    A = np.linalg.solve(Xc.T @ Xc / n + reg * np.eye(d), Xc.T @ Yc / n)
-    c = ym - xm @ A
-    res = Y - X @ A - c
-    return A, c, np.maximum(res.std(axis=0), floor)
+    prior = AffinePrior.fit(X, Y, reg)
+    return prior.W, prior.c, prior.residual_std(X, Y, floor)
 
 
 class _Adam:
