@@ -94,7 +94,7 @@ class _Clock:
 @pytest.mark.parametrize("kind", ["mppi", "cem"])
 def test_sampling_planner_samples_fewer_when_late_and_the_full_count_without_deadline(
         kind, monkeypatch):
-    import mbrl_ros.core.planners.sampling as sampling
+    import mbrl_ros.core.planners.sampling.planner as sampling
     if kind == "mppi":
         p = MPPIPlanner(MPPISettings(horizon=10, samples=200, min_samples=20), 2, 1,
                         -np.ones(1), np.ones(1), 0.1)

@@ -591,7 +591,7 @@ def test_mppi_relative_temperature_ignores_the_cost_scale():
 
 def test_engine_whole_horizon_rollout_matches_the_per_step_path(monkeypatch):
     ensemble = pytest.importorskip("mbrl_ros.core.models.ensemble")
-    from mbrl_ros.core.planners import sampling
+    from mbrl_ros.core.planners.sampling import rollout as sampling
     from mbrl_ros.core.types import TransitionBatch
     rng = np.random.default_rng(1)
     x = rng.uniform(-1, 1, (300, 2))
