@@ -115,12 +115,18 @@ class MujocoEnv:
                          + tuple(f"{n}/velocity" for n in j), tuple(self.sim.command_names),
                          self.dt, str(self.robot))
 
-    def reset(self, condition: int) -> np.ndarray:
+    def start_state(self, condition: int) -> tuple[np.ndarray, np.ndarray]:
+        """The start (positions, velocities) of the next episode of ``condition``: its
+        start plus ``x0_noise`` (drawn here, from this environment's generator)."""
         q = self.q0[condition]
         if self.x0_noise > 0:
             lo, hi = self.sim.position_limits.T
             q = np.clip(q + self.x0_noise * self._rng.standard_normal(q.shape), lo, hi)
-        self.sim.reset(positions=q, velocities=self.v0[condition])
+        return q, self.v0[condition]
+
+    def reset(self, condition: int) -> np.ndarray:
+        q, v = self.start_state(condition)
+        self.sim.reset(positions=q, velocities=v)
         return self.sim.state()
 
     def step(self, u: np.ndarray) -> np.ndarray:

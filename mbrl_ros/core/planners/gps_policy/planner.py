@@ -96,7 +96,9 @@ class GPSPolicyPlanner(Planner):
         policy = self.policy.at(float(t0), self.horizon * self.dt)
         task = None
         if policy.n_task:
-            target = getattr(cost, "x_target", None)
+            # the controller's cost is the task cost plus a joint-limit barrier (SumCost)
+            target = next((getattr(c, "x_target") for c in (cost, *getattr(cost, "terms", ()))
+                           if getattr(c, "x_target", None) is not None), None)
             if target is None or np.asarray(target).shape[-1] < policy.n_task:
                 raise ValueError(f"gps_policy: {self.meta.get('path', '')} is target-"
                                  f"conditioned ({policy.n_task} target joint positions) but "

@@ -1,0 +1,69 @@
+"""GPS through the nodes (issue 14, Deliver 2): on arm2 the node sampler -- the lockstep
+simulator node stepping, the controller node executing each condition's linear-Gaussian
+controller with the lg_controller planner and, after the S-step, the global policy with the
+gps_policy planner -- gives the in-process path's samples, costs and iteration on the same
+seed. Lockstep MuJoCo is deterministic and the commands cross DDS as float64, so the
+agreement is exact (0.0), not within a tolerance."""
+import numpy as np
+import pytest
+
+pytest.importorskip("rclpy")
+
+from mbrl_ros.core.algorithms.gps import MDGPS, GPSSettings  # noqa: E402
+from mbrl_ros.core.algorithms.sim_env import reach_task  # noqa: E402
+
+T = 15
+
+
+def _gps(sampler=None, seed=3):
+    task = reach_task("arm2", conditions=2, horizon=T, seed=seed)
+    gps = MDGPS(task.env, task.costs, GPSSettings(horizon=T, samples=3, seed=seed),
+                initial_controllers=task.initial_controllers, tasks=task.targets,
+                distance=task.distances(), sampler=sampler)
+    return gps, task
+
+
+@pytest.mark.timeout(300)
+def test_one_gps_iteration_through_the_nodes_equals_the_in_process_one(tmp_path, domain_id):
+    import torch
+    from mbrl_ros.ros.gps_driver import NodeSampler
+
+    torch.set_num_threads(1)
+    ref, task = _gps()
+    with NodeSampler(task.env, task.targets, tmp_path, domain_id=domain_id) as nodes:
+        alt, _ = _gps(nodes)
+        a, b = ref.draw_samples(), alt.draw_samples()
+        assert nodes.samples == 2 * 3
+        np.testing.assert_array_equal(b[0], a[0])          # states
+        np.testing.assert_array_equal(b[1], a[1])          # commands = actions
+        assert alt.rng.bit_generator.state == ref.rng.bit_generator.state
+        ra, rb = ref.iteration(a), alt.iteration(b)
+        # the global policy's evaluation ran in the controller (gps_policy planner)
+        assert nodes.controller.mpc.active == "gps_policy"
+        assert nodes.samples == 2 * 3 + 2
+        assert rb.cost_lg == ra.cost_lg and rb.kl == ra.kl and rb.eta == ra.eta
+        assert rb.cost_policy == ra.cost_policy
+        assert rb.policy_final_distance == ra.policy_final_distance
+        # the next iteration's controllers (after the C-step) sample alike too
+        a2, b2 = ref.draw_samples(), alt.draw_samples()
+        np.testing.assert_array_equal(b2[0], a2[0])
+        assert nodes.controller.mpc.active == "lg_controller"
+        # every sample is an lg_controller artifact version; the policy one gps_policy
+        assert len(list((tmp_path / "gps_samples").glob("v*"))) == 2 * 3 * 2
+        assert (tmp_path / "gps_policy" / "v0001" / "model.json").exists()
+
+
+@pytest.mark.timeout(300)
+def test_discarded_samples_match_through_the_nodes(tmp_path, domain_id):
+    from mbrl_ros.ros.gps_driver import NodeSampler
+
+    ref, task = _gps()
+    with NodeSampler(task.env, task.targets, tmp_path, domain_id=domain_id) as nodes:
+        alt, _ = _gps(nodes)
+        for g in (ref, alt):          # a tight speed bound: some samples are discarded
+            g.env.max_velocity = 12.0
+        a, b = ref.draw_samples(), alt.draw_samples()
+        assert a[3][0] > 0 and b[3][0] == a[3][0] and b[3][1] == a[3][1]
+        assert b[3][2] == pytest.approx(a[3][2])
+        np.testing.assert_array_equal(b[0], a[0])
+        assert alt.rng.bit_generator.state == ref.rng.bit_generator.state
