@@ -250,11 +250,22 @@ def _cmd_gps(args: argparse.Namespace) -> int:
     print(f"guided policy search (MDGPS): {cfg.robot}, {cfg.conditions} conditions x "
           f"{cfg.samples} samples x {cfg.horizon} steps, {len(cfg.heldout_targets)} held-out, "
           f"{cfg.iterations} iterations -> {cfg.out}" + (" (resuming)" if cfg.resume else ""))
+    nodes: list = []
+
+    def node_sampler(task):
+        # Samples through the lockstep simulator and controller nodes (one process, a
+        # private domain): mbrl_ros.ros.gps_driver.
+        from mbrl_ros.ros.gps_driver import NodeSampler
+        nodes.append(NodeSampler(task.env, task.targets, Path(cfg.out) / "nodes"))
+        return nodes[-1]
     try:
-        rep = run_gps(cfg)
-    except ValueError as e:
+        rep = run_gps(cfg, sampler_factory=node_sampler if args.through_nodes else None)
+    except (ValueError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    finally:
+        for n in nodes:
+            n.close()
 
     def cm(v):
         return f"{max(v) * 100:9.2f}" if v else f"{'-':>9}"
@@ -278,6 +289,11 @@ def _cmd_gps(args: argparse.Namespace) -> int:
               f"'artifact'; it follows the controller's target)")
     if rep.get("plot"):
         print(f"metrics {Path(cfg.out) / 'metrics.json'}\nplot {rep['plot']}")
+    if nodes:
+        n = nodes[0]
+        print(f"through the nodes: {n.samples} episodes in {n.seconds:.1f} s "
+              f"({n.seconds / max(n.samples, 1) * 1000:.0f} ms each); artifacts in "
+              f"{Path(cfg.out) / 'nodes'}")
     print(f"took {rep['wall_seconds']:.1f} s")
     return 0
 
@@ -529,6 +545,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="steps per trajectory (default 40 or the config's)")
     g.add_argument("--name", default=None, help="artifact name (default gps_policy)")
     g.add_argument("--seed", type=int, default=None)
+    g.add_argument("--through-nodes", action="store_true",
+                   help="draw every sample through the ROS nodes: the lockstep simulator "
+                        "node and the controller node executing each condition's "
+                        "controller (lg_controller planner) and, after each S-step, the "
+                        "global policy (gps_policy planner); same results as in-process")
     g.add_argument("--no-progress", action="store_true")
     g.set_defaults(func=_cmd_gps)
 

@@ -17,7 +17,10 @@ simulator in lockstep):
    chain cannot take) and the controller forgets its plan (``reset_episode``), then the
    simulator resumes and publishes the start state;
 3. runs T steps in lockstep -- the controller answers every joint state with the command
-   of the ``lg_controller`` planner -- and pauses the simulator after the T-th step;
+   of the ``lg_controller`` planner -- and pauses the simulator after the T-th step; the
+   episode ends when the controller's answer to the last state arrived too (the paused
+   simulator ignores it), so no command of one sample lands on the next (a short drain
+   did not suffice at load 10: a late answer stepped the next sample once);
 4. reads the sample back from the ``joint_states`` and ``<controller>/commands`` messages
    a recorder node received (states [q, qd] in the robot's joint order, commands as sent).
 
@@ -205,9 +208,12 @@ class NodeSampler:
             if n != progress[1]:
                 progress[:] = [time.monotonic(), n]
 
+        # Done when the controller's answer to x_T came too (the paused simulator ignores
+        # it): every state answered, nothing of this episode still in flight to land on
+        # the next one.
         def done() -> bool:
             return ((sim.counters["steps"] - start >= horizon and len(rec.states) >= horizon + 1
-                     and len(rec.commands) >= horizon)
+                     and len(rec.commands) >= horizon + 1)
                     or time.monotonic() - progress[0] > self.step_timeout)
         sim.resume()                   # publishes the start state once: the chain starts
         system.spin_until(done, timeout=float("inf"), tick=tick)
@@ -215,8 +221,9 @@ class NodeSampler:
         self.seconds += time.perf_counter() - t_wall
         self.samples += 1
         steps = sim.counters["steps"] - start
-        if steps != horizon or len(rec.states) < horizon + 1 or len(rec.commands) < horizon:
-            raise RuntimeError(f"gps driver: sample stalled ({steps}/{horizon} steps, "
+        if steps != horizon or len(rec.states) != horizon + 1 or \
+                len(rec.commands) != horizon + 1:
+            raise RuntimeError(f"gps driver: sample stalled or mixed ({steps}/{horizon} steps, "
                                f"{len(rec.states)} states, {len(rec.commands)} commands "
                                f"received; controller holds: {self.controller.actuator.holds})")
         X = np.array(rec.states[:horizon + 1])

@@ -67,3 +67,34 @@ def test_discarded_samples_match_through_the_nodes(tmp_path, domain_id):
         assert b[3][2] == pytest.approx(a[3][2])
         np.testing.assert_array_equal(b[0], a[0])
         assert alt.rng.bit_generator.state == ref.rng.bit_generator.state
+
+
+@pytest.mark.timeout(300)
+def test_run_gps_through_the_nodes_reports_the_in_process_run(tmp_path, domain_id):
+    """``mbrl-ros gps --through-nodes`` plumbing: run_gps with the node sampler writes the
+    same metrics (two iterations, every figure but the timings) and checkpoints."""
+    import dataclasses
+
+    from mbrl_ros.core.algorithms.gps_run import GPSRunConfig, run_gps
+    from mbrl_ros.ros.gps_driver import NodeSampler
+
+    reps, made = [], []
+
+    def factory(task):
+        made.append(NodeSampler(task.env, task.targets, tmp_path / "nodes",
+                                domain_id=domain_id))
+        return made[-1]
+    for name, f in (("inproc", None), ("nodes", factory)):
+        cfg = dataclasses.replace(GPSRunConfig(quick=True, horizon=12, iterations=2),
+                                  out=tmp_path / name, progress=False)
+        try:
+            reps.append(run_gps(cfg, sampler_factory=f))
+        finally:
+            for s in made:
+                s.close()
+    assert len(made) == 1 and made[0].samples >= 2 * 2 * 4
+    for a, b in zip(*(r["iterations"] for r in reps)):
+        for k in a:
+            if k not in ("timings", "artifact_version"):
+                assert b[k] == a[k], k
+    assert (tmp_path / "nodes" / "checkpoint").is_dir()

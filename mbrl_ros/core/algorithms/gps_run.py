@@ -24,7 +24,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -33,7 +33,7 @@ from mbrl_ros.core.algorithms.gps import MDGPS, GPSSettings, IterationRecord
 from mbrl_ros.core.algorithms.gps_checkpoint import (CheckpointError, drop_pending,
                                                      load_latest, load_pending,
                                                      save_checkpoint, save_pending)
-from mbrl_ros.core.algorithms.sim_env import (ARM7_HOME, DEFAULT_STARTS, MujocoEnv,
+from mbrl_ros.core.algorithms.sim_env import (ARM7_HOME, DEFAULT_STARTS, MujocoEnv, ReachTask,
                                               default_conditions, reach_task)
 from mbrl_ros.core.algorithms.traj_opt import TrajOptSettings, sample_costs
 from mbrl_ros.core.control.mpc import CostSettings
@@ -352,13 +352,19 @@ def _entry(rec: IterationRecord, gps: MDGPS, heldout: list[float] | None,
     }
 
 
-def run_gps(cfg: GPSRunConfig, stop_after: int | None = None) -> dict[str, Any]:
+def run_gps(cfg: GPSRunConfig, stop_after: int | None = None,
+            sampler_factory: Callable[[ReachTask], Any] | None = None) -> dict[str, Any]:
     """Run (or, with ``cfg.resume``, continue) the experiment; returns the metrics (also
     written to ``out/metrics.json`` when ``cfg.write``).
 
     Args:
         stop_after: end after this many iterations *of this call* (tests: a run that is
             interrupted and resumed); None: run to ``cfg.iterations``.
+        sampler_factory: ``factory(task) -> Sampler`` drawing the training samples (and
+            evaluating the global policy on the training conditions) instead of the
+            in-process environment, e.g. the ROS node sampler
+            (:class:`mbrl_ros.ros.gps_driver.NodeSampler`; ``mbrl-ros gps --through-nodes``);
+            the held-out evaluation stays in-process. The caller closes it.
 
     Raises:
         ValueError: unknown robot, bad sizes, a resume without a checkpoint or with another
@@ -389,10 +395,12 @@ def run_gps(cfg: GPSRunConfig, stop_after: int | None = None) -> dict[str, Any]:
     cfg_json = cfg.to_json()
     state: dict[str, Any]
 
+    sampler = sampler_factory(task) if sampler_factory is not None else None
+
     def new_gps() -> MDGPS:
         return MDGPS(task.env, task.costs, gps_settings, traj_opt=cfg.traj_opt,
                      policy=cfg.policy, initial_controllers=task.initial_controllers,
-                     distance=task.distances(), tasks=task.targets)
+                     distance=task.distances(), tasks=task.targets, sampler=sampler)
 
     def warn(msg: str) -> None:
         print(msg, file=sys.stderr)
