@@ -24,17 +24,42 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(__file__))
 from _common import write_json  # noqa: E402
 
-from mbrl_ros.core.control.plausibility import (default_limits,  # noqa: E402
-                                              min_effective_inertia, robot_limits)
+import mujoco  # noqa: E402
+
+from mbrl_ros.core.control.plausibility import default_limits  # noqa: E402
 from mbrl_ros.core.robot import RobotDescription  # noqa: E402
 from mbrl_ros.sim.env import MujocoSim  # noqa: E402
 
 ROBOTS = ("arm2", "arm7", "cartpole")
 
 
+def _sim_min_inertia(sim, samples=16, seed=0):
+    """The sampling the controller did on a simulator before RobotDescription (the
+    plausibility module's former sim-based helper, kept here as the 'before' path)."""
+    lim = sim.position_limits
+    lo = np.where(np.isfinite(lim[:, 0]), lim[:, 0], -np.pi)
+    hi = np.where(np.isfinite(lim[:, 1]), lim[:, 1], np.pi)
+    q0, v0 = sim.positions().copy(), sim.velocities().copy()
+    rng = np.random.default_rng(seed)
+    inertia = sim.effective_inertia()
+    try:
+        for _ in range(samples):
+            sim.set_state(rng.uniform(lo, hi), np.zeros_like(v0))
+            inertia = np.minimum(inertia, sim.effective_inertia())
+    finally:
+        sim.set_state(q0, v0)
+    return inertia
+
+
+def _sim_limits(sim):
+    linear = np.array([sim.model.joint(j).type[0] == mujoco.mjtJoint.mjJNT_SLIDE
+                       for j in sim.joint_names])
+    return default_limits(linear, sim.effort_limits, _sim_min_inertia(sim))
+
+
 def before_configure(name):
     sim = MujocoSim(name)
-    return sim, robot_limits(sim), min_effective_inertia(sim)
+    return sim, _sim_limits(sim), _sim_min_inertia(sim)
 
 
 def now_configure(name):

@@ -67,139 +67,58 @@ visualization_msgs/MarkerArray of the end effector).
 """
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from collections import deque
-from dataclasses import dataclass
 
 import numpy as np
-from builtin_interfaces.msg import Duration
-from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
-from geometry_msgs.msg import Point
+from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.lifecycle import LifecycleNode, TransitionCallbackReturn
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
-from rclpy.timer import TimerInfo
 from sensor_msgs.msg import JointState
 from std_msgs.msg import Float64MultiArray, String, UInt8MultiArray
 from std_srvs.srv import Trigger
-from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
-from visualization_msgs.msg import Marker, MarkerArray
+from trajectory_msgs.msg import JointTrajectory
+from visualization_msgs.msg import MarkerArray
 
 from mbrl_ros.core import registry, store
 from mbrl_ros.core.control.actuator import Actuator
-from mbrl_ros.core.control.health import RecentEvents, controller_health
+from mbrl_ros.core.control.health import RecentEvents
 from mbrl_ros.core.control.mpc import MPCController
-from mbrl_ros.core.control.plan_process import PlanProcess, PlanProcessError, load_model
-from mbrl_ros.core.control.plausibility import StatePlausibility, default_limits
+from mbrl_ros.core.control.plan_process import PlanProcess
+from mbrl_ros.core.control.plan_wire import PlanProcessError
+from mbrl_ros.core.control.planning import Planning
+from mbrl_ros.core.control.plausibility import StatePlausibility
 from mbrl_ros.core.control.safety import SafetyFilter, SafetySettings
 from mbrl_ros.core.costs.task import CostSettings
 from mbrl_ros.core.models.base import ModelError
 from mbrl_ros.core.planners.base import RobotLayout
 from mbrl_ros.core.robot import RobotDescription
-from mbrl_ros.core.settings import SettingsError, setting
-from mbrl_ros.ros.conversions import (JointStateReader, MessageError, NonFiniteState,
-                                      command_msg, time_to_ns)
+from mbrl_ros.core.settings import SettingsError
+from mbrl_ros.ros.control_step import ControlStep
+from mbrl_ros.ros.controller_outputs import ControllerOutputs
+from mbrl_ros.ros.controller_params import ControllerSettings, ParameterCallbacks
+from mbrl_ros.ros.conversions import JointStateReader, MessageError, NonFiniteState, time_to_ns
 from mbrl_ros.ros.node_main import run_node
 from mbrl_ros.ros.params import declare_settings
+
+__all__ = ["Controller", "ControllerSettings", "SafetySettings", "CostSettings", "main"]
 
 RELIABLE = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
 LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
                      durability=DurabilityPolicy.TRANSIENT_LOCAL)
 
 
-@dataclass(frozen=True)
-class ControllerSettings:
-    robot: str = setting("arm2", "MJCF (shipped name or path) with the robot's joints, "
-                         "limits and end effector")
-    controller_name: str = setting("effort_controller", "commands go to "
-                                   "<controller_name>/commands (in the node's namespace)")
-    state_topic: str = setting("joint_states", "sensor_msgs/JointState input")
-    model: str = setting("mujoco", "initial model: 'mujoco' (known model of robot), an "
-                         "artifact directory, or '' to wait for model_topic")
-    model_topic: str = setting("model_fitter/model", "model announcements (std_msgs/String "
-                               "JSON); '' to ignore")
-    artifact_topic: str = setting("", "packed artifacts (std_msgs/UInt8MultiArray, the "
-                                  "fitter's ~/artifact with serve_artifact) for hosts without a "
-                                  "shared file system; '' to load announced paths directly")
-    artifact_cache: str = setting("~/.cache/mbrl_ros/models", "where received artifacts are "
-                                  "unpacked")
-    planner_plugins: tuple[str, ...] = setting(("ilqr",), "planner ids; each has its "
-                                               "parameters under '<id>.' and its type in "
-                                               "'<id>.plugin' (default: the id)")
-    active_planner: str = setting("ilqr", "planner in use (switch at run time)", dynamic=True)
-    fallback_planner: str = setting("", "planner used while the model is too uncertain "
-                                    "('': none)", dynamic=True)
-    uncertainty_threshold: float = setting(0.0, "mean predicted std of the next state above "
-                                           "which the fallback planner is used (0: off)",
-                                           low=0.0, high=1e6, dynamic=True)
-    horizon: int = setting(30, "plan length of every planner (overrides '<id>.horizon', so a "
-                           "switch hands over plans of equal length)", unit="model steps",
-                           low=2, high=10000)
-    control_mode: str = setting("on_state", "'on_state': one command per joint state; "
-                                "'timer': commands at control_rate",
-                                choices=("on_state", "timer"))
-    control_rate: float = setting(100.0, "control rate: commands per second in timer mode; "
-                                  "in on_state mode the robot's joint-state rate (the known "
-                                  "model's step and the rate limit use 1/control_rate)",
-                                  unit="Hz", low=1.0, high=5000.0)
-    control_loop: str = setting("thread", "timer mode: what runs the control step: 'thread' (a "
-                                "thread of its own, absolute deadlines) or 'executor' (an rclpy "
-                                "timer on the node's executor; always so with use_sim_time)",
-                                choices=("thread", "executor"))
-    control_priority: int = setting(50, "control thread: SCHED_FIFO priority it asks for "
-                                    "(0: normal scheduling); refused without the permission "
-                                    "(CAP_SYS_NICE or an rtprio limit) it runs at normal "
-                                    "priority (/diagnostics: control_sched)", low=0, high=99)
-    gil_switch_interval: float = setting(0.0005, "control thread: Python's GIL switch "
-                                         "interval (sys.setswitchinterval) while it runs, so "
-                                         "it gets the GIL soon after waking (0: Python's "
-                                         "5 ms)", unit="s", low=0.0, high=0.1)
-    plan_mode: str = setting("timer", "'timer': replan at plan_rate in the background; "
-                             "'sync': replan every replan_every states before acting "
-                             "(deterministic, for lockstep simulation)",
-                             choices=("timer", "sync"))
-    plan_rate: float = setting(50.0, "replanning rate in timer mode", unit="Hz", low=0.1,
-                               high=2000.0)
-    replan_every: int = setting(1, "states between replans in sync mode", low=1, high=10000)
-    planning: str = setting("process", "where timer-mode replans are solved: 'process' (a worker "
-                            "process: solves cannot hold the node's GIL) or 'thread' (in the "
-                            "node: each solve can delay the control timer)",
-                            choices=("process", "thread"))
-    latency_compensation: bool = setting(
-        True, "timer mode: plan from the state predicted for when the new plan takes over (state "
-        "time + median of the last 10 plan latencies), not the measured one; docs/CONTROLLER.md",
-        dynamic=True)
-    plan_timeout: float = setting(10.0, "planning process: a replan unanswered for this long "
-                                  "means it hangs; it is killed and restarted (the controller "
-                                  "holds safely meanwhile)", unit="s", low=0.05, high=3600.0)
-    plan_nice: int = setting(5, "planning process: niceness added to it, so that on a busy "
-                             "machine the scheduler runs the control loop before the solver "
-                             "(0: the node's priority)", low=0, high=19)
-    target_joint_positions: tuple[float, ...] = setting((), "target joint positions (empty: "
-                                                        "hold the first measured position)",
-                                                        unit="rad|m", dynamic=True)
-    autostart: bool = setting(False, "configure and activate at start (no lifecycle manager)")
-    publish_plan: bool = setting(True, "publish ~/planned_trajectory and ~/planned_path")
-    diagnostics_rate: float = setting(2.0, "rate of /diagnostics status", unit="Hz",
-                                      low=0.0, high=100.0)
-    replan_failure_limit: int = setting(20, "/diagnostics ERROR 'model unusable' after this "
-                                        "many replans failed in a row (a successful replan "
-                                        "clears it)", low=1, high=1_000_000, dynamic=True)
-    worker_failure_limit: int = setting(3, "/diagnostics ERROR when the planning worker "
-                                        "failed (died, hung, could not start) more than this "
-                                        "many times within worker_failure_window",
-                                        low=0, high=1_000_000, dynamic=True)
-    worker_failure_window: float = setting(60.0, "window of worker_failure_limit", unit="s",
-                                           low=0.1, high=1e6, dynamic=True)
+class Controller(ControlStep, ControllerOutputs, ParameterCallbacks, LifecycleNode):
+    """The controller node (see the module docstring). Its parts: lifecycle, models,
+    inputs and the plan loop here; the control step and what runs it in
+    :mod:`~mbrl_ros.ros.control_step`; the plan and diagnostics publishing in
+    :mod:`~mbrl_ros.ros.controller_outputs`; the parameter schema and callbacks in
+    :mod:`~mbrl_ros.ros.controller_params`."""
 
-
-class Controller(LifecycleNode):
     def __init__(self, **kwargs):
         super().__init__("controller", **kwargs)
         self.settings = declare_settings(self, ControllerSettings,
@@ -224,7 +143,8 @@ class Controller(LifecycleNode):
             self._planner_settings[pid] = (kind, declare_settings(
                 self, cls.Settings, prefix=f"{pid}.",
                 on_change=lambda new, pid=pid: self._on_planner_settings(pid, new)))
-        self.mpc: MPCController | None = None
+        # Planners + model + cost (in this process or a worker: the same interface).
+        self.mpc: Planning | None = None
         # The control step's decisions (accepted state, holds, latch, hand-over): built at
         # configure, when the robot is known.
         self.actuator: Actuator | None = None
@@ -232,7 +152,6 @@ class Controller(LifecycleNode):
         # Replanning has a thread of its own (as mujoco_mpc's planning thread): in an
         # executor callback a 10 ms solve competed with the executor loop for the GIL and
         # took 300 ms. Models load on another thread, so a slow load never delays states.
-        self._mpc_lock = threading.RLock()        # guards self.mpc across those threads
         self._plan_stop = threading.Event()
         self._plan_thread: threading.Thread | None = None
         self._loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model_load")
@@ -277,17 +196,12 @@ class Controller(LifecycleNode):
                 raise ValueError(f"{self.robot.model_path.name}: every command joint needs a "
                                  "finite effort limit (ctrlrange or forcerange) for the "
                                  f"controller; got {self.robot.effort_limits.tolist()}")
-            n = self.robot.n_joints
             cmd_index = np.asarray(self.robot.command_index)
             min_inertia = self.robot.min_effective_inertia()
-            self.safety = SafetyFilter(self.safety_settings, self.robot.effort_limits,
-                                       self.robot.position_limits[cmd_index], cmd_index, n,
-                                       min_inertia, self._model_period())
-            v_max, a_max = default_limits(self.robot.linear, self.robot.effort_limits,
-                                          min_inertia)
-            self.actuator = Actuator(self.safety, StatePlausibility(
-                self.safety_settings, self.robot.position_limits, self.robot.continuous,
-                v_max, a_max, names=self.robot.joint_names))
+            self.safety = SafetyFilter.for_robot(self.safety_settings, self.robot,
+                                                 self._model_period(), min_inertia)
+            self.actuator = Actuator(self.safety, StatePlausibility.for_robot(
+                self.safety_settings, self.robot, min_inertia))
             self._reported = ({}, self.counters["commands"])    # a new actuator's holds
             self._worker_failures_seen = 0                       # and a new worker's
             args = (list(s.planner_plugins), s.active_planner, s.horizon,
@@ -299,21 +213,20 @@ class Controller(LifecycleNode):
             # Real-time replanning: a replan's budget is the replan period (planners
             # adapt their work to it); sync mode is deterministic, without one.
             deadline = 1.0 / s.plan_rate if s.plan_mode == "timer" else None
+            scale = self.safety_settings.effort_scale
             if self._in_process():
                 self.mpc = PlanProcess(s.robot, self._model_period(), self.robot.joint_names,
                                        lambda: self._planner_settings, *args,
                                        continuous=self.robot.continuous, layout=layout,
                                        plan_timeout=s.plan_timeout, nice=s.plan_nice,
-                                       deadline=deadline,
+                                       deadline=deadline, effort_scale=scale,
                                        log=self._log_planning, on_lost=self._on_plan_lost)
             else:
                 self.mpc = MPCController(self._make_planner, *args,
                                          continuous=self.robot.continuous, robot=layout,
                                          control_period=self._model_period(),
-                                         deadline=deadline)
-            self.mpc.effort_scale = self.safety_settings.effort_scale
-            if isinstance(self.mpc, MPCController):      # built with the unscaled limits
-                self.mpc.rebuild_planners()
+                                         deadline=deadline, effort_scale=scale,
+                                         mjcf=s.robot)
             if s.target_joint_positions:
                 self.mpc.set_target(np.asarray(s.target_joint_positions))
             if s.model:
@@ -376,8 +289,8 @@ class Controller(LifecycleNode):
         self.active = True
         self._start_control_thread()
         if self.settings.plan_mode == "timer":
-            if isinstance(self.mpc, PlanProcess):
-                self.mpc.start()            # ready in the background; no plan: safe hold
+            self.mpc.start()                # a worker: ready in the background; no
+                                            # plan meanwhile: safe hold
             self._plan_stop.clear()
             self._plan_thread = threading.Thread(target=self._plan_loop, name="planner",
                                                  daemon=True)
@@ -395,8 +308,8 @@ class Controller(LifecycleNode):
 
     def _stop_planning(self) -> None:
         self._plan_stop.set()
-        if isinstance(self.mpc, PlanProcess):
-            self.mpc.stop()                 # also ends a replan the thread waits for
+        if self.mpc is not None:
+            self.mpc.stop()                 # a worker's: also ends a replan waited for
         if self._plan_thread is not None:
             self._plan_thread.join(timeout=5.0)
             self._plan_thread = None
@@ -425,7 +338,7 @@ class Controller(LifecycleNode):
     def on_cleanup(self, state) -> TransitionCallbackReturn:
         self._stop_control_thread()
         self._destroy_configured()
-        if isinstance(self.mpc, PlanProcess):
+        if self.mpc is not None:
             self.mpc.stop()
         self.mpc = None
         return TransitionCallbackReturn.SUCCESS
@@ -461,11 +374,8 @@ class Controller(LifecycleNode):
         the state check confirms the new episode's first states instead of rejecting
         them as a jump."""
         self.actuator.reset()
-        if isinstance(self.mpc, PlanProcess):
+        if self.mpc is not None:
             self.mpc.reset_planners()
-        elif self.mpc is not None:
-            for p in self.mpc.planners.values():
-                p.reset(self.mpc.horizon)
         self._states_since_plan = 0
 
     # ================================================================== models, planners
@@ -477,28 +387,13 @@ class Controller(LifecycleNode):
         """Replans solved by a planning process (else: in this node)."""
         return self.settings.planning == "process" and self.settings.plan_mode == "timer"
 
-    def _mpc_guard(self):
-        """The lock around the in-node MPCController (the process proxy needs none: a
-        replan waiting for the process must not block parameter callbacks)."""
-        return contextlib.nullcontext() if isinstance(self.mpc, PlanProcess) \
-            else self._mpc_lock
-
     def _use_model(self, source: str, version: int | None = None,
                    checksum: str | None = None) -> int:
         """Load, verify and use a model ('mujoco' or an artifact); returns its version.
         With a planning process, the process loads it (or, inactive, it is verified here)."""
         # The one-step check predicts from the newest accepted state (None: home keyframe).
         state = self.actuator.latest[0] if self.actuator is not None else None
-        if isinstance(self.mpc, PlanProcess):
-            return self.mpc.load_model(source, version, checksum, state=state)
-        model, v = load_model(source, robot=self.settings.robot,
-                              control_period=self._model_period(),
-                              joint_names=self.robot.joint_names,
-                              expect=self.mpc.spec,
-                              checksum=checksum, version=version, state=state)
-        with self._mpc_guard():
-            self.mpc.set_model(model, v)        # one reference swapped
-        return v
+        return self.mpc.load_model(source, version, checksum, state=state)
 
     def _load_initial_model(self, source: str) -> None:
         self._use_model(source)
@@ -626,9 +521,8 @@ class Controller(LifecycleNode):
         if x is None or self.mpc is None or not self.mpc.ready:
             return
         try:
-            with self._mpc_guard():
-                policy = self.mpc.replan(x, t, self._lookahead())
-                st = dict(self.mpc.stats)
+            policy = self.mpc.replan(x, t, self._lookahead())
+            st = dict(self.mpc.stats)
         except PlanProcessError as e:   # no process (lost, restarting, stopped): hold
             self.actuator.clear_policy()
             if not self._plan_stop.is_set():
@@ -668,347 +562,11 @@ class Controller(LifecycleNode):
         self._replan_failures_in_row += 1
         self._last_replan_error = str(e) or type(e).__name__
 
-    def _on_control_timer(self, info: TimerInfo) -> None:
-        """The control timer: note how late this call started against its schedule."""
-        late = self.get_clock().now().nanoseconds - info.expected_call_time.nanoseconds
-        if self.active:
-            self._late.append(late * 1e-9)
-        self._control_tick()
-
-    # ------------------------------------------------------------ control thread
-    def _choose_control_clock(self) -> str:
-        """What runs the control step: 'on_state', 'thread' or 'executor' (+ why).
-
-        A control thread sleeps on the monotonic clock; with use_sim_time the control
-        period is simulated time, which only the executor timer follows (it waits for
-        /clock), so sim time keeps the executor timer."""
-        s = self.settings
-        if s.control_mode != "timer":
-            return "on_state"
-        if s.control_loop == "executor":
-            return "executor"
-        if self.get_parameter("use_sim_time").value:
-            self.get_logger().info("use_sim_time: the control step runs on the executor "
-                                   "timer (it follows /clock), not on a control thread")
-            return "executor (use_sim_time)"
-        return "thread"
-
-    def _start_control_thread(self) -> None:
-        if self._control_clock != "thread" or self._control_thread is not None:
-            return
-        if self.settings.gil_switch_interval > 0:   # process-wide: restored on stop
-            self._saved_switch_interval = sys.getswitchinterval()
-            sys.setswitchinterval(min(self.settings.gil_switch_interval,
-                                      self._saved_switch_interval))
-        self._control_stop.clear()
-        self._control_thread = threading.Thread(target=self._control_loop,
-                                                name="mbrl_control", daemon=True)
-        self._control_thread.start()
-
-    def _stop_control_thread(self) -> None:
-        self._control_stop.set()
-        thread, self._control_thread = self._control_thread, None
-        if thread is not None and thread is not threading.current_thread():
-            thread.join(timeout=5.0)
-        if self._saved_switch_interval is not None:
-            sys.setswitchinterval(self._saved_switch_interval)
-            self._saved_switch_interval = None
-
-    # The last stretch before a deadline (at most a tenth of the period) is waited by
-    # yielding, not sleeping: a sleep wakes up to ~0.1 ms late (timer slack, wake-up).
-    _SPIN_S = 0.0003
-
-    def _control_loop(self) -> None:
-        """The control thread: a control step at every deadline k / control_rate (monotonic
-        clock), as long as the node is active. When a step overruns the next deadline,
-        that step runs at once (late) and any further deadlines passed are skipped, never
-        made up in a burst (as rcl timers do); control_overruns counts the deadlines a step
-        overran."""
-        self._control_sched = self._raise_priority()
-        _set_thread_name(b"mbrl_control")
-        period = 1.0 / self.settings.control_rate
-        spin = min(self._SPIN_S, 0.1 * period)
-        stop = self._control_stop
-        deadline = time.monotonic() + period
-        while not stop.is_set():
-            wait = deadline - time.monotonic() - spin
-            if wait > 0 and stop.wait(wait):
-                break
-            while time.monotonic() < deadline:
-                os.sched_yield()                   # releases the GIL
-            if stop.is_set():
-                break
-            start = time.monotonic()
-            if self.active:
-                self._late.append(start - deadline)
-            try:
-                self._control_tick()
-            except Exception as e:       # the loop must outlive a failing publish
-                self.get_logger().error(f"control step raised {e!r}",
-                                        throttle_duration_sec=1.0)
-            deadline += period
-            behind = time.monotonic() - deadline
-            if behind > 0:                          # next deadline passed: skip the rest
-                missed = int(behind // period)
-                deadline += missed * period
-                self.counters["control_overruns"] += missed + 1
-
-    def _raise_priority(self) -> str:
-        """Ask for SCHED_FIFO for the calling thread (Linux applies it per thread);
-        without the permission, stay at normal priority and say so."""
-        prio = self.settings.control_priority
-        if prio <= 0 or not hasattr(os, "SCHED_FIFO"):
-            return "SCHED_OTHER"
-        try:
-            os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(prio))
-        except OSError as e:
-            return f"SCHED_OTHER (SCHED_FIFO {prio} refused: {e.strerror})"
-        return f"SCHED_FIFO {prio}"
-
-    def _control_tick(self) -> None:
-        if not self.active:
-            return
-        now = time.monotonic()
-        if self._last_cmd_wall is not None:
-            period = now - self._last_cmd_wall
-            self._periods.append(period)
-            if self.settings.control_mode == "timer" and \
-                    period > 1.5 / self.settings.control_rate:
-                self.counters["deadline_misses"] += 1
-        self._last_cmd_wall = now
-        step = self.actuator.step(now, self._step_dt())
-        if step.latched:
-            self.get_logger().error(f"{self.actuator.fault}: safe hold until ~/clear_error")
-        self._send(step.command)
-
-    def _step_dt(self) -> float:
-        """Time the rate limit may spread a change over: the robot time between the last
-        two states (on_state; capped at one control period) or the control period."""
-        nominal = 1.0 / self.settings.control_rate
-        state_dt = self.actuator.state_dt
-        if self.settings.control_mode == "on_state" and state_dt > 0:
-            return min(state_dt, nominal)
-        return nominal
-
-    def _watchdog(self) -> None:
-        """Stale state: in on_state mode nothing else would command the robot."""
-        now = time.monotonic()
-        if not self.active or self.actuator.latest[0] is None:
-            return
-        if self.actuator.stale(now):
-            self.counters["stale"] += 1
-            self.get_logger().warning(f"no joint state for more than "
-                                      f"{self.safety_settings.state_timeout:g} s: safe hold",
-                                      throttle_duration_sec=2.0)
-            if self.settings.control_mode == "on_state":   # timer mode holds in its tick
-                # One control period's change at most, like every other command: two
-                # consecutive commands never differ by more than max_effort_rate/control_rate.
-                self._send(self.actuator.step(now, min(self._watchdog_period,
-                                                       1.0 / self.settings.control_rate)).command)
-
-    def _send(self, u: np.ndarray) -> None:
-        """Publish a command (the actuator made it finite and safe)."""
-        self.counters["commands"] += 1
-        self.cmd_pub.publish(command_msg(u))
-
-    @property
-    def fault(self) -> str | None:
-        """The latched error, or None."""
-        return self.actuator.fault if self.actuator is not None else None
-
-    def _release(self) -> None:
-        """Stop commanding cleanly: ramp to zero effort within the rate limit (at most
-        0.2 s) and end on an explicit zero, because a forward command controller keeps
-        applying the last command it received."""
-        if not hasattr(self, "cmd_pub"):
-            return
-        dt = 1.0 / self.settings.control_rate
-        for _ in range(int(0.2 * self.settings.control_rate)):
-            if not np.any(self.safety.last):
-                break
-            self._send(self.actuator.release_step(dt))
-            time.sleep(dt)
-        self._send(np.zeros_like(self.safety.last))
-        self.safety.reset()
-
     def _srv_clear(self, request, response):
         previous = self.actuator.clear_fault()      # plans afresh from the current state
         response.success = True
         response.message = f"cleared: {previous}" if previous else "no error latched"
         return response
-
-    # ================================================================== parameters
-    def _check_settings(self, s: ControllerSettings) -> None:
-        if s.active_planner not in s.planner_plugins:
-            raise ValueError(f"unknown planner {s.active_planner!r}; valid: "
-                             f"{', '.join(s.planner_plugins)}")
-        if s.fallback_planner and s.fallback_planner not in s.planner_plugins:
-            raise ValueError(f"unknown fallback planner {s.fallback_planner!r}; valid: "
-                             f"{', '.join(s.planner_plugins)}")
-        if not np.all(np.isfinite(s.target_joint_positions)):
-            raise ValueError("target_joint_positions must be finite")
-        if s.target_joint_positions and self.mpc is not None:
-            n = self.robot.n_joints
-            if len(s.target_joint_positions) != n:
-                raise ValueError(f"target_joint_positions needs {n} values "
-                                 f"({list(self.robot.joint_names)})")
-
-    def _on_settings(self, s: ControllerSettings) -> None:
-        old = self.settings
-        self.settings = s
-        self._worker_failures.window = s.worker_failure_window
-        if self.mpc is None:
-            return
-        if s.active_planner != old.active_planner:
-            self.mpc.select(s.active_planner)
-        self.mpc.fallback = s.fallback_planner
-        self.mpc.uncertainty_threshold = s.uncertainty_threshold
-        if s.target_joint_positions != old.target_joint_positions and s.target_joint_positions:
-            self.mpc.set_target(np.asarray(s.target_joint_positions))
-
-    def _on_planner_settings(self, pid: str, new) -> None:
-        kind, _ = self._planner_settings[pid]
-        self._planner_settings[pid] = (kind, new)
-        if self.mpc is not None:
-            with self._mpc_guard():       # planners rebuilt with the new settings
-                self.mpc.rebuild_planners()
-
-    def _on_safety(self, s: SafetySettings) -> None:
-        old, self.safety_settings = self.safety_settings, s
-        if self.mpc is not None:
-            self.safety.settings = s            # the plausibility fields are static
-            if s.effort_scale != old.effort_scale:   # planners plan within the new limits
-                with self._mpc_guard():
-                    self.mpc.effort_scale = s.effort_scale
-                    self.mpc.rebuild_planners()
-
-    def _on_cost(self, s: CostSettings) -> None:
-        self.cost_settings = s
-        if self.mpc is not None:
-            self.mpc.set_cost_settings(s)
-
-    # ================================================================== outputs
-    def _publish_plan(self, t0: float) -> None:
-        nominal = self.mpc.nominal_states()
-        if nominal is None:
-            return
-        xs, us = nominal
-        n = self.robot.n_joints
-        dt = self.mpc.spec.dt
-        traj = JointTrajectory()
-        traj.header.stamp = self.get_clock().now().to_msg()
-        traj.joint_names = list(self.robot.joint_names)
-        for k in range(len(us)):
-            tk = (k + 1) * dt
-            pt = JointTrajectoryPoint(positions=xs[k + 1, :n].tolist(),
-                                      velocities=xs[k + 1, n:].tolist(),
-                                      effort=us[k].tolist())
-            pt.time_from_start = Duration(sec=int(tk), nanosec=int((tk % 1) * 1e9))
-            traj.points.append(pt)
-        self.plan_pub.publish(traj)
-        if self.robot.has_ee and self.path_pub.get_subscription_count() > 0:
-            marker = Marker(type=Marker.LINE_STRIP, action=Marker.ADD, ns="planned_path", id=0)
-            marker.header.frame_id = "world"
-            marker.scale.x = 0.005
-            marker.color.r, marker.color.g, marker.color.a = 0.1, 0.8, 1.0
-            for x in xs:
-                p = self.robot.ee_position(x[:n])
-                marker.points.append(Point(x=float(p[0]), y=float(p[1]), z=float(p[2])))
-            self.path_pub.publish(MarkerArray(markers=[marker]))
-
-    def _publish_diagnostics(self) -> None:
-        arr = DiagnosticArray()
-        arr.header.stamp = self.get_clock().now().to_msg()
-        process = self.mpc if isinstance(self.mpc, PlanProcess) else None
-        now = time.monotonic()
-        if process is not None:
-            failures = process.counters["failures"]
-            self._worker_failures.add(now, failures - self._worker_failures_seen)
-            self._worker_failures_seen = failures
-        # What happened since the last report: holds by reason, commands sent.
-        act = self.actuator
-        holds, commands = dict(act.holds), self.counters["commands"]
-        seen_holds, seen_commands = self._reported
-        self._reported = (holds, commands)
-        s = self.settings
-        level, message = controller_health(
-            active=self.active, fault=act.fault,
-            model_ready=self.mpc is not None and self.mpc.spec is not None,
-            exploring=self.mpc is not None and self.mpc.explorer() is not None,
-            has_target=self.mpc is not None and self.mpc.target_q is not None,
-            holds={k: n - seen_holds.get(k, 0) for k, n in holds.items()},
-            steps=commands - seen_commands,
-            replan_failures_in_row=self._replan_failures_in_row,
-            last_replan_error=self._last_replan_error,
-            worker_failures=self._worker_failures.count(now),
-            replan_failure_limit=s.replan_failure_limit,
-            worker_failure_limit=s.worker_failure_limit,
-            worker_failure_window=s.worker_failure_window)
-        st = DiagnosticStatus(name="mbrl_ros/controller", level=bytes([level]),
-                              message=message)
-        periods = np.asarray(self._periods) * 1e3
-        dev = np.abs(periods - 1e3 / self.settings.control_rate)
-        late = np.asarray(self._late) * 1e3
-        # list(deque) copies under the GIL: the planning thread appends concurrently.
-        solves = np.asarray(list(self._solve_times)) * 1e3
-        latency = list(self._plan_latency)
-        vals = dict(self.counters)
-        vals.update(act.counters)           # bad_states, holds, nonfinite_blocked
-        plausibility = act.plausibility.counters
-        vals.update({
-            "implausible_states": plausibility["implausible"],
-            "reanchors": plausibility["reanchors"],
-            "replan_failures_in_row": self._replan_failures_in_row,
-            "plan_process_failures_recent": self._worker_failures.count(now)})
-        vals.update({
-            "planning": "sync" if self.settings.plan_mode == "sync"
-            else self.settings.planning,
-            "plan_process_pid": (process.pid or 0) if process else 0,
-            "plan_process_starts": process.counters["starts"] if process else 0,
-            "plan_process_failures": process.counters["failures"] if process else 0,
-            # what runs the control step; the control thread's scheduling policy
-            "control_loop": self._control_clock,
-            "control_sched": self._control_sched if self._control_clock == "thread" else "",
-            "gil_switch_interval_ms": f"{sys.getswitchinterval() * 1e3:g}"})
-        vals.update({
-            "active_planner": self.mpc.active if self.mpc else "",
-            "model_version": self.mpc.model_version if self.mpc else 0,
-            "solve_ms_median": f"{np.median(solves):.3f}" if solves.size else "",
-            "solve_ms_p99": f"{np.percentile(solves, 99):.3f}" if solves.size else "",
-            # latency compensation: plan latency (state arrival -> policy in use) and the
-            # model steps the last plan was started ahead of its state
-            "plan_latency_ms_median": f"{np.median(latency) * 1e3:.3f}" if latency else "",
-            "lookahead_steps": self._lookahead_steps,
-            "period_ms_median": f"{np.median(periods):.3f}" if periods.size else "",
-            "period_ms_p99": f"{np.percentile(periods, 99):.3f}" if periods.size else "",
-            # timer mode: |period - 1/control_rate| and step start - its deadline
-            "period_dev_ms_median": f"{np.median(dev):.3f}" if dev.size else "",
-            "period_dev_ms_p99": f"{np.percentile(dev, 99):.3f}" if dev.size else "",
-            "timer_late_ms_median": f"{np.median(late):.3f}" if late.size else "",
-            "timer_late_ms_p99": f"{np.percentile(late, 99):.3f}" if late.size else "",
-            "fault": self.fault or ""})
-        if self.mpc is not None and self.mpc.stats:
-            vals["uncertainty"] = f"{self.mpc.stats.get('uncertainty', 0.0):.4g}"
-            vals["fallback"] = str(self.mpc.stats.get("fallback", False))
-            vals["exploring"] = str(self.mpc.stats.get("exploring", False))
-            vals["planned_model_version"] = self.mpc.stats.get("model_version", "")
-        st.values = [KeyValue(key=k, value=str(v)) for k, v in vals.items()]
-        arr.status = [st]
-        self.diag_pub.publish(arr)
-
-
-def _set_thread_name(name: bytes) -> None:
-    """Name the calling OS thread (top -H, ps -L, /proc/<pid>/task/*/comm)."""
-    try:
-        import ctypes
-        ctypes.CDLL(None).prctl(15, name[:15], 0, 0, 0)   # PR_SET_NAME
-    except (OSError, AttributeError):
-        pass
-
-
-# rclpy passes TimerInfo to a timer callback whose parameter is annotated with the class
-# itself; this module's annotations are strings (from __future__ import annotations).
-Controller._on_control_timer.__annotations__["info"] = TimerInfo
 
 
 def main(args=None) -> None:

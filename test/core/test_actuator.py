@@ -116,6 +116,8 @@ def test_nonfinite_state_and_command_latch():
     t = settle(act, t0=t + DT)
 
     class Broken:
+        t0, t_end = 0.0, np.inf
+
         def action(self, x, t):
             raise RuntimeError("model exploded")
     act.offer(Broken(), ahead=False)

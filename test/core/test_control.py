@@ -52,13 +52,15 @@ def test_hold_damps_arm2_in_a_sampled_loop(delay):
     the state ``delay`` periods old (1: a timer-driven loop): the motion dies out. Without
     the per-joint cap, 2 N·m·s/rad on the elbow (0.0097 kg·m²) is b dt / I = 2.06 and the
     hold oscillates at full torque (it did in the hostile-state node test)."""
-    from mbrl_ros.core.control.plausibility import min_effective_inertia
+    from mbrl_ros.core.robot import RobotDescription
     from mbrl_ros.sim.env import MujocoSim
 
     sim = MujocoSim("arm2", control_period=0.01)
     idx = np.arange(2)
-    f = SafetyFilter(SafetySettings(hold_damping=2.0), sim.effort_limits,
-                     sim.position_limits, idx, 2, min_effective_inertia(sim), 0.01)
+    f = SafetyFilter.for_robot(SafetySettings(hold_damping=2.0),
+                               RobotDescription.load("arm2"), 0.01)
+    np.testing.assert_array_equal(f.index, idx)
+    np.testing.assert_array_equal(f.position_limits, sim.position_limits)
     assert f.damping_cap[1] < 2.0                       # the elbow's gain is capped
     sim.set_state([0.5, -0.5], [1.0, -2.0])
     states = [sim.state()] * (delay + 1)

@@ -76,11 +76,7 @@ MAY_IMPORT: dict[str, set[str]] = {
 }
 
 # (importer module, imported module): the work that removes the edge.
-EXCEPTIONS: dict[tuple[str, str], str] = {
-    # Moves with the GPS work: NeuralPolicy and its loader go to core/policies/.
-    ("mbrl_ros.core.control.plan_process", "mbrl_ros.core.algorithms.global_policy"):
-        "moves with the GPS work (NeuralPolicy -> policies/)",
-}
+EXCEPTIONS: dict[tuple[str, str], str] = {}
 
 
 def module_name(path: Path) -> str:
@@ -196,3 +192,40 @@ def test_checker_sees_function_level_and_relative_imports(tmp_path):
     assert breaking == {("mbrl_ros.sim.env", "mbrl_ros.core.types"),
                         ("mbrl_ros.sim.env", "mbrl_ros.core.control.mpc")}
     assert len(problems) == 2 and all("sim may import only nothing" in p for p in problems)
+
+
+# The planner classes the nodes must never tell apart (issue 13: the Planning protocol).
+PLANNING_CLASSES = {"MPCController", "PlanProcess", "PlanningBase", "Planning"}
+
+
+def planner_type_checks(path: Path) -> list[str]:
+    """``isinstance``/``issubclass``/``type()`` calls in ``path`` that ask about the planner
+    a node holds: an argument mentions one of :data:`PLANNING_CLASSES` or the node's
+    ``mpc`` attribute."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
+                and node.func.id in ("isinstance", "issubclass", "type")):
+            continue
+        names = {n.id for arg in node.args for n in ast.walk(arg) if isinstance(n, ast.Name)}
+        attrs = {n.attr for arg in node.args for n in ast.walk(arg)
+                 if isinstance(n, ast.Attribute)}
+        if names & PLANNING_CLASSES or attrs & (PLANNING_CLASSES | {"mpc"}):
+            found.append(f"{path.name}:{node.lineno}: {ast.unparse(node)}")
+    return found
+
+
+def test_nodes_never_ask_which_planner_they_hold():
+    found = [hit for path in sorted((PKG / "ros").glob("*.py"))
+             for hit in planner_type_checks(path)]
+    assert not found, "planner type checks in nodes:\n" + "\n".join(found)
+
+
+def test_planner_type_check_finder_sees_them(tmp_path):
+    src = tmp_path / "node.py"
+    src.write_text("def f(self):\n"
+                   "    if isinstance(self.mpc, PlanProcess):\n        pass\n"
+                   "    x = isinstance(self.mpc, object)\n"
+                   "    y = isinstance(p, mpc.MPCController)\n"
+                   "    z = isinstance(self.other, dict)\n")
+    assert [h.split(":")[1] for h in planner_type_checks(src)] == ["2", "4", "5"]

@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 
 from mbrl_ros.core import registry, store
-from mbrl_ros.core.algorithms.global_policy import NeuralPolicy
 from mbrl_ros.core.control.mpc import CostSettings, MPCController
 from mbrl_ros.core.control.plan_process import (PlanProcess, PlanProcessError, decode_policy,
                                                 encode_policy, load_model)
 from mbrl_ros.core.models.base import ModelError
 from mbrl_ros.core.models.mujoco_model import MujocoModel
 from mbrl_ros.core.policies.linear_gaussian import LinearGaussianPolicy
+from mbrl_ros.core.policies.neural import NeuralPolicy
 from mbrl_ros.sim.env import MujocoSim
 from proc_util import alive
 

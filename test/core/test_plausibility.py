@@ -41,15 +41,16 @@ def test_default_limits_from_effort_and_inertia():
 
 
 def test_robot_limits_of_arm2_and_cartpole():
-    from mbrl_ros.sim.env import MujocoSim
-    arm = MujocoSim("arm2")
-    q0 = arm.positions().copy()
+    from mbrl_ros.core.robot import RobotDescription
+    arm = RobotDescription.load("arm2")
     vmax, amax = robot_limits(arm)
     np.testing.assert_allclose(vmax, [100.0, 100.0])
     # 3 N·m over the elbow's effective inertia (about 0.01 kg·m²) x 10
     assert 2000.0 < amax[0] < 10000.0 and amax[0] == amax[1]
-    np.testing.assert_allclose(arm.positions(), q0)       # state restored
-    vmax, _ = robot_limits(MujocoSim("cartpole"))
+    # the inertia sampling is the description's (one implementation)
+    np.testing.assert_array_equal(
+        amax, default_limits(arm.linear, arm.effort_limits, arm.min_effective_inertia())[1])
+    vmax, _ = robot_limits(RobotDescription.load("cartpole"))
     np.testing.assert_allclose(vmax, [20.0, 100.0])       # slider m/s, hinge rad/s
 
 
@@ -57,11 +58,10 @@ def test_robot_limits_of_arm2_and_cartpole():
 def test_simulated_motion_is_never_rejected(robot, scale):
     """Random bang-bang efforts drive the shipped robots into their joint stops (impacts
     reverse velocities within a step) and to high speeds: every state stays plausible."""
+    from mbrl_ros.core.robot import RobotDescription
     from mbrl_ros.sim.env import MujocoSim
     sim = MujocoSim(robot, control_period=DT)
-    vmax, amax = robot_limits(sim)
-    check = StatePlausibility(PlausibilitySettings(), sim.position_limits, sim.continuous,
-                              vmax, amax)
+    check = StatePlausibility.for_robot(PlausibilitySettings(), RobotDescription.load(robot))
     rng = np.random.default_rng(1)
     n, jumps = sim.n_joints, 0.0
     prev = sim.state()
@@ -74,7 +74,7 @@ def test_simulated_motion_is_never_rejected(robot, scale):
         prev = x
         v = check.check(x[:n], x[n:], (k + 1) * DT, (k + 1) * DT)
         assert not v.implausible, (k, v.reason)
-    assert jumps > amax[0] or robot == "arm7"         # impacts beyond the smooth bound
+    assert jumps > check.a_max[0] or robot == "arm7"  # impacts beyond the smooth bound
 
 
 def test_smooth_trajectory_is_accepted_after_confirmation():

@@ -4,7 +4,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mbrl_ros.core.control.plausibility import min_effective_inertia, robot_limits
+from mbrl_ros.core.control.plausibility import default_limits, robot_limits
 from mbrl_ros.core.robot import RobotDescription
 from mbrl_ros.sim.env import MujocoSim
 
@@ -26,13 +26,29 @@ def test_description_matches_the_simulator(name):
     assert robot.has_ee == sim.has_ee
     assert (robot.n_joints, robot.n_commands) == (sim.n_joints, sim.n_commands)
     np.testing.assert_allclose(robot.effective_inertia(), sim.effective_inertia(), rtol=1e-12)
-    np.testing.assert_allclose(robot.min_effective_inertia(), min_effective_inertia(sim),
-                               rtol=1e-12)
+    sim_inertia = _sim_min_inertia(sim)
+    np.testing.assert_allclose(robot.min_effective_inertia(), sim_inertia, rtol=1e-12)
     # The plausibility defaults the controller derives from it are the simulator's.
-    from mbrl_ros.core.control.plausibility import default_limits
-    for a, b in zip(default_limits(robot.linear, robot.effort_limits,
-                                   robot.min_effective_inertia()), robot_limits(sim)):
+    import mujoco
+    linear = np.array([sim.model.joint(j).type[0] == mujoco.mjtJoint.mjJNT_SLIDE
+                       for j in sim.joint_names])
+    for a, b in zip(robot_limits(robot),
+                    default_limits(linear, sim.effort_limits, sim_inertia)):
         np.testing.assert_allclose(a, b, rtol=1e-12)
+
+
+def _sim_min_inertia(sim, samples=16, seed=0):
+    """Reference: the smallest effective inertia over the same draws, by moving a
+    simulator (what the controller did before RobotDescription)."""
+    lim = sim.position_limits
+    lo = np.where(np.isfinite(lim[:, 0]), lim[:, 0], -np.pi)
+    hi = np.where(np.isfinite(lim[:, 1]), lim[:, 1], np.pi)
+    rng = np.random.default_rng(seed)
+    inertia = sim.effective_inertia()
+    for _ in range(samples):
+        sim.set_state(rng.uniform(lo, hi), np.zeros(sim.n_joints))
+        inertia = np.minimum(inertia, sim.effective_inertia())
+    return inertia
 
 
 @pytest.mark.parametrize("name", ROBOTS, ids=lambda n: Path(n).stem)

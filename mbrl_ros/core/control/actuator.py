@@ -28,6 +28,7 @@ import numpy as np
 
 from mbrl_ros.core.control.plausibility import StatePlausibility, Verdict
 from mbrl_ros.core.control.safety import SafetyFilter
+from mbrl_ros.core.planners.base import Policy
 
 # Hold reasons, as /diagnostics reports them.
 NO_STATE = "no joint state yet"
@@ -121,7 +122,15 @@ class Actuator:
     def offer(self, policy: Any, ahead: bool) -> bool:
         """A new plan. ``ahead``: it was planned from a predicted state and takes over at
         its ``t0`` (only when a current policy exists to bridge the gap). Returns whether
-        a policy was in use (a warm hand-over)."""
+        a policy was in use (a warm hand-over).
+
+        Raises:
+            TypeError: not a :class:`~mbrl_ros.core.planners.base.Policy` (``action``,
+                ``t0``, ``t_end``); the policy in use stays.
+        """
+        if not isinstance(policy, Policy):
+            raise TypeError(f"a {type(policy).__name__} is not a policy (needs action, t0 "
+                            "and t_end)")
         with self._lock:
             warm = self._policy is not None
             if ahead and warm:
@@ -191,12 +200,12 @@ class Actuator:
             return self._hold(x, dt, self._why_not_ok)
         with self._lock:
             nxt = self._next_policy
-            if nxt is not None and t >= getattr(nxt, "t0", -np.inf) - 1e-9:
+            if nxt is not None and t >= nxt.t0 - 1e-9:
                 self._policy, self._next_policy = nxt, None
             policy = self._policy
         if policy is None:
             return self._hold(x, dt, NO_PLAN)
-        if t > getattr(policy, "t_end", np.inf):
+        if t > policy.t_end:
             # The plan ran out (replanning failed or fell behind): a constant open-loop
             # effort from its last knot must not be applied indefinitely.
             return self._hold(x, dt, PLAN_EXPIRED)

@@ -19,35 +19,23 @@ replan; the control loop only evaluates that policy (plan / act split, as mujoco
 """
 from __future__ import annotations
 
+import threading
 import time
 from typing import Any, Callable
 
 import numpy as np
 
+from mbrl_ros.core.control.planning import (PlanningBase, check_deadline,
+                                            check_planner_ids, check_target)
 from mbrl_ros.core.costs.quadratic import Cost, JointLimitBarrier
 from mbrl_ros.core.costs.task import CostSettings, task_cost
 from mbrl_ros.core.models.base import DynamicsModel, ModelError, ModelSpec
 from mbrl_ros.core.planners.base import Planner, Policy, RobotLayout
 
+__all__ = ["MPCController", "CostSettings", "check_planner_ids", "check_target",
+           "finite_plan", "joints_of"]
 
-def check_planner_ids(planner_ids: list[str], active: str, fallback: str = "") -> None:
-    """ValueError unless ``active`` (and ``fallback``, if set) are configured planners."""
-    if not planner_ids:
-        raise ValueError("no planners configured (planner_plugins is empty)")
-    for pid in [active] + ([fallback] if fallback else []):
-        if pid not in planner_ids:
-            raise ValueError(f"planner {pid!r} is not configured; planner_plugins: "
-                             f"{', '.join(planner_ids)}")
-
-
-def check_target(q_target, n_joints: int) -> np.ndarray:
-    """A target as (n_joints,) float64; ValueError if NaN/inf or of another size."""
-    q_target = np.asarray(q_target, dtype=float).reshape(-1)
-    if not np.all(np.isfinite(q_target)):
-        raise ValueError("target contains NaN or inf")
-    if q_target.size != n_joints:
-        raise ValueError(f"target needs {n_joints} joint positions, got {q_target.size}")
-    return q_target
+_check_deadline = check_deadline      # the name plan_process and older callers import
 
 
 def finite_plan(policy: Policy, x: np.ndarray, t: float) -> bool:
@@ -61,16 +49,6 @@ def finite_plan(policy: Policy, x: np.ndarray, t: float) -> bool:
         return bool(np.all(np.isfinite(policy.action(x, t))))
 
 
-def _check_deadline(seconds: float | None) -> float | None:
-    """A replan deadline as float [s] or None; ValueError if not positive and finite."""
-    if seconds is None:
-        return None
-    v = float(seconds)
-    if not (v > 0 and np.isfinite(v)):
-        raise ValueError(f"deadline must be positive and finite (or None), got {seconds}")
-    return v
-
-
 def joints_of(spec: ModelSpec) -> tuple[str, ...]:
     """Joint names of a model whose states are '<joint>/position'..., '<joint>/velocity'."""
     n = spec.nx // 2
@@ -82,8 +60,9 @@ def joints_of(spec: ModelSpec) -> tuple[str, ...]:
     return tuple(names)
 
 
-class MPCController:
-    """Planners + model + cost -> policies.
+class MPCController(PlanningBase):
+    """Planners + model + cost -> policies, in this process (a
+    :class:`~mbrl_ros.core.control.planning.Planning`).
 
     Args:
         planner_factory: ``factory(id, nx, nu, u_min, u_max, dt) -> Planner`` for each id.
@@ -107,6 +86,12 @@ class MPCController:
             iterating, the sampling planners sample fewer sequences); for real-time
             replanning (the node's timer mode: 1/plan_rate). None: no limit, every replan
             does the same work (lockstep, tests).
+        effort_scale: fraction of ``effort_limits`` the planners plan within.
+        mjcf: the robot's MJCF (shipped name or path), for :meth:`load_model` (with
+            ``control_period``: the known model's step).
+
+    Thread safety: replans, model swaps and planner rebuilds hold one lock, so the node
+    may call them from its planning, model-loading and parameter threads.
     """
 
     def __init__(self, planner_factory: Callable[..., Planner], planner_ids: list[str],
@@ -114,25 +99,17 @@ class MPCController:
                  position_limits: np.ndarray, cost_settings: CostSettings,
                  fallback: str = "", uncertainty_threshold: float = 0.0,
                  continuous: np.ndarray | None = None, robot: RobotLayout | None = None,
-                 control_period: float | None = None, deadline: float | None = None):
-        check_planner_ids(planner_ids, active, fallback)
-        self.deadline = _check_deadline(deadline)
+                 control_period: float | None = None, deadline: float | None = None,
+                 effort_scale: float = 1.0, mjcf: str | None = None):
+        self._init_config(planner_ids, active, fallback, horizon, effort_limits,
+                          position_limits, continuous, deadline)
         self._factory = planner_factory
-        self.planner_ids = list(planner_ids)
         self.active = active
         self._pending: str | None = None
         self.fallback = fallback
         self.uncertainty_threshold = uncertainty_threshold
-        self.horizon = int(horizon)
-        self.effort_limits = np.asarray(effort_limits, dtype=float)
-        self.position_limits = np.asarray(position_limits, dtype=float)
-        n_joints = self.position_limits.shape[0]
-        self.continuous = (np.zeros(n_joints, bool) if continuous is None
-                           else np.asarray(continuous, dtype=bool).reshape(-1))
-        if self.continuous.size != n_joints:
-            raise ValueError(f"continuous needs {n_joints} flags, got {self.continuous.size}")
         self.cost_settings = cost_settings
-        self.effort_scale = 1.0
+        self.effort_scale = float(effort_scale)
         self.model: DynamicsModel | None = None
         self.model_version = 0
         self.spec: ModelSpec | None = None
@@ -143,22 +120,60 @@ class MPCController:
         self.policy: Policy | None = None
         self.stats: dict[str, Any] = {}
         self.robot = robot
+        self.mjcf = mjcf
+        self.control_period = None if control_period is None else float(control_period)
+        self.counters = {"starts": 0, "failures": 0}      # no worker process
+        self._lock = threading.RLock()
         if robot is not None and control_period is not None:
-            self._build_planners(2 * n_joints, self.effort_limits.size, float(control_period))
+            self._build_planners(2 * self.n_joints, self.effort_limits.size,
+                                 float(control_period))
+
+    # ------------------------------------------------------------------ lifecycle
+    @property
+    def pid(self) -> int | None:
+        """None: planning runs in this process."""
+        return None
+
+    def start(self) -> None:
+        """Nothing to start: plans are solved in the caller's thread."""
+
+    def stop(self, timeout: float = 0.2) -> None:
+        """Nothing to stop (see :meth:`start`)."""
 
     # ------------------------------------------------------------------ configuration
-    def validate_planner(self, pid: str) -> None:
-        if pid not in self.planner_ids:
-            raise ValueError(f"unknown planner {pid!r}; valid: {', '.join(self.planner_ids)}")
-
     def select(self, pid: str) -> None:
         """Switch to planner ``pid`` at the next replan (ValueError if unknown)."""
         self.validate_planner(pid)
         # Selecting the active planner again cancels a pending switch (A -> B -> A).
         self._pending = None if pid == self.active else pid
 
+    def load_model(self, source: str, version: int | None = None,
+                   checksum: str | None = None, state: np.ndarray | None = None) -> int:
+        """Load and verify ``source`` ('mujoco' or an artifact directory; see
+        :func:`mbrl_ros.core.control.model_source.load_model`, ``state``: the robot's
+        current state for its one-step check) and use it from the next replan on; the
+        loading runs outside the lock, so replans continue on the previous model
+        meanwhile. Returns the model version.
+
+        Raises:
+            ModelError: refused (the previous model stays), or no ``mjcf`` and
+                ``control_period`` to check it against.
+        """
+        from mbrl_ros.core.control.model_source import load_model
+        if self.mjcf is None or self.control_period is None:
+            raise ModelError("MPCController needs mjcf= and control_period= to load models")
+        model, v = load_model(source, robot=self.mjcf, control_period=self.control_period,
+                              expect=self.spec, checksum=checksum, version=version,
+                              state=state)
+        self.set_model(model, v)          # one reference swapped
+        return v
+
     def set_model(self, model: DynamicsModel, version: int = 0) -> None:
         """Use ``model`` from the next replan on (ModelError if it is for other joints)."""
+        with self._lock:
+            self._set_model(model, version)
+
+    def _set_model(self, model: DynamicsModel, version: int) -> None:
         if model.spec is None:
             raise ModelError("model has no spec (never fitted)")
         if self.spec is not None:
@@ -177,7 +192,7 @@ class MPCController:
         self._rebuild_cost()
 
     def set_target(self, q_target: np.ndarray) -> None:
-        q_target = check_target(q_target, self.position_limits.shape[0])
+        q_target = check_target(q_target, self.n_joints)
         self.target_q = q_target
         self._rebuild_cost()
 
@@ -192,9 +207,26 @@ class MPCController:
         for p in self.planners.values():
             p.set_deadline(self.deadline)
 
+    def set_effort_scale(self, scale: float) -> None:
+        """Plan within ``scale`` x the effort limits from now on (planners rebuilt,
+        warm-started)."""
+        with self._lock:
+            self.effort_scale = float(scale)
+            self.rebuild_planners()
+
+    def reset_planners(self) -> None:
+        """Every planner forgets its plan (a new episode)."""
+        with self._lock:
+            for p in self.planners.values():
+                p.reset(self.horizon)
+
     def rebuild_planners(self) -> None:
         """Rebuild every planner (new settings or limits), warm-started from the current
         plan of the active one."""
+        with self._lock:
+            self._rebuild_planners()
+
+    def _rebuild_planners(self) -> None:
         if self._dt is None:
             return
         nominal = self.planners[self.active].nominal if self.active in self.planners else None
@@ -266,6 +298,10 @@ class MPCController:
                 its first actions are not ones the robot has already passed (0, no current
                 policy, a time-varying model or a non-finite prediction: plan from x).
         """
+        with self._lock:
+            return self._replan(x, t, lookahead)
+
+    def _replan(self, x: np.ndarray, t: float, lookahead: float) -> Policy:
         if not self.ready:
             raise ModelError("no model or no target yet")
         t_start = time.perf_counter()

@@ -43,6 +43,7 @@ from typing import Sequence
 import numpy as np
 
 from mbrl_ros.core.control.health import RecentEvents
+from mbrl_ros.core.robot import RobotDescription
 from mbrl_ros.core.settings import SettingsError, setting
 
 # The MJCF has no velocity limits: defaults far above any real arm (a Panda joint's limit
@@ -159,35 +160,14 @@ def default_limits(linear: np.ndarray, effort_limits: np.ndarray,
     return vmax.astype(float), np.full(linear.shape, amax)
 
 
-def min_effective_inertia(robot, samples: int = 16, seed: int = 0) -> np.ndarray:
-    """The smallest effective inertia of each command joint of a
-    :class:`mbrl_ros.sim.env.MujocoSim` over its home configuration and ``samples``
-    configurations drawn within the joint ranges (unlimited: one turn), (n_commands,)
-    [kg·m² or kg]. The robot's state is restored afterwards."""
-    lim = robot.position_limits
-    lo = np.where(np.isfinite(lim[:, 0]), lim[:, 0], -np.pi)
-    hi = np.where(np.isfinite(lim[:, 1]), lim[:, 1], np.pi)
-    q0, v0 = robot.positions().copy(), robot.velocities().copy()
-    rng = np.random.default_rng(seed)
-    inertia = robot.effective_inertia()
-    try:
-        for _ in range(samples):
-            robot.set_state(rng.uniform(lo, hi), np.zeros_like(v0))
-            inertia = np.minimum(inertia, robot.effective_inertia())
-    finally:
-        robot.set_state(q0, v0)
-    return inertia
-
-
-def robot_limits(robot, samples: int = 16, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`default_limits` of a :class:`mbrl_ros.sim.env.MujocoSim` (used as the robot's
-    description): joint types from the MJCF and :func:`min_effective_inertia`."""
-    import mujoco
-    m = robot.model
-    linear = np.array([m.joint(name).type[0] == mujoco.mjtJoint.mjJNT_SLIDE
-                       for name in robot.joint_names])
-    return default_limits(linear, robot.effort_limits,
-                          min_effective_inertia(robot, samples, seed))
+def robot_limits(robot: RobotDescription, samples: int = 16, seed: int = 0,
+                 min_inertia: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`default_limits` of a robot: joint types and effort limits from its MJCF, the
+    inertias from :meth:`RobotDescription.min_effective_inertia` (``samples``, ``seed``)
+    unless given (``min_inertia``, (m,) kg·m² or kg)."""
+    if min_inertia is None:
+        min_inertia = robot.min_effective_inertia(samples, seed)
+    return default_limits(robot.linear, robot.effort_limits, min_inertia)
 
 
 class StatePlausibility:
@@ -228,6 +208,15 @@ class StatePlausibility:
         self._window = RecentEvents(settings.implausible_window)
         self._in_row = 0
         self.reset()
+
+    @classmethod
+    def for_robot(cls, settings: PlausibilitySettings, robot: RobotDescription,
+                  min_inertia: np.ndarray | None = None) -> "StatePlausibility":
+        """The check for a robot's state joints: its limits, continuous joints and names,
+        and :func:`robot_limits` as the default bounds (``min_inertia``: see there)."""
+        v_max, a_max = robot_limits(robot, min_inertia=min_inertia)
+        return cls(settings, robot.position_limits, robot.continuous, v_max, a_max,
+                   names=robot.joint_names)
 
     def reset(self) -> None:
         """Forget the reference state (a new episode starts elsewhere): the next states

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from mbrl_ros.core.control.plausibility import PlausibilitySettings
+from mbrl_ros.core.robot import RobotDescription
 from mbrl_ros.core.settings import setting
 
 
@@ -71,8 +72,8 @@ class SafetyFilter:
         command_index: (nu,) index of each command joint in the state's joint vector.
         n_joints: number of state joints (state x = [q (n), qd (n)]).
         inertia: (nu,) effective inertia of each command joint [kg·m² or kg] (the MJCF's,
-            e.g. ``MujocoSim.effective_inertia()``); with ``period`` it caps the damping
-            gains (None: no cap).
+            e.g. ``RobotDescription.min_effective_inertia()``); with ``period`` it caps the
+            damping gains (None: no cap). :meth:`for_robot` takes them from a robot.
         period: control period [s].
     """
 
@@ -89,6 +90,19 @@ class SafetyFilter:
         self.n = int(n_joints)
         self.last = np.zeros(self.effort_limits.shape)
         self.counters = {"clamped": 0, "rate_limited": 0, "limit_guard": 0}
+
+    @classmethod
+    def for_robot(cls, settings: SafetySettings, robot: RobotDescription, period: float,
+                  inertia: np.ndarray | None = None) -> "SafetyFilter":
+        """The filter for a robot's command joints: their effort and position limits, and
+        damping caps from ``inertia`` ((m,) kg·m² or kg; default: the smallest effective
+        inertia over the joint ranges, :meth:`RobotDescription.min_effective_inertia`)
+        at control period ``period`` [s]."""
+        idx = np.asarray(robot.command_index)
+        if inertia is None:
+            inertia = robot.min_effective_inertia()
+        return cls(settings, robot.effort_limits, robot.position_limits[idx], idx,
+                   robot.n_joints, inertia, period)
 
     @property
     def u_max(self) -> np.ndarray:

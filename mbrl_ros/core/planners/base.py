@@ -58,7 +58,18 @@ class RobotLayout:
 
 @runtime_checkable
 class Policy(Protocol):
-    """Immutable result of a plan, evaluated by a fast control timer."""
+    """Immutable result of a plan, evaluated by a fast control timer.
+
+    ``t0`` [s]: the time the policy takes over from (a plan started ahead of its state
+    waits until then); ``t_end`` [s]: the time after which it is stale (a control loop
+    holds instead of applying it). ``-inf``/``inf``: no such bound.
+    """
+
+    @property
+    def t0(self) -> float: ...
+
+    @property
+    def t_end(self) -> float: ...
 
     def action(self, x: np.ndarray, t: float) -> np.ndarray:
         """Action (nu,) for state x (nx,) at time t [s], clamped to the action limits."""

@@ -166,6 +166,10 @@ class ExcitationPolicy:
         """The controller parameters."""
         return self._settings
 
+    # A stream without a horizon: valid at any time (the Policy protocol's bounds).
+    t0 = -math.inf
+    t_end = math.inf
+
     @property
     def kp(self) -> np.ndarray:
         """Per-joint proportional gains after effort-limit scaling, shape (n_cmd,)."""
