@@ -256,7 +256,10 @@ def _cmd_gps(args: argparse.Namespace) -> int:
         # Samples through the lockstep simulator and controller nodes (one process, a
         # private domain): mbrl_ros.ros.gps_driver.
         from mbrl_ros.ros.gps_driver import NodeSampler
-        nodes.append(NodeSampler(task.env, task.targets, Path(cfg.out) / "nodes"))
+        import time as _time
+        bags = Path(cfg.out) / "nodes" / f"bags-{_time.strftime('%Y%m%dT%H%M%S')}"
+        nodes.append(NodeSampler(task.env, task.targets, Path(cfg.out) / "nodes",
+                                 bag_dir=bags))
         return nodes[-1]
     try:
         rep = run_gps(cfg, sampler_factory=node_sampler if args.through_nodes else None)
@@ -293,7 +296,7 @@ def _cmd_gps(args: argparse.Namespace) -> int:
         n = nodes[0]
         print(f"through the nodes: {n.samples} episodes in {n.seconds:.1f} s "
               f"({n.seconds / max(n.samples, 1) * 1000:.0f} ms each); artifacts in "
-              f"{Path(cfg.out) / 'nodes'}")
+              f"{Path(cfg.out) / 'nodes'}, bag and episode index in {n.bag_dir}")
     print(f"took {rep['wall_seconds']:.1f} s")
     return 0
 
@@ -549,7 +552,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="draw every sample through the ROS nodes: the lockstep simulator "
                         "node and the controller node executing each condition's "
                         "controller (lg_controller planner) and, after each S-step, the "
-                        "global policy (gps_policy planner); same results as in-process")
+                        "global policy (gps_policy planner), recorded by the data logger "
+                        "(OUT/nodes/bags-*/); same results as in-process")
     g.add_argument("--no-progress", action="store_true")
     g.set_defaults(func=_cmd_gps)
 

@@ -24,6 +24,10 @@ simulator in lockstep):
 4. reads the sample back from the ``joint_states`` and ``<controller>/commands`` messages
    a recorder node received (states [q, qd] in the robot's joint order, commands as sent).
 
+With ``bag_dir`` the data logger node records every episode too (each sample is one episode
+of the bag, between the simulator's episode markers), and ``gps_episodes.json`` says which
+episode is which sample, so every sample can be replayed.
+
 A sample that left the valid region (``env.check``) is discarded after the fact and its
 unused noise given back, so the generator ends where the in-process sampler leaves it.
 Deterministic rollouts of the global policy (``MDGPS.evaluate``, right after each S-step)
@@ -115,13 +119,18 @@ class NodeSampler:
         max_discarded: invalid samples redrawn per condition and call before giving up.
         step_timeout: wall seconds without a simulated step before a sample is declared
             stalled (RuntimeError).
+        bag_dir: also run the data logger node, recording every episode (joint states,
+            commands, the simulator's episode markers) to a bag under this directory;
+            ``close`` writes ``bag_dir/gps_episodes.json``: which episode is which sample
+            (condition, executed artifact, kept or discarded) and the bag paths.
 
     Use as a context manager (it owns the nodes); ``seconds`` holds the wall time spent
     sampling and ``samples`` the number of episodes run.
     """
 
     def __init__(self, env, targets, store_dir: str | Path, max_discarded: int = 20,
-                 step_timeout: float = 30.0, domain_id: int | None = None):
+                 step_timeout: float = 30.0, domain_id: int | None = None,
+                 bag_dir: str | Path | None = None):
         from mbrl_ros.ros.controller import Controller
         from mbrl_ros.ros.sim_node import SimNode
 
@@ -145,12 +154,23 @@ class NodeSampler:
                 Controller, node_controller_params(str(env.robot), self.dt, self.targets[0]))
             self.recorder = _Recorder(self.system, self.sim.sim.joint_names,
                                       self.sim.command_sub.topic_name)
+            self.bag_dir = None if bag_dir is None else Path(bag_dir)
+            self.logger = None
+            self.episodes: list[dict[str, Any]] = []
+            if self.bag_dir is not None:
+                from mbrl_ros.ros.data_logger import DataLogger
+                self.logger = self.system.add(DataLogger, {
+                    "output_dir": str(self.bag_dir), "bag_name": "gps",
+                    "diagnostics_rate": 0.0})
             if not self.controller.trigger_configure() or self.controller.mpc is None:
                 raise RuntimeError("gps driver: the controller did not configure")
             self.controller.trigger_activate()
+            lg = self.logger
             ok = self.system.spin_until(
-                lambda: self.sim.state_pub.get_subscription_count() >= 2
-                and self.sim.command_subscription_count() >= 1, timeout=20.0)
+                lambda: self.sim.state_pub.get_subscription_count() >= (2 if lg is None else 3)
+                and self.sim.command_subscription_count() >= 1
+                and (lg is None or (not lg.pending_topics() and lg.markers_written >= 1)),
+                timeout=20.0)
             if not ok:
                 raise RuntimeError("gps driver: the simulator, controller and driver nodes "
                                    "did not connect within 20 s")
@@ -169,6 +189,7 @@ class NodeSampler:
     def _use_lg(self, controller: LinearGaussianPolicy, noise, m: int) -> None:
         info = publish_lg_controller(controller, self.store, "gps_samples", self.env.spec,
                                      noise)
+        self._artifact = info.uri
         self._set(lg_controller__artifact=info.uri, lg_controller__noise=noise is not None,
                   target_joint_positions=[float(v) for v in self.targets[m]],
                   active_planner="lg_controller")
@@ -183,7 +204,7 @@ class NodeSampler:
                                f"{m}'s target")
         unbound = policy if task is None else dataclasses.replace(policy, task=None)
         info = publish_policy(unbound, self.store, "gps_policy", self.env.spec)
-        self.policy_uri = info.uri
+        self.policy_uri = self._artifact = info.uri
         self._set(gps_policy__artifact=info.uri,
                   target_joint_positions=[float(v) for v in self.targets[m]],
                   active_planner="gps_policy")
@@ -197,6 +218,7 @@ class NodeSampler:
         q0, v0 = self.env.start_state(m)
         self.controller.reset_episode()
         sim.reset_episode(positions=q0, velocities=v0, publish=False)
+        self._episode_id = int(sim.sim.episode)
         rec.clear()
         start = sim.counters["steps"]
         progress = [time.monotonic(), start]
@@ -252,6 +274,11 @@ class NodeSampler:
                 self._use_policy(controller, m)
             Xi, Ui = self._episode(m, T)
             cut = first_invalid(check, Xi)
+            if self.logger is not None:
+                self.episodes.append({
+                    "episode": self._episode_id, "condition": m, "noisy": bool(noisy),
+                    "artifact": self._artifact, "steps": T,
+                    "discarded": None if cut is None else f"step {cut[0]}: {cut[1]}"})
             if cut is not None:
                 t, why = cut
                 consume_noise(rng, before, t, nu)
@@ -270,7 +297,14 @@ class NodeSampler:
         return out
 
     def close(self) -> None:
+        """Stop the nodes (the data logger closes its bag) and, with a bag, write the
+        episode index."""
         self.system.close()
+        if getattr(self, "logger", None) is not None:
+            import json
+            index = {"bags": [str(p) for p in self.logger.last_bag_paths],
+                     "episodes": self.episodes}
+            (self.bag_dir / "gps_episodes.json").write_text(json.dumps(index, indent=2))
 
     def __enter__(self) -> "NodeSampler":
         return self
