@@ -5,10 +5,11 @@ import numpy as np
 import pytest
 
 from mbrl_ros.core import registry
-from mbrl_ros.core.algorithms.gps import MDGPS, GPSError, GPSSettings, initial_controller
+from mbrl_ros.core.algorithms.gps import MDGPS, GPSError, GPSSettings
 from mbrl_ros.core.algorithms.sampler import (EnvSampler, SampleBatch, Sampler, consume_noise,
                                               first_invalid, noise_for_sample)
 from mbrl_ros.core.models.base import ModelSpec
+from mbrl_ros.core.policies.linear_gaussian import LinearGaussianPolicy
 from mbrl_ros.core.planners.lg_controller import (ExecutedLG, LGControllerSettings,
                                                   load_lg_controller, publish_lg_controller)
 
@@ -22,11 +23,9 @@ def _spec(nx=4, nu=2, dt=DT, names=("a", "b")):
 
 def _controller(rng, T=6, nx=4, nu=2, umax=5.0):
     cov = np.stack([np.diag(rng.uniform(0.2, 1.0, nu)) for _ in range(T)])
-    return initial_controller(nx, nu, T, DT, 1.0, -umax * np.ones(nu), umax * np.ones(nu),
-                              K=rng.normal(size=(nu, nx)), k=rng.normal(size=nu)).__class__(
-        K=rng.normal(size=(T, nu, nx)), k=rng.normal(size=(T, nu)),
-        xbar=rng.normal(size=(T, nx)), cov=cov, t0=0.0, dt=DT,
-        u_min=-umax * np.ones(nu), u_max=umax * np.ones(nu))
+    return LinearGaussianPolicy(K=rng.normal(size=(T, nu, nx)), k=rng.normal(size=(T, nu)),
+                                xbar=rng.normal(size=(T, nx)), cov=cov, t0=0.0, dt=DT,
+                                u_min=-umax * np.ones(nu), u_max=umax * np.ones(nu))
 
 
 def test_noise_block_is_the_stepwise_draws_and_a_cut_sample_consumes_only_its_steps():
@@ -92,9 +91,9 @@ def test_lg_controller_artifact_round_trip_and_refusals(tmp_path):
     bad = ctrl.K.copy()
     bad[0, 0, 0] = np.nan
     with pytest.raises(Exception, match="NaN|finite"):
-        publish_lg_controller(ctrl.__class__(K=bad, k=ctrl.k, xbar=ctrl.xbar, cov=ctrl.cov,
-                                             t0=0.0, dt=DT, u_min=ctrl.u_min,
-                                             u_max=ctrl.u_max), tmp_path, "lg", _spec())
+        publish_lg_controller(LinearGaussianPolicy(K=bad, k=ctrl.k, xbar=ctrl.xbar, cov=ctrl.cov,
+                                                   t0=0.0, dt=DT, u_min=ctrl.u_min,
+                                                   u_max=ctrl.u_max), tmp_path, "lg", _spec())
 
 
 def test_lg_controller_planner_runs_steps_from_its_first_plan(tmp_path):
