@@ -65,6 +65,10 @@ def main():
                 "rng_equal": ref.rng.bit_generator.state == alt.rng.bit_generator.state,
                 "iteration_equal": (ra.cost_lg == rb.cost_lg and ra.kl == rb.kl
                                     and ra.cost_policy == rb.cost_policy),
+                "iteration_differs_in": [k for k in ("cost_lg", "kl", "eta", "cost_policy",
+                                                     "policy_final_distance", "policy_rmse",
+                                                     "dynamics_rmse")
+                                         if getattr(ra, k) != getattr(rb, k)],
                 "episodes_through_nodes": n_ep,
                 "node_start_s": t_start,
                 "inproc_ms_per_sample": 1000 * t_in / n,
