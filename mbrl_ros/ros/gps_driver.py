@@ -222,11 +222,19 @@ class NodeSampler:
         rec.clear()
         start = sim.counters["steps"]
         progress = [time.monotonic(), start]
+        ctrl = self.controller
+        failures0 = ctrl.counters["replan_failures"]
+        holds0 = dict(ctrl.actuator.holds)
+        holds_in_episode: list[dict] = []
 
         def tick() -> None:
             n = sim.counters["steps"]
             if n - start >= horizon:
                 sim.pause()            # the controller's answer to x_T is not applied
+                if not holds_in_episode:   # the T commands that were applied
+                    holds_in_episode.append({k: v - holds0.get(k, 0) for k, v in
+                                             ctrl.actuator.holds.items()
+                                             if v != holds0.get(k, 0)})
             if n != progress[1]:
                 progress[:] = [time.monotonic(), n]
 
@@ -248,6 +256,14 @@ class NodeSampler:
             raise RuntimeError(f"gps driver: sample stalled or mixed ({steps}/{horizon} steps, "
                                f"{len(rec.states)} states, {len(rec.commands)} commands "
                                f"received; controller holds: {self.controller.actuator.holds})")
+        # A sample whose commands did not all come from the planner (a failed replan, a
+        # safe hold) is not a sample of the controller: refuse it rather than learn from it.
+        failed = ctrl.counters["replan_failures"] - failures0
+        if failed or (holds_in_episode and holds_in_episode[0]):
+            raise RuntimeError(
+                f"gps driver: the controller did not execute the sample ({failed} failed "
+                f"replans, last: {getattr(ctrl, '_last_replan_error', '')!r}; safe holds: "
+                f"{holds_in_episode[0] if holds_in_episode else {}})")
         X = np.array(rec.states[:horizon + 1])
         U = np.array(rec.commands[:horizon])
         if not np.array_equal(X[0], np.concatenate([q0, v0])):

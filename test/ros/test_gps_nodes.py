@@ -136,3 +136,24 @@ def test_every_sample_is_in_the_data_loggers_bag(tmp_path, domain_id):
         m = e["condition"]
         np.testing.assert_array_equal(np.array(states[e["episode"]]), X[m, seen[m]])
         seen[m] += 1
+
+
+@pytest.mark.timeout(300)
+def test_a_sample_the_controller_could_not_execute_is_refused(tmp_path, domain_id):
+    """An lg_controller artifact the controller cannot load: its replans fail and it holds,
+    so the episode is not a sample of the controller -- an error naming the cause, not
+    safe-hold commands passed off as exploration."""
+    from mbrl_ros.ros.gps_driver import NodeSampler
+
+    gps, task = _gps()
+    with NodeSampler(task.env, task.targets, tmp_path, domain_id=domain_id,
+                     step_timeout=10.0) as nodes:
+        gps.sampler = nodes
+        real = nodes._use_lg
+
+        def broken(controller, noise, m):
+            real(controller, noise, m)
+            nodes._set(lg_controller__artifact=str(tmp_path / "missing"))
+        nodes._use_lg = broken
+        with pytest.raises(RuntimeError, match="did not execute the sample.*failed replans"):
+            gps.draw_samples()
