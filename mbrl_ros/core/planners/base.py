@@ -76,6 +76,19 @@ class Policy(Protocol):
         ...
 
 
+def check_artifact_model(plugin: str, what: str, model: Any, meta: dict) -> None:
+    """Refuse a trained artifact (``meta["spec"]``: the model spec it was trained for) whose
+    states and actions are not the controller's model's: ValueError naming the plugin."""
+    spec = getattr(model, "spec", None)
+    if spec is None:
+        return
+    from mbrl_ros.core.models.base import ModelError
+    try:
+        spec.check_compatible(meta["spec"])
+    except ModelError as e:
+        raise ValueError(f"{plugin}: the {what} and the model disagree: {e}") from e
+
+
 def shift_trajectory(a: np.ndarray | None, steps: int) -> np.ndarray | None:
     """Drop the first ``steps`` rows of a (T, ...) array and repeat the last row at the end,
     keeping the length (the receding-horizon warm start)."""

@@ -31,7 +31,7 @@ import numpy as np
 from mbrl_ros.core import registry
 from mbrl_ros.core.policies.neural import NeuralPolicy, load_policy
 from mbrl_ros.core.models.base import ModelError
-from mbrl_ros.core.planners.base import Planner
+from mbrl_ros.core.planners.base import Planner, check_artifact_model
 from mbrl_ros.core.planners.gps_policy.settings import GPSPolicySettings
 
 __all__ = ["GPSPolicyPlanner"]
@@ -87,12 +87,7 @@ class GPSPolicyPlanner(Planner):
     def optimize(self, x0: np.ndarray, t0: float, model: Any, cost: Any) -> NeuralPolicy:
         t_start = time.perf_counter()
         reloaded = self._load()
-        spec = getattr(model, "spec", None)
-        if spec is not None:
-            try:
-                spec.check_compatible(self.meta["spec"])
-            except ModelError as e:
-                raise ValueError(f"gps_policy: the policy and the model disagree: {e}") from e
+        check_artifact_model("gps_policy", "policy", model, self.meta)
         policy = self.policy.at(float(t0), self.horizon * self.dt)
         task = None
         if policy.n_task:

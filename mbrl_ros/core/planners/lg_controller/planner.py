@@ -33,7 +33,7 @@ import numpy as np
 
 from mbrl_ros.core import registry
 from mbrl_ros.core.models.base import ModelError
-from mbrl_ros.core.planners.base import Planner
+from mbrl_ros.core.planners.base import Planner, check_artifact_model
 from mbrl_ros.core.policies.lg_artifact import load_lg_controller
 from mbrl_ros.core.planners.lg_controller.settings import LGControllerSettings
 from mbrl_ros.core.policies.linear_gaussian import LinearGaussianPolicy
@@ -172,13 +172,7 @@ class LGControllerPlanner(Planner):
     def optimize(self, x0: np.ndarray, t0: float, model: Any, cost: Any) -> ExecutedLG:
         t_start = time.perf_counter()
         reloaded = self._load()
-        spec = getattr(model, "spec", None)
-        if spec is not None:
-            try:
-                spec.check_compatible(self.meta["spec"])
-            except ModelError as e:
-                raise ValueError(f"lg_controller: the controller and the model disagree: "
-                                 f"{e}") from e
+        check_artifact_model("lg_controller", "controller", model, self.meta)
         if self._t_start is None:
             self._t_start = float(t0)
         # The controller clamps to its (possibly scaled) effort limits: so does the policy.
