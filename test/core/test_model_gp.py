@@ -21,13 +21,6 @@ DT = 0.05
 NOISE = 0.01          # process-noise std on both state components (rad, rad/s)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(prev)
-
 
 def pendulum_step(x: np.ndarray, u: np.ndarray) -> np.ndarray:
     """Damped pendulum, semi-implicit Euler: x = [angle, angular velocity], u = [torque]."""

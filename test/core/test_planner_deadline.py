@@ -4,7 +4,6 @@ Clock-free where the logic is tested (injected solve times), so a busy machine c
 nothing."""
 import numpy as np
 import pytest
-import torch
 
 from analytic_models import AnalyticModel as _Analytic
 from analytic_models import spec_for as _spec
@@ -17,13 +16,6 @@ from mbrl_ros.core.planners.ilqr.settings import ILQRSettings
 from mbrl_ros.core.planners.mppi import MPPIPlanner, MPPISettings
 from mbrl_ros.core.planners.sampling import SampleBudget
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 class DoubleIntegrator(_Analytic):

@@ -3,7 +3,6 @@
 every replan), seeded: the result does not depend on the machine's load."""
 import numpy as np
 import pytest
-import torch
 
 from mbrl_ros.core import registry
 from mbrl_ros.core.control.closed_loop import run_episode, simulate_excitation
@@ -23,13 +22,6 @@ STEPS = 200
 # bench/results/sampling-contention-2026-12-07.md. Asserted with margin.
 HOLD_CM = 0.5
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")
