@@ -178,6 +178,9 @@ class ILQRPlanner(Planner):
         clip_lo, clip_hi = bool(np.isfinite(lo).any()), bool(np.isfinite(hi).any())
         maximum, minimum = np.maximum, np.minimum
         tv = bool(getattr(model, "time_varying", False))
+        # The mean is all a rollout needs: a model that can skip its variance (the GP)
+        # offers predict_mean.
+        mean_only = None if tv else getattr(model, "predict_mean", None)
         predict = model.predict
         # A diverging candidate yields inf/NaN, which the cost turns into a rejection.
         with np.errstate(invalid="ignore", over="ignore"):
@@ -189,7 +192,10 @@ class ILQRPlanner(Planner):
                     maximum(u, lo, out=u)
                 if clip_hi:
                     minimum(u, hi, out=u)
-                x = predict(x, u, t)[0] if tv else predict(x, u)[0]
+                if mean_only is not None:
+                    x = mean_only(x, u)
+                else:
+                    x = predict(x, u, t)[0] if tv else predict(x, u)[0]
                 xs[:, t + 1] = x
         return xs, U
 
