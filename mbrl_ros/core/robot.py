@@ -174,9 +174,8 @@ class RobotDescription:
     def min_effective_inertia(self, samples: int = 16, seed: int = 0) -> np.ndarray:
         """The smallest :meth:`effective_inertia` of each command joint over the home
         configuration and ``samples`` configurations drawn uniformly within the joint
-        ranges (unlimited: one turn), (m,) kg·m² or kg; the same draws as
-        :func:`mbrl_ros.core.control.plausibility.min_effective_inertia` on a simulator
-        at home."""
+        ranges (unlimited: one turn), (m,) kg·m² or kg. The plausibility bounds and the
+        safe hold's damping cap use it."""
         lim = self.position_limits
         lo = np.where(np.isfinite(lim[:, 0]), lim[:, 0], -np.pi)
         hi = np.where(np.isfinite(lim[:, 1]), lim[:, 1], np.pi)
