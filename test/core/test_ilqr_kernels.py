@@ -276,7 +276,13 @@ def test_solves_of_any_shape_add_no_kernel_specialisation():
     time-varying models and the box QP on its own compile nothing new."""
     ILQRPlanner(ILQRSettings(horizon=4), 2, 1, -np.ones(1), np.ones(1), 0.1)
     before = _signatures()
-    assert all(v == 1 for v in before.values()), before
+    # One overload per kernel, except that a process which *compiled* riccati_kernel (a
+    # fresh clone's first run: no cache yet) also holds the box QP specialised for
+    # riccati's internal call (max_iterations a literal 100); loaded from the cache it
+    # has one. Either way the solves below must add none (failed in fresh-clone CI when
+    # this asserted 1 for every kernel).
+    assert all(v == 1 for k, v in before.items() if k != "boxqp_kernel"), before
+    assert before["boxqp_kernel"] in (1, 2), before
     rng = np.random.default_rng(0)
     for nx, nu, T, limit in [(2, 1, 3, 1.0), (5, 2, 17, np.inf), (9, 4, 40, 0.3)]:
         A = 0.5 * rng.standard_normal((nx, nx)) / np.sqrt(nx)
