@@ -96,8 +96,10 @@ def test_namespace_moves_every_node_and_topic_of_the_robot(bringup, probe, tmp_p
                      UP, "the excitation driving the namespaced sim")
     assert p.proc.poll() is None, p.output()
     # The fitter is namespaced too and gets the live data (its ~/fit answers under arm_b).
+    # (Its own refit may be under way when the call arrives: that answer counts too.)
     res = probe.call(Trigger, "/arm_b/model_fitter/fit", timeout=UP)
-    assert "transitions" in res.message or res.success, res.message
+    assert res.success or "transitions" in res.message \
+        or "a fit is running already" in res.message, res.message
     assert outside == []
     out = _stop_cleanly(p)
     (bag,) = [d for d in bags.iterdir() if d.is_dir()]
