@@ -106,7 +106,11 @@ class ChildHandle:
         ours, theirs = socket.socketpair()
         try:
             fd = theirs.fileno()
-            boot = ("import sys; from mbrl_ros.core.control.plan_worker import child_main; "
+            # The parent stops the worker; a terminal's Ctrl-C reaching the child while it
+            # still imports printed a KeyboardInterrupt traceback (seen with two CPU hogs):
+            # SIGINT is ignored from the first line.
+            boot = ("import signal; signal.signal(signal.SIGINT, signal.SIG_IGN); "
+                    "import sys; from mbrl_ros.core.control.plan_worker import child_main; "
                     "child_main(int(sys.argv[1]))")
             self.proc = subprocess.Popen([sys.executable, "-c", boot, str(fd)], pass_fds=(fd,),
                                          env={**os.environ, **_THREAD_ENV},
