@@ -18,6 +18,7 @@ Optimal Control Problem Solver for Robot Trajectory Optimization and Control", I
 """
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -64,7 +65,7 @@ class SolveResult:
     solver_time_s: float
 
 
-class SolverBackend:
+class SolverBackend(ABC):
     """A built CasADi solver for one layout; :meth:`solve` takes the numeric problem data.
 
     Subclasses set the CasADi argument/result names of the dynamics rows, their initial
@@ -86,13 +87,13 @@ class SolverBackend:
         opts: dict[str, Any] = {"error_on_fail": False, "print_time": False}
         self._bind(self._build(tol, it, opts))
 
+    @abstractmethod
     def _build(self, tol: float, it: int, opts: dict[str, Any]) -> Any:
         """The CasADi Function of the configured solver (``opts``: the common options)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def _set_matrices(self, H_src: np.ndarray, A_src: np.ndarray, g: np.ndarray) -> None:
         """Write H, A (layout sources) and g (nw,) into the argument buffers."""
-        raise NotImplementedError
 
     def _bind(self, fn, keep: bool = False) -> None:
         """Zero-copy argument/result buffers of a CasADi Function (``keep``: a new CasADi
