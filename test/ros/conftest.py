@@ -130,7 +130,9 @@ class Probe:
         self.node.create_subscription(msg_type, topic, got.append, qos)
         return got
 
-    def call(self, srv_type, name: str, request=None, timeout: float = 10.0):
+    def call(self, srv_type, name: str, request=None, timeout: float = 30.0):
+        """Call a service; ``timeout`` covers discovery and the answer each (30 s: under two
+        CPU hogs beside the suite a node's first answer took over 10 s)."""
         client = self.node.create_client(srv_type, name)
         self.spin_until(client.service_is_ready, timeout, f"service {name}")
         future = client.call_async(request or srv_type.Request())
