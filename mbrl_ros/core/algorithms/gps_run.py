@@ -35,8 +35,8 @@ from mbrl_ros.core.algorithms.gps_checkpoint import (CheckpointError, drop_pendi
                                                      save_checkpoint, save_pending)
 from mbrl_ros.core.algorithms.sim_env import (ARM7_HOME, DEFAULT_STARTS, MujocoEnv, ReachTask,
                                               default_conditions, reach_task)
-from mbrl_ros.core.algorithms.traj_opt import TrajOptSettings, sample_costs
 from mbrl_ros.core.control.mpc import CostSettings
+from mbrl_ros.core.lqr.kl_step import TrajOptSettings, sample_costs
 from mbrl_ros.core.models.base import FitReport
 from mbrl_ros.core.settings import as_dict, from_mapping
 
