@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from mbrl_ros.core import registry, store
-from mbrl_ros.core.algorithms.global_policy import (
+from mbrl_ros.core.policies.neural import (
     NeuralPolicy,
     PolicySettings,
     PolicyTrainer,
@@ -15,8 +15,8 @@ from mbrl_ros.core.algorithms.global_policy import (
     publish_policy,
 )
 from mbrl_ros.core.algorithms.gps import MDGPS, Environment, GPSSettings
-from mbrl_ros.core.algorithms.policy_fit import PolicyPriorGMM, fit_policy_linearization
-from mbrl_ros.core.algorithms.traj_opt import (
+from mbrl_ros.core.policies.linearization import PolicyPriorGMM, fit_policy_linearization
+from mbrl_ros.core.lqr.kl_step import (
     CostExpansion,
     kl_constrained_update,
 )

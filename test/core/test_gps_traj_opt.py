@@ -3,7 +3,7 @@ when it binds, marginals and KL checked against Monte Carlo, non-PD Q_uu handled
 import numpy as np
 import pytest
 
-from mbrl_ros.core.algorithms.traj_opt import (
+from mbrl_ros.core.lqr.kl_step import (
     CostExpansion,
     TrajOptSettings,
     expected_cost,

@@ -34,7 +34,8 @@ LAYER_OF = {
     "mbrl_ros.core.models": "models",
     "mbrl_ros.core.costs": "costs",
     "mbrl_ros.core.policies": "policies",
-    "mbrl_ros.core.lqr": "lqr",                   # Riccati backward pass, box QP (numba)
+    "mbrl_ros.core.lqr": "lqr",                   # Riccati backward pass, box QP (numba),
+                                                  # the GPS C-step (kl_step)
     "mbrl_ros.core.store": "fitting",             # model artifacts
     "mbrl_ros.core.fitting": "fitting",
     "mbrl_ros.core.report": "reporting",
@@ -64,7 +65,9 @@ MAY_IMPORT: dict[str, set[str]] = {
     # The neural policy's trainer reports like a model fit and saves through the store.
     "policies": {"base", "robot", "models", "fitting"},
     "reporting": {"base", "robot", "costs", "models"},
-    "lqr": {"base"},                              # numerics shared by the planners
+    # Numerics shared by the planners; kl_step (the GPS C-step) works on a cost's
+    # derivatives, the models' Linearization and linear-Gaussian controllers.
+    "lqr": {"base", "costs", "models", "policies"},
     "planners": {"base", "robot", "costs", "models", "policies", "lqr"},
     # closed_loop.py runs controllers against the simulator (tests, benchmarks).
     "control": {"base", "robot", "sim", "data", "costs", "models", "policies", "fitting",

@@ -409,7 +409,7 @@ def test_registered_under_tvlg():
 def test_dynamics_and_policy_priors_share_one_gmm_prior():
     """Issue 13: the GMM/NIW prior exists once (models/gmm_prior.py); the dynamics prior
     and the policy linearisation's prior only decide which points they keep."""
-    from mbrl_ros.core.algorithms.policy_fit import PolicyPriorGMM
+    from mbrl_ros.core.policies.linearization import PolicyPriorGMM
 
     for cls in (DynamicsPriorGMM, PolicyPriorGMM):
         assert issubclass(cls, GMMPrior)

@@ -11,7 +11,7 @@ implementation (cbfinn/gps ``AlgorithmMDGPS``). One iteration:
    condition's time-varying linear-Gaussian dynamics
    (:class:`~mbrl_ros.core.models.tvlg.TVLGModel`).
 3. **Policy linearisation**: fit the global policy pi as a linear-Gaussian controller
-   around each condition's samples (:mod:`.policy_fit`).
+   around each condition's samples (:mod:`mbrl_ros.core.policies.linearization`).
 4. **Step size** (from the second iteration): compare the improvement of the global
    policy that the last C-step predicted with the one that happened, under the Laplace
    (LQG) cost estimate or the sample (Monte-Carlo) costs, and rescale the KL bound
@@ -19,9 +19,9 @@ implementation (cbfinn/gps ``AlgorithmMDGPS``). One iteration:
    quadratic in the step, new_mult = predicted / (2 (predicted - actual)), clipped to
    [min_mult, max_mult], and step_mult *= new_mult within [min_step_mult, max_step_mult].
 5. **C-step**: p_m <- argmin E[cost] s.t. KL(p_m || pi_m^lin) <= epsilon = kl_step *
-   step_mult * T (:func:`~mbrl_ros.core.algorithms.traj_opt.kl_constrained_update`).
+   step_mult * T (:func:`~mbrl_ros.core.lqr.kl_step.kl_constrained_update`).
 6. **S-step**: train pi on the controllers' mean actions at the sampled states, weighted
-   by their precisions (:class:`~mbrl_ros.core.algorithms.global_policy.PolicyTrainer`).
+   by their precisions (:class:`~mbrl_ros.core.policies.neural.PolicyTrainer`).
 
 On the first iteration the global policy is first trained on the initial controllers, so
 the first C-step is measured against something meaningful (as the reference does).
@@ -58,9 +58,9 @@ from typing import Callable, Protocol, Sequence, runtime_checkable
 import numpy as np
 
 from mbrl_ros.core.policies.neural import NeuralPolicy, PolicySettings, PolicyTrainer
-from mbrl_ros.core.algorithms.policy_fit import PolicyPriorGMM, fit_policy_linearization
+from mbrl_ros.core.policies.linearization import PolicyPriorGMM, fit_policy_linearization
 from mbrl_ros.core.algorithms.sampler import EnvSampler, Sampler, SamplerError
-from mbrl_ros.core.algorithms.traj_opt import (
+from mbrl_ros.core.lqr.kl_step import (
     CostExpansion,
     TrajOptError,
     TrajOptResult,
@@ -225,8 +225,8 @@ class MDGPS:
         settings: :class:`GPSSettings`.
         dynamics: settings of the per-condition TVLG models and their shared prior
             (default: cbfinn/gps MuJoCo example values, prior keeping 2 iterations).
-        traj_opt: :class:`~mbrl_ros.core.algorithms.traj_opt.TrajOptSettings`.
-        policy: :class:`~mbrl_ros.core.algorithms.global_policy.PolicySettings`.
+        traj_opt: :class:`~mbrl_ros.core.lqr.kl_step.TrajOptSettings`.
+        policy: :class:`~mbrl_ros.core.policies.neural.PolicySettings`.
         initial_controllers: one LinearGaussianPolicy per condition (default:
             :func:`initial_controller` with ``settings.init_std``).
         distance: task metric of a final state (nx,) -> float reported per condition for

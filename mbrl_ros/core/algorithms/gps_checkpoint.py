@@ -38,7 +38,7 @@ from typing import Any, Callable
 import numpy as np
 
 from mbrl_ros.core.algorithms.gps import MDGPS, IterationRecord, _Iter
-from mbrl_ros.core.algorithms.traj_opt import CostExpansion
+from mbrl_ros.core.lqr.kl_step import CostExpansion
 from mbrl_ros.core.models.base import Linearization, ModelSpec
 from mbrl_ros.core.policies.linear_gaussian import LinearGaussianPolicy
 from mbrl_ros.core.store import _fsync_dir, _sha256, remove_stale

@@ -3,7 +3,7 @@
 Guided policy search fits two kinds of time-varying linear-Gaussian maps from a handful of
 samples per time step: the dynamics x_{t+1} | [x_t, u_t]
 (:class:`~mbrl_ros.core.models.tvlg.TVLGModel`) and the global policy's linearisation
-u_t | x_t (:mod:`mbrl_ros.core.algorithms.policy_fit`). Both are the Gaussian conditional
+u_t | x_t (:mod:`mbrl_ros.core.policies.linearization`). Both are the Gaussian conditional
 of a joint Gaussian over the step's points, fitted with a NIW prior whose parameters come
 from a Gaussian mixture fitted to the points of recent samples (all time steps): Levine &
 Abbeel (2014), "Learning Neural Network Policies with Guided Policy Search under Unknown
