@@ -9,8 +9,8 @@ import pytest
 from mbrl_ros.core import registry
 from mbrl_ros.core.policies.neural import (NeuralPolicy, PolicySettings,
                                                     load_policy, publish_policy)
-from mbrl_ros.core.algorithms.gps import MDGPS, GPSError, GPSSettings, sample_kl
-from mbrl_ros.core.lqr.kl_step import TrajOptSettings
+from mbrl_ros.core.algorithms.gps import MDGPS, GPSError, GPSSettings
+from mbrl_ros.core.lqr.kl_step import TrajOptSettings, sample_kl
 from mbrl_ros.core.costs import QuadraticCost
 from mbrl_ros.core.models.base import ModelSpec
 from mbrl_ros.core.policies.linear_gaussian import LinearGaussianPolicy

@@ -46,6 +46,7 @@ LAYER_OF = {
     "mbrl_ros.bringup": "bringup",                # the ROS-free launch plan
     "mbrl_ros.ros": "ros",
     "mbrl_ros.cli": "cli",
+    "mbrl_ros.cli_gps": "cli",                    # the gps subcommand of the CLI
 }
 
 _CORE = {"base", "robot", "data", "models", "costs", "policies", "lqr", "fitting",

@@ -17,7 +17,8 @@ implementation (cbfinn/gps ``AlgorithmMDGPS``). One iteration:
    (LQG) cost estimate or the sample (Monte-Carlo) costs, and rescale the KL bound
    (cbfinn/gps ``_stepadjust`` / ``_set_new_mult``): with the improvement modelled as
    quadratic in the step, new_mult = predicted / (2 (predicted - actual)), clipped to
-   [min_mult, max_mult], and step_mult *= new_mult within [min_step_mult, max_step_mult].
+   [min_mult, max_mult], and step_mult *= new_mult within [min_step_mult, max_step_mult]
+   (:mod:`.gps_step`).
 5. **C-step**: p_m <- argmin E[cost] s.t. KL(p_m || pi_m^lin) <= epsilon = kl_step *
    step_mult * T (:func:`~mbrl_ros.core.lqr.kl_step.kl_constrained_update`).
 6. **S-step**: train pi on the controllers' mean actions at the sampled states, weighted
@@ -57,28 +58,27 @@ from typing import Callable, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
-from mbrl_ros.core.policies.neural import NeuralPolicy, PolicySettings, PolicyTrainer
-from mbrl_ros.core.policies.linearization import PolicyPriorGMM, fit_policy_linearization
+from mbrl_ros.core.algorithms.gps_step import StepState, adjust_step, shrink_step
 from mbrl_ros.core.algorithms.sampler import EnvSampler, Sampler, SamplerError
+from mbrl_ros.core.costs.quadratic import Cost
 from mbrl_ros.core.lqr.kl_step import (
     CostExpansion,
     TrajOptError,
     TrajOptResult,
     TrajOptSettings,
-    expected_cost,
-    forward,
     kl_constrained_update,
-    policy_arrays,
     sample_costs,
+    sample_kl,
 )
-from mbrl_ros.core.costs.quadratic import Cost
 from mbrl_ros.core.models.base import Linearization
 from mbrl_ros.core.models.tvlg import TVLGModel, TVLGSettings
 from mbrl_ros.core.policies.linear_gaussian import LinearGaussianPolicy
+from mbrl_ros.core.policies.linearization import PolicyPriorGMM, fit_policy_linearization
+from mbrl_ros.core.policies.neural import NeuralPolicy, PolicySettings, PolicyTrainer
 from mbrl_ros.core.settings import setting
 
 __all__ = ["Environment", "GPSError", "GPSSettings", "IterationRecord", "MDGPS",
-           "initial_controller", "sample_kl"]
+           "initial_controller"]
 
 
 class GPSError(RuntimeError):
@@ -204,17 +204,6 @@ class IterationRecord:
         return dataclasses.asdict(self)
 
 
-@dataclass
-class _Iter:
-    """Per-iteration quantities the step adaptation compares across iterations."""
-    dyn: list[Linearization]
-    x0: list[tuple[np.ndarray, np.ndarray]]
-    expansion: list[CostExpansion]
-    pol_lin: list[LinearGaussianPolicy]
-    new_ctrl: list[LinearGaussianPolicy] | None
-    sample_cost: np.ndarray            # (M,) mean sample cost
-
-
 class MDGPS:
     """Mirror-descent guided policy search.
 
@@ -293,7 +282,7 @@ class MDGPS:
         self.history: list[IterationRecord] = []
         self.last_results: list[TrajOptResult] = []
         self.last_samples: tuple[np.ndarray, np.ndarray] | None = None
-        self._prev: _Iter | None = None
+        self._prev: StepState | None = None
         self._pending_discards: tuple[int, list[str], float] = (0, [], 0.0)
 
     def attach(self, env: Environment, distance=None, sampler: Sampler | None = None) -> None:
@@ -411,34 +400,6 @@ class MDGPS:
                                             u_min=self.u_min, u_max=self.u_max))
         return out
 
-    @staticmethod
-    def _estimate(policy: LinearGaussianPolicy, dyn: Linearization,
-                  x0: tuple[np.ndarray, np.ndarray], expansion: CostExpansion) -> float:
-        """Laplace (LQG) estimate of the expected cost of ``policy``."""
-        K, k, cov = policy_arrays(policy)
-        return float(expected_cost(forward(K, k, cov, dyn, *x0), expansion).sum())
-
-    def _step_adjust(self, cur: _Iter) -> tuple[float, float]:
-        """MDGPS step-size rule (one multiplier for all conditions)."""
-        prev, s = self._prev, self.settings
-        M = self.M
-        prev_laplace = np.mean([self._estimate(prev.pol_lin[m], prev.dyn[m], prev.x0[m],
-                                               prev.expansion[m]) for m in range(M)])
-        prev_predicted = np.mean([self._estimate(prev.new_ctrl[m], prev.dyn[m], prev.x0[m],
-                                                 prev.expansion[m]) for m in range(M)])
-        if s.step_rule == "laplace":
-            cur_laplace = np.mean([self._estimate(cur.pol_lin[m], cur.dyn[m], cur.x0[m],
-                                                  cur.expansion[m]) for m in range(M)])
-            predicted = prev_laplace - prev_predicted
-            actual = prev_laplace - cur_laplace
-        else:
-            predicted = float(prev.sample_cost.mean()) - prev_predicted
-            actual = float(prev.sample_cost.mean() - cur.sample_cost.mean())
-        new_mult = predicted / (2.0 * max(1e-4, predicted - actual))
-        new_mult = min(max(new_mult, s.min_mult), s.max_mult)
-        self.step_mult = min(max(new_mult * self.step_mult, s.min_step_mult), s.max_step_mult)
-        return float(predicted), float(actual)
-
     # ------------------------------------------------------------------ iteration
     def draw_samples(self) -> tuple[np.ndarray, np.ndarray, float, tuple]:
         """This iteration's samples from the current controllers: (X, U, seconds,
@@ -502,29 +463,14 @@ class MDGPS:
         timings["policy_linearization"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
-        cur = _Iter(dyn, x0, expansion, pol_lin, None,
-                    np.array([c.sum(axis=1).mean() for c in costs]))
+        cur = StepState(dyn, x0, expansion, pol_lin, None,
+                        np.array([c.sum(axis=1).mean() for c in costs]))
         predicted = actual = None
         if self._prev is not None:
-            predicted, actual = self._step_adjust(cur)
-            prev_rec = self.history[-1] if self.history else None
-            shrink = False
-            bad = [] if prev_rec is None else \
-                [m for m, st in enumerate(prev_rec.traj_opt_status) if st in ("max_eta", "failed")]
-            if bad:
-                warnings.append(f"the last C-step could not meet its KL bound "
-                                f"{prev_rec.epsilon:.3g} nats even at the largest eta or "
-                                f"failed (conditions {bad})")
-                shrink = True
-            if kl_prev is not None and prev_rec is not None and \
-                    max(kl_prev) > s.kl_sample_limit * prev_rec.epsilon:
-                warnings.append(f"the last C-step's KL measured on the samples "
-                                f"({max(kl_prev):.3g} nats) exceeds {s.kl_sample_limit:g} x "
-                                f"its bound {prev_rec.epsilon:.3g}")
-                shrink = True
-            if shrink:
-                self.step_mult = max(0.5 * self.step_mult, s.min_step_mult)
-                warnings.append(f"step multiplier halved to {self.step_mult:.3g}")
+            self.step_mult, predicted, actual = adjust_step(self._prev, cur, self.step_mult, s)
+            self.step_mult, notes = shrink_step(self.history[-1] if self.history else None,
+                                                kl_prev, self.step_mult, s)
+            warnings += notes
         epsilon = s.kl_step * self.step_mult * T
         results, new_ctrl, kls, etas, statuses = [], [], [], [], []
         for m in range(M):
@@ -596,25 +542,3 @@ class MDGPS:
                 callback(rec)
         return out
 
-
-def sample_kl(controller: LinearGaussianPolicy, reference: LinearGaussianPolicy,
-              X: np.ndarray) -> float:
-    """KL(controller || reference) summed over the T steps, averaged over sampled states
-    X (N, T, nx) instead of the state marginals under fitted dynamics: what the KL bound
-    of a C-step became on the system (cbfinn/gps reports the same check).
-
-    KL_t(x) = 0.5 [tr(P_r S) - nu + log|S_r| - log|S| + d' P_r d], d = (K - K_r) x + k - k_r.
-    """
-    K, k, cov = policy_arrays(controller)
-    rK, rk, rcov = policy_arrays(reference)
-    X = np.asarray(X, dtype=np.float64)
-    T = X.shape[1]
-    K, k, cov, rK, rk, rcov = K[:T], k[:T], cov[:T], rK[:T], rk[:T], rcov[:T]
-    nu = K.shape[1]
-    rprec = np.linalg.inv(rcov)
-    ld_r = np.linalg.slogdet(rcov)[1]
-    ld = np.linalg.slogdet(cov)[1]
-    d = np.einsum("tij,ntj->nti", K - rK, X) + (k - rk)                    # (N, T, nu)
-    quad = np.einsum("nti,tij,ntj->nt", d, rprec, d).mean(axis=0)
-    kl = 0.5 * (np.einsum("tij,tji->t", rprec, cov) - nu + ld_r - ld + quad)
-    return float(np.maximum(kl, 0.0).sum())

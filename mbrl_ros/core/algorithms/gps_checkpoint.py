@@ -37,7 +37,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from mbrl_ros.core.algorithms.gps import MDGPS, IterationRecord, _Iter
+from mbrl_ros.core.algorithms.gps import MDGPS, IterationRecord
+from mbrl_ros.core.algorithms.gps_step import StepState
 from mbrl_ros.core.lqr.kl_step import CostExpansion
 from mbrl_ros.core.models.base import Linearization, ModelSpec
 from mbrl_ros.core.policies.linear_gaussian import LinearGaussianPolicy
@@ -320,8 +321,9 @@ def restore_mdgps(gps: MDGPS, meta: dict, arrays: dict[str, np.ndarray],
             pol_lin.append(_get_lg(arrays, meta, f"prev{m}.pol_lin"))
             if meta["prev_new_ctrl"]:
                 new_ctrl.append(_get_lg(arrays, meta, f"prev{m}.new_ctrl"))
-        gps._prev = _Iter(dyn, x0, exp, pol_lin, new_ctrl if meta["prev_new_ctrl"] else None,
-                          arrays["prev.sample_cost"])
+        gps._prev = StepState(dyn, x0, exp, pol_lin,
+                              new_ctrl if meta["prev_new_ctrl"] else None,
+                              arrays["prev.sample_cost"])
 
 
 # ---------------------------------------------------------------------- checkpoints

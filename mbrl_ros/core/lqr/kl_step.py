@@ -28,7 +28,8 @@ it still above. A Q_uu that is not positive definite raises eta (eta0 + d, d dou
 Conventions follow :class:`~mbrl_ros.core.policies.linear_gaussian.LinearGaussianPolicy`:
 T steps, states x_0 .. x_T, actions u_0 .. u_{T-1}, cost ``sum_t stage(x_t, u_t) +
 terminal(x_T)``; controllers are held as LinearGaussianPolicy objects and used in their
-GPS form (K, ``k_gps``, cov).
+GPS form (K, ``k_gps``, cov). :func:`sample_kl` measures the KL of an update on sampled
+states instead of the fitted state marginals (what its bound became on the system).
 """
 from __future__ import annotations
 
@@ -46,7 +47,7 @@ from mbrl_ros.core.settings import setting
 
 __all__ = ["TrajOptSettings", "CostExpansion", "Marginals", "TrajOptResult", "TrajOptError",
            "sample_costs", "forward", "expected_cost", "kl_divergence", "lqg_backward",
-           "kl_constrained_update", "policy_arrays"]
+           "kl_constrained_update", "policy_arrays", "sample_kl"]
 
 
 class TrajOptError(ValueError):
@@ -282,6 +283,29 @@ def kl_divergence(K: np.ndarray, k: np.ndarray, cov: np.ndarray, ref_K: np.ndarr
                 + np.einsum("ti,tij,tj->t", d, ref_prec, d)
                 + np.einsum("tji,tjk,tki->t", dK, PdK, S_x))
     return np.maximum(kl, 0.0)
+
+
+def sample_kl(controller: LinearGaussianPolicy, reference: LinearGaussianPolicy,
+              X: np.ndarray) -> float:
+    """KL(controller || reference) summed over the T steps, averaged over sampled states
+    X (N, T, nx) instead of the state marginals under fitted dynamics: what the KL bound
+    of a C-step became on the system (cbfinn/gps reports the same check).
+
+    KL_t(x) = 0.5 [tr(P_r S) - nu + log|S_r| - log|S| + d' P_r d], d = (K - K_r) x + k - k_r.
+    """
+    K, k, cov = policy_arrays(controller)
+    rK, rk, rcov = policy_arrays(reference)
+    X = np.asarray(X, dtype=np.float64)
+    T = X.shape[1]
+    K, k, cov, rK, rk, rcov = K[:T], k[:T], cov[:T], rK[:T], rk[:T], rcov[:T]
+    nu = K.shape[1]
+    rprec = np.linalg.inv(rcov)
+    ld_r = np.linalg.slogdet(rcov)[1]
+    ld = np.linalg.slogdet(cov)[1]
+    d = np.einsum("tij,ntj->nti", K - rK, X) + (k - rk)                    # (N, T, nu)
+    quad = np.einsum("nti,tij,ntj->nt", d, rprec, d).mean(axis=0)
+    kl = 0.5 * (np.einsum("tij,tji->t", rprec, cov) - nu + ld_r - ld + quad)
+    return float(np.maximum(kl, 0.0).sum())
 
 
 def lqg_backward(dynamics: Linearization, expansion: CostExpansion, ref_K: np.ndarray,
