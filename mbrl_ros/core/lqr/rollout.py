@@ -1,12 +1,21 @@
-"""Compiled closed-loop rollout of an affine model under time-varying linear feedback (the
-iLQR planner's rollouts of affine models; any other model is rolled out by its
-``predict``). Compiled as :mod:`.jit` describes.
+"""Compiled closed-loop rollouts under time-varying linear feedback, the iLQR planner's
+rollouts of models that expose their mean as plain arrays: affine models
+(``affine_dynamics()``, :func:`affine_rollout_kernel`) and the ensemble's MLP members
+(``mlp_dynamics()``, :func:`mlp_rollout_kernel`); any other model is rolled out by its
+``predict``. Compiled as :mod:`.jit` describes.
 """
 from __future__ import annotations
 
+import math
+
+import numpy as np
+
 from mbrl_ros.core.lqr.jit import jit
 
-__all__ = ["affine_rollout_kernel"]
+__all__ = ["MLP_ACTIVATIONS", "affine_rollout_kernel", "mlp_rollout_kernel"]
+
+# activation name (the ensemble's setting) -> the code mlp_rollout_kernel takes
+MLP_ACTIVATIONS = {"silu": 0, "relu": 1, "tanh": 2}
 
 
 @jit
@@ -43,3 +52,96 @@ def affine_rollout_kernel(A, B, c, x0, U, xbar, K, feedback, lower, upper, xs):
                     s += B[i, j] * U[r, t, j]
                 xs[r, t + 1, i] = s
 
+
+
+@jit
+def _activate(h, act):
+    """In place: silu (0), relu (1) or tanh (2)."""
+    n = h.shape[0]
+    if act == 0:
+        for j in range(n):
+            v = h[j]
+            h[j] = v / (1.0 + math.exp(-v)) if v > -700.0 else 0.0
+    elif act == 1:
+        for j in range(n):
+            if h[j] < 0.0:
+                h[j] = 0.0
+    else:
+        for j in range(n):
+            h[j] = math.tanh(h[j])
+
+
+@jit
+def mlp_rollout_kernel(x_mean, u_mean, W0, b0, Wh, bh, WL, c, lin, act, x0, U, xbar, K,
+                       feedback, lower, upper, xs):
+    """Closed-loop rollouts of the ensemble mean
+    ``x' = x + c + zc lin + sum_e h_e(zc) WL[e]``, ``zc = [x - x_mean, u - u_mean]``,
+    ``h_e`` = the member's hidden layers (first ``W0[e], b0[e]``, then ``Wh[e, l],
+    bh[e, l]``, activation code ``act``: :data:`MLP_ACTIVATIONS`), with
+    ``u = clip(U[a, t] + K_t (x - xbar_t))`` (the feedback term only if ``feedback``), one
+    per row a of U. The arrays are the model's ``mlp_dynamics()``
+    (:class:`~mbrl_ros.core.models.ensemble.network.MLPDynamics`).
+
+    Args:
+        x_mean (nx,), u_mean (nu,), W0 (E, nx + nu, H), b0 (E, H), Wh (E, L, H, H),
+        bh (E, L, H), WL (E, H, nx), c (nx,), lin (nx + nu, nx); act int;
+        x0 (nx,); U (n, T, nu) open-loop controls, overwritten with the applied (clipped)
+        controls; xbar (T, nx), K (T, nu, nx); lower, upper (nu,) limits (may be
+        infinite); xs (n, T+1, nx) output states.
+    """
+    n, T, nu = U.shape
+    nx = x0.shape[0]
+    E, n_in, H = W0.shape
+    L = Wh.shape[1]
+    z = np.empty(n_in)
+    h = np.empty(H)
+    g = np.empty(H)
+    d = np.empty(nx)
+    for r in range(n):
+        for i in range(nx):
+            xs[r, 0, i] = x0[i]
+        for t in range(T):
+            for i in range(nu):
+                v = U[r, t, i]
+                if feedback:
+                    for j in range(nx):
+                        v += K[t, i, j] * (xs[r, t, j] - xbar[t, j])
+                if v < lower[i]:
+                    v = lower[i]
+                if v > upper[i]:
+                    v = upper[i]
+                U[r, t, i] = v
+            for i in range(nx):
+                z[i] = xs[r, t, i] - x_mean[i]
+            for i in range(nu):
+                z[nx + i] = U[r, t, i] - u_mean[i]
+            for j in range(nx):
+                d[j] = c[j]
+            for i in range(n_in):
+                zi = z[i]
+                for j in range(nx):
+                    d[j] += zi * lin[i, j]
+            for e in range(E):
+                for j in range(H):
+                    h[j] = b0[e, j]
+                for i in range(n_in):
+                    zi = z[i]
+                    for j in range(H):
+                        h[j] += zi * W0[e, i, j]
+                _activate(h, act)
+                for k in range(L):
+                    for j in range(H):
+                        g[j] = bh[e, k, j]
+                    for i in range(H):
+                        hi = h[i]
+                        for j in range(H):
+                            g[j] += hi * Wh[e, k, i, j]
+                    _activate(g, act)
+                    for j in range(H):
+                        h[j] = g[j]
+                for i in range(H):
+                    hi = h[i]
+                    for j in range(nx):
+                        d[j] += hi * WL[e, i, j]
+            for j in range(nx):
+                xs[r, t + 1, j] = xs[r, t, j] + d[j]

@@ -9,12 +9,12 @@ import numpy as np
 
 from mbrl_ros.core.lqr.kernels import (boxqp_kernel, prepare_kernel, riccati_kernel,
                                        spd_inverse_kernel)
-from mbrl_ros.core.lqr.rollout import affine_rollout_kernel
+from mbrl_ros.core.lqr.rollout import affine_rollout_kernel, mlp_rollout_kernel
 
 __all__ = ["KERNELS", "warm_up", "warm_up_seconds"]
 
 KERNELS = (boxqp_kernel, prepare_kernel, riccati_kernel, affine_rollout_kernel,
-           spd_inverse_kernel)
+           spd_inverse_kernel, mlp_rollout_kernel)
 _warm_lock = threading.Lock()
 _warm_seconds: float | None = None
 
@@ -47,6 +47,14 @@ def _exercise() -> None:
     affine_rollout_kernel(np.eye(nx), np.ones((nx, nu)), np.zeros(nx), np.ones(nx),
                           np.zeros((3, T, nu)), np.zeros((T, nx)), np.zeros((T, nu, nx)),
                           True, -du[0], du[0], np.empty((3, T + 1, nx)))
+    E, H = 2, 3
+    for act in (0, 1, 2):
+        mlp_rollout_kernel(np.zeros(nx), np.zeros(nu), np.ones((E, nx + nu, H)),
+                           np.zeros((E, H)), np.ones((E, 1, H, H)), np.zeros((E, 1, H)),
+                           np.ones((E, H, nx)), np.zeros(nx), np.zeros((nx + nu, nx)), act,
+                           np.ones(nx), np.zeros((3, T, nu)), np.zeros((T, nx)),
+                           np.zeros((T, nu, nx)), True, -du[0], du[0],
+                           np.empty((3, T + 1, nx)))
 
 
 def warm_up() -> float:

@@ -13,7 +13,8 @@ import torch
 from mbrl_ros.core import registry
 from mbrl_ros.core.models.base import (DynamicsModel, InputFeatures, Linearization, ModelError,
                                        ModelSpec, Normalizer, check_xu)
-from mbrl_ros.core.models.ensemble.network import ACTIVATIONS, DTYPES, Network
+from mbrl_ros.core.models.ensemble.network import (ACTIVATION_GRADS, ACTIVATIONS, DTYPES,
+                                                   MLPDynamics, Network)
 from mbrl_ros.core.models.ensemble.propagation import Propagation
 from mbrl_ros.core.models.ensemble.trainer import Trainer
 from mbrl_ros.core.models.pipeline import DeltaPipeline
@@ -135,6 +136,9 @@ class EnsembleModel(Network, Trainer, Propagation, DynamicsModel):
         # Elite parameters with the normalisers and the linear prior folded in, for
         # rollout(); built on first use after every fit/load.
         self._folded: dict | None = None
+        self._folded64: dict | None = None
+        # The fold as numpy float64 arrays (mlp_dynamics), built on first use likewise.
+        self._mlp: tuple | None = None
         # Linear prior (numpy float64 A (in, nx), c (nx,), residual std (nx,)) and its
         # torch form used inside the forward pass; None without the prior.
         self.linear: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
@@ -187,7 +191,11 @@ class EnsembleModel(Network, Trainer, Propagation, DynamicsModel):
         return mean.var(axis=0).mean(axis=1)
 
     def linearize(self, xs: np.ndarray, us: np.ndarray) -> Linearization:
-        """Autograd Jacobian of the predicted mean along a trajectory (all T at once).
+        """Jacobian of the predicted mean along a trajectory (all T at once).
+
+        Analytic (one batched reverse pass through the folded network, float64,
+        :meth:`_mean_jacobian`) for models without sin/cos inputs; else autograd
+        (:meth:`linearize_reference`, which both paths are tested against).
 
         Args:
             xs: (T, nx), us: (T, nu).
@@ -197,6 +205,35 @@ class EnsembleModel(Network, Trainer, Propagation, DynamicsModel):
             ``fx x + fu u + f0`` equals the predicted mean at the knots, and cov
             (T, nx, nx) = diag(predicted variance).
         """
+        return self._linearize(xs, us, with_cov=True)
+
+    def linearize_mean(self, xs: np.ndarray, us: np.ndarray) -> Linearization:
+        """:meth:`linearize` without the covariance (``cov`` None), for planners that use
+        only fx and fu (iLQR): skips the log-variance head."""
+        return self._linearize(xs, us, with_cov=False)
+
+    def _linearize(self, xs, us, with_cov: bool) -> Linearization:
+        self._require_fitted()
+        xs, us = check_xu(self.spec, xs, us)
+        if self.features.periodic.size:
+            lin = self.linearize_reference(xs, us)
+            return lin if with_cov else Linearization(lin.fx, lin.fu, lin.f0)
+        T, nx = xs.shape
+        mean, J = self._mean_jacobian(xs, us)
+        fx = J[:, :, :nx] + np.eye(nx)[None]
+        fu = J[:, :, nx:]
+        cov = None
+        if with_cov:
+            # f0 and cov from predict (the model's own dtype), as linearize_reference
+            mean, var = self.predict(xs, us)
+            cov = np.zeros((T, nx, nx))
+            cov[:, np.arange(nx), np.arange(nx)] = var
+        f0 = mean - np.einsum("tij,tj->ti", fx, xs) - np.einsum("tij,tj->ti", fu, us)
+        return Linearization(fx, fu, f0, cov)
+
+    def linearize_reference(self, xs: np.ndarray, us: np.ndarray) -> Linearization:
+        """:meth:`linearize` by autograd through the torch network (``torch_dtype``), for
+        any input features; the reference the analytic path is tested against."""
         self._require_fitted()
         xs, us = check_xu(self.spec, xs, us)
         T, nx = xs.shape
@@ -219,6 +256,60 @@ class EnsembleModel(Network, Trainer, Propagation, DynamicsModel):
         cov = np.zeros((T, nx, nx))
         cov[:, np.arange(nx), np.arange(nx)] = var
         return Linearization(fx, fu, f0, cov)
+
+    def mlp_dynamics(self) -> MLPDynamics | None:
+        """The elite members' mean as plain float64 arrays (the fold of
+        :meth:`~.propagation.Propagation._fold64`): next state
+        ``x + c + zc @ lin + sum_e act(...act(zc @ W0[e] + b0[e])... ) @ WL[e]`` with
+        ``zc = [x - x_mean, u - u_mean]`` (``WL`` already divided by the number of elites).
+        For compiled closed-loop rollouts (the iLQR planner) and :meth:`_mean_jacobian`.
+        None with sin/cos input features (not affine in the first layer)."""
+        self._require_fitted()
+        if self.features.periodic.size:
+            return None
+        if self._mlp is None:
+            f = self._fold64()
+            H, nx = f["H"], self.spec.nx
+            E = f["first_w"].shape[0]
+            def a(t):
+                return np.ascontiguousarray(t.detach().numpy(), dtype=np.float64)
+            hidden = f["hidden"]
+            Wh = (a(torch.stack([W for W, _ in hidden], dim=1)) if hidden
+                  else np.zeros((E, 0, H, H)))
+            bh = (a(torch.stack([b[:, 0] for _, b in hidden], dim=1)) if hidden
+                  else np.zeros((E, 0, H)))
+            fb = a(f["first_b"])[:, 0]                                    # (E, H + nx)
+            self._mlp = MLPDynamics(
+                x_mean=a(f["x_mean"]), u_mean=a(f["u_mean"]),
+                W0=a(f["first_w"][..., :H]), b0=np.ascontiguousarray(fb[:, :H]),
+                Wh=Wh, bh=bh, WL=a(f["last_mean"]) / E,
+                c=np.ascontiguousarray(fb[:, H:].mean(axis=0)),
+                lin=a(f["first_w"][0, :, H:]), activation=self.settings.activation)
+        return self._mlp
+
+    def _mean_jacobian(self, xs: np.ndarray, us: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Next-state mean (T, nx) and the Jacobian of the state change (T, nx, nx + nu)
+        with respect to [x, u] at T knots, from one batched forward and reverse pass over
+        the knots and the elites (float64 numpy: BLAS products over (E, T nx, H) blocks;
+        no autograd, no replicated inputs)."""
+        m = self.mlp_dynamics()
+        E, n_in, H = m.W0.shape
+        T, nx = xs.shape
+        act_grad = ACTIVATION_GRADS[m.activation]
+        zc = np.concatenate([xs - m.x_mean, us - m.u_mean], axis=1)      # (T, in)
+        h, d = act_grad(zc @ m.W0 + m.b0[:, None, :])                     # (E, T, H)
+        derivs = [d]
+        for k in range(m.Wh.shape[1]):
+            h, d = act_grad(h @ m.Wh[:, k] + m.bh[:, k, None, :])
+            derivs.append(d)
+        mean = xs + m.c + zc @ m.lin + (h @ m.WL).sum(axis=0)
+        # reverse pass: G = d out_e / d h_l, (E, T, nx, H), from the last layer down
+        G = np.swapaxes(m.WL, 1, 2)[:, None] * derivs[-1][:, :, None, :]
+        for k in range(m.Wh.shape[1] - 1, -1, -1):
+            G = (G.reshape(E, T * nx, H) @ np.swapaxes(m.Wh[:, k], 1, 2)
+                 ).reshape(E, T, nx, H) * derivs[k][:, :, None, :]
+        J = (G.reshape(E, T * nx, H) @ np.swapaxes(m.W0, 1, 2)).reshape(E, T, nx, n_in)
+        return mean, J.sum(axis=0) + m.lin.T[None]
 
     # ------------------------------------------------------------------ artifacts
     def state_arrays(self) -> dict[str, np.ndarray]:

@@ -10,7 +10,7 @@ prior's residual in units of its spread ``s``.
 from __future__ import annotations
 
 import math
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import numpy as np
 import torch
@@ -21,6 +21,45 @@ from mbrl_ros.core.models.base import ModelError
 ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "silu": F.silu, "relu": F.relu, "tanh": torch.tanh}
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+def _silu_grad(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    s = 0.5 * (1.0 + np.tanh(0.5 * x))          # the logistic function, without overflow
+    return x * s, s * (1.0 + x * (1.0 - s))
+
+
+def _relu_grad(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    return np.maximum(x, 0.0), (x > 0.0).astype(x.dtype)
+
+
+def _tanh_grad(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    h = np.tanh(x)
+    return h, 1.0 - h * h
+
+
+# numpy float64 activations with their derivatives (the analytic Jacobian), same keys
+ACTIVATION_GRADS: dict[str, Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]] = {
+    "silu": _silu_grad, "relu": _relu_grad, "tanh": _tanh_grad}
+
+
+class MLPDynamics(NamedTuple):
+    """The ensemble's mean prediction as plain float64 arrays (numpy, C-contiguous):
+
+    ``x' = x + c + zc @ lin + sum_e h_e @ WL[e]``, ``zc = [x - x_mean, u - u_mean]``,
+    ``h_e = act(... act(act(zc @ W0[e] + b0[e]) @ Wh[e, 0] + bh[e, 0]) ...)``
+    (E elites, L = ``Wh.shape[1]`` hidden-to-hidden layers of width H; input
+    normalisation, linear prior, output scaling and the 1/E of the mean folded in).
+    """
+    x_mean: np.ndarray      # (nx,)
+    u_mean: np.ndarray      # (nu,)
+    W0: np.ndarray          # (E, nx + nu, H)
+    b0: np.ndarray          # (E, H)
+    Wh: np.ndarray          # (E, L, H, H)
+    bh: np.ndarray          # (E, L, H)
+    WL: np.ndarray          # (E, H, nx), divided by E
+    c: np.ndarray           # (nx,) mean of member_c
+    lin: np.ndarray         # (nx + nu, nx)
+    activation: str         # a key of ACTIVATIONS
 # Rows per member in one batched forward pass when predicting for many particles.
 _CHUNK = 1024
 
@@ -94,7 +133,7 @@ class Network:
         """Elite weights as contiguous no-grad tensors, and torch copies of the normalisers,
         so every prediction avoids re-indexing the weights and numpy conversions."""
         e = torch.as_tensor(self.elites, dtype=torch.long)
-        self._folded = None
+        self._folded = self._folded64 = self._mlp = None
         with torch.no_grad():
             self._elite_params = ([W.detach()[e].contiguous() for W in self.weights],
                                   [b.detach()[e].contiguous() for b in self.biases],

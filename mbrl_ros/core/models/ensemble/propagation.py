@@ -141,8 +141,10 @@ class Propagation:
         return x + self._t_out_mean + self._t_out_std * delta
 
     # ------------------------------------------------------------------ whole-horizon rollouts
-    def _fold(self) -> dict:
-        """Elite parameters with the normalisers and the linear prior folded in (cached).
+    def _fold64(self) -> dict:
+        """Elite parameters with the normalisers and the linear prior folded in, float64
+        torch tensors (cached): the one fold behind :meth:`_fold` (torch, ``torch_dtype``)
+        and :meth:`mlp_dynamics` (numpy float64, compiled rollouts and Jacobians).
 
         In centred coordinates ``xc = x - in_mean[:nx]``, ``uc = u - in_mean[nx:]`` the
         normalised input is ``[xc, uc] / in_std``, so the first layer is
@@ -152,11 +154,10 @@ class Propagation:
         ``out_mean + out_std (c + z A + res_std net)``, are affine too: their input terms
         become ``nx`` extra output columns of the first layer's product, the scales go
         into the last layer's mean columns and the constants into one per-member bias.
-        Computed in float64, stored in ``torch_dtype``.
         """
-        if self._folded is not None:
-            return self._folded
-        f64, dt = torch.float64, self.torch_dtype
+        if self._folded64 is not None:
+            return self._folded64
+        f64 = torch.float64
         Ws, bs, max_lv, min_lv = self._elite_params
         nx, nu = self.spec.nx, self.spec.nu
         E = Ws[0].shape[0]
@@ -176,16 +177,27 @@ class Propagation:
             const, scale, lv_shift = om, osd, torch.zeros(nx, dtype=f64)
         first_w = torch.cat([W0, lin.expand(E, nx + nu, nx)], dim=2)     # (E, in, H + nx)
         first_b = torch.cat([bs[0].to(f64), bL[..., :nx] * scale + const], dim=2)
+        self._folded64 = {
+            "x_mean": torch.as_tensor(self.in_norm.mean[:nx], dtype=f64),
+            "u_mean": torch.as_tensor(self.in_norm.mean[nx:], dtype=f64),
+            "first_w": first_w.contiguous(), "first_b": first_b.contiguous(),
+            "hidden": [(W.to(f64), b.to(f64)) for W, b in zip(Ws[1:-1], bs[1:-1])],
+            "last_mean": (WL[..., :nx] * scale).contiguous(), "last_lv": WL[..., nx:],
+            "last_lv_b": bL[..., nx:] + lv_shift, "out_std": osd,
+            "max_lv": max_lv.to(f64), "min_lv": min_lv.to(f64), "H": Ws[0].shape[2]}
+        return self._folded64
+
+    def _fold(self) -> dict:
+        """:meth:`_fold64` in ``torch_dtype`` (cached), for the torch rollouts."""
+        if self._folded is not None:
+            return self._folded
+        f = self._fold64()
         def t(a):
-            return a.to(dt).contiguous()
-        self._folded = {
-            "x_mean": t(torch.as_tensor(self.in_norm.mean[:nx], dtype=f64)),
-            "u_mean": t(torch.as_tensor(self.in_norm.mean[nx:], dtype=f64)),
-            "first_w": t(first_w), "first_b": t(first_b),
-            "hidden": [(t(W), t(b)) for W, b in zip(Ws[1:-1], bs[1:-1])],
-            "last_mean": t(WL[..., :nx] * scale), "last_lv": t(WL[..., nx:]),
-            "last_lv_b": t(bL[..., nx:] + lv_shift), "out_std": t(osd),
-            "max_lv": max_lv, "min_lv": min_lv, "H": Ws[0].shape[2]}
+            return a.to(self.torch_dtype).contiguous()
+        self._folded = {k: ([(t(W), t(b)) for W, b in v] if k == "hidden"
+                            else v if k == "H" else t(v)) for k, v in f.items()}
+        # the log-variance bounds as the network holds them (no round trip via float64)
+        self._folded["max_lv"], self._folded["min_lv"] = self._elite_params[2:]
         return self._folded
 
     def _rollout_stepwise(self, x0, U, mode, generator, sample, out, disagreement):

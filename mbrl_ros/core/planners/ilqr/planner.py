@@ -41,7 +41,8 @@ from mbrl_ros.core import registry
 from mbrl_ros.core.lqr import BackwardPass, BackwardResult, warm_up
 from mbrl_ros.core.lqr.jit import as_f64
 from mbrl_ros.core.lqr.kernels import spd_inverse_kernel
-from mbrl_ros.core.lqr.rollout import affine_rollout_kernel
+from mbrl_ros.core.lqr.rollout import (MLP_ACTIVATIONS, affine_rollout_kernel,
+                                       mlp_rollout_kernel)
 from mbrl_ros.core.planners.base import Planner, shift_trajectory
 from mbrl_ros.core.planners.ilqr.settings import ILQRSettings
 from mbrl_ros.core.policies.linear_gaussian import LinearGaussianPolicy
@@ -142,6 +143,39 @@ class ILQRPlanner(Planner):
                              f"({nx},)")
         return A, B, c
 
+    def _mlp_dynamics(self, model: Any) -> tuple | None:
+        """The arguments of :func:`~mbrl_ros.core.lqr.rollout.mlp_rollout_kernel` if the
+        model offers its mean as an MLP ensemble through an optional ``mlp_dynamics()``
+        method (the ensemble without sin/cos inputs), else None."""
+        f = None if getattr(model, "time_varying", False) else getattr(
+            model, "mlp_dynamics", None)
+        m = f() if f is not None else None
+        if m is None:
+            return None
+        nx, nu = self.nx, self.nu
+        W0 = as_f64(m.W0)
+        E, n_in, H = W0.shape if W0.ndim == 3 else (0, 0, 0)
+        L = np.shape(m.Wh)[1] if np.ndim(m.Wh) == 4 else -1
+        arrays = dict(x_mean=(nx,), u_mean=(nu,), W0=(E, nx + nu, H), b0=(E, H),
+                      Wh=(E, L, H, H), bh=(E, L, H), WL=(E, H, nx), c=(nx,),
+                      lin=(nx + nu, nx))
+        bad = {k: np.shape(getattr(m, k)) for k, shape in arrays.items()
+               if np.shape(getattr(m, k)) != shape}
+        if bad or E < 1 or m.activation not in MLP_ACTIVATIONS:
+            raise ValueError(f"{self.name}: model.mlp_dynamics() returned arrays of shapes "
+                             f"{bad} (expected {arrays} for nx={nx}, nu={nu}) or activation "
+                             f"{m.activation!r} (one of {sorted(MLP_ACTIVATIONS)})")
+        return (*(as_f64(getattr(m, k)) for k in arrays), MLP_ACTIVATIONS[m.activation])
+
+    def _fast_dynamics(self, model: Any) -> tuple[str, tuple] | None:
+        """("affine", (A, B, c)) or ("mlp", kernel arguments) for the compiled rollouts, or
+        None (rollouts through ``predict``)."""
+        affine = self._affine_dynamics(model)
+        if affine is not None:
+            return "affine", affine
+        mlp = self._mlp_dynamics(model)
+        return ("mlp", mlp) if mlp is not None else None
+
     def _rollout(self, model: Any, x0: np.ndarray, ubar: np.ndarray,
                  xbar: np.ndarray | None = None, K: np.ndarray | None = None,
                  kff: np.ndarray | None = None, alphas: np.ndarray | None = None
@@ -158,17 +192,16 @@ class ILQRPlanner(Planner):
         else:
             U = ubar[None] + alphas[:, None, None] * kff[None]
         A = U.shape[0]
-        cached = getattr(self, "_affine", None)
-        affine = cached[1] if cached is not None and cached[0] is model \
-            else self._affine_dynamics(model)
-        if affine is not None:
+        cached = getattr(self, "_fast", None)
+        fast = cached[1] if cached is not None and cached[0] is model \
+            else self._fast_dynamics(model)
+        if fast is not None:
             xs = np.empty((A, T + 1, self.nx))
             fb = K is not None
             U = as_f64(U)      # clipped in place by the kernel
-            affine_rollout_kernel(*affine, as_f64(x0), U,
-                                  as_f64(xbar) if fb else self._no_xbar,
-                                  as_f64(K) if fb else self._no_K, fb,
-                                  self.u_min, self.u_max, xs)
+            kernel = affine_rollout_kernel if fast[0] == "affine" else mlp_rollout_kernel
+            kernel(*fast[1], as_f64(x0), U, as_f64(xbar) if fb else self._no_xbar,
+                   as_f64(K) if fb else self._no_K, fb, self.u_min, self.u_max, xs)
             return xs, U
         xs = np.empty((A, T + 1, self.nx))
         xs[:, 0] = x0
@@ -236,8 +269,10 @@ class ILQRPlanner(Planner):
         timings = dict(time_rollout_s=0.0, time_linearize_s=0.0,
                        time_cost_derivatives_s=0.0, time_backward_s=0.0)
 
-        # The model's affine form (if any), read once per call for all rollouts.
-        self._affine = (model, self._affine_dynamics(model))
+        # The model's affine or MLP form (if any), read once per call for all rollouts.
+        self._fast = (model, self._fast_dynamics(model))
+        # Jacobians without the model's covariance where it offers that (unused here).
+        linearize = getattr(model, "linearize_mean", None) or model.linearize
         us, shift = self._initial_actions(t0)
         K = shift_trajectory(self._K, shift)
         cov = shift_trajectory(self._cov, shift)
@@ -281,7 +316,7 @@ class ILQRPlanner(Planner):
                 break
             iterations += 1
             tic = time.perf_counter()
-            lin = model.linearize(xs[:T], us)
+            lin = linearize(xs[:T], us)
             toc = time.perf_counter()
             if not (np.isfinite(lin.fx).all() and np.isfinite(lin.fu).all()):
                 # Regularisation cannot repair NaN Jacobians; keep the current plan.
@@ -321,7 +356,8 @@ class ILQRPlanner(Planner):
             accepted_step = False
             dV = res.dV
             if s.parallel_line_search == "always" or (
-                    s.parallel_line_search == "auto" and getattr(model, "vectorized", False)):
+                    s.parallel_line_search == "auto" and getattr(model, "vectorized", False)
+                    and (self._fast[1] is None or self._fast[1][0] == "affine")):
                 xs_a, us_a = self._rollout(model, x0, us, xs, K, res.k, alphas)
                 Js = self._cost(cost, xs_a, us_a)
                 for i, a in enumerate(alphas):
@@ -361,7 +397,7 @@ class ILQRPlanner(Planner):
             # No backward pass succeeded and nothing to reuse: open-loop policy.
             K = np.zeros((T, nu, nx))
             cov = None
-        self._affine = None
+        self._fast = None
         self._xs, self._us, self._K, self._cov = xs, us, K, cov
         self._t_nominal = float(t0)
         self.stats = dict(iterations=iterations, accepted=accepted, cost=J,
