@@ -32,6 +32,7 @@ setup(
             "excitation = mbrl_ros.ros.excitation_node:main",
             "model_fitter = mbrl_ros.ros.model_fitter:main",
             "controller = mbrl_ros.ros.controller:main",
+            "gps_trainer = mbrl_ros.ros.gps_trainer:main",
             "mbrl-ros = mbrl_ros.cli:main",
         ],
     },

@@ -1,7 +1,7 @@
 """The bring-up plan: which node processes a launch starts, and with what.
 
 One ROS-free function, :func:`plan`, turns the arguments of a launch kind (``sim``,
-``robot``, ``replay``) into the processes to start: executable, node name, namespace,
+``robot``, ``replay``, ``gps``) into the processes to start: executable, node name, namespace,
 parameter files in the order they apply, the launch's own parameter values, remappings,
 lifecycle transitions, respawn and log level. ``launch/*.launch.py`` only translate a plan
 into launch_ros actions (:mod:`mbrl_ros.ros.launch_actions`); ``mbrl-ros bringup`` starts
@@ -45,7 +45,7 @@ import yaml
 from mbrl_ros.core import registry
 
 PACKAGE = "mbrl_ros"
-KINDS = ("sim", "robot", "replay")
+KINDS = ("sim", "robot", "replay", "gps")
 # Planner ids the launches build (each planner's type is its id) and the model families,
 # from the plugin registry (core/registry.py: PLUGINS).
 PLANNERS = registry.names("planner", "mpc")
@@ -137,6 +137,23 @@ ARGUMENTS: dict[str, tuple[Argument, ...]] = {
         *_COMMON),
 }
 
+ARGUMENTS["gps"] = (
+    _arg("robot", "arm2", "arm2 | arm7 | path to an MJCF file (simulated, lockstep)"),
+    _arg("config", "", "GPS run configuration (gps_*.yaml, see config/gps_arm7.yaml; '' = the "
+         "shipped config/gps_<robot>.yaml)"),
+    _arg("out", "gps_out", "output directory: metrics.json, gps.png, checkpoint/, the "
+         "policy artifacts, nodes/ (the per-sample controllers), bags/"),
+    _arg("iterations", "0", "MDGPS iterations (0 = the config's)"),
+    _arg("conditions", "0", "training conditions used (0 = all of the config's)"),
+    _arg("samples", "0", "samples per condition and iteration (0 = the config's)"),
+    _arg("horizon", "0", "steps per sample (0 = the config's)"),
+    _arg("resume", "false", "continue the run in out from its last checkpoint", BOOLEAN),
+    _arg("reset", "sim", "how a sample reaches its start: sim = the simulator's set_state; "
+         "move = the controller drives the arm there (as on a real arm)", ("sim", "move")),
+    _ROBOT_ARGS["record"],
+    _arg("bag_dir", "", "directory the samples' bags are written under ('' = <out>/bags)"),
+    *_COMMON)
+
 CLOCK = "/clock"     # absolute by convention; a simulated robot gets its own under its namespace
 
 
@@ -157,6 +174,8 @@ class Process:
             empty for a plain node.
         respawn: restart the process when it exits instead of shutting down.
         log_level: rcl log level of the process.
+        job: the launch's task (the GPS trainer): when it exits the launch ends, with exit
+            0 (the others stopped) when it succeeded, else with an error naming it.
     """
     name: str
     executable: str
@@ -168,6 +187,7 @@ class Process:
     transitions: tuple[str, ...] = ()
     respawn: bool = False
     log_level: str = "info"
+    job: bool = False
 
     @property
     def full_name(self) -> str:
@@ -229,6 +249,8 @@ class Plan:
                 extra.append("then " + ", ".join(p.transitions))
             if p.respawn:
                 extra.append("respawn")
+            if p.job:
+                extra.append("its exit ends the launch")
             lines.append(shlex.join(cmd) + (f"   # {'; '.join(extra)}" if extra else ""))
             lines.append(f"    {p.name}.yaml: "
                          + yaml.safe_dump(dict(p.overrides), default_flow_style=True,
@@ -322,7 +344,7 @@ def plan(kind: str, args: Mapping[str, str], share: str) -> Plan:
     defaults).
 
     Args:
-        kind: ``sim``, ``robot`` or ``replay``.
+        kind: ``sim``, ``robot``, ``replay`` or ``gps``.
         args: argument values as strings, as ``name:=value`` gives them.
         share: the package's share directory (holding ``config/``).
 
@@ -336,7 +358,7 @@ def plan(kind: str, args: Mapping[str, str], share: str) -> Plan:
     ns = a["namespace"]
 
     def process(name: str, executable: str, overrides: dict, remap=(), transitions=(),
-                respawn: bool = False) -> Process:
+                respawn: bool = False, job: bool = False) -> Process:
         files = [config / f"{name}.yaml"]
         if robot_yaml is not None and robot_yaml.is_file():
             files.append(robot_yaml)
@@ -345,7 +367,7 @@ def plan(kind: str, args: Mapping[str, str], share: str) -> Plan:
             raise FileNotFoundError(f"shipped parameter file missing: {', '.join(missing)}")
         return Process(name, executable, ns, tuple(map(str, files)), overrides,
                        a["params_file"], tuple(remap), tuple(transitions), respawn,
-                       a["log_level"])
+                       a["log_level"], job)
 
     if kind == "replay":
         try:
@@ -361,6 +383,9 @@ def plan(kind: str, args: Mapping[str, str], share: str) -> Plan:
             "bags": bags, "model": a["model"], "robot": a["robot"],
             "store_dir": a["store_dir"], "live": False, "fit_every": 0,
             "fit_on_start": True}),))
+
+    if kind == "gps":
+        return _gps_plan(a, config, process)
 
     with_sim = kind == "sim"
     cn = "effort_controller" if with_sim else a["controller_name"]
@@ -407,6 +432,94 @@ def plan(kind: str, args: Mapping[str, str], share: str) -> Plan:
             ("configure", "activate") if a["activate"] == "true" else ("configure",),
             respawn=respawn))
     return Plan(kind, a, tuple(procs))
+
+
+# GPSRunConfig.control_period's default (core/algorithms/gps_run.py; the plan may not import
+# the algorithms layer): the step of a GPS config that does not set it.
+GPS_CONTROL_PERIOD = 0.05
+# The planner that moves the arm to a sample's start with reset:=move (iLQR on the MJCF).
+GPS_MOVE_PLANNER = "ilqr"
+
+
+def gps_controller_params(robot: str, dt: float, target=None, move_planner: str = ""
+                          ) -> dict[str, Any]:
+    """Controller node parameters for executing GPS samples in lockstep: the planners that
+    run them (``lg_controller``: a condition's linear-Gaussian controller with the sample's
+    noise; ``gps_policy``: the global policy), one replan per state, and safety layers that
+    would change exploratory commands off or wide (the commands it sent are what a sample
+    records in any case). ``move_planner``: also build this planner (``reset:=move``)."""
+    return {
+        "robot": robot, "model": "mujoco",
+        "planner_plugins": ["lg_controller", "gps_policy"] + ([move_planner] if move_planner
+                                                              else []),
+        "active_planner": "lg_controller", "control_mode": "on_state", "plan_mode": "sync",
+        "replan_every": 1, "control_rate": 1.0 / dt, "diagnostics_rate": 0.0,
+        "publish_plan": False, "state_timeout": 60.0,
+        **({} if target is None else
+           {"target_joint_positions": [float(v) for v in target]}),
+        "gps_policy.rollout_nominal": False, "gps_policy.reload": False,
+        # safety layers that would change exploratory commands: off / wide
+        "max_effort_rate": 1e7, "joint_limit_margin": 0.0, "limit_damping": 0.0,
+        "state_confirm": 1, "implausible_latch": 0, "state_position_margin": 1e3,
+        "state_max_velocity": [1e6], "state_max_acceleration": [1e9],
+    }
+
+
+def _gps_plan(a: dict[str, str], config: Path, process) -> Plan:
+    """Guided policy search through separate node processes: the lockstep simulator (paused
+    until the trainer runs a sample), the controller executing the samples, the data logger
+    (one bag episode per sample) and the ``gps_trainer`` (MDGPS; its exit ends the launch)."""
+    counts = {}
+    for key in ("iterations", "conditions", "samples", "horizon"):
+        try:
+            counts[key] = int(a[key])
+        except ValueError:
+            counts[key] = -1
+        if counts[key] < 0:
+            raise BringupError(f"gps: {key}:={a[key]!r} must be an integer >= 0 (0: the "
+                               "config's)")
+    label = robot_label(a["robot"])
+    run_file = Path(a["config"]).expanduser() if a["config"] else config / f"gps_{label}.yaml"
+    if not run_file.is_file():
+        raise BringupError(f"gps: config:={a['config']!r}: no such file" if a["config"] else
+                           f"gps: no shipped GPS configuration for robot {label!r} "
+                           f"({run_file}): give config:=FILE")
+    try:
+        run = yaml.safe_load(run_file.read_text()) or {}
+        dt = float(run.get("control_period", GPS_CONTROL_PERIOD))
+    except (yaml.YAMLError, AttributeError, TypeError, ValueError) as e:
+        raise BringupError(f"gps: config {run_file}: {e}") from None
+    if not dt > 0:
+        raise BringupError(f"gps: config {run_file}: control_period must be > 0")
+    ns = a["namespace"]
+    out = str(Path(a["out"]).expanduser().resolve())
+    bag_dir = (str(Path(a["bag_dir"]).expanduser().resolve()) if a["bag_dir"]
+               else str(Path(out) / "bags"))
+    record = a["record"] == "true"
+    move = a["reset"] == "move"
+    cn = "effort_controller"
+    clock = ((CLOCK, CLOCK.lstrip("/")),)
+    procs = [process("sim", "sim_node", {
+        "model": a["robot"], "controller_name": cn, "publish_rate": 1.0 / dt,
+        "lockstep": True, "start_paused": True, "publish_clock": True,
+        "initial_noise": 0.0, "diagnostics_rate": 0.0}, clock)]
+    if record:
+        procs.append(process("data_logger", "data_logger", {
+            "output_dir": bag_dir, "bag_name": "gps",
+            "topics": [_fq(ns, "joint_states"), _fq(ns, f"{cn}/commands")],
+            "episode_topic": "", "diagnostics_rate": 0.0}, clock))
+    procs.append(process("controller", "controller", {
+        **gps_controller_params(a["robot"], dt, move_planner=GPS_MOVE_PLANNER if move else ""),
+        "use_sim_time": False, "controller_name": cn, "state_topic": "joint_states"}, clock,
+        ("configure", "activate")))
+    procs.append(process("gps_trainer", "gps_trainer", {
+        "robot": a["robot"], "config": str(run_file.resolve()), "out": out,
+        "resume": a["resume"] == "true", **counts, "reset": a["reset"],
+        "controller_node": "controller", "sim_node": "sim",
+        "logger_node": "data_logger" if record else "", "bag_dir": bag_dir if record else "",
+        "command_topic": f"{cn}/commands", "state_topic": "joint_states",
+        "move_planner": GPS_MOVE_PLANNER}, clock, job=True))
+    return Plan("gps", a, tuple(procs))
 
 
 def executable_path(executable: str) -> str:

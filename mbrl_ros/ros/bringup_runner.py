@@ -5,7 +5,8 @@ launch files give them, each in its own process group; drives lifecycle transiti
 through each node's ``change_state`` service; forwards SIGINT/SIGTERM to the process
 groups. Exit status: 0 after a requested stop (Ctrl-C, SIGTERM); 1 when a node exits on
 its own (unless it respawns) or a lifecycle transition fails, naming the node; 2 for
-invalid arguments. One line per node start, transition and stop; the nodes' own output
+invalid arguments. A plan's job (the GPS trainer) ends the run when it exits: 0 when it
+succeeded (the other nodes are then stopped), else 1 naming it. One line per node start, transition and stop; the nodes' own output
 goes to the terminal as it does under ``ros2 launch``.
 """
 from __future__ import annotations
@@ -143,6 +144,7 @@ class Runner:
             self.children.append(Child(p, [executable_path(p.executable), "--ros-args",
                                            *p.ros_arguments(str(overrides))]))
         self.stop_signal: int | None = None
+        self.finished = False                 # the plan's job exited successfully
         self.lifecycle: Lifecycle | None = None
 
     def _on_signal(self, signum, frame) -> None:
@@ -166,6 +168,10 @@ class Runner:
             code = child.popen.poll()
             if code is None or self.stop_signal is not None:
                 continue
+            if child.process.job and code == 0:
+                say(f"{child.process.full_name} ({child.process.executable}) finished")
+                self.finished = True
+                return
             if not child.process.respawn:
                 raise NodeFailure(child.exit_message())
             if child.restart_at is None:
@@ -185,7 +191,7 @@ class Runner:
             for child in self.children:
                 if self.stop_signal is None:
                     self._transitions(child)
-            while self.stop_signal is None:
+            while self.stop_signal is None and not self.finished:
                 self._check()
                 time.sleep(0.1)
         except NodeFailure as e:

@@ -6,6 +6,9 @@ Publishes ``joint_states`` (sensor_msgs/JointState) and, with ``publish_clock``,
 command convention). Services: ``~/reset`` (std_srvs/Trigger) starts a new episode from
 the initial state; ``~/set_state`` (topic, sensor_msgs/JointState) starts one from a
 given state. Each episode start is announced on ``~/episode`` (std_msgs/UInt32).
+``~/pause`` and ``~/resume`` (std_srvs/Trigger) stop and restart the stepping: a client in
+another process (the GPS trainer, :mod:`mbrl_ros.ros.gps_trainer`) runs lockstep episodes
+of an exact length with them and ``pause_after`` (see :meth:`SimNode.resume`).
 Topic names are relative, so a namespace (``__ns:=/arm_a``) moves the simulated robot:
 ``/arm_a/joint_states``. ``/clock`` is absolute, as ROS time sources expect; a launch
 with a namespace remaps it per robot (:mod:`mbrl_ros.bringup`).
@@ -87,6 +90,13 @@ class SimSettings:
                                         low=0.0, high=100.0)
     diagnostics_rate: float = setting(1.0, "rate of /diagnostics status", unit="Hz",
                                       low=0.0, high=100.0)
+    start_paused: bool = setting(False, "start paused: publish and step nothing until "
+                                 "~/resume (a client that runs episodes itself)")
+    pause_after: int = setting(0, "lockstep: pause by itself after this many steps following "
+                               "a ~/resume (0: never); ~/resume is then refused until the "
+                               "answer to the last published state arrived, so no command "
+                               "of one run lands on the next", low=0, high=10**9,
+                               dynamic=True)
 
 
 class SimNode(Node):
@@ -109,7 +119,10 @@ class SimNode(Node):
         self.counters = {"steps": 0, "commands": 0, "rejected_length": 0,
                          "rejected_nonfinite": 0, "clamped": 0, "command_timeouts": 0,
                          "overruns": 0, "resets": 0, "ignored_paused": 0, "errors": 0}
-        self._paused = False
+        self._paused = bool(s.start_paused)
+        self._run_steps = 0                    # steps since the last resume
+        self._owed = 0                         # answers owed to states published before
+                                               # an automatic pause (lockstep)
         self._bootstrapping = False
         self._last_publish_connected = False
         self._set_state_reader = JointStateReader(self.sim.joint_names)
@@ -131,13 +144,16 @@ class SimNode(Node):
         self.create_subscription(JointState, "~/set_state", self._on_set_state, 10,
                                  callback_group=group)
         self.create_service(Trigger, "~/reset", self._on_reset, callback_group=group)
+        self.create_service(Trigger, "~/pause", self._on_pause, callback_group=group)
+        self.create_service(Trigger, "~/resume", self._on_resume, callback_group=group)
         if s.diagnostics_rate > 0:
             self.create_timer(1.0 / s.diagnostics_rate, self._publish_diagnostics)
 
         self._stop = threading.Event()
         self._thread = None
         self._announce_episode()
-        self.publish_state()
+        if not self._paused:
+            self.publish_state()
         if s.lockstep:
             # A controller that starts after us still needs a first state to answer.
             self._bootstrapping = True
@@ -169,12 +185,19 @@ class SimNode(Node):
                 throttle_duration_sec=1.0)
         if self._paused:
             self.counters["ignored_paused"] += 1
+            self._owed = max(0, self._owed - 1)
             return
         self.counters["commands"] += 1
         if self.settings.lockstep:
             with self._lock:
                 self.sim.step(effort)
                 self.counters["steps"] += 1
+                self._run_steps += 1
+                limit = self.settings.pause_after
+                if limit and self._run_steps >= limit:
+                    # the state published below is still answered: that answer is owed
+                    self._paused, self._owed = True, 1
+                    self._command = np.zeros(self.sim.n_commands)
             self._bootstrapping = False
             self.publish_state()
         else:
@@ -237,15 +260,43 @@ class SimNode(Node):
     def resume(self) -> None:
         with self._lock:
             self._paused = False
+            self._run_steps = 0
         self.publish_state()
+
+    @property
+    def paused(self) -> bool:
+        return self._paused
+
+    def _on_pause(self, request, response):
+        self.pause()
+        response.success = True
+        response.message = (f"paused at {self.sim.time:.6f} s, episode {self.sim.episode}, "
+                            f"{self.counters['steps']} steps")
+        return response
+
+    def _on_resume(self, request, response):
+        """Resume; refused (retry) while the answer to the state published at an automatic
+        pause (``pause_after``) has not arrived: it would step the new run."""
+        if self.settings.lockstep and self._paused and self._owed:
+            response.success = False
+            response.message = "the answer to the last state has not arrived yet: retry"
+            return response
+        self.resume()
+        response.success = True
+        response.message = f"resumed at {self.sim.time:.6f} s, episode {self.sim.episode}"
+        return response
 
     def reset_episode(self, positions=None, velocities=None, publish: bool = True) -> None:
         """Start a new episode from the initial state (or the one given) and announce it.
 
         In lockstep every published state is answered by one command, so a caller that
         resets while paused passes ``publish=False`` and lets :meth:`resume` publish the
-        start state once (two publications would start two command chains).
+        start state once (two publications would start two command chains); a paused
+        lockstep simulation never publishes here (``~/reset`` and ``~/set_state`` while
+        paused: the following ``~/resume`` publishes the start state).
         """
+        if self._paused and self.settings.lockstep:
+            publish = False
         with self._lock:
             self.sim.reset(positions=positions, velocities=velocities)
             self._command = np.zeros(self.sim.n_commands)
