@@ -123,7 +123,7 @@ class _NodeSamplerBase:
         self.u_max = np.asarray(env.u_max, dtype=np.float64)
         self.dt = float(env.dt)
         self.label = "train"
-        self._stats = {"seconds": 0.0, "samples": 0}     # shared with with_conditions views
+        self._stats = {"seconds": 0.0, "samples": 0}
         self.episodes: list[dict[str, Any]] = []
         self._recording = False
 
@@ -137,15 +137,11 @@ class _NodeSamplerBase:
         """Episodes run."""
         return self._stats["samples"]
 
-    def with_conditions(self, env, targets) -> "_NodeSamplerBase":
-        """The same nodes sampling other conditions (held-out evaluation): a view sharing
-        the nodes, the counters and the episode index."""
-        import copy
-        view = copy.copy(self)
-        view.env = env
-        view.targets = np.asarray(targets, dtype=np.float64)
-        view.label = "heldout"
-        return view
+    def with_conditions(self, env, targets) -> "_OtherConditions":
+        """The same nodes sampling other conditions (held-out evaluation): an object with
+        ``sample`` that runs this sampler with ``env`` and ``targets`` in place of its own
+        (the episode index marks those episodes ``"set": "heldout"``)."""
+        return _OtherConditions(self, env, targets)
 
     # ------------------------------------------------------------------ parameters
     def _set(self, **params) -> None:
@@ -228,6 +224,23 @@ class _NodeSamplerBase:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+class _OtherConditions:
+    """:meth:`_NodeSamplerBase.with_conditions`: a sampler's nodes with other conditions."""
+
+    def __init__(self, base: _NodeSamplerBase, env, targets, label: str = "heldout"):
+        self.base, self.env, self.label = base, env, label
+        self.targets = np.asarray(targets, dtype=np.float64)
+
+    def sample(self, *args, **kwargs) -> SampleBatch:
+        b = self.base
+        saved = b.env, b.targets, b.label
+        b.env, b.targets, b.label = self.env, self.targets, self.label
+        try:
+            return b.sample(*args, **kwargs)
+        finally:
+            b.env, b.targets, b.label = saved
 
 
 class NodeSampler(_NodeSamplerBase):

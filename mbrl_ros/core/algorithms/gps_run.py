@@ -41,7 +41,8 @@ from mbrl_ros.core.models.base import FitReport
 from mbrl_ros.core.settings import as_dict, from_mapping
 
 __all__ = ["GPSRunConfig", "run_gps", "plot_learning_curve", "time_policy_action",
-           "load_config", "kl_max", "DEFAULT_CONDITIONS"]
+           "load_config", "kl_max", "evaluate_conditions", "evaluate_through",
+           "DEFAULT_CONDITIONS"]
 
 _A7 = np.array(ARM7_HOME)
 
@@ -317,6 +318,21 @@ def evaluate_conditions(env: MujocoEnv, policy, targets: np.ndarray, costs: Sequ
     return dist, cost
 
 
+def evaluate_through(sampler, policy, targets: np.ndarray, costs: Sequence, horizon: int,
+                     distance) -> tuple[list[float], list[float]]:
+    """:func:`evaluate_conditions` through a sampler (the ROS nodes): one deterministic
+    rollout of the target-conditioned ``policy`` per condition of ``sampler``, executed
+    where the sampler executes its samples. ``distance(x, m)``: end-effector distance [m]
+    of the final state x of condition m."""
+    dist, cost = [], []
+    unused = np.random.default_rng(0)        # noisy=False draws nothing
+    for m in range(len(targets)):
+        b = sampler.sample(m, policy.with_task(targets[m]), 1, horizon, unused, noisy=False)
+        dist.append(float(distance(b.X[0, -1], m)))
+        cost.append(float(sample_costs(costs[m], b.X[:1], b.U[:1]).sum()))
+    return dist, cost
+
+
 def _num(v: float) -> float | None:
     """NaN (a failed C-step's KL) as null: metrics.json stays strict JSON."""
     return None if v is None or not np.isfinite(v) else float(v)
@@ -363,8 +379,10 @@ def run_gps(cfg: GPSRunConfig, stop_after: int | None = None,
         sampler_factory: ``factory(task) -> Sampler`` drawing the training samples (and
             evaluating the global policy on the training conditions) instead of the
             in-process environment, e.g. the ROS node sampler
-            (:class:`mbrl_ros.ros.gps_driver.NodeSampler`; ``mbrl-ros gps --through-nodes``);
-            the held-out evaluation stays in-process. The caller closes it.
+            (:class:`mbrl_ros.ros.gps_driver.NodeSampler`; ``mbrl-ros gps --through-nodes``;
+            :class:`~mbrl_ros.ros.gps_driver.RemoteSampler` in the ``gps_trainer`` node).
+            A sampler with ``with_conditions(env, targets)`` runs the held-out evaluation
+            too; otherwise it stays in-process. The caller closes it.
 
     Raises:
         ValueError: unknown robot, bad sizes, a resume without a checkpoint or with another
@@ -450,7 +468,13 @@ def run_gps(cfg: GPSRunConfig, stop_after: int | None = None,
                                     for i in range(X.shape[1])])) for m in range(gps.M)]
             t0 = time.perf_counter()
             hd = hc = None
-            if held is not None:
+            if held is not None and hasattr(sampler, "with_conditions"):
+                # trained through the nodes: evaluated through them too
+                hd, hc = evaluate_through(
+                    sampler.with_conditions(held.env, held.targets), gps.policy,
+                    held.targets, held.costs, cfg.horizon,
+                    lambda x, m: held.env.ee_distance(x, held.targets[m]))
+            elif held is not None:
                 hd, hc = evaluate_conditions(held.env, gps.policy, held.targets, held.costs,
                                              cfg.horizon)
             rec.timings["heldout"] = round(time.perf_counter() - t0, 6)
