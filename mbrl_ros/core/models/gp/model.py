@@ -330,13 +330,10 @@ class GPModel(DynamicsModel):
         return self.pipeline.next_state(x, mean)
 
     def linearize(self, xs: np.ndarray, us: np.ndarray) -> Linearization:
-        """Jacobians of the predictive mean by autograd, along a trajectory.
-
-        Summing trick: rows are independent, so the gradient of the sum over rows gives
-        every row's gradient in one backward pass; to separate the outputs too, each
-        latent GP gets its own copy of the inputs (Q, T, d), so one backward pass yields
-        all (T, nx, nx+nu) Jacobians (a vmap over the nx outputs would hold nx copies of
-        every intermediate).
+        """Jacobians of the predictive mean along a trajectory, analytic (the posterior's
+        :meth:`~.posterior.KernelPosterior.mean_jacobian`: kernel derivatives times the
+        cached weights, batched over the T knots, no autograd; tested against
+        :meth:`linearize_reference`).
 
         Args:
             xs: (T, nx) states, us: (T, nu) actions.
@@ -345,19 +342,69 @@ class GPModel(DynamicsModel):
             fx (T, nx, nx), fu (T, nx, nu), f0 (T, nx) with mean(x, u) = fx x + fu u + f0 at
             the linearisation points, and cov (T, nx, nx) = diag(predictive variance).
         """
+        return self._linearize(xs, us, with_cov=True)
+
+    def linearize_mean(self, xs: np.ndarray, us: np.ndarray) -> Linearization:
+        """:meth:`linearize` without the covariance (``cov`` None): the predictive variance
+        (the most costly part of a query) is not computed. For planners that use only fx
+        and fu (iLQR)."""
+        return self._linearize(xs, us, with_cov=False)
+
+    def _empty_linearization(self) -> Linearization:
+        nx, nu = self.spec.nx, self.spec.nu
+        return Linearization(np.zeros((0, nx, nx)), np.zeros((0, nx, nu)),
+                             np.zeros((0, nx)), np.zeros((0, nx, nx)))
+
+    def _linearize(self, xs, us, with_cov: bool) -> Linearization:
         self._require_fitted()
         xs, us = check_xu(self.spec, xs, us)
-        nx, nu = self.spec.nx, self.spec.nu
+        nx = self.spec.nx
         if not len(xs):
-            return Linearization(np.zeros((0, nx, nx)), np.zeros((0, nx, nu)),
-                                 np.zeros((0, nx)), np.zeros((0, nx, nx)))
+            return self._empty_linearization()
+        z = self._normalise(xs, us)
+        post = self._post
+        step = max(1, CHUNK_ELEMENTS // post.width)
+        means, jacs = [], []
+        with torch.no_grad(), compute_threads(self.settings.threads):
+            for i in range(0, z.shape[0], step):
+                m, J = post.mean_jacobian(z[i:i + step])
+                means.append(m)
+                jacs.append(J)
+        J = torch.cat(jacs).numpy() + self.prior.W.T                      # (T, nx, d)
+        # chain rule through both normalisers and the sin/cos features, plus I (delta)
+        fx, fu = self.pipeline.jacobian(J, xs)
+        cov = None
+        if with_cov:
+            mean_next, var = self.predict(xs, us)
+            cov = np.zeros((len(xs), nx, nx))
+            idx = np.arange(nx)
+            cov[:, idx, idx] = var
+        else:
+            mean_next = self.pipeline.next_state(
+                xs, torch.cat(means).numpy() + self.prior(z.numpy()))
+        f0 = mean_next - np.einsum("tij,tj->ti", fx, xs) - np.einsum("tij,tj->ti", fu, us)
+        return Linearization(fx, fu, f0, cov)
+
+    def linearize_reference(self, xs: np.ndarray, us: np.ndarray) -> Linearization:
+        """:meth:`linearize` by autograd through the posterior's latent means (the
+        reference the analytic Jacobian is tested against).
+
+        Summing trick: rows are independent, so the gradient of the sum over rows gives
+        every row's gradient in one backward pass; to separate the outputs too, each
+        latent GP gets its own copy of the inputs (Q, T, d), so one backward pass yields
+        all (T, nx, nx+nu) Jacobians.
+        """
+        self._require_fitted()
+        xs, us = check_xu(self.spec, xs, us)
+        nx = self.spec.nx
+        if not len(xs):
+            return self._empty_linearization()
         z = self._normalise(xs, us)
         post = self._post
         with compute_threads(self.settings.threads), torch.enable_grad():
             zq = z.unsqueeze(0).repeat(post.n_latent, 1, 1).requires_grad_(True)
             (g,) = torch.autograd.grad(post.latent_mean(zq).sum(), zq)
         J = post.mix_jacobian(g).numpy() + self.prior.W.T                   # (T, nx, d)
-        # chain rule through both normalisers and the sin/cos features, plus I (delta)
         fx, fu = self.pipeline.jacobian(J, xs)
         mean_next, var = self.predict(xs, us)
         f0 = mean_next - np.einsum("tij,tj->ti", fx, xs) - np.einsum("tij,tj->ti", fu, us)

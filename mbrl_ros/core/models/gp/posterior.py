@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from mbrl_ros.core.models.gp.kernels import F64, kfun
+from mbrl_ros.core.models.gp.kernels import F64, kfun, kfun_grad
 
 class KernelPosterior:
     """Posterior of Q latent GPs: mean_q(z) = k_q(z, C) a_q and
@@ -78,6 +78,30 @@ class KernelPosterior:
     def latent_mean(self, zq: torch.Tensor) -> torch.Tensor:
         """(Q, B, d) -> (Q, B): latent q's mean at zq[q] (for per-output Jacobians)."""
         return (self._krow(zq) @ self.alpha).squeeze(-1)
+
+    def mean_jacobian(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, d) normalised inputs -> mean (B, T) and its Jacobian (B, T, d), analytic
+        (no autograd): with g_qn = a_qn dk/dD (z, c_n) and D = |s_q (z - c_n)|^2,
+        d mean_q / dz = 2 s_q^2 (z sum_n g_qn - sum_n g_qn c_n) -- two products of the
+        (Q, B, n) kernel-derivative rows, batched over all B rows."""
+        zq = self._expand(z)
+        if self.shared:
+            zw = zq * self.w[:, None, :]
+            zsq = (zw * zq).sum(-1, keepdim=True)
+            scale, zs, C = self.w[:, None, :], zq, self.xt.T                # (Q,1,d), z, (n,d)
+        else:
+            zw = zq * self.inv_ls
+            zsq = zw.pow(2).sum(-1, keepdim=True)
+            scale, zs, C = self.inv_ls, zw, self.xt.mT                      # C (Q, n, d)
+        D = ((zw @ self.xt) * -2.0 + zsq + self.csq[:, None, :]).clamp_min_(0.0)
+        k, dk = kfun_grad(self.kind, D)
+        os_ = self.outputscale[:, None]
+        mean = (k @ self.alpha).squeeze(-1) * os_                          # (Q, B)
+        g = dk * self.alpha.mT                                             # (Q, B, n)
+        J = (zs * g.sum(-1, keepdim=True) - g @ C) * (2.0 * scale) * os_[..., None]
+        if self.mix is None:
+            return mean.T, J.transpose(0, 1)
+        return mean.T @ self.mix, self.mix_jacobian(J)
 
     def mix_jacobian(self, J: torch.Tensor) -> torch.Tensor:
         """Latent Jacobians (Q, B, d) -> output Jacobians (B, T, d)."""
@@ -169,6 +193,18 @@ class KroneckerPosterior:
 
     def mix_jacobian(self, J: torch.Tensor) -> torch.Tensor:
         return J.transpose(0, 1)
+
+    def mean_jacobian(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, d) -> mean (B, T) and its Jacobian (B, T, d), analytic: with
+        g_bn = dk/dD (z_b, c_n), d mean_t / dz = 2 w (z (g A)_t - sum_n g_n A_nt c_n)."""
+        zw = z * self.w
+        D = ((zw @ self.xt) * -2.0 + (zw * z).sum(-1, keepdim=True) + self.csq
+             ).clamp_min_(0.0)
+        k, dk = kfun_grad(self.kind, D)                                    # (B, N)
+        gA = dk @ self.amean                                               # (B, T)
+        J = (z[:, None, :] * gA[..., None]
+             - (dk[:, None, :] * self.amean.T[None]) @ self.centers) * (2.0 * self.w)
+        return k @ self.amean, J
 
     def mean_var(self, z: torch.Tensor, with_var: bool = True
                  ) -> tuple[torch.Tensor, torch.Tensor | None]:
