@@ -133,7 +133,7 @@ class Network:
         """Elite weights as contiguous no-grad tensors, and torch copies of the normalisers,
         so every prediction avoids re-indexing the weights and numpy conversions."""
         e = torch.as_tensor(self.elites, dtype=torch.long)
-        self._folded = self._folded64 = self._mlp = None
+        self._folded = self._folded64 = self._mlp = self._mlp32 = None
         with torch.no_grad():
             self._elite_params = ([W.detach()[e].contiguous() for W in self.weights],
                                   [b.detach()[e].contiguous() for b in self.biases],
