@@ -11,14 +11,19 @@ reported as ``steps_before_first_command``).
 
 Figures per run: first step at which the distance is below ``--tolerance`` (2 cm), the
 first step from which it stays below it for ``--hold`` steps, the distance at
-``--budget`` steps (1,000) and at the end, the step of the first model announcement and
-the number of models, the control steps while exploring (from /diagnostics), and the
-machine's load average. Real time by default (the simulator at ``realtime_factor`` 1, as
-launched: a fit that takes 3 s costs 300 steps of exploration); ``--lockstep`` runs the
-simulator one step per command instead (fits then cost wall time, not steps).
+``--budget`` steps (1,000) and at the end, the same first steps for 1 cm and 2 cm
+(``below``), the step of the first model announcement and the number of models, the
+control steps while exploring (from /diagnostics), and the machine's load average. Real
+time by default (the simulator at ``realtime_factor`` 1, as launched: a fit that takes 3 s
+costs 300 steps of exploration); ``--lockstep`` runs the simulator one step per command
+and the controller replans on every state before it acts (``plan_mode: sync``, as the
+lockstep tests do), so the load cannot change the control in simulated time -- only the
+fits, which take wall time while the loop runs on, can land at other steps.
+``--planner`` is the bring-up's ``planner:=`` (the controller's active planner).
 
     python bench/live_learning.py --robot arm2 --models gp,ensemble --json out.json
-    python bench/live_learning.py --robot arm7 --models ensemble --max-steps 3000
+    python bench/live_learning.py --robot arm7 --models ensemble,gp --lockstep --max-steps 3000
+    python bench/live_learning.py --robot arm7 --models ensemble --planner mppi --lockstep
 """
 from __future__ import annotations
 
@@ -58,7 +63,7 @@ def first_below(d: np.ndarray, tol: float, hold: int = 1) -> int | None:
 
 def run(robot: str, model: str, max_steps: int, lockstep: bool, timeout: float,
         workdir: Path, tolerance: float, hold: int, budget: int,
-        params_file: str = "") -> dict:
+        params_file: str = "", planner: str = "ilqr") -> dict:
     from diagnostic_msgs.msg import DiagnosticArray
     from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
     from sensor_msgs.msg import JointState
@@ -72,13 +77,16 @@ def run(robot: str, model: str, max_steps: int, lockstep: bool, timeout: float,
     dt = 1.0 / 100.0
     env = ros_env()
     domain = int(env["ROS_DOMAIN_ID"])
-    args = ["bringup", "sim", f"robot:={robot}", f"model:={model}", "record:=false"]
+    args = ["bringup", "sim", f"robot:={robot}", f"model:={model}", "record:=false",
+            f"planner:={planner}"]
     if lockstep:
         f = workdir / "lockstep.yaml"
         text = Path(params_file).read_text() if params_file else ""
-        # time stands still while the controller plans: no stale-state holds
+        # time stands still while the controller plans: no stale-state holds; it plans on
+        # every state before acting (deterministic in simulated time)
         f.write_text(text + "\n/**/sim:\n  ros__parameters:\n    lockstep: true\n"
-                     "/**/controller:\n  ros__parameters:\n    state_timeout: 60.0\n")
+                     "/**/controller:\n  ros__parameters:\n    state_timeout: 60.0\n"
+                     "    plan_mode: sync\n")
         args.append(f"params_file:={f}")
     elif params_file:
         args.append(f"params_file:={Path(params_file).resolve()}")
@@ -140,7 +148,8 @@ def run(robot: str, model: str, max_steps: int, lockstep: bool, timeout: float,
         proc.stop()
         probe.close()
     wall = time.monotonic() - t_wall
-    out = {"robot": robot, "model": model, "lockstep": lockstep, "target": target.tolist(),
+    out = {"robot": robot, "model": model, "planner": planner, "lockstep": lockstep,
+           "target": target.tolist(),
            "wall_seconds": round(wall, 1), "loadavg_start": load0, "loadavg_end": load1,
            "log": str(log), "bringup_exited": exited}
     if len(states) < 2:
@@ -169,6 +178,10 @@ def run(robot: str, model: str, max_steps: int, lockstep: bool, timeout: float,
             "first_step_below_tol": None if first is None else int(steps[first]),
             "first_step_staying_below_tol": None if stay is None else int(steps[stay]),
             "reached_within_budget": stay is not None and int(steps[stay]) <= budget,
+            "below": {f"{tol * 100:g} cm": {
+                "first_step": _step(steps, first_below(dist, tol)),
+                f"first_step_staying_{hold}": _step(steps, first_below(dist, tol, hold))}
+                for tol in (0.01, 0.02)},
             "distance_at_budget_m": round(float(at_budget), 4),
             "final_distance_m": round(float(dist[-1]), 4),
             "final_q": [round(float(v), 4) for v in qs[-1]],
@@ -181,10 +194,15 @@ def run(robot: str, model: str, max_steps: int, lockstep: bool, timeout: float,
             "curve_every_50_steps": curve}
 
 
+def _step(steps: np.ndarray, i: int | None) -> int | None:
+    return None if i is None else int(steps[i])
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--robot", default="arm2")
     ap.add_argument("--models", default="gp,ensemble")
+    ap.add_argument("--planner", default="ilqr", help="the controller's active planner")
     ap.add_argument("--max-steps", type=int, default=2000, help="live steps per run")
     ap.add_argument("--budget", type=int, default=1000, help="steps the target allows")
     ap.add_argument("--tolerance", type=float, default=0.02, help="m")
@@ -204,11 +222,12 @@ def main() -> int:
             Path(tmp).mkdir(parents=True, exist_ok=True)
         for model in [m for m in a.models.split(",") if m]:
             r = run(a.robot, model, a.max_steps, a.lockstep, a.timeout, Path(tmp),
-                    a.tolerance, a.hold, a.budget, a.params_file)
+                    a.tolerance, a.hold, a.budget, a.params_file, a.planner)
             if not a.workdir:
                 r.pop("log")
             runs.append(r)
-            print(f"{a.robot} {model}: first model at step {r.get('first_model_step')}, "
+            print(f"{a.robot} {model} {a.planner}: first model at step "
+                  f"{r.get('first_model_step')}, below {r.get('below')}, "
                   f"< {a.tolerance * 100:g} cm (held {a.hold}) from step "
                   f"{r.get('first_step_staying_below_tol')}, at {a.budget}: "
                   f"{r.get('distance_at_budget_m')} m, final {r.get('final_distance_m')} m, "
