@@ -455,6 +455,7 @@ class RemoteSampler(_NodeSamplerBase):
                        durability=DurabilityPolicy.TRANSIENT_LOCAL))
         self._pause_after = None
         self._marker = -1
+        self._expect = None
         self._wait_ready(state_topic, command_topic)
 
     # ------------------------------------------------------------------ ROS plumbing
@@ -529,6 +530,34 @@ class RemoteSampler(_NodeSamplerBase):
         self._spin_until(lambda: self.recorder.node.count_publishers(
             self.recorder.node.resolve_topic_name(command_topic)) >= 1, self.service_timeout,
             f"nobody publishes {command_topic}")
+
+    def _use_lg(self, controller: LinearGaussianPolicy, noise, m: int) -> None:
+        self._expect = (controller, noise)
+        super()._use_lg(controller, noise, m)
+
+    def _use_policy(self, policy, m: int) -> None:
+        self._expect = None
+        super()._use_policy(policy, m)
+
+    def _check_executed(self, X: np.ndarray, U: np.ndarray) -> None:
+        """The commands recorded are the sample's controller's (its mean plus the sample's
+        noise, clipped, at the recorded states): not a safe hold or the answer of a planner
+        that failed to load the sample -- the controller node's counters are not visible
+        from here, its commands are. Same arithmetic as the lg_controller planner."""
+        if self._expect is None:
+            return
+        c, eps = self._expect
+        for t in range(len(U)):
+            u = c.K[t] @ X[t] + c.k_gps[t]
+            if eps is not None:
+                u = u + c._chol[t] @ eps[t]
+            u = np.minimum(np.maximum(u, self.u_min), self.u_max)
+            if not np.allclose(U[t], u, rtol=1e-9, atol=1e-9):
+                raise RuntimeError(
+                    f"gps trainer: the controller did not execute the sample: its command at "
+                    f"step {t} is {np.round(U[t], 6).tolist()}, the sample's controller gives "
+                    f"{np.round(u, 6).tolist()} (a failed replan or a safe hold? see the "
+                    "controller's log)")
 
     def _set(self, **params) -> None:
         if self.reset_mode == "move":
@@ -634,6 +663,7 @@ class RemoteSampler(_NodeSamplerBase):
         x0 = np.concatenate([q0, v0])
         if self.reset_mode == "sim" and not np.array_equal(X[0], x0):
             raise RuntimeError("gps trainer: the first state received is not the start state")
+        self._check_executed(X, U)
         return X, U
 
     def close(self) -> None:

@@ -77,3 +77,51 @@ def test_the_simulator_pauses_itself_and_refuses_to_resume_before_the_last_answe
         name="pause_after", value=ParameterValue(type=ParameterType.PARAMETER_INTEGER,
                                                  integer_value=2))])
     assert probe.call(SetParameters, "/sim/set_parameters", req).results[0].successful
+
+
+@pytest.mark.timeout(240)
+def test_a_sample_the_controller_did_not_execute_is_refused(start_node, probe, tmp_path):
+    """The trainer cannot read the controller node's counters from another process; it
+    checks the commands instead: an lg_controller artifact the controller cannot load
+    (its replans fail, it holds) gives commands that are not the sample's controller's,
+    and the sample is refused with an error saying so."""
+    from lifecycle_msgs.msg import Transition
+    from lifecycle_msgs.srv import ChangeState, GetState
+
+    from mbrl_ros.bringup import gps_controller_params
+    from mbrl_ros.core.algorithms.gps import MDGPS, GPSSettings
+    from mbrl_ros.core.algorithms.sim_env import reach_task
+    from mbrl_ros.ros.gps_driver import RemoteSampler
+
+    task = reach_task("arm2", conditions=1, horizon=8, seed=0)
+    dt = task.env.dt
+    start_node("sim_node", {"model": "arm2", "lockstep": True, "start_paused": True,
+                            "publish_rate": 1.0 / dt, "diagnostics_rate": 0.0})
+    start_node("controller", gps_controller_params("arm2", dt))
+    # get_state until answered first (as mbrl-ros bringup does): a request sent the moment
+    # the service shows up in the graph may reach nobody
+    for _ in range(12):
+        try:
+            probe.call(GetState, "/controller/get_state", timeout=10)
+            break
+        except AssertionError:
+            continue
+    for t in (Transition.TRANSITION_CONFIGURE, Transition.TRANSITION_ACTIVATE):
+        req = ChangeState.Request()
+        req.transition.id = t
+        assert probe.call(ChangeState, "/controller/change_state", req, timeout=60).success
+    sampler = RemoteSampler(task.env, task.targets, tmp_path, probe.node, probe.executor,
+                            step_timeout=20.0)
+    gps = MDGPS(task.env, task.costs, GPSSettings(horizon=8, samples=1, seed=0),
+                initial_controllers=task.initial_controllers, tasks=task.targets,
+                distance=task.distances(), sampler=sampler)
+    X, U = gps.draw_samples()[:2]                 # executed as given: accepted
+    assert X.shape == (1, 1, 9, 4) and sampler.samples == 1
+    real = sampler._use_lg
+
+    def broken(controller, noise, m):
+        real(controller, noise, m)
+        sampler._set(lg_controller__artifact=str(tmp_path / "missing"))
+    sampler._use_lg = broken
+    with pytest.raises(Exception, match="did not execute the sample"):
+        gps.draw_samples()
