@@ -260,17 +260,40 @@ def test_warm_start_beats_cold_start_with_same_budget(parallel):
     assert prev_us.shape == warm.nominal[1].shape
 
 
-def test_parallel_line_search_matches_sequential():
+@pytest.mark.parametrize("vectorized", [True, False])
+def test_line_search_orders_give_the_same_plan(vectorized):
+    """'never' (one by one), 'always' (one batch) and 'auto' (for a vectorized model: the
+    full step alone, then the rest in one batch; else one by one) accept the same step
+    sizes; the rows each line-search rollout carried show which order ran."""
     model = Pendulum(dt=0.05)
+    model.vectorized = vectorized
     cost = _pendulum_cost()
-    out = []
-    for parallel in (False, True):
-        p = _planner(2, 1, limit=4.0, horizon=50, max_iterations=15, mu_init=1.0,
-                     parallel_line_search="always" if parallel else "never")
+    out = {}
+    for mode in ("never", "always", "auto"):
+        # limit 20 N*m: the full Newton steps overshoot and some are rejected
+        p = _planner(2, 1, limit=20.0, horizon=50, max_iterations=15, mu_init=1.0,
+                     parallel_line_search=mode)
+        rows = []
+        rollout = p._rollout
+
+        def counting(*a, _r=rollout, _rows=rows, **kw):
+            xs, us = _r(*a, **kw)
+            if len(a) > 5 or "alphas" in kw:
+                _rows.append(xs.shape[0])
+            return xs, us
+        p._rollout = counting
         p.optimize(np.zeros(2), 0.0, model, cost)
-        out.append((p.nominal[1], p.stats["cost"]))
-    np.testing.assert_allclose(out[0][0], out[1][0], atol=1e-8)
-    assert out[0][1] == pytest.approx(out[1][1], rel=1e-10)
+        out[mode] = (p.nominal[1], p.stats["cost"], rows)
+    n = len(ILQRSettings().line_search_alphas)
+    assert set(out["never"][2]) == {1} and set(out["always"][2]) == {n}
+    auto_rows = out["auto"][2]
+    if vectorized:
+        assert set(auto_rows) == {1, n - 1}        # some full steps were rejected
+    else:
+        assert auto_rows == out["never"][2]
+    for mode in ("always", "auto"):
+        np.testing.assert_allclose(out[mode][0], out["never"][0], atol=1e-8)
+        assert out[mode][1] == pytest.approx(out["never"][1], rel=1e-10)
 
 
 def test_handover_between_planners_and_reset():

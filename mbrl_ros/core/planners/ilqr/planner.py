@@ -176,6 +176,22 @@ class ILQRPlanner(Planner):
         mlp = self._mlp_dynamics(model)
         return ("mlp", mlp) if mlp is not None else None
 
+    def _line_search_groups(self, model: Any, n: int) -> list[slice]:
+        """The step sizes' order as batches of one rollout each (the first accepted step
+        size is the same whatever the batches): 'always' all in one; 'never' one by one;
+        'auto' all in one for an affine model's compiled rollout (a row costs next to
+        nothing), one by one for the compiled MLP rollout and for models that are not
+        vectorized (a row costs the same alone or batched), and else -- models rolled out
+        by a batched ``predict`` -- the full step first (in MPC it is usually accepted, and
+        a row of a GP costs several times less than nine), then the rest in one batch."""
+        mode = self.settings.parallel_line_search
+        fast = self._fast[1][0] if getattr(self, "_fast", None) and self._fast[1] else None
+        if mode == "always" or (mode == "auto" and fast == "affine"):
+            return [slice(0, n)]
+        if mode == "never" or fast == "mlp" or not getattr(model, "vectorized", False):
+            return [slice(i, i + 1) for i in range(n)]
+        return [slice(0, 1), slice(1, n)] if n > 1 else [slice(0, 1)]
+
     def _rollout(self, model: Any, x0: np.ndarray, ubar: np.ndarray,
                  xbar: np.ndarray | None = None, K: np.ndarray | None = None,
                  kff: np.ndarray | None = None, alphas: np.ndarray | None = None
@@ -355,24 +371,16 @@ class ILQRPlanner(Planner):
             tic = time.perf_counter()
             accepted_step = False
             dV = res.dV
-            if s.parallel_line_search == "always" or (
-                    s.parallel_line_search == "auto" and getattr(model, "vectorized", False)
-                    and (self._fast[1] is None or self._fast[1][0] == "affine")):
-                xs_a, us_a = self._rollout(model, x0, us, xs, K, res.k, alphas)
+            for group in self._line_search_groups(model, len(alphas)):
+                xs_a, us_a = self._rollout(model, x0, us, xs, K, res.k, alphas[group])
                 Js = self._cost(cost, xs_a, us_a)
-                for i, a in enumerate(alphas):
+                for i, a in enumerate(alphas[group]):
                     if self._accept(J, Js[i], a, dV):
                         accepted_step, alpha = True, float(a)
                         xs_new, us_new, J_new = xs_a[i], us_a[i], float(Js[i])
                         break
-            else:
-                for a in alphas:
-                    xs_a, us_a = self._rollout(model, x0, us, xs, K, res.k, np.array([a]))
-                    J_a = float(self._cost(cost, xs_a, us_a)[0])
-                    if self._accept(J, J_a, a, dV):
-                        accepted_step, alpha = True, float(a)
-                        xs_new, us_new, J_new = xs_a[0], us_a[0], J_a
-                        break
+                if accepted_step:
+                    break
             timings["time_rollout_s"] += time.perf_counter() - tic
             if not accepted_step:
                 self._increase_mu()
