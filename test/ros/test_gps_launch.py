@@ -26,7 +26,7 @@ DONE = 200       # s for a run to end (~25 s at load 10; a slow CI machine)
 def _config(tmp_path, **changes) -> Path:
     """The shipped arm2 run configuration with a shorter S-step (a faster test)."""
     run = yaml.safe_load((ROOT / "config" / "gps_arm2.yaml").read_text())
-    run["policy"]["iterations"] = 150
+    run["policy"]["iterations"] = 60
     run.update(changes)
     path = tmp_path / "gps_test.yaml"
     path.write_text(yaml.safe_dump(run))
