@@ -13,9 +13,10 @@ falls on all of them alike and the ratios come from one run. Variants:
   the step sizes -- the planner's path before the fast paths;
 * ``fast``: the model itself with the planner's defaults (ensemble: compiled rollout of
   the MLP mean, one step size at a time, analytic Jacobian; GP: analytic Jacobian without
-  the variance, ``predict_mean`` rollouts);
-* ``fast_batched_ls`` / ``fast_sequential_ls``: ``fast`` with the other line-search
-  order (``parallel_line_search`` 'always' / 'never').
+  the variance, ``predict_mean`` rollouts, the full step first in the line search);
+* ``fast_batched_ls``: ``fast`` with every step size in one batched rollout
+  (``parallel_line_search: always``, as the reference), which separates the gain of the
+  line-search order from that of the rollout and Jacobian paths.
 
 Reported per variant: replan wall-clock and process-CPU medians (p90), the parts from
 ``Planner.stats`` (linearisation, cost derivatives, backward pass, rollouts), iterations,
@@ -137,23 +138,60 @@ class Variant:
         return out
 
 
+def part_cpu_times(fast: Variant, reference: Reference, repeats: int) -> dict:
+    """Process-CPU medians [ms] of the parts on the fast variant's last plan (the nominal,
+    its gains and Newton step replayed), reference and fast paths interleaved: the
+    linearisation (reference: autograd with the variance; fast: what the planner calls) and
+    closed-loop rollouts of 1 and of 9 rows (the line search's step sizes)."""
+    planner = fast.mpc.planners["ilqr"]
+    xs, us = planner.nominal
+    T = us.shape[0]
+    K = planner._K
+    model = fast.model
+    lin_fast = getattr(model, "linearize_mean", None) or model.linearize
+    alphas = np.asarray(planner.settings.line_search_alphas)
+    kff = 0.01 * np.ones_like(us)
+    x0 = xs[0]
+    planner._fast = None
+    jobs = {
+        "linearize": (lambda: reference.linearize(xs[:T], us), lambda: lin_fast(xs[:T], us)),
+        "rollout_1_row": (lambda: planner._rollout(reference, x0, us, xs, K, kff, alphas[:1]),
+                          lambda: planner._rollout(model, x0, us, xs, K, kff, alphas[:1])),
+        "rollout_9_rows": (lambda: planner._rollout(reference, x0, us, xs, K, kff, alphas),
+                           lambda: planner._rollout(model, x0, us, xs, K, kff, alphas)),
+    }
+    out = {}
+    for name, (ref_f, fast_f) in jobs.items():
+        ref_f(), fast_f()
+        t = {"reference": [], "fast": []}
+        for _ in range(repeats):
+            for key, f in (("reference", ref_f), ("fast", fast_f)):
+                c = time.process_time()
+                f()
+                t[key].append(time.process_time() - c)
+        r, f = (float(np.median(t[k])) * 1e3 for k in ("reference", "fast"))
+        out[name] = {"reference": round(r, 3), "fast": round(f, 3), "ratio": round(r / f, 2)}
+    return out
+
+
 def run_model(kind: str, data, args, robot, ee_target) -> dict:
     settings = ENSEMBLE if kind == "ensemble" else json.loads(args.gp)
     model, metrics, fit_s = fit(kind, data, settings)
     base = json.loads(args.ilqr)
-    variants = [Variant("reference", Reference(model), {**base, "parallel_line_search": "auto"},
+    # the reference: the path before the fast paths, whose 'auto' line search batched
+    # every step size for these (vectorized) models
+    variants = [Variant("reference", Reference(model), {**base, "parallel_line_search": "always"},
                         args.horizon, args.seed),
-                Variant("fast", model, base, args.horizon, args.seed)]
-    other = "always" if kind == "ensemble" else "never"
-    variants.append(Variant(f"fast_{'batched' if other == 'always' else 'sequential'}_ls",
-                            model, {**base, "parallel_line_search": other}, args.horizon,
-                            args.seed))
+                Variant("fast", model, base, args.horizon, args.seed),
+                Variant("fast_batched_ls", model, {**base, "parallel_line_search": "always"},
+                        args.horizon, args.seed)]
     load0 = loadavg()
     t0 = time.time()
     for _ in range(args.steps):
         for v in variants:
             v.step(robot, ee_target)
     rows = [v.summary() for v in variants]
+    parts_cpu = part_cpu_times(variants[1], variants[0].model, args.repeats)
     ref = rows[0]
     for r in rows[1:]:
         r["ratio_reference_over_this"] = {
@@ -162,7 +200,7 @@ def run_model(kind: str, data, args, robot, ee_target) -> dict:
             and isinstance(ref.get(k), (int, float))}
     return {"model": kind, "transitions": int(data.states.shape[0]),
             "fit_seconds": round(fit_s, 1), "mode": getattr(model, "mode", ""),
-            "val_rmse": metrics.get("val_rmse"), "variants": rows,
+            "val_rmse": metrics.get("val_rmse"), "variants": rows, "parts_cpu_ms": parts_cpu,
             "loadavg_start": load0, "loadavg_end": loadavg(),
             "wall_seconds": round(time.time() - t0, 1)}
 
@@ -178,6 +216,8 @@ def main() -> None:
     ap.add_argument("--ilqr", default='{"max_iterations": 1}', help="iLQR settings, JSON")
     ap.add_argument("--gp", default="{}", help="GP settings, JSON")
     ap.add_argument("--seed", type=int, default=1, help="seed of the reaching start")
+    ap.add_argument("--repeats", type=int, default=20,
+                    help="repeats of each part's CPU-time measurement")
     ap.add_argument("--json", help="append the result (one JSON object per line)")
     a = ap.parse_args()
     a.steps = a.steps or (60 if a.quick else 300)
