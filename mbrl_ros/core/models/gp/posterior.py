@@ -56,6 +56,10 @@ class KernelPosterior:
         self.P = P.to(F64).contiguous() if P is not None else None
         self.mix = mix.to(F64) if mix is not None else None
         self.n_latent = self.inv_ls.shape[0]
+        # The mean-only query's constants: -2 folded into the centres, the outputscale
+        # into the weights (two fewer passes over the (Q, B, n) kernel rows).
+        self._xt_m2 = (-2.0 * self.xt).contiguous()
+        self._alpha_os = (self.outputscale[:, None, None] * self.alpha).contiguous()
 
     def _krow(self, zq: torch.Tensor) -> torch.Tensor:
         """(Q, B, d) inputs, latent q at zq[q] -> (Q, B, n) kernel rows."""
@@ -114,10 +118,11 @@ class KernelPosterior:
         """(B, d) normalised inputs -> mean (B, T), variance with noise (B, T); without
         ``with_var`` the variance is None (the kernel rows' product with the variance
         factor costs more than the mean itself: sampling planners need only the mean)."""
+        if not with_var:
+            mean = self._mean(z)
+            return (mean.T if self.mix is None else mean.T @ self.mix), None
         k = self._krow(self._expand(z))
         mean = (k @ self.alpha).squeeze(-1)                               # (Q, B)
-        if not with_var:
-            return (mean.T if self.mix is None else mean.T @ self.mix), None
         if self.W is not None:
             red = (k @ self.W).pow(2).sum(-1)
             var = self.outputscale[:, None] - red
@@ -127,6 +132,22 @@ class KernelPosterior:
         if self.mix is None:
             return mean.T, var.T + self.noise
         return mean.T @ self.mix, var.T @ self.mix.pow(2) + self.noise
+
+    def _mean(self, z: torch.Tensor) -> torch.Tensor:
+        """(B, d) -> latent means (Q, B), no autograd: :meth:`_krow` and the product with
+        the weights in fewer passes (the constants folded at construction)."""
+        zq = self._expand(z)
+        if self.shared:
+            zw = zq * self.w[:, None, :]
+            zsq = (zw * zq).sum(-1, keepdim=True)
+            Q, B, d = zw.shape
+            D = (zw.reshape(Q * B, d) @ self._xt_m2).view(Q, B, -1)
+        else:
+            zw = zq * self.inv_ls
+            zsq = zw.pow(2).sum(-1, keepdim=True)
+            D = zw @ self._xt_m2
+        D.add_(self.csq[:, None, :]).add_(zsq).clamp_min_(0.0)
+        return (kfun(self.kind, D, inplace=True) @ self._alpha_os).squeeze(-1)
 
     @property
     def width(self) -> int:
