@@ -215,7 +215,8 @@ class _NodeSamplerBase:
 
     def _write_index(self, bag_dir: Path, bags) -> None:
         import json
-        index = {"bags": [str(p) for p in bags], "episodes": self.episodes}
+        index = {"bags": [str(p) for p in bags], "episodes": self.episodes,
+                 "other_episodes": getattr(self, "other_episodes", [])}
         bag_dir.mkdir(parents=True, exist_ok=True)
         (bag_dir / "gps_episodes.json").write_text(json.dumps(index, indent=2))
 
@@ -319,9 +320,20 @@ class NodeSampler(_NodeSamplerBase):
         sim, rec, system = self.sim, self.recorder, self.system
         t_wall = time.perf_counter()
         sim.pause()
-        system.spin_until(lambda: False, timeout=0.05)     # in-flight messages land
-        q0, v0 = self.env.start_state(m)
+        # The controller forgets its last state first: idle for longer than its
+        # state_timeout (the S-step on a busy machine), its watchdog would go on publishing
+        # safe holds, and one still queued when the simulator resumes would step the
+        # sample (seen: the first policy evaluation after an S-step differed at load 27).
+        # Then the messages in flight land while the simulator is paused.
         self.controller.reset_episode()
+        n_cmd = [len(rec.commands), time.monotonic()]
+
+        def quiet() -> bool:
+            if len(rec.commands) != n_cmd[0]:
+                n_cmd[:] = [len(rec.commands), time.monotonic()]
+            return time.monotonic() - n_cmd[1] > 0.05
+        system.spin_until(quiet, timeout=5.0)
+        q0, v0 = self.env.start_state(m)
         sim.reset_episode(positions=q0, velocities=v0, publish=False)
         self._episode_id = int(sim.sim.episode)
         rec.clear()
@@ -405,6 +417,8 @@ class RemoteSampler(_NodeSamplerBase):
         bag_dir: where ``close`` writes ``gps_episodes.json`` (the data logger's
             ``output_dir``).
         service_timeout: wall seconds for a node to offer and answer a service.
+        wake_after: idle wall seconds after which the controller is given a fresh state
+            before the next sample (see :meth:`_wake_if_idle`); below its state_timeout.
     """
 
     def __init__(self, env, targets, store_dir: str | Path, node, executor, *,
@@ -414,7 +428,8 @@ class RemoteSampler(_NodeSamplerBase):
                  move_planner: str = "ilqr", settle_tolerance: float = 0.01,
                  settle_velocity: float = 0.05, move_chunk: int = 10, move_steps: int = 2000,
                  bag_dir: str | Path | None = None, max_discarded: int = 20,
-                 step_timeout: float = 30.0, service_timeout: float = 30.0):
+                 step_timeout: float = 30.0, service_timeout: float = 30.0,
+                 wake_after: float = 10.0):
         from rcl_interfaces.srv import SetParameters
         from std_msgs.msg import UInt32
         from std_srvs.srv import Trigger
@@ -456,6 +471,11 @@ class RemoteSampler(_NodeSamplerBase):
         self._pause_after = None
         self._marker = -1
         self._expect = None
+        self._last_run = time.monotonic()
+        # idle wall seconds after which the controller is woken before a sample; well
+        # below the state_timeout the GPS launch gives it (60 s)
+        self.wake_after = float(wake_after)
+        self.other_episodes: list[dict[str, Any]] = []
         self._wait_ready(state_topic, command_topic)
 
     # ------------------------------------------------------------------ ROS plumbing
@@ -563,6 +583,7 @@ class RemoteSampler(_NodeSamplerBase):
         if self.reset_mode == "move":
             self._pending = params        # applied once the arm is at the start
         else:
+            self._wake_if_idle()          # under the previous parameters
             self._set_remote(self._ctrl_params, "controller", params)
 
     def _sim_pause_after(self, steps: int) -> None:
@@ -570,10 +591,11 @@ class RemoteSampler(_NodeSamplerBase):
             self._set_remote(self._sim_params, "simulator", {"pause_after": int(steps)})
             self._pause_after = steps
 
-    def _run(self, steps: int) -> None:
+    def _run(self, steps: int, strict: bool = True) -> None:
         """Resume the (paused) lockstep simulator for ``steps`` steps and wait for the
         steps+1 states and commands (the last command answers the final state; the
-        simulator, paused again, ignores it)."""
+        simulator, paused again, ignores it). ``strict``: any other command is an error
+        (a sample); else more commands are accepted (a move, a wake-up)."""
         from std_srvs.srv import Trigger
         rec = self.recorder
         self._sim_pause_after(steps)
@@ -594,10 +616,39 @@ class RemoteSampler(_NodeSamplerBase):
                     or time.monotonic() - progress[0] > self.step_timeout)
         while not done():
             self.executor.spin_once(timeout_sec=0.05)
-        if len(rec.states) != steps + 1 or len(rec.commands) != steps + 1:
+        self._last_run = time.monotonic()
+        if len(rec.states) != steps + 1 or len(rec.commands) < steps + 1 or (
+                strict and len(rec.commands) != steps + 1):
             raise RuntimeError(f"gps trainer: sample stalled or mixed ({len(rec.states)} "
                                f"states and {len(rec.commands)} commands received for "
                                f"{steps} steps)")
+
+    def _quiet(self, seconds: float = 0.3) -> None:
+        """Spin until no command arrived for ``seconds`` (the controller's holds stopped and
+        the ones in flight landed while the simulator is paused)."""
+        rec = self.recorder
+        last = [len(rec.commands), time.monotonic()]
+
+        def quiet() -> bool:
+            if len(rec.commands) != last[0]:
+                last[:] = [len(rec.commands), time.monotonic()]
+            return time.monotonic() - last[1] > seconds
+        self._spin_until(quiet, self.service_timeout, "the controller's commands did not stop")
+
+    def _wake_if_idle(self) -> None:
+        """After a long pause (the dynamics fit, C- and S-step) the controller has had no
+        state for longer than its state_timeout and its watchdog publishes safe holds;
+        a hold still in flight when the simulator resumes would step the sample. So one
+        throw-away step first (its own bag episode), under the previous parameters: the
+        controller gets a fresh state and stops holding; then its commands die down while
+        the simulator is paused."""
+        if time.monotonic() - self._last_run < self.wake_after:
+            return
+        marker = self._mark_episode()
+        if marker is not None:
+            self.other_episodes.append({"episode": marker, "kind": "wake"})
+        self._run(1, strict=False)
+        self._quiet()
 
     def _move_to(self, q0: np.ndarray) -> None:
         """Drive the arm to ``q0`` with the move planner until it is settled."""
@@ -607,12 +658,13 @@ class RemoteSampler(_NodeSamplerBase):
         n = len(q0)
         steps = 0
         while True:
-            self._run(self.move_chunk)
+            self._run(self.move_chunk, strict=False)
             steps += self.move_chunk
             x = self.recorder.states[-1]
             err = float(np.max(np.abs(x[:n] - q0)))
             vel = float(np.max(np.abs(x[n:])))
             if err <= self.settle_tolerance and vel <= self.settle_velocity:
+                self._quiet()         # holds of a controller woken by the move died down
                 return
             if steps >= self.move_steps:
                 raise RuntimeError(f"gps trainer: the move to the start {np.round(q0, 4)} did "
@@ -649,7 +701,9 @@ class RemoteSampler(_NodeSamplerBase):
                              "the simulator did not start the episode (set_state)")
             self._episode_id = self._sim_episode
         else:
-            self._mark_episode()          # the move is an episode of the bag of its own
+            marker = self._mark_episode()     # the move is an episode of the bag of its own
+            if marker is not None:
+                self.other_episodes.append({"episode": marker, "kind": "move"})
             self._move_to(q0)
             self._set_remote(self._ctrl_params, "controller", self._pending)
         marker = self._mark_episode()
