@@ -11,6 +11,9 @@ arguments of that kind and, at launch time, starts the plan's processes:
 - a lifecycle node is configured each time its process starts (so a respawned one is
   too), once that process answers ``get_state`` (see :func:`_configure_when_answering`),
   and activated after a successful configure when the plan says so;
+- the plan's job (``Process.job``: the GPS trainer) ends the launch when it exits, as
+  with ``mbrl-ros bringup``: with exit 0 after a success (a ``Shutdown`` event stops the
+  other nodes), else with the error below naming it;
 - a node that exits (unless it respawns) or fails to configure ends the launch with a
   non-zero exit code naming the node. A ``Shutdown`` action would exit 0:
   ``LaunchService.run()`` returns 1 only when an exception escapes an action or event
@@ -92,7 +95,11 @@ def _process_actions(process: Process) -> list:
         # torch's teardown; SIGTERM then killed nodes that were ending normally)
         sigterm_timeout=f"{STOP_TIMEOUT:g}")
     handlers = []
-    if not process.respawn:
+    if process.job:          # the launch's task: its exit, whatever the code, ends the launch
+        handlers.append(OnProcessExit(target_action=node,
+                                      on_exit=lambda event, context: _job_exited(
+                                          process, event, context)))
+    elif not process.respawn:
         handlers.append(OnProcessExit(target_action=node,
                                       on_exit=lambda event, context: _exited(process, event,
                                                                              context)))
@@ -192,6 +199,16 @@ def _exited(process: Process, event, context):
         return None
     raise NodeFailure(f"node {process.full_name} ({process.executable}) exited with code "
                       f"{event.returncode}")
+
+
+def _job_exited(process: Process, event, context):
+    """The plan's job exited: a success shuts the launch down (``ros2 launch`` exits 0, the
+    other nodes get SIGINT), a failure ends it with an error naming the node (exit 1)."""
+    if context.is_shutdown or event.returncode != 0:
+        return _exited(process, event, context)
+    from launch.events import Shutdown
+    return [EmitEvent(event=Shutdown(reason=f"{process.full_name} ({process.executable}) "
+                                            "finished"))]
 
 
 def _configure_failed(process: Process, context):
