@@ -7,8 +7,11 @@ refits on all data so far. The active planner is switched once, half way, by set
 controller's ``active_planner`` parameter as a user would. Everything runs on a private
 ROS domain with localhost-only discovery (see :mod:`mbrl_ros.ros.compose`).
 
-Any robot: a shipped name uses its tuned defaults (``ROBOT_DEFAULTS``); an MJCF path gets
-generic ones (100 Hz, horizon 30, 8 s of excitation, 3 s episodes) and, without an explicit
+Any robot: a shipped name uses its tuned defaults (``ROBOT_DEFAULTS``) and its shipped
+parameter file ``config/<robot>.yaml`` -- the per-robot values every launched node loads
+(arm7: the focused excitation, the controller's effort rate limit, MPPI's refinement, the
+live ensemble's size), under the demo's own settings (:func:`robot_parameters`); an MJCF
+path gets generic ones (100 Hz, horizon 30, 8 s of excitation, 3 s episodes) and, without an explicit
 target, :func:`default_target` (a reachable configuration away from home).
 
 The run ends with a report whatever ends it: metrics.json and the plots are written for
@@ -49,8 +52,11 @@ from mbrl_ros.ros.sim_node import SimNode
 ROBOT_DEFAULTS = {
     "arm2": {"target": (0.5, -0.5), "rate": 100.0, "horizon": 30, "excite": 8.0,
              "episode": 3.0, "planners": {}},
-    "arm7": {"target": (0.3, -0.5, 0.0, -2.0, 0.0, 1.6, 0.8), "rate": 100.0, "horizon": 30,
-             "excite": 8.0, "episode": 3.0, "planners": {}},
+    # arm7: config/arm7.yaml's horizon (0.5 s); 20 s of excitation (2,000 transitions: in
+    # process the GP on as many focused ones reaches 0.45 cm, the ensemble is refitted
+    # after every episode), bench/results/arm7-learned-2026-12-07.md
+    "arm7": {"target": (0.3, -0.5, 0.0, -2.0, 0.0, 1.6, 0.8), "rate": 100.0, "horizon": 50,
+             "excite": 20.0, "episode": 3.0, "planners": {}},
     # swing-up: 4 s episodes (the swing takes ~3 s), a 2 s horizon, 3 iLQR iterations a replan
     "cartpole": {"target": (0.0, 0.0), "rate": 50.0, "horizon": 100, "excite": 4.0,
                  "episode": 4.0, "planners": {"ilqr": {"max_iterations": 3}}},
@@ -104,6 +110,36 @@ class DemoConfig:
     # plan (with its gains) acts in between, as it does on a real arm, where a solve
     # does not fit in one control period. 0: replan at every state.
     plan_rate: float = 50.0
+
+
+def robot_parameters(robot: str, share: str | None = None) -> dict[str, dict]:
+    """The parameters ``config/<robot>.yaml`` gives each node, keyed by node name
+    (``sim``, ``excitation``, ``controller``, ``model_fitter``), nested sections flattened
+    to dotted names (``excitation.bandwidth``) as node parameters are named. ``{}`` for a
+    robot without a shipped file (a user's MJCF).
+
+    The demo composes its nodes on top of these, so a shipped robot runs with the values
+    its launch uses (e.g. arm7's controller ``max_effort_rate``: with the default rate
+    limit iLQR's feedback diverges on arm7, bench/results/arm7-live-2026-12-07-s7.md).
+    """
+    import yaml
+
+    from mbrl_ros.bringup import robot_label, share_dir
+    path = Path(share or share_dir()) / "config" / f"{robot_label(robot)}.yaml"
+    if robot not in ROBOT_DEFAULTS or not path.is_file():
+        return {}
+
+    def flat(d: dict, prefix: str = "") -> dict:
+        out = {}
+        for k, v in d.items():
+            if isinstance(v, dict):
+                out.update(flat(v, f"{prefix}{k}."))
+            else:
+                out[prefix + k] = tuple(v) if isinstance(v, list) else v
+        return out
+    doc = yaml.safe_load(path.read_text()) or {}
+    return {key.strip("/").split("/")[-1]: flat((section or {}).get("ros__parameters") or {})
+            for key, section in doc.items()}
 
 
 def replan_every(rate: float, plan_rate: float) -> int:
@@ -186,23 +222,31 @@ def _run(cfg, robot, rate, target, defaults, out, rows, episodes, switching,
         # exist, so their start-up lines are quiet too.
         for name in ("sim", "data_logger", "model_fitter", "excitation", "controller"):
             rclpy_logging.set_logger_level(name, LoggingSeverity.WARN)
+    shipped = robot_parameters(cfg.robot)
     with InProcessSystem() as system:
-        sim = system.add(SimNode, {"model": cfg.robot, "publish_rate": rate, "lockstep": True,
+        sim = system.add(SimNode, {**shipped.get("sim", {}),
+                                   "model": cfg.robot, "publish_rate": rate, "lockstep": True,
                                    "seed": cfg.seed, "initial_noise": cfg.initial_noise,
                                    "diagnostics_rate": 0.0})
         sim.pause()
         logger = system.add(DataLogger, {"output_dir": str(out / "bags"), "bag_name": "demo",
                                          "diagnostics_rate": 0.0})
         state["logger"] = logger
+        # the robot file's settings of the fitted family only (a node takes no others)
         fitter = system.add(ModelFitter, {
+            **{k: v for k, v in shipped.get("model_fitter", {}).items()
+               if "." not in k or k.startswith(f"{cfg.model}.")},
             "model": cfg.model, "robot": cfg.robot, "store_dir": str(out / "models"),
             "live": True, "fit_every": 0, "min_transitions": 50, "seed": cfg.seed,
             "diagnostics_rate": 0.0, "reject_factor": 1e6,
             **{f"{cfg.model}.{k}": v for k, v in cfg.model_settings.items()}})
-        excitation = system.add(ExcitationNode, {"model": cfg.robot, "seed": cfg.seed,
+        excitation = system.add(ExcitationNode, {**shipped.get("excitation", {}),
+                                                 "model": cfg.robot, "seed": cfg.seed,
                                                  "control_period": 1.0 / rate})
         plugins = [cfg.planner] + ([cfg.switch_to] if switching else [])
         controller = system.add(Controller, {
+            **{k: v for k, v in shipped.get("controller", {}).items()
+               if "." not in k or k.split(".")[0] in plugins},
             "robot": cfg.robot, "model": "", "planner_plugins": plugins,
             "active_planner": cfg.planner, "control_mode": "on_state", "plan_mode": "sync",
             "control_rate": rate, "horizon": defaults["horizon"],
