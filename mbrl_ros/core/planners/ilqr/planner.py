@@ -5,8 +5,9 @@ Algorithm (one ``optimize`` call, at most ``max_iterations`` iterations):
 1. Nominal: the previous solution shifted by the time elapsed since it was planned (last
    action repeated), rolled out from x0 through the model with the previous feedback gains
    (so the nominal follows the current state), or zero actions after :meth:`reset`.
-2. Linearise the model along the nominal (one batched ``model.linearize`` call) and take
-   the cost derivatives.
+2. Linearise the model along the nominal (one batched ``model.linearize_mean`` call where
+   the model offers it -- the Jacobians without the covariance, which the update does not
+   use -- else ``model.linearize``) and take the cost derivatives.
 3. Backward pass (:mod:`.backward_pass`): Riccati sweep with Levenberg-Marquardt
    regularisation mu on V_xx (Tassa, Erez & Todorov, "Synthesis and stabilization of
    complex behaviors through online trajectory optimization", IROS 2012) and, with action
@@ -14,8 +15,9 @@ Algorithm (one ``optimize`` call, at most ``max_iterations`` iterations):
    Dynamic Programming", ICRA 2014). A non-positive-definite Q_uu raises mu and retries.
 4. Forward pass: nonlinear rollout of u = clip(u_t + alpha k_t + K_t (x - x_t)) for the
    line-search step sizes alpha in order, accepting the first whose actual/expected cost
-   reduction exceeds ``min_reduction_ratio``; accepted steps lower mu, rejected iterations
-   raise it (the schedule of Tassa et al. 2012).
+   reduction exceeds ``min_reduction_ratio`` (the step sizes rolled out in batches as
+   ``parallel_line_search`` says: :meth:`ILQRPlanner._line_search_groups`); accepted steps
+   lower mu, rejected iterations raise it (the schedule of Tassa et al. 2012).
 5. Stop on a small Newton step (gradient criterion of Tassa's iLQG.m), a small relative
    cost change, or the iteration budget -- or, with a deadline from the controller
    (:meth:`Planner.set_deadline`), when another iteration would end past it (at least one
@@ -26,9 +28,13 @@ last feedback gains, and (iLQG, as GPS uses it) the controller covariance inv(Q_
 Model noise (``Linearization.cov``) does not change the LQG solution (its expected cost is
 a constant), so it is not used by the update.
 
-The nominal is a single-shooting rollout of ``model.predict``; ``Linearization.f0`` is not
-needed because the linearisation is taken along that rollout. Time-varying models get the
-step index within the plan (0..T-1) as ``t``.
+The nominal is a single-shooting rollout of the model's mean; ``Linearization.f0`` is not
+needed because the linearisation is taken along that rollout. Rollouts are one compiled
+call (:mod:`mbrl_ros.core.lqr.rollout`, feedback and clipping inside) for models that
+expose their mean as arrays -- ``affine_dynamics()`` (linear models) or ``mlp_dynamics()``
+(the ensemble) -- and else a loop over the steps calling ``predict_mean`` (the GP: no
+variance) or ``predict``. Time-varying models get the step index within the plan
+(0..T-1) as ``t``.
 """
 from __future__ import annotations
 
