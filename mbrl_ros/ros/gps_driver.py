@@ -717,6 +717,11 @@ class RemoteSampler(_NodeSamplerBase):
         if marker is not None:
             self._episode_id = marker
         self._run(horizon)
+        # what follows (the answer to x_T, safe holds of a controller idle during the
+        # S-step) is not the sample's: a bag episode of its own
+        marker = self._mark_episode()
+        if marker is not None:
+            self.other_episodes.append({"episode": marker, "kind": "idle"})
         self._stats["seconds"] += time.perf_counter() - t_wall
         self._stats["samples"] += 1
         X = np.array(self.recorder.states[:horizon + 1])
