@@ -471,7 +471,7 @@ class RemoteSampler(_NodeSamplerBase):
         self._pause_after = None
         self._marker = -1
         self._expect = None
-        self._last_run = time.monotonic()
+        self._last_run: float | None = None     # none yet: the controller never had a state
         # idle wall seconds after which the controller is woken before a sample; well
         # below the state_timeout the GPS launch gives it (60 s)
         self.wake_after = float(wake_after)
@@ -649,7 +649,7 @@ class RemoteSampler(_NodeSamplerBase):
         throw-away step first (its own bag episode), under the previous parameters: the
         controller gets a fresh state and stops holding; then its commands die down while
         the simulator is paused."""
-        if time.monotonic() - self._last_run < self.wake_after:
+        if self._last_run is None or time.monotonic() - self._last_run < self.wake_after:
             return
         marker = self._mark_episode()
         if marker is not None:
