@@ -1,20 +1,22 @@
 #!/usr/bin/env python3
 """Real-time MPC on arm2 beside CPU-bound processes (issue 15, item 4).
 
-For N = 0, 1, 2 CPU hogs (``python -c "while True: pass"`` processes, started before the
+For N = 0, 1, 2 CPU hogs (``sh -c 'while :; do :; done'`` at nice 0, started before the
 runs of that N and killed after them), every configured run does, in real time (wall
 clock, not lockstep):
 
 - the simulated arm2 (MuJoCo) steps at 100 Hz, sleeping to absolute deadlines, each step
   applying the current policy to the measured state -- the node's on_state control path;
 - the planning runs as in the controller node with ``planning: process``: a
-  :class:`~mbrl_ros.core.control.plan_process.PlanProcess` worker (niceness +5, one
-  thread) asked for a replan at ``plan_rate`` (50 Hz) from the newest state, with the
+  :class:`~mbrl_ros.core.control.plan_process.PlanProcess` worker (one thread, at the
+  node's default ``plan_nice``, or ``--nice``) asked for a replan at ``plan_rate`` (50 Hz)
+  from the newest state, with the
   node's latency compensation (lookahead = median of the last 10 plan latencies; a plan
   made ahead takes over at its start time) and the node's replan deadline 1/plan_rate
   (planners adapt their work to it: MPPI's samples, iLQR's iterations);
 - the model is a GP (or ensemble) fitted on simulated excitation data and handed to the
-  worker as an artifact, as the fitter hands models to the node;
+  worker as an artifact, as the fitter hands models to the node (or ``--model mujoco``,
+  the known model);
 - the arm settles at target A for ``settle`` s, then the target changes to B; reported:
   the end-effector distance to B at the end (``final_cm``), the time from the change until
   it is < 2 cm and stays so (``reach_s``; None: never), the largest distance over the last
@@ -22,13 +24,15 @@ clock, not lockstep):
   latencies (state to policy in the parent) p50/p95/p99, the samples per replan (MPPI) and
   iLQR iterations.
 
-Runs: ``mppi`` (adapt_samples on, the default), ``mppi_fixed`` (adapt_samples off: the
-behaviour before the deadline existed), ``mppi_newton`` (refine 'newton') and ``ilqr``
-(max 2 iterations), each with the GP (or ``--model ensemble``); ``--quick``: mppi and
-ilqr, shorter phases; ``--runs`` picks runs. The load average is recorded per run.
+Runs: ``mppi`` (the defaults: adapt_samples on, refine 'newton'), ``mppi_none`` (refine
+'none': the sampling update alone), ``mppi_fixed`` (adapt_samples off: the configured 256
+samples every replan), ``cem`` (defaults) and ``ilqr`` (max 2 iterations), each with the
+GP (or ``--model ensemble|mujoco``); ``--quick``: mppi and ilqr, shorter phases; ``--runs``
+picks runs. The 1-minute load average is recorded before and after each run (other
+processes on the machine count as well as the hogs).
 
-Usage: python bench/contention.py [--quick] [--json PATH] [--model gp|ensemble]
-       [--hogs 0,1,2] [--runs mppi,mppi_fixed,mppi_newton,ilqr]
+Usage: python bench/contention.py [--quick] [--json PATH] [--model gp|ensemble|mujoco]
+       [--hogs 0,1,2] [--runs mppi,mppi_none,mppi_fixed,cem,ilqr] [--nice N]
 """
 from __future__ import annotations
 
@@ -53,14 +57,14 @@ PLAN_RATE = 50.0
 HORIZON = 30
 TARGET_A = np.array([0.5, -0.5])
 TARGET_B = np.array([-0.3, 0.6])
-RUNS = {"mppi": ("mppi", {}), "mppi_fixed": ("mppi", {"adapt_samples": False}),
-        "mppi_newton": ("mppi", {"refine": "newton"}),
+RUNS = {"mppi": ("mppi", {}), "mppi_none": ("mppi", {"refine": "none"}),
+        "mppi_fixed": ("mppi", {"adapt_samples": False}), "cem": ("cem", {}),
         "ilqr": ("ilqr", {"max_iterations": 2})}
 
 
 def start_hogs(n: int) -> list[subprocess.Popen]:
-    return [subprocess.Popen([sys.executable, "-c", "while True: pass"])
-            for _ in range(n)]
+    """n CPU-bound shells at the default priority (nice 0)."""
+    return [subprocess.Popen(["sh", "-c", "while :; do :; done"]) for _ in range(n)]
 
 
 def stop_hogs(hogs: list[subprocess.Popen]) -> None:
@@ -72,7 +76,11 @@ def stop_hogs(hogs: list[subprocess.Popen]) -> None:
 
 def fit_artifact(kind: str, seconds: float, root: str):
     """Fit ``kind`` on simulated arm2 excitation and publish it; returns its
-    :class:`~mbrl_ros.core.store.ArtifactInfo`."""
+    :class:`~mbrl_ros.core.store.ArtifactInfo` (``'mujoco'``: the known model, nothing
+    fitted)."""
+    if kind == "mujoco":
+        from types import SimpleNamespace
+        return SimpleNamespace(uri="mujoco", version=None, checksum=None)
     from mbrl_ros.core import store
     from mbrl_ros.core.control.closed_loop import simulate_excitation
     from mbrl_ros.core.fitting import FitSettings, fit_model
@@ -83,7 +91,7 @@ def fit_artifact(kind: str, seconds: float, root: str):
 
 
 def run_one(planner: str, settings: dict, artifact, settle: float,
-            after: float) -> dict:
+            after: float, nice: int) -> dict:
     from mbrl_ros.core import registry
     from mbrl_ros.core.control.mpc import CostSettings
     from mbrl_ros.core.control.plan_process import PlanProcess
@@ -101,7 +109,7 @@ def run_one(planner: str, settings: dict, artifact, settle: float,
     layout = RobotLayout(sim.position_limits, sim.command_index, sim.effective_inertia())
     pp = PlanProcess("arm2", 1.0 / RATE, sim.joint_names, lambda: {planner: (planner, s)},
                      [planner], planner, HORIZON, sim.effort_limits, sim.position_limits,
-                     CostSettings(), continuous=sim.continuous, layout=layout, nice=5,
+                     CostSettings(), continuous=sim.continuous, layout=layout, nice=nice,
                      deadline=1.0 / PLAN_RATE, plan_timeout=30.0)
     pp.start()
     try:
@@ -115,6 +123,7 @@ def run_one(planner: str, settings: dict, artifact, settle: float,
         pending: list = [None]
         stop = threading.Event()
         solve, latency, samples, iters, failures = [], [], [], [], [0]
+        alphas = []
         recent = deque(maxlen=10)
 
         def planning() -> None:
@@ -134,6 +143,8 @@ def run_one(planner: str, settings: dict, artifact, settle: float,
                         samples.append(int(st["samples"]))
                     if "iterations" in st and planner == "ilqr":
                         iters.append(int(st["iterations"]))
+                    if "refine_alpha" in st:
+                        alphas.append(float(st["refine_alpha"] > 0))
                     with lock:
                         if st.get("lookahead_steps", 0) > 0:
                             pending[0] = policy
@@ -148,6 +159,7 @@ def run_one(planner: str, settings: dict, artifact, settle: float,
                 stop.wait(delay)
 
         thread = threading.Thread(target=planning, daemon=True)
+        cpu0, wall0 = _cpu_seconds(pp.pid), time.monotonic()
         thread.start()
         steps_a, steps_b = int(settle * RATE), int(after * RATE)
         dist, late = [], 0
@@ -174,6 +186,7 @@ def run_one(planner: str, settings: dict, artifact, settle: float,
                 late += 1
         stop.set()
         thread.join(timeout=35.0)
+        cpu1, wall1 = _cpu_seconds(pp.pid), time.monotonic()
     finally:
         pp.stop()
     d = np.asarray(dist)
@@ -193,24 +206,41 @@ def run_one(planner: str, settings: dict, artifact, settle: float,
             "samples_median": int(np.median(samples)) if samples else None,
             "samples_min": min(samples) if samples else None,
             "ilqr_iterations_mean": round(float(np.mean(iters)), 2) if iters else None,
+            "refine_alpha_nonzero": (round(float(np.mean(alphas)), 2) if alphas else None),
+            # the share of a core the planning worker got (CPU seconds / wall seconds)
+            "worker_cpu_share": (round((cpu1 - cpu0) / (wall1 - wall0), 2)
+                                 if cpu0 is not None and cpu1 is not None else None),
             "late_control_steps": late}
 
 
+def _cpu_seconds(pid: int | None) -> float | None:
+    """User + system CPU time [s] of process ``pid`` so far (Linux /proc), or None."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, TypeError):
+        return None
+
+
 def table(rows: list[dict]) -> str:
-    head = ("| hogs | load (1 min) | run | final cm | reach < 2 cm [s] | hold max cm | "
-            "solve p50/p95/p99 ms | latency p50/p99 ms | samples median (min) | iLQR iter |")
+    head = ("| hogs | load before/after | run | final cm | reach < 2 cm [s] | hold max cm | "
+            "solve p50/p95/p99 ms | latency p50/p99 ms | worker CPU share | "
+            "samples median (min) | iLQR iter |")
     out = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
+        load = f"{r['load']} / {r.get('load_after', '')}"
         if "error" in r:
-            out.append(f"| {r['hogs']} | {r['load']} | {r['run']} | error: {r['error']} |"
-                       + " |" * 6)
+            out.append(f"| {r['hogs']} | {load} | {r['run']} | error: {r['error']} |"
+                       + " |" * 7)
             continue
         smp = "" if r["samples_median"] is None else \
             f"{r['samples_median']} ({r['samples_min']})"
-        out.append(f"| {r['hogs']} | {r['load']} | {r['run']} | {r['final_cm']} | "
+        out.append(f"| {r['hogs']} | {load} | {r['run']} | {r['final_cm']} | "
                    f"{r['reach_s']} | {r['hold_max_cm']} | {r['solve_ms_p50']} / "
                    f"{r['solve_ms_p95']} / {r['solve_ms_p99']} | {r['latency_ms_p50']} / "
-                   f"{r['latency_ms_p99']} | {smp} | {r['ilqr_iterations_mean'] or ''} |")
+                   f"{r['latency_ms_p99']} | {r['worker_cpu_share']} | {smp} | "
+                   f"{r['ilqr_iterations_mean'] or ''} |")
     return "\n".join(out)
 
 
@@ -218,7 +248,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="mppi and ilqr, shorter phases")
     ap.add_argument("--json", help="write the figures to this file")
-    ap.add_argument("--model", default="gp", choices=("gp", "ensemble"))
+    ap.add_argument("--model", default="gp", choices=("gp", "ensemble", "mujoco"))
+    ap.add_argument("--nice", type=int, default=None,
+                    help="niceness of the planning worker (default: the controller node's "
+                    "plan_nice default)")
     ap.add_argument("--hogs", default="0,1,2", help="comma-separated hog counts")
     ap.add_argument("--runs", default="", help=f"comma-separated runs of {', '.join(RUNS)} "
                     "(default: mppi,ilqr with --quick, else all)")
@@ -227,7 +260,11 @@ def main() -> None:
     import torch
     torch.set_num_threads(1)
     runs = (a.runs.split(",") if a.runs else
-            ["mppi", "ilqr"] if a.quick else ["mppi", "mppi_fixed", "mppi_newton", "ilqr"])
+            ["mppi", "ilqr"] if a.quick else ["mppi", "mppi_none", "mppi_fixed", "cem",
+                                              "ilqr"])
+    if a.nice is None:
+        from mbrl_ros.ros.controller_params import ControllerSettings
+        a.nice = ControllerSettings().plan_nice
     unknown = set(runs) - set(RUNS)
     if unknown:
         ap.error(f"unknown runs {sorted(unknown)}; known: {', '.join(RUNS)}")
@@ -242,11 +279,14 @@ def main() -> None:
                 for name in runs:
                     planner, settings = RUNS[name]
                     load = round(os.getloadavg()[0], 2)
-                    row = {"hogs": n, "load": load, "run": name, "model": a.model}
+                    row = {"hogs": n, "load": load, "run": name, "model": a.model,
+                           "nice": a.nice}
                     try:
-                        row.update(run_one(planner, settings, artifact, settle, after))
+                        row.update(run_one(planner, settings, artifact, settle, after,
+                                           a.nice))
                     except Exception as e:          # report and go on
                         row["error"] = f"{type(e).__name__}: {e}"
+                    row["load_after"] = round(os.getloadavg()[0], 2)
                     rows.append(row)
                     print(row, file=sys.stderr, flush=True)
             finally:

@@ -81,9 +81,11 @@ class ControllerSettings:
     plan_timeout: float = setting(10.0, "planning process: a replan unanswered for this long "
                                   "means it hangs; it is killed and restarted (the controller "
                                   "holds safely meanwhile)", unit="s", low=0.05, high=3600.0)
-    plan_nice: int = setting(5, "planning process: niceness added to it, so that on a busy "
-                             "machine the scheduler runs the control loop before the solver "
-                             "(0: the node's priority)", low=0, high=19)
+    plan_nice: int = setting(0, "planning process: niceness added to it (0: the node's "
+                             "priority; > 0 lets the control loop run before the solver, but "
+                             "then any busy process at the default priority starves the "
+                             "planner: bench/results/contention-2026-12-07-s7.md)",
+                             low=0, high=19)
     target_joint_positions: tuple[float, ...] = setting((), "target joint positions (empty: "
                                                         "hold the first measured position)",
                                                         unit="rad|m", dynamic=True)

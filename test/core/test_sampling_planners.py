@@ -172,7 +172,7 @@ def test_sample_average_states_match_mean_rollout_on_linear_model(make):
     # Linear dynamics: the weighted (MPPI) / elite (CEM, alpha = 0) average of the sampled
     # trajectories is the trajectory of the averaged actions, i.e. of the new plan.
     model = DoubleIntegrator(DT)
-    kw = dict(horizon=8, nominal_rollout=False)
+    kw = dict(horizon=8, nominal_rollout=False, refine="none")   # the sampling update alone
     if make is _cem:
         kw.update(alpha=0.0, iterations=1)
     else:
@@ -210,7 +210,8 @@ def test_mppi_mean_converges_to_analytic_fixed_point(control_cost):
     planner = MPPIPlanner(MPPISettings(horizon=3, samples=1000, temperature=lam,
                                        temperature_units="absolute", keep_nominal=False,
                                        noise_sigma=(sigma,), noise_units="absolute",
-                                       iterations=20, control_cost=control_cost),
+                                       iterations=20, control_cost=control_cost,
+                                       refine="none"),   # MPPI's own fixed point
                           1, 1, -10.0, 10.0, DT)
     pol = planner.optimize(np.zeros(1), 0.0, Static(), cost)
     # gamma = control_cost * lambda: the prior N(0, sigma^2) enters with exponent
@@ -260,7 +261,8 @@ def test_cem_particles_keep_their_member_and_cover_all_members():
 
 def test_mppi_sample_k_uses_member_k_mod_e_and_reports_disagreement():
     ens = StandInEnsemble(members=4)
-    planner = _mppi(samples=10, horizon=5, propagation="tsinf")
+    # refine 'none': the model calls of the sampling and the plan's own mean rollout only.
+    planner = _mppi(samples=10, horizon=5, propagation="tsinf", refine="none")
     planner.optimize(np.zeros(2), 0.0, ens, _di_cost())
     tsinf = [r for r, m in zip(ens.recorded, ens.modes) if m == "tsinf"]
     assert len(tsinf) == 5 and all(torch.equal(r[:10], torch.arange(10) % 4) for r in tsinf)
@@ -505,7 +507,7 @@ def test_cem_keeps_the_mean_and_elites_across_iterations_and_calls():
     model = Recording(DT)
     T, pop = 6, 40
     planner = _cem(horizon=T, population=pop, iterations=3, keep_elites=0.5, keep_mean=True,
-                   alpha=0.0)
+                   alpha=0.0, refine="none")     # the next mean is CEM's alone
     cost = _di_cost()
     n_elite, n_keep = 4, 2
     planner.optimize(np.array([0.1, 0.0]), 0.0, model, cost)
@@ -566,7 +568,8 @@ def test_mppi_relative_temperature_ignores_the_cost_scale():
     def plan(units, scale):
         cost = QuadraticCost.diagonal([10.0 * scale, scale], [0.01 * scale],
                                       qf=[100.0 * scale, 10.0 * scale], x_target=TARGET)
-        p = _mppi(temperature_units=units, temperature=0.1, dtype="float64", seed=3)
+        p = _mppi(temperature_units=units, temperature=0.1, dtype="float64", seed=3,
+                  refine="none")               # the plans of the sampling update alone
         for i in range(3):
             p.optimize(x0, i * DT, model, cost)
         return p.nominal[1], p.stats
@@ -647,7 +650,8 @@ def test_replanning_every_five_steps_holds_arm2_with_the_hold_fill(planner, fill
     """Replanning every 5 control periods (a 50 ms solve at 100 Hz), 64 samples, horizon
     40 on arm2 with the known model: the appended steps decide whether the arm holds the
     target. Repeating the plan's last action drifts into a joint stop (measured: 1.8-3.5
-    rad); holding the final configuration stays within a few mrad."""
+    rad); holding the final configuration stays within a few mrad. The sampling update
+    alone (refine 'none'): the default Newton step corrects either fill."""
     pytest.importorskip("mbrl_ros.core.models.mujoco_model",
                         reason="MuJoCo dynamics model not available")
     from mbrl_ros.core.control.mpc import CostSettings, MPCController
@@ -657,7 +661,7 @@ def test_replanning_every_five_steps_holds_arm2_with_the_hold_fill(planner, fill
     sim = MujocoSim("arm2", control_period=0.01)
     cls = registry.lookup("planner", planner)
     size = {"samples": 64} if planner == "mppi" else {"population": 64}
-    s = cls.Settings(horizon=40, warm_start_fill=fill, **size)
+    s = cls.Settings(horizon=40, warm_start_fill=fill, refine="none", **size)
     mpc = MPCController(lambda pid, nx, nu, lo, hi, d: cls(s, nx, nu, lo, hi, d), [planner],
                         planner, 40, sim.effort_limits, sim.position_limits, CostSettings())
     mpc.set_model(MujocoModel.from_sim("arm2", control_period=0.01))

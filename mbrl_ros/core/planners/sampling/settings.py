@@ -54,9 +54,10 @@ class SamplingSettings:
         choices=FEEDBACK_MODES,
         dynamic=True)
     refine: str = setting(
-        "none", "local refinement of the sampled plan: 'none', or 'newton' (one line-searched "
-        "Gauss-Newton/iLQR step on it; removes the steady-state offset); docs/PLANNERS.md",
-        choices=REFINE_MODES, dynamic=True)
+        "newton", "local refinement of the sampled plan: 'newton' (one line-searched "
+        "Gauss-Newton/iLQR step on it, which also gives the policy's nominal rollout: removes "
+        "the steady-state offset and keeps the plan moving when replans are slow) or 'none' "
+        "(the sampling update alone); docs/PLANNERS.md", choices=REFINE_MODES, dynamic=True)
     adapt_samples: bool = setting(
         True, "with a deadline from the controller (timer mode: 1/plan_rate), sample fewer "
         "sequences per replan when solves run late (none: the configured count); "
