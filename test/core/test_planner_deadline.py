@@ -179,3 +179,81 @@ def test_controller_gives_its_deadline_to_every_planner_also_after_a_rebuild():
     with pytest.raises(ValueError):
         MPCController(factory, ["mppi"], "mppi", 5, np.ones(1), np.array([[-3.0, 3.0]]),
                       CostSettings(), deadline=float("nan"))
+
+
+class _WorkClock:
+    """A clock that only the model's work advances: ``per_row`` seconds per predicted row
+    (the planner's own arithmetic is free), so a replan's measured time is known exactly
+    from the rows it asked the model for."""
+
+    def __init__(self, per_row):
+        self.t, self.per_row = 0.0, per_row
+
+    def __call__(self):
+        return self.t
+
+
+class _SlowModel(DoubleIntegrator):
+    """The double integrator on a :class:`_WorkClock`: every predicted row costs time."""
+
+    def __init__(self, clock):
+        super().__init__()
+        self.clock = clock
+
+    def predict(self, x, u, t=None):
+        out = super().predict(x, u, t)
+        self.clock.t += self.clock.per_row * out[0].shape[0]
+        return out
+
+
+@pytest.mark.parametrize("kind", ["mppi", "cem"])
+def test_default_sampling_planner_fits_a_slow_model_into_the_deadline_and_recovers(
+        kind, monkeypatch):
+    """The default settings (refine 'newton': fixed work the budget cannot cut) against a
+    model that becomes 10x slower and fast again: the sample count shrinks until a replan
+    fits the deadline (measured on the clock the model's work drives), without dropping to
+    the floor while more fits, and returns to the configured count when the model is fast;
+    the Newton step runs in every replan."""
+    import mbrl_ros.core.planners.sampling.planner as sampling
+    clock = _WorkClock(per_row=1e-6)
+    monkeypatch.setattr(sampling.time, "perf_counter", clock)
+    model, cost = _SlowModel(clock), _cost()
+    n_max, n_min, T, deadline = 400, 8, 10, 0.05
+    if kind == "mppi":
+        p = MPPIPlanner(MPPISettings(horizon=T, samples=n_max, min_samples=n_min), 2, 1,
+                        -np.ones(1), np.ones(1), 0.1)
+    else:
+        p = CEMPlanner(CEMSettings(horizon=T, population=n_max, min_samples=n_min), 2, 1,
+                       -np.ones(1), np.ones(1), 0.1)
+    assert p.settings.refine == "newton"
+    p.set_deadline(deadline)
+    x, k = np.zeros(2), 0
+
+    def replans(n):
+        nonlocal k
+        out = []
+        for _ in range(n):
+            start = clock.t
+            p.optimize(x, 0.1 * k, model, cost)
+            k += 1
+            out.append((p.stats["samples"], clock.t - start))
+            assert "refine_alpha" in p.stats       # the Newton step is never skipped
+        return out
+
+    # Fast model: 400 samples x 10 steps = 4 ms of a 50 ms deadline; the full count.
+    assert all(n == n_max for n, _ in replans(5))
+    # 10x slower (1e-5 s per row: 400 samples now take 40 ms of sampled rollouts, beside
+    # ~3 ms of fixed work): cut at once, then every replan within 0.8 x the deadline.
+    clock.per_row = 1e-5
+    slow = replans(8)
+    assert slow[0][0] == n_max and slow[1][0] < n_max
+    fits = [(n, dt) for n, dt in slow[2:]]
+    assert all(dt <= 0.8 * deadline + 1e-9 for _, dt in fits), fits
+    # ... without giving away what fits: within one growth step of the count that fills it
+    assert all(n > n_min and 0.8 * deadline / dt < 1.5 + 1e-9 for n, dt in fits), fits
+    # Fast again: back to the configured count, at most 1.5x per replan.
+    clock.per_row = 1e-6
+    fast = replans(10)
+    counts = [slow[-1][0]] + [n for n, _ in fast]
+    assert counts[-1] == n_max
+    assert all(b <= int(1.5 * a) for a, b in zip(counts, counts[1:])), counts
