@@ -54,6 +54,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any
 
@@ -106,7 +107,7 @@ class _Recorder:
         self.commands.clear()
 
 
-class _NodeSamplerBase:
+class _NodeSamplerBase(ABC):
     """The sample loop both node samplers share: exploration noise from the GPS generator,
     each sample's controller (or the global policy) published as an artifact and set on the
     controller node, invalid samples discarded with their unused noise given back, and the
@@ -144,8 +145,17 @@ class _NodeSamplerBase:
         return _OtherConditions(self, env, targets)
 
     # ------------------------------------------------------------------ parameters
+    @abstractmethod
     def _set(self, **params) -> None:
-        raise NotImplementedError   # pragma: no cover -- every subclass defines it
+        """Set the controller node's parameters (``a__b`` for ``a.b``)."""
+
+    @abstractmethod
+    def _episode(self, m: int, horizon: int) -> tuple[np.ndarray, np.ndarray]:
+        """Run one episode of condition m: (X (T+1, nx) states, U (T, nu) commands)."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release the nodes; write the episode index when recording."""
 
     def _use_lg(self, controller: LinearGaussianPolicy, noise, m: int) -> None:
         info = publish_lg_controller(controller, self.store, "gps_samples", self.env.spec,
