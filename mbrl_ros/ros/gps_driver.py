@@ -60,7 +60,7 @@ from typing import Any
 
 import numpy as np
 from rclpy.parameter import Parameter
-from rclpy.qos import QoSProfile, ReliabilityPolicy
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import JointState
 from std_msgs.msg import Float64MultiArray
 
@@ -417,8 +417,9 @@ class RemoteSampler(_NodeSamplerBase):
             while waiting.
         executor: an executor holding ``node``.
         controller, sim, logger: node names (relative to ``node``'s namespace) of the
-            controller, the simulator (``''``: none, a real arm: needs ``reset='move'``) and
-            the data logger (``''``: no recording).
+            controller, the lockstep simulator (required: exact-length samples need its
+            ``pause_after`` and ``~/resume``; ``reset='move'`` does without its
+            ``set_state``, as a real arm must) and the data logger (``''``: no recording).
         command_topic, state_topic: the arm's topics (relative).
         reset: ``sim`` (``~/set_state``: exactly the condition's start) or ``move``.
         move_planner, settle_tolerance, settle_velocity, move_chunk, move_steps: the move
@@ -446,8 +447,6 @@ class RemoteSampler(_NodeSamplerBase):
 
         if reset not in ("sim", "move"):
             raise ValueError(f"reset must be 'sim' or 'move', got {reset!r}")
-        if reset == "sim" and not sim:
-            raise ValueError("reset 'sim' needs the simulator node (a real arm: reset 'move')")
         if not sim:
             raise ValueError("the remote sampler needs a lockstep simulator node (sim) for "
                              "exact-length samples; a real-time arm is not supported yet")
@@ -473,7 +472,6 @@ class RemoteSampler(_NodeSamplerBase):
                                                 QoSProfile(depth=10,
                                                            reliability=ReliabilityPolicy.RELIABLE))
         self._sim_episode = None
-        from rclpy.qos import DurabilityPolicy
         node.create_subscription(
             UInt32, f"{sim}/episode", self._on_sim_episode,
             QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
