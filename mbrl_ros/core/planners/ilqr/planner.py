@@ -185,16 +185,18 @@ class ILQRPlanner(Planner):
     def _line_search_groups(self, model: Any, n: int) -> list[slice]:
         """The step sizes' order as batches of one rollout each (the first accepted step
         size is the same whatever the batches): 'always' all in one; 'never' one by one;
-        'auto' all in one for an affine model's compiled rollout (a row costs next to
-        nothing), one by one for the compiled MLP rollout and for models that are not
-        vectorized (a row costs the same alone or batched), and else -- models rolled out
-        by a batched ``predict`` -- the full step first (in MPC it is usually accepted, and
-        a row of a GP costs several times less than nine), then the rest in one batch."""
+        'auto' one by one for models that are not vectorized (a row costs the same alone or
+        batched) and for the compiled MLP rollout (arithmetic-bound: nine rows cost nine),
+        all in one for a vectorized affine model's compiled rollout, and else -- models
+        rolled out by a batched ``predict`` -- the full step first (in MPC it is usually
+        accepted, and a row of a GP costs several times less than nine), then the rest in
+        one batch."""
         mode = self.settings.parallel_line_search
         fast = self._fast[1][0] if getattr(self, "_fast", None) and self._fast[1] else None
-        if mode == "always" or (mode == "auto" and fast == "affine"):
+        vectorized = bool(getattr(model, "vectorized", False))
+        if mode == "always" or (mode == "auto" and vectorized and fast == "affine"):
             return [slice(0, n)]
-        if mode == "never" or fast == "mlp" or not getattr(model, "vectorized", False):
+        if mode == "never" or fast == "mlp" or not vectorized:
             return [slice(i, i + 1) for i in range(n)]
         return [slice(0, 1), slice(1, n)] if n > 1 else [slice(0, 1)]
 
