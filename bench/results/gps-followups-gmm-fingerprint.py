@@ -6,7 +6,7 @@ before.npz` after it (bench/results/gps-followups-2026-12-07.md).
 import sys
 import numpy as np
 from mbrl_ros.core.models.tvlg import TVLGModel, TVLGSettings
-from mbrl_ros.core.algorithms.policy_fit import PolicyPriorGMM, fit_policy_linearization
+from mbrl_ros.core.policies.linearization import PolicyPriorGMM, fit_policy_linearization
 
 out = {}
 rng = np.random.default_rng(123)
