@@ -11,8 +11,8 @@ Any robot: a shipped name uses its tuned defaults (``ROBOT_DEFAULTS``) and its s
 parameter file ``config/<robot>.yaml`` -- the per-robot values every launched node loads
 (arm7: the focused excitation, the controller's effort rate limit, MPPI's refinement, the
 live ensemble's size), under the demo's own settings (:func:`robot_parameters`); an MJCF
-path gets generic ones (100 Hz, horizon 30, 8 s of excitation, 3 s episodes) and, without an explicit
-target, :func:`default_target` (a reachable configuration away from home).
+path gets generic ones (100 Hz, horizon 30, 8 s of excitation, 3 s episodes) and, without
+an explicit target, :func:`default_target` (a reachable configuration away from home).
 
 The run ends with a report whatever ends it: metrics.json and the plots are written for
 the iterations done, with ``error`` saying why a run stopped early. A slow planner is not a
