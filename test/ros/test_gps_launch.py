@@ -58,7 +58,10 @@ def _episodes(index: dict) -> dict[int, dict[str, list]]:
     assert rep.complete
     out: dict[int, dict[str, list]] = {}
     episode = None
-    for m in sorted(msgs, key=lambda b: b.seq):
+    # in log-time order (read_bag's, and what dataset conversion splits episodes by): a
+    # marker's log time is when the logger wrote it, a message's when it arrived, so a state
+    # that arrived before a marker belongs before it even if it was written after it
+    for m in msgs:
         if m.topic == "/data_logger/episode":
             episode = int(m.msg.data)
             out[episode] = {"X": [], "U": []}
