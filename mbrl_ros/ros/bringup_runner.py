@@ -6,8 +6,9 @@ through each node's ``change_state`` service; forwards SIGINT/SIGTERM to the pro
 groups. Exit status: 0 after a requested stop (Ctrl-C, SIGTERM); 1 when a node exits on
 its own (unless it respawns) or a lifecycle transition fails, naming the node; 2 for
 invalid arguments. A plan's job (the GPS trainer) ends the run when it exits: 0 when it
-succeeded (the other nodes are then stopped), else 1 naming it. One line per node start, transition and stop; the nodes' own output
-goes to the terminal as it does under ``ros2 launch``.
+succeeded (the other nodes are then stopped), else 1 naming it. One line per node start,
+transition and stop; the nodes' own output goes to the terminal as it does under
+``ros2 launch``.
 """
 from __future__ import annotations
 
