@@ -31,8 +31,15 @@ GP (or ``--model ensemble|mujoco``); ``--quick``: mppi and ilqr, shorter phases;
 picks runs. The 1-minute load average is recorded before and after each run (other
 processes on the machine count as well as the hogs).
 
+``--lockstep 0,10,20``: instead of real time, the same target change in lockstep with a
+replan every d control periods that takes over d periods after its state (``run_episode``'s
+``plan_delay``, with the node's latency compensation), for each d: the slow replans of a
+loaded machine, emulated deterministically (no hogs, no deadline: the figures do not
+depend on the load, only the wall time does).
+
 Usage: python bench/contention.py [--quick] [--json PATH] [--model gp|ensemble|mujoco]
        [--hogs 0,1,2] [--runs mppi,mppi_none,mppi_fixed,cem,ilqr] [--nice N]
+       [--lockstep DELAYS]
 """
 from __future__ import annotations
 
@@ -223,6 +230,61 @@ def _cpu_seconds(pid: int | None) -> float | None:
         return None
 
 
+def run_lockstep(planner: str, settings: dict, artifact, settle: float, after: float,
+                 delay: int) -> dict:
+    """The target change A -> B in lockstep, a replan every ``delay`` periods taking
+    ``delay`` periods (0: every period, at once)."""
+    from mbrl_ros.core import registry
+    from mbrl_ros.core.control.closed_loop import run_episode
+    from mbrl_ros.core.control.model_source import load_model
+    from mbrl_ros.core.control.mpc import CostSettings, MPCController
+    from mbrl_ros.core.settings import from_mapping
+    from mbrl_ros.sim.env import MujocoSim
+    model, _ = load_model(artifact.uri, robot="arm2", control_period=1.0 / RATE,
+                          version=artifact.version, checksum=artifact.checksum)
+    cls = registry.lookup("planner", planner)
+    s = from_mapping(cls.Settings, {"horizon": HORIZON, **settings})
+    sim = MujocoSim("arm2", control_period=1.0 / RATE, seed=1, initial_noise=0.05)
+    sim.reset()
+    mpc = MPCController(lambda pid, nx, nu, lo, hi, d: cls(s, nx, nu, lo, hi, d), [planner],
+                        planner, HORIZON, sim.effort_limits, sim.position_limits,
+                        CostSettings())
+    mpc.set_model(model)
+    fk = MujocoSim("arm2")
+
+    def ee(q):
+        fk.set_state(q, np.zeros(fk.n_joints))
+        return fk.ee_position()
+    kw = dict(replan_every=max(delay, 1), plan_delay=delay, compensate=delay > 0)
+    cpu = time.process_time()
+    mpc.set_target(TARGET_A)
+    first = run_episode(sim, mpc, int(settle * RATE), **kw)
+    mpc.set_target(TARGET_B)
+    res = run_episode(sim, mpc, int(after * RATE), **kw)
+    cpu = time.process_time() - cpu
+    d = np.array([np.linalg.norm(ee(x[:2]) - ee(TARGET_B)) for x in res.xs[1:]])
+    above = np.flatnonzero(d >= 0.02)
+    reach = None if above.size and above[-1] == d.size - 1 else \
+        (0.0 if not above.size else (above[-1] + 1) / RATE)
+    replans = len(first.replan_s) + len(res.replan_s)
+    return {"delay_steps": delay, "a_cm": round(100 * float(np.linalg.norm(
+                ee(first.xs[-1][:2]) - ee(TARGET_A))), 3),
+            "final_cm": round(100 * float(d[-1]), 3), "reach_s": reach,
+            "hold_max_cm": round(100 * float(d[-int(RATE // 2):].max()), 3),
+            "replans": replans, "cpu_ms_per_replan": round(1e3 * cpu / replans, 1)}
+
+
+def lockstep_table(rows: list[dict]) -> str:
+    head = ("| model | run | replan every / takes [periods] | at A cm | final cm | "
+            "reach < 2 cm [s] | max over last 0.5 s cm | CPU per replan ms |")
+    out = [head, "|" + "---|" * (head.count("|") - 1)]
+    for r in rows:
+        out.append(f"| {r['model']} | {r['run']} | {r['delay_steps']} | {r['a_cm']} | "
+                   f"{r['final_cm']} | {r['reach_s']} | {r['hold_max_cm']} | "
+                   f"{r['cpu_ms_per_replan']} |")
+    return "\n".join(out)
+
+
 def table(rows: list[dict]) -> str:
     head = ("| hogs | load before/after | run | final cm | reach < 2 cm [s] | hold max cm | "
             "solve p50/p95/p99 ms | latency p50/p99 ms | worker CPU share | "
@@ -249,6 +311,9 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="mppi and ilqr, shorter phases")
     ap.add_argument("--json", help="write the figures to this file")
     ap.add_argument("--model", default="gp", choices=("gp", "ensemble", "mujoco"))
+    ap.add_argument("--lockstep", default="",
+                    help="comma-separated replan delays [control periods]: lockstep "
+                    "emulation of slow replans instead of the real-time runs")
     ap.add_argument("--nice", type=int, default=None,
                     help="niceness of the planning worker (default: the controller node's "
                     "plan_nice default)")
@@ -270,6 +335,27 @@ def main() -> None:
         ap.error(f"unknown runs {sorted(unknown)}; known: {', '.join(RUNS)}")
     settle, after = (2.0, 3.0) if a.quick else (3.0, 5.0)
     rows = []
+    if a.lockstep:
+        settle, after = 1.5, 3.0
+        load = [round(os.getloadavg()[0], 2)]
+        with tempfile.TemporaryDirectory() as root:
+            artifact = fit_artifact(a.model, 10.0, root)
+            for name in runs:
+                planner, settings = RUNS[name]
+                for delay in [int(v) for v in a.lockstep.split(",")]:
+                    row = {"model": a.model, "run": name,
+                           **run_lockstep(planner, settings, artifact, settle, after, delay)}
+                    rows.append(row)
+                    print(row, file=sys.stderr, flush=True)
+        load.append(round(os.getloadavg()[0], 2))
+        print(lockstep_table(rows), file=sys.stderr)
+        write_json(a.json, {"benchmark": "contention_lockstep", "robot": "arm2",
+                            "rate_hz": RATE, "horizon": HORIZON,
+                            "target_a": TARGET_A.tolist(), "target_b": TARGET_B.tolist(),
+                            "settle_s": settle, "after_s": after,
+                            "load_1min_start_end": load, "rows": rows,
+                            "table": lockstep_table(rows)})
+        return
     with tempfile.TemporaryDirectory() as root:
         artifact = fit_artifact(a.model, 10.0 if a.quick else 20.0, root)
         for n in [int(v) for v in a.hogs.split(",")]:
