@@ -36,6 +36,11 @@ from mbrl_ros.core.settings import SettingsError, from_mapping, setting
 from mbrl_ros.core.types import TransitionBatch
 
 
+class FitCancelled(ModelError):
+    """The caller cancelled a fit (``fit_model``'s ``should_stop`` answered True): a node
+    shutting down does not wait for a whole training run, nor publish its result."""
+
+
 @dataclass(frozen=True)
 class FitSettings:
     model: str = setting("linear", "model family", choices=("linear", "tvlg", "gp", "ensemble",
@@ -271,14 +276,19 @@ def fit_model(batch: TransitionBatch, settings: FitSettings = FitSettings(),
               model_settings: dict[str, Any] | None = None, *, robot: str = "",
               expect: ModelSpec | None = None,
               progress: Callable[[float], None] | None = None,
-              previous: DynamicsModel | None = None) -> FitResult:
+              previous: DynamicsModel | None = None,
+              should_stop: Callable[[], bool] | None = None) -> FitResult:
     """Clean, split, fit and validate. Raises ModelError with the reason on failure
     (too few samples, data without excitation, dimensions not matching ``expect``,
     non-finite weights or predictions, a model of other joints than ``robot``'s).
 
     ``previous``: the last model of the same family (a live refit); a family with a
     ``warm_start_from`` method may start training from it (the ensemble's
-    ``warm_start`` setting)."""
+    ``warm_start`` setting).
+
+    ``should_stop``: asked whenever the model reports progress (every epoch of the
+    ensemble, every optimiser step of the GP) and once after the fit; True raises
+    :class:`FitCancelled` there (a family that reports no progress runs to its end)."""
     batch, n_bad = drop_nonfinite(batch)
     excitation_notes = check_excitation(batch, settings.min_excitation)
     continuous = continuous_joints(batch, settings, robot)
@@ -305,9 +315,17 @@ def fit_model(batch: TransitionBatch, settings: FitSettings = FitSettings(),
                          "counted once)")
     warm = previous is not None and hasattr(model, "warm_start_from") and \
         model.warm_start_from(previous)
+    if should_stop is not None:
+        def progress(fraction: float, _report=progress) -> None:
+            if should_stop():
+                raise FitCancelled(f"{settings.model} fit cancelled at {fraction:.0%}")
+            if _report is not None:
+                _report(fraction)
     t0 = time.perf_counter()
     report = model.fit(train, rng=rng, progress=progress)
     fit_seconds = time.perf_counter() - t0
+    if should_stop is not None and should_stop():
+        raise FitCancelled(f"{settings.model} fit cancelled after {fit_seconds:.1f} s")
     if robot and model.spec is not None:       # fit() takes the spec from the data
         model.spec = dataclasses.replace(model.spec, robot=robot)
     metrics = dict(report.metrics)

@@ -46,7 +46,8 @@ from mbrl_ros.core import registry, store
 from mbrl_ros.core.data.alignment import (AlignmentConfig, align, bag_to_dataset,
                                           commands_from_efforts, live_episode_marks)
 from mbrl_ros.core.data.bag import BagError
-from mbrl_ros.core.fitting import FitSettings, accept, fit_model, rescore, warm_up
+from mbrl_ros.core.fitting import (FitCancelled, FitSettings, accept, fit_model, rescore,
+                                  warm_up)
 from mbrl_ros.core.models.base import DynamicsModel, FitReport, ModelError, ModelSpec
 from mbrl_ros.core.settings import as_dict, setting
 from mbrl_ros.core.types import TransitionBatch
@@ -127,6 +128,7 @@ class ModelFitter(Node):
         self._robot_commands: list[str] | None = None
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fit")
         self._running: Future | None = None
+        self._stopping = threading.Event()          # set by destroy_node: cancel the fit
         self.last_good: FitReport | None = None
         self.last_model: DynamicsModel | None = None
         self.last_info: store.ArtifactInfo | None = None
@@ -294,7 +296,10 @@ class ModelFitter(Node):
                 model_settings["control_period"] = float(np.median(batch.dt))
             # Later models must describe the same joints as the first one published.
             result = fit_model(batch, fs, model_settings, robot=s.robot, expect=self.spec,
-                               previous=self.last_model)
+                               previous=self.last_model, should_stop=self._stopping.is_set)
+        except FitCancelled as e:   # the node is shutting down: nothing to keep or say
+            self.last_message = str(e)
+            return False, str(e)
         except Exception as e:      # any failure keeps the last good model and says why
             self.fits["failed"] += 1
             msg = f"fit failed ({reason}): {e}; " + self._keeping()
@@ -315,6 +320,8 @@ class ModelFitter(Node):
             self.get_logger().warning(msg)
             self.last_message = msg
             return False, msg
+        if self._stopping.is_set():     # stopped while validating: publish nothing
+            return False, "fit cancelled: the node is shutting down"
         try:
             info = store.publish(result.model, s.store_dir, self.name, result.report)
         except (OSError, ModelError) as e:      # ModelError: a weight is NaN/inf
@@ -381,7 +388,16 @@ class ModelFitter(Node):
         arr.status = [st]
         self.diag_pub.publish(arr)
 
+    def finish(self, executor) -> None:
+        """On SIGINT/SIGTERM, before the executor waits for its callbacks (a ``~/fit``
+        call waits for its fit): a running fit stops at its next progress report (an
+        epoch, an optimiser step) and publishes nothing, so Ctrl-C does not wait for a
+        whole training run."""
+        self._stopping.set()
+
     def destroy_node(self) -> None:
+        if hasattr(self, "_stopping"):
+            self._stopping.set()
         if hasattr(self, "_worker"):
             self._worker.shutdown(wait=True, cancel_futures=True)
         super().destroy_node()

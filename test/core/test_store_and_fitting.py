@@ -208,3 +208,24 @@ def test_previous_model_is_judged_on_the_new_validation_data():
     quiet.report.metrics.update(rescore(quiet.model, quiet, fs.horizon).metrics)
     ok, why = accept(quiet.report, rescore(old.model, quiet, fs.horizon), 2.0)
     assert not ok and "same held-out data" in why
+
+
+def test_a_fit_asked_to_stop_is_cancelled_at_its_next_progress_report():
+    """``should_stop`` cancels a long training run at its next epoch (a node shutting
+    down), and a fit nobody stops is unaffected."""
+    import time as _time
+    from mbrl_ros.core.fitting import FitCancelled
+    asked = []
+
+    def stop_after_two():
+        asked.append(_time.perf_counter())
+        return len(asked) > 2
+    many = {"epochs": 100000, "min_epochs": 100000, "patience": 100000, "max_seconds": 0,
+            "hidden_units": 8, "hidden_layers": 1, "members": 2}
+    t0 = _time.perf_counter()
+    with pytest.raises(FitCancelled, match="ensemble fit cancelled"):
+        fit_model(linear_data(), FitSettings(model="ensemble"), many,
+                  should_stop=stop_after_two)
+    assert len(asked) == 3 and _time.perf_counter() - t0 < 60
+    r = fit_model(linear_data(), FitSettings(model="linear"), should_stop=lambda: False)
+    assert r.report.metrics["one_step_rmse"] < 0.01

@@ -154,3 +154,35 @@ def test_fitter_refuses_data_without_excitation_and_cleans_its_store(start_node,
     assert "without excitation: no action varies" in res.message, res.message
     assert "no model published yet" in res.message
     assert store.versions(tmp_path / "models", "linear") == []
+
+
+def test_ctrl_c_cancels_a_running_fit_and_publishes_nothing(start_node, probe, bag, tmp_path):
+    """Ctrl-C while a long fit runs: the node stops within seconds (the fit is cancelled
+    at its next epoch) with exit 0, and no model of the cancelled fit is published (under
+    ros2 launch the fitter outlived launch's 10 s SIGTERM timeout while it trained)."""
+    import signal
+    import time
+
+    from diagnostic_msgs.msg import DiagnosticArray
+
+    from conftest import diagnostics_values
+    fitter = start_node("model_fitter", {
+        "model": "ensemble", "bags": [str(bag)], "live": False, "robot": "arm2",
+        "store_dir": str(tmp_path / "models"), "ensemble.epochs": 100000,
+        "ensemble.min_epochs": 100000, "ensemble.patience": 100000,
+        "ensemble.max_seconds": 0.0})
+    diags = probe.collect(DiagnosticArray, "/diagnostics")
+    client = probe.node.create_client(Trigger, "/model_fitter/fit")
+    probe.spin_until(client.service_is_ready, 60, "fit service")
+    client.call_async(Trigger.Request())          # answered only when the fit ends
+    probe.spin_until(lambda: diagnostics_values(diags, "mbrl_ros/model_fitter").get(
+        "fitting") == "True", 60, "the fit to run")
+    probe.spin_for(1.0)
+    t0 = time.monotonic()
+    fitter.signal(signal.SIGINT)
+    assert fitter.wait(timeout=30) == 0, fitter.output()
+    stopped = time.monotonic() - t0
+    out = fitter.output()
+    assert "published" not in out and "Traceback" not in out, out
+    assert store.versions(tmp_path / "models", "ensemble") == []
+    assert stopped < 20, f"took {stopped:.1f} s to stop"
