@@ -245,6 +245,7 @@ NODE_SETTINGS = {
     "controller": ("mbrl_ros.ros.controller", [("ControllerSettings", ""),
                                                ("SafetySettings", ""), ("CostSettings", "")]
                    + [(f"planner:{p}", f"{p}.") for p in registry.names("planner")]),
+    "gps_trainer": ("mbrl_ros.ros.gps_trainer", [("GPSTrainerSettings", "")]),
 }
 
 

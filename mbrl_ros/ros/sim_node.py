@@ -92,10 +92,10 @@ class SimSettings:
                                       low=0.0, high=100.0)
     start_paused: bool = setting(False, "start paused: publish and step nothing until "
                                  "~/resume (a client that runs episodes itself)")
-    pause_after: int = setting(0, "lockstep: pause by itself after this many steps following "
-                               "a ~/resume (0: never); ~/resume is then refused until the "
-                               "answer to the last published state arrived, so no command "
-                               "of one run lands on the next", low=0, high=10**9,
+    pause_after: int = setting(0, "lockstep: pause by itself this many steps after a "
+                               "~/resume (0: never); ~/resume is refused until the answer to "
+                               "the last state arrived: no command lands on the next run",
+                               low=0, high=10**9,
                                dynamic=True)
 
 
