@@ -5,7 +5,7 @@
 
 Runs :func:`~mbrl_ros.core.algorithms.gps_run.run_gps` (the ``mbrl-ros gps`` loop:
 checkpoints, ``resume``, the best policy as ``latest``, ``metrics.json`` and ``gps.png`` in
-``out``) with a :class:`~mbrl_ros.ros.gps_driver.RemoteSampler`: every sample, the policy
+``out``) with a :class:`~mbrl_ros.ros.gps_remote.RemoteSampler`: every sample, the policy
 evaluation on the training conditions and the held-out evaluation run on the simulator,
 controller and data logger nodes of the launch, reached only through ROS topics, services
 and parameters (the controller's ``set_parameters`` as ``ros2 param set``; the simulator's
@@ -107,7 +107,7 @@ class GPSTrainer(Node):
 
     def run(self, executor) -> dict:
         from mbrl_ros.core.algorithms.gps_run import run_gps
-        from mbrl_ros.ros.gps_driver import RemoteSampler
+        from mbrl_ros.ros.gps_remote import RemoteSampler
 
         s, cfg = self.settings, self.cfg
         self.get_logger().info(

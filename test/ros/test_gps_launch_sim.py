@@ -91,7 +91,7 @@ def test_a_sample_the_controller_did_not_execute_is_refused(start_node, probe, t
     from mbrl_ros.bringup import gps_controller_params
     from mbrl_ros.core.algorithms.gps import MDGPS, GPSSettings
     from mbrl_ros.core.algorithms.sim_env import reach_task
-    from mbrl_ros.ros.gps_driver import RemoteSampler
+    from mbrl_ros.ros.gps_remote import RemoteSampler
 
     task = reach_task("arm2", conditions=1, horizon=8, seed=0)
     dt = task.env.dt
