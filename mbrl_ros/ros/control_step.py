@@ -17,6 +17,7 @@ import threading
 import time
 
 import numpy as np
+from rclpy.duration import Duration
 from rclpy.timer import TimerInfo
 
 from mbrl_ros.ros.conversions import command_msg
@@ -177,10 +178,17 @@ class ControlStep:
         """The latched error, or None."""
         return self.actuator.fault if self.actuator is not None else None
 
+    # How long leaving waits for the command subscribers to acknowledge the final zero.
+    RELEASE_ACK_TIMEOUT_S = 2.0
+
     def _release(self) -> None:
         """Stop commanding cleanly: ramp to zero effort within the rate limit (at most
         0.2 s) and end on an explicit zero, because a forward command controller keeps
-        applying the last command it received."""
+        applying the last command it received. The caller has stopped everything else that
+        commands (control thread, executor), so the zero is the last command sent; it is
+        delivered before this returns: a reliable subscriber that has not acknowledged it
+        would otherwise lose it when the node exits right after (SIGINT) and the writer is
+        gone -- under load the arm then kept its last full effort."""
         if not hasattr(self, "cmd_pub"):
             return
         dt = 1.0 / self.settings.control_rate
@@ -191,6 +199,11 @@ class ControlStep:
             time.sleep(dt)
         self._send(np.zeros_like(self.safety.last))
         self.safety.reset()
+        if not self.cmd_pub.wait_for_all_acked(Duration(seconds=self.RELEASE_ACK_TIMEOUT_S)):
+            self.get_logger().error(
+                f"the final zero effort command was not acknowledged within "
+                f"{self.RELEASE_ACK_TIMEOUT_S:g} s by every subscriber of "
+                f"{self.cmd_pub.topic_name}: the robot may keep its last command")
 
 
 def _set_thread_name(name: bytes) -> None:

@@ -59,6 +59,9 @@ def test_reaches_target_and_switches_planner_bumplessly(start_node, probe):
     assert int(diagnostics_values(diags, "mbrl_ros/controller")["switches"]) == 1
     probe.spin_for(1.0)
     u = np.array([c.data for c in cmds[max(0, n0 - 20):]])
+    # The limiter bounds the change per command (max_effort_rate / control_rate, also after
+    # a late step), so consecutive commands -- every one the node sent: the probe's reader
+    # keeps a backlog of 1000 -- never differ by more.
     assert np.abs(np.diff(u, axis=0)).max() <= 200.0 * 0.01 + 1e-9   # rate limit holds
     assert near_target(states), "arm left the target after the switch"
 
@@ -74,6 +77,10 @@ PLANNERS = {"casadi_mpc": {},
             "cem": {"horizon": 40, "cem.population": 128}}
 
 
+# Lockstep runs at the pace the CPU allows: CEM took 36 s of CPU (85 s wall at load 11,
+# over the 120 s timeout at load 15-32). The guard is a stalled simulation (no state for
+# 60 s), not a wall-clock budget; the test timeout only catches a hang of the test itself.
+@pytest.mark.timeout(1800)
 @pytest.mark.parametrize("planner", list(PLANNERS))
 def test_planner_reaches_and_holds_the_target_in_the_node(start_node, probe, planner):
     start_node("sim_node", LOCKSTEP_SIM)
@@ -82,9 +89,14 @@ def test_planner_reaches_and_holds_the_target_in_the_node(start_node, probe, pla
                               **PLANNERS[planner]})
     states = probe.collect(JointState, "/joint_states")
     diags = probe.collect(DiagnosticArray, "/diagnostics")
-    probe.spin_until(lambda: near_target(states), 120, f"arm at the target with {planner}")
+    probe.spin_until(lambda: len(states) > 0, 120, "the first state")
+    # Reaching is bounded in simulated time (20 s; it takes a few), not in wall time.
+    probe.spin_until_progressing(lambda: near_target(states) or len(states) > 2000,
+                                 lambda: len(states), 60, f"arm at the target with {planner}")
+    assert near_target(states), f"{planner}: not at the target after 20 s of simulated time"
     n = len(states)
-    probe.spin_until(lambda: len(states) >= n + 300, 120, "3 s of simulated time")
+    probe.spin_until_progressing(lambda: len(states) >= n + 300, lambda: len(states), 60,
+                                 "3 s of simulated time")
     err = np.abs(np.array([m.position for m in states[n + 100:n + 300]]) - TARGET).max(axis=1)
     # Held (after 1 s of settling, for 2 s): within 0.05 rad 95 % of the time, never 0.1.
     assert np.percentile(err, 95) < 0.05 and err.max() < 0.1, (planner, np.round(err[::25], 3))
@@ -187,7 +199,13 @@ def test_deactivate_and_sigint_leave_zero_effort(start_node, probe):
     probe.spin_until(lambda: np.any(np.abs(cmds[-1].data) > 0.5), 10, "controller pushing")
     ctrl.signal(signal.SIGINT)
     assert ctrl.wait(timeout=20) == 0
-    probe.spin_for(0.3)
+    # The node has exited: take everything it delivered (a starved probe may still hold a
+    # backlog). The zero must be among it and last: the node waits for the acknowledgement
+    # before it exits (under load the zero was lost with the exiting writer: [3, 3] last).
+    n = -1
+    while n != len(cmds):
+        n = len(cmds)
+        probe.spin_for(0.5)
     assert cmds[-1].data.tolist() == [0.0, 0.0]
     tail = np.array([c.data for c in cmds[-30:]])
     assert np.abs(np.diff(tail, axis=0)).max() <= 500.0 * 0.01 + 1e-9
@@ -251,7 +269,12 @@ HOSTILE = {"1e6_stream": (1e6, 40), "1e308_stream": (1e308, 40), "single_1e6": (
                          ids=list(HOSTILE) + ["1e6_stream-control_thread"])
 def test_absurd_states_never_move_the_arm(start_node, probe, stream, loop):
     value, count = HOSTILE[stream]
-    start_node("sim_node", {"model": "arm2", "publish_rate": 100.0})
+    # The control thread commands in real time; against a real-time simulation on a busy
+    # machine (load 15-32) the arm never settled (the sim applied each late command for as
+    # long as the thread was starved). A lockstep simulation applies each command for one
+    # period: the thread's timing no longer moves the arm, the hostile states still reach
+    # the controller beside the sim's.
+    start_node("sim_node", {"model": "arm2", "publish_rate": 100.0, "lockstep": bool(loop)})
     start_node("controller", {**BASE, "autostart": True, **loop})
     states = probe.collect(JointState, "/joint_states")
     cmds = probe.collect(Float64MultiArray, CMD)
@@ -266,7 +289,7 @@ def test_absurd_states_never_move_the_arm(start_node, probe, stream, loop):
     # after first reaching it was not always enough in control-thread mode (a fresh-clone
     # CI run measured the last tracking efforts, 1.8 N m, as the hostile stream's).
     probe.spin_until(lambda: len(cmds) >= 50
-                     and np.abs(np.array([c.data for c in cmds[-50:]])).max() < 0.3, 40,
+                     and np.abs(np.array([c.data for c in cmds[-50:]])).max() < 0.3, 60,
                      "arm settled at the target")
     n_states, n_cmds = len(real()), len(cmds)
     for _ in range(count):                    # 40 Hz, interleaved with the sim's 100 Hz
@@ -335,8 +358,11 @@ def test_diagnostics_report_holds_and_an_unusable_model_in_process(domain_id):
 
     ctx = rclpy.Context()
     rclpy.init(context=ctx, domain_id=domain_id)
+    # state_timeout: a sync replan of 0.1 s wall (the first iLQR solve on a busy machine)
+    # made the state it answers stale, and that step held ("3 of 3"), as it should for a
+    # robot; the steps are counted here, not timed, so no wall time may decide them.
     params = {**BASE, "plan_mode": "sync", "diagnostics_rate": 0.0,
-              "replan_failure_limit": 10}
+              "replan_failure_limit": 10, "state_timeout": 60.0}
     node = Controller(context=ctx, parameter_overrides=[
         Parameter(k, value=list(v) if isinstance(v, list) else v) for k, v in params.items()])
     try:
