@@ -58,12 +58,16 @@ def test_dataset_errors_are_clear(tmp_path):
     assert r.returncode == 2 and "missing" in r.stderr and "Traceback" not in r.stderr
 
 
-@pytest.mark.timeout(300)
+# The demo runs in lockstep: its CPU time bounds it, not a wall-clock budget. It takes
+# 30 s of CPU (29.2 user + 0.7 sys; 31 s wall at load 1-2, 250 s wall at load 11 with two
+# hogs beside it, 11 % of a core); a fresh-clone CI run at load 15-32 passed 280 s. The
+# timeout only catches a hang: 900 s is 30 s of CPU at 1/30 of a core.
+@pytest.mark.timeout(960)
 def test_demo_quick_writes_a_valid_report(tmp_path, ros_env):
     """`mbrl-ros demo --quick` (the main job, default model and planners): the loop runs,
     the planner switch happens, the arm gets close, and the report is complete."""
     out = tmp_path / "demo"
-    r = run("demo", "--quick", "--out", out, "--no-progress", env=ros_env, timeout=280)
+    r = run("demo", "--quick", "--out", out, "--no-progress", env=ros_env, timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
     m = json.loads((out / "metrics.json").read_text())
     its = m["iterations"]
