@@ -380,7 +380,7 @@ def run_gps(cfg: GPSRunConfig, stop_after: int | None = None,
             evaluating the global policy on the training conditions) instead of the
             in-process environment, e.g. the ROS node sampler
             (:class:`mbrl_ros.ros.gps_driver.NodeSampler`; ``mbrl-ros gps --through-nodes``;
-            :class:`~mbrl_ros.ros.gps_driver.RemoteSampler` in the ``gps_trainer`` node).
+            :class:`~mbrl_ros.ros.gps_remote.RemoteSampler` in the ``gps_trainer`` node).
             A sampler with ``with_conditions(env, targets)`` runs the held-out evaluation
             too; otherwise it stays in-process. The caller closes it.
 
