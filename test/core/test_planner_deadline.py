@@ -206,25 +206,27 @@ class _SlowModel(DoubleIntegrator):
         return out
 
 
-@pytest.mark.parametrize("kind", ["mppi", "cem"])
+@pytest.mark.parametrize("kind,feedback", [("mppi", "none"), ("cem", "none"),
+                                           ("mppi", "lqr")])
 def test_default_sampling_planner_fits_a_slow_model_into_the_deadline_and_recovers(
-        kind, monkeypatch):
+        kind, feedback, monkeypatch):
     """The default settings (refine 'newton': fixed work the budget cannot cut) against a
     model that becomes 10x slower and fast again: the sample count shrinks until a replan
     fits the deadline (measured on the clock the model's work drives), without dropping to
     the floor while more fits, and returns to the configured count when the model is fast;
-    the Newton step runs in every replan."""
+    the Newton step runs in every replan. Also with ``feedback: lqr`` (its gains' timing
+    once overwrote the sampled rollouts' start time: the budget then never adapted)."""
     import mbrl_ros.core.planners.sampling.planner as sampling
     clock = _WorkClock(per_row=1e-6)
     monkeypatch.setattr(sampling.time, "perf_counter", clock)
     model, cost = _SlowModel(clock), _cost()
     n_max, n_min, T, deadline = 400, 8, 10, 0.05
     if kind == "mppi":
-        p = MPPIPlanner(MPPISettings(horizon=T, samples=n_max, min_samples=n_min), 2, 1,
-                        -np.ones(1), np.ones(1), 0.1)
+        p = MPPIPlanner(MPPISettings(horizon=T, samples=n_max, min_samples=n_min,
+                                     feedback=feedback), 2, 1, -np.ones(1), np.ones(1), 0.1)
     else:
-        p = CEMPlanner(CEMSettings(horizon=T, population=n_max, min_samples=n_min), 2, 1,
-                       -np.ones(1), np.ones(1), 0.1)
+        p = CEMPlanner(CEMSettings(horizon=T, population=n_max, min_samples=n_min,
+                                   feedback=feedback), 2, 1, -np.ones(1), np.ones(1), 0.1)
     assert p.settings.refine == "newton"
     p.set_deadline(deadline)
     x, k = np.zeros(2), 0
