@@ -146,7 +146,7 @@ def test_mpc_drives_double_integrator_to_target(make):
 
 def test_returned_policy_is_open_loop_plan_over_mean_rollout():
     model = DoubleIntegrator(DT)
-    planner = _mppi()
+    planner = _mppi(feedback="none")        # the open-loop plan (default: LQR gains)
     x0 = np.array([0.2, -0.1])
     pol = planner.optimize(x0, 3.0, model, _di_cost())
     assert isinstance(pol, LinearGaussianPolicy) and pol.cov is None
@@ -172,7 +172,8 @@ def test_sample_average_states_match_mean_rollout_on_linear_model(make):
     # Linear dynamics: the weighted (MPPI) / elite (CEM, alpha = 0) average of the sampled
     # trajectories is the trajectory of the averaged actions, i.e. of the new plan.
     model = DoubleIntegrator(DT)
-    kw = dict(horizon=8, nominal_rollout=False, refine="none")   # the sampling update alone
+    # the sampling update alone, no gains (their linearisation would call the model)
+    kw = dict(horizon=8, nominal_rollout=False, refine="none", feedback="none")
     if make is _cem:
         kw.update(alpha=0.0, iterations=1)
     else:
@@ -417,6 +418,8 @@ def test_float64_and_time_varying_numpy_model():
     planner = _mppi(dtype="float64", horizon=4, samples=8)
     planner.optimize(np.zeros(2), 0.0, model, _di_cost())
     assert model.ts == [0, 1, 2, 3, 0, 1, 2, 3]      # samples, then the mean rollout
+    # No linearisation (time-varying without its own): neither Newton step nor gains.
+    assert planner.stats["refine_alpha"] == 0.0 and planner.stats["feedback"] == "none"
 
 
 def test_with_fitted_ensemble_model():
@@ -507,7 +510,7 @@ def test_cem_keeps_the_mean_and_elites_across_iterations_and_calls():
     model = Recording(DT)
     T, pop = 6, 40
     planner = _cem(horizon=T, population=pop, iterations=3, keep_elites=0.5, keep_mean=True,
-                   alpha=0.0, refine="none")     # the next mean is CEM's alone
+                   alpha=0.0, refine="none", feedback="none")   # the rollouts of CEM alone
     cost = _di_cost()
     n_elite, n_keep = 4, 2
     planner.optimize(np.array([0.1, 0.0]), 0.0, model, cost)
@@ -694,5 +697,5 @@ def test_lqr_feedback_gains_are_the_riccati_gains_of_the_plan(make):
         K[t] = -np.linalg.solve(R + B.T @ P @ B, B.T @ P @ A)
         P = Q + A.T @ P @ (A + B @ K[t])
     np.testing.assert_allclose(pol.K, K, rtol=1e-6, atol=1e-9)
-    open_loop = make().optimize(x0, 0.0, model, cost)
+    open_loop = make(feedback="none").optimize(x0, 0.0, model, cost)
     assert not np.any(open_loop.K)

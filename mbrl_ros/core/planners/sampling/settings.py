@@ -49,8 +49,9 @@ class SamplingSettings:
         "docs/PLANNERS.md", choices=FILL_MODES,
         dynamic=True)
     feedback: str = setting(
-        "none", "gains of the returned policy u = u_t + K_t (x - xbar_t): 'none' (open loop) or "
-        "'lqr' (time-varying LQR gains along the plan, as tube MPPI); docs/PLANNERS.md",
+        "lqr", "gains of the returned policy u = u_t + K_t (x - xbar_t): 'lqr' (time-varying LQR "
+        "gains along the plan, as tube MPPI: between real-time replans the arm follows the plan "
+        "instead of drifting off it open loop) or 'none' (open loop); docs/PLANNERS.md",
         choices=FEEDBACK_MODES,
         dynamic=True)
     refine: str = setting(
