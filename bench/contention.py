@@ -24,10 +24,10 @@ clock, not lockstep):
   latencies (state to policy in the parent) p50/p95/p99, the samples per replan (MPPI) and
   iLQR iterations.
 
-Runs: ``mppi`` (the defaults: adapt_samples on, refine 'newton'), ``mppi_none`` (refine
-'none': the sampling update alone), ``mppi_fixed`` (adapt_samples off: the configured 256
-samples every replan), ``mppi_lqr`` (``feedback: lqr``: TV-LQR gains along the plan),
-``cem`` (defaults) and ``ilqr`` (max 2 iterations), each with the
+Runs: ``mppi`` (the defaults: adapt_samples on, refine 'newton', feedback 'lqr'),
+``mppi_none`` (refine 'none': the sampling update alone), ``mppi_fixed`` (adapt_samples
+off: the configured 256 samples every replan), ``mppi_open`` (feedback 'none': the plan
+played open loop), ``cem`` (defaults) and ``ilqr`` (max 2 iterations), each with the
 GP (or ``--model ensemble|mujoco``); ``--quick``: mppi and ilqr, shorter phases; ``--runs``
 picks runs. The 1-minute load average is recorded before and after each run (other
 processes on the machine count as well as the hogs).
@@ -67,7 +67,7 @@ TARGET_A = np.array([0.5, -0.5])
 TARGET_B = np.array([-0.3, 0.6])
 RUNS = {"mppi": ("mppi", {}), "mppi_none": ("mppi", {"refine": "none"}),
         "mppi_fixed": ("mppi", {"adapt_samples": False}),
-        "mppi_lqr": ("mppi", {"feedback": "lqr"}), "cem": ("cem", {}),
+        "mppi_open": ("mppi", {"feedback": "none"}), "cem": ("cem", {}),
         "ilqr": ("ilqr", {"max_iterations": 2})}
 
 
