@@ -7,7 +7,10 @@ simulated excitation can never reach a real arm's ``/effort_controller/commands`
 """
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -55,6 +58,32 @@ def _claim_free_domain(candidates: list[int], listen: float = 1.0
     return context, lock.domain, lock
 
 
+@contextlib.contextmanager
+def _signals_deferred():
+    """SIGINT/SIGTERM, where Python handles them, only noted while inside; the yielded
+    ``deliver()`` runs the noted signal's own handler (the default SIGINT handler raises
+    KeyboardInterrupt) at a point of the caller's choosing. Outside the main thread
+    (where handlers cannot be set) nothing is deferred."""
+    pending: list[int] = []
+    old = {}
+    if threading.current_thread() is threading.main_thread():
+        old = {sig: h for sig in (signal.SIGINT, signal.SIGTERM)
+               if callable(h := signal.getsignal(sig))}
+    for sig in old:
+        signal.signal(sig, lambda signum, frame: pending.append(signum))
+
+    def deliver() -> None:
+        if pending:
+            sig = pending.pop(0)
+            pending.clear()
+            old[sig](sig, None)
+    try:
+        yield deliver
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+
+
 class InProcessSystem:
     """Nodes sharing one private context and executor (single-threaded by default)."""
 
@@ -90,15 +119,23 @@ class InProcessSystem:
 
     def spin_until(self, done: Callable[[], bool], timeout: float,
                    tick: Callable[[], None] | None = None) -> bool:
-        """Spin until ``done()`` or ``timeout`` wall seconds; ``tick`` runs every pass."""
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            self.executor.spin_once(timeout_sec=0.05)
-            if tick is not None:
-                tick()
-            if done():
-                return True
-        return False
+        """Spin until ``done()`` or ``timeout`` wall seconds; ``tick`` runs every pass.
+
+        Ctrl-C (SIGINT, and SIGTERM) raises KeyboardInterrupt between two callbacks, not
+        inside one: raised asynchronously it could land in rclpy's C++ bindings while they
+        convert a message, which then failed with pybind11's "Unable to convert call
+        argument" RuntimeError instead of an interrupt (`mbrl-ros record` exited 2, not 130).
+        """
+        with _signals_deferred() as deliver:
+            end = time.monotonic() + timeout
+            while time.monotonic() < end:
+                self.executor.spin_once(timeout_sec=0.05)
+                deliver()
+                if tick is not None:
+                    tick()
+                if done():
+                    return True
+            return False
 
     def close(self) -> None:
         for node in reversed(self.nodes):

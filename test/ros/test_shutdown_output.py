@@ -36,3 +36,35 @@ def test_bringup_ctrl_c_output_is_clean(tmp_path, ros_env):
     assert "never retrieved" not in out and "Traceback" not in out, out[-3000:]
     summaries = [line for line in out.splitlines() if "closed" in line and "received" in line]
     assert len(summaries) == 1, out[-3000:]
+
+
+def test_ctrl_c_in_a_composed_run_lands_between_callbacks():
+    """A SIGINT arriving while a callback runs is raised as KeyboardInterrupt only after
+    that callback returned (raised inside it, it could land in rclpy's C++ bindings:
+    `mbrl-ros record` once exited 2 with pybind11's "Unable to convert call argument")."""
+    import os
+    import signal
+
+    import pytest
+    from rclpy.node import Node
+
+    from mbrl_ros.ros.compose import InProcessSystem
+
+    class Kicker(Node):
+        def __init__(self, **kw):
+            super().__init__("kicker", **kw)
+            self.finished = 0
+            self.create_timer(0.01, self.tick)
+
+        def tick(self):
+            os.kill(os.getpid(), signal.SIGINT)
+            for _ in range(1000):       # bytecodes where an async handler would raise
+                pass
+            self.finished += 1
+
+    with InProcessSystem() as system:
+        node = system.add(Kicker)
+        with pytest.raises(KeyboardInterrupt):
+            system.spin_until(lambda: False, timeout=10.0)
+        assert node.finished == 1
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
