@@ -27,7 +27,7 @@ watchdog hold, NaN latch).
 Where the solver runs (``planning``, plan_mode timer): ``process`` (default) runs the
 MPCController in a worker process (:mod:`mbrl_ros.core.control.plan_process`); the node's
 planning thread only sends the newest state and waits, without the GIL, for the policy, so
-solves never delay the control timer; the worker runs at a lower priority (``plan_nice``).
+solves never delay the control timer; the worker runs at the node's priority (``plan_nice`` 0).
 ``thread`` solves in the node (a solve holds the GIL for milliseconds: the timer period
 jitters by as much). The worker runs while the node is active (stopped on deactivate,
 cleanup and SIGINT/SIGTERM); if it dies or does not answer a replan within

@@ -82,9 +82,8 @@ class ControllerSettings:
                                   "means it hangs; it is killed and restarted (the controller "
                                   "holds safely meanwhile)", unit="s", low=0.05, high=3600.0)
     plan_nice: int = setting(0, "planning process: niceness added to it (0: the node's "
-                             "priority; > 0 lets the control loop run before the solver, but "
-                             "then any busy process at the default priority starves the "
-                             "planner: bench/results/contention-2026-12-07-s7.md)",
+                             "priority; > 0 lets busy processes at the default priority "
+                             "starve the planner; docs/CONTROLLER.md)",
                              low=0, high=19)
     target_joint_positions: tuple[float, ...] = setting((), "target joint positions (empty: "
                                                         "hold the first measured position)",

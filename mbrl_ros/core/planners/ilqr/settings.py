@@ -43,8 +43,9 @@ class ILQRSettings:
         1e-4, "accept a step when actual/expected cost reduction exceeds this", low=0.0,
         high=1.0, dynamic=True)
     parallel_line_search: str = setting(
-        "auto", "roll out all step sizes in one batched rollout: 'auto' when a batched predict "
-        "costs about one call (learned models, not MuJoCo), 'always', or 'never' (one by one)",
+        "auto", "line-search rollouts: 'always' all step sizes in one batch, 'never' one by "
+        "one, 'auto' by model (affine: batched; compiled ensemble, MuJoCo: one by one; GP: "
+        "full step first); docs/PLANNERS.md",
         choices=("auto", "always", "never"), dynamic=True)
     box_qp: bool = setting(
         True, "solve the control-limited backward pass (box QP, Tassa 2014); false: clamp "

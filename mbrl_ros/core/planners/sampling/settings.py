@@ -50,14 +50,13 @@ class SamplingSettings:
         dynamic=True)
     feedback: str = setting(
         "lqr", "gains of the returned policy u = u_t + K_t (x - xbar_t): 'lqr' (time-varying LQR "
-        "gains along the plan, as tube MPPI: between real-time replans the arm follows the plan "
-        "instead of drifting off it open loop) or 'none' (open loop); docs/PLANNERS.md",
+        "gains along the plan, as tube MPPI: no open-loop drift between replans) or 'none' "
+        "(open loop); docs/PLANNERS.md",
         choices=FEEDBACK_MODES,
         dynamic=True)
     refine: str = setting(
         "newton", "local refinement of the sampled plan: 'newton' (one line-searched "
-        "Gauss-Newton/iLQR step on it, which also gives the policy's nominal rollout: removes "
-        "the steady-state offset and keeps the plan moving when replans are slow) or 'none' "
+        "Gauss-Newton step: no steady-state offset, moving when replans are slow) or 'none' "
         "(the sampling update alone); docs/PLANNERS.md", choices=REFINE_MODES, dynamic=True)
     adapt_samples: bool = setting(
         True, "with a deadline from the controller (timer mode: 1/plan_rate), sample fewer "
