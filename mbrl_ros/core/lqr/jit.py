@@ -28,16 +28,21 @@ import numpy as np
 __all__ = ["as_f64", "jit"]
 
 
-def jit(fn):
+def jit(fn=None, *, inline: bool = False):
     """numba.njit with the on-disk cache (nogil: the node's planning thread keeps the GIL
-    free for the control thread); without a writable cache location, without the cache."""
+    free for the control thread); without a writable cache location, without the cache.
+    ``@jit(inline=True)``: a helper of other kernels, inlined into them at numba's IR level
+    (a called helper cost the affine rollout 13 %, inlined 0.5 %)."""
+    if fn is None:
+        return lambda f: jit(f, inline=inline)
+    opts = {"nogil": True, **({"inline": "always"} if inline else {})}
     try:
-        return numba.njit(cache=True, nogil=True)(fn)
+        return numba.njit(cache=True, **opts)(fn)
     except RuntimeError as e:          # "cannot cache function ...: no locator available"
         warnings.warn(f"numba cannot cache {fn.__name__} ({e}); it is compiled once per "
                       "process at warm-up. Set NUMBA_CACHE_DIR to a writable directory.",
                       RuntimeWarning, stacklevel=2)
-        return numba.njit(nogil=True)(fn)
+        return numba.njit(**opts)(fn)
 
 
 def as_f64(a, shape: tuple[int, ...] | None = None) -> np.ndarray:

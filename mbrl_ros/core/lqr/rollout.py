@@ -18,6 +18,24 @@ __all__ = ["MLP_ACTIVATIONS", "affine_rollout_kernel", "mlp_rollout_kernel"]
 MLP_ACTIVATIONS = {"silu": 0, "relu": 1, "tanh": 2}
 
 
+@jit(inline=True)
+def _apply_feedback(U, K, xs, xbar, feedback, lower, upper, r, t):
+    """In place: ``U[r, t] = clip(U[r, t] + K_t (xs[r, t] - xbar_t))`` (the feedback term
+    only if ``feedback``), the control both rollouts apply at step t of row r."""
+    nu = U.shape[2]
+    nx = xs.shape[2]
+    for i in range(nu):
+        v = U[r, t, i]
+        if feedback:
+            for j in range(nx):
+                v += K[t, i, j] * (xs[r, t, j] - xbar[t, j])
+        if v < lower[i]:
+            v = lower[i]
+        if v > upper[i]:
+            v = upper[i]
+        U[r, t, i] = v
+
+
 @jit
 def affine_rollout_kernel(A, B, c, x0, U, xbar, K, feedback, lower, upper, xs):
     """Closed-loop rollouts of x' = A x + B u + c with u = clip(U[a, t] + K_t (x - xbar_t))
@@ -34,16 +52,7 @@ def affine_rollout_kernel(A, B, c, x0, U, xbar, K, feedback, lower, upper, xs):
         for i in range(nx):
             xs[r, 0, i] = x0[i]
         for t in range(T):
-            for i in range(nu):
-                v = U[r, t, i]
-                if feedback:
-                    for j in range(nx):
-                        v += K[t, i, j] * (xs[r, t, j] - xbar[t, j])
-                if v < lower[i]:
-                    v = lower[i]
-                if v > upper[i]:
-                    v = upper[i]
-                U[r, t, i] = v
+            _apply_feedback(U, K, xs, xbar, feedback, lower, upper, r, t)
             for i in range(nx):
                 s = c[i]
                 for j in range(nx):
@@ -101,16 +110,7 @@ def mlp_rollout_kernel(x_mean, u_mean, W0, b0, Wh, bh, WL, c, lin, act, x0, U, x
         for i in range(nx):
             xs[r, 0, i] = x0[i]
         for t in range(T):
-            for i in range(nu):
-                v = U[r, t, i]
-                if feedback:
-                    for j in range(nx):
-                        v += K[t, i, j] * (xs[r, t, j] - xbar[t, j])
-                if v < lower[i]:
-                    v = lower[i]
-                if v > upper[i]:
-                    v = upper[i]
-                U[r, t, i] = v
+            _apply_feedback(U, K, xs, xbar, feedback, lower, upper, r, t)
             for i in range(nx):
                 z[i] = xs[r, t, i] - x_mean[i]
             for i in range(nu):
