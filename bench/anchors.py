@@ -122,8 +122,9 @@ def p2_model(p: dict):
 def p2_factory(p: dict) -> dict:
     """Our MPPI and CEM on P2. The variants named as the peers' use the peers' settings
     (TS-inf, row r -> member r % 5; MPPI: noise 0.25, lambda 1 in cost units, the
-    control-cost term; CEM: mbrl-lib's PETS configuration); '*_default' are our planners'
-    defaults (no peer: absolute times only)."""
+    control-cost term; CEM: mbrl-lib's PETS configuration; the peers' algorithm: no Newton
+    refinement, no feedback gains); '*_default' are our planners' defaults (refine newton,
+    feedback lqr: no peer, absolute times only)."""
     from mbrl_ros.core.planners.cem import CEMPlanner, CEMSettings
     from mbrl_ros.core.planners.mppi import MPPIPlanner, MPPISettings
     model = p2_model(p)
@@ -147,14 +148,14 @@ def p2_factory(p: dict) -> dict:
     def mppi(**kw):
         peer = dict(temperature=1.0, temperature_units="absolute", noise_sigma=(0.25,),
                     noise_units="absolute", control_cost=1.0, keep_nominal=False,
-                    propagation="tsinf")
+                    propagation="tsinf", refine="none", feedback="none")
         return MPPIPlanner(MPPISettings(horizon=T, samples=p["samples"], **{**peer, **kw}),
                            nx, nu, -b, b, 0.01)
 
     def cem(**kw):
         peer = dict(population=p["samples"], iterations=5, elite_ratio=0.1, alpha=0.1,
                     init_std=(0.5,), keep_elites=0.0, keep_mean=False, aleatoric=True,
-                    propagation="tsinf")
+                    propagation="tsinf", refine="none", feedback="none")
         return CEMPlanner(CEMSettings(horizon=T, **{**peer, **kw}), nx, nu, -b, b, 0.01)
 
     return {"mppi": unit(mppi()), "mppi_no_mean_rollout": unit(mppi(nominal_rollout=False)),
