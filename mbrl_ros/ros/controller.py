@@ -353,6 +353,7 @@ class Controller(ControlStep, ControllerOutputs, ParameterCallbacks, LifecycleNo
 
     def finish(self, executor) -> None:
         """SIGINT/SIGTERM (run_node): leave the arm with zero effort, not the last one."""
+        self._stopping = True
         if self.active:
             self.active = False
             self._stop_control_thread()
@@ -360,6 +361,7 @@ class Controller(ControlStep, ControllerOutputs, ParameterCallbacks, LifecycleNo
             self._release()
 
     def destroy_node(self) -> None:
+        self._stopping = True
         self.active = False
         if hasattr(self, "_control_stop"):
             self._stop_control_thread()
@@ -433,6 +435,9 @@ class Controller(ControlStep, ControllerOutputs, ParameterCallbacks, LifecycleNo
                 raise ModelError("not configured")
             self._use_model(info.uri, info.version, info.checksum)
         except (ModelError, ValueError, KeyError, OSError) as e:
+            if getattr(self, "_stopping", False):   # Ctrl-C stopped the planning process
+                self.get_logger().info(f"model announcement not loaded: shutting down ({e})")
+                return
             self.counters["model_rejects"] += 1
             self.get_logger().error(f"model announcement rejected, keeping model "
                                     f"v{self.mpc.model_version if self.mpc else 0}: {e}")
