@@ -50,10 +50,12 @@ def wait_until(cond, timeout: float) -> bool:
 
 @pytest.fixture
 def proc():
-    lost = []
+    lost, logs = [], []
     p = PlanProcess("arm2", 0.01, ROBOT.joint_names, planner_settings, **controller_args(),
-                    plan_timeout=5.0, on_lost=lost.append, nice=3)
+                    plan_timeout=5.0, on_lost=lost.append, nice=3,
+                    log=lambda level, text: logs.append((level, text)))
     p.lost_reasons = lost
+    p.logs = logs
     p.load_model("mujoco")
     p.set_target(TARGET)
     p.start()
@@ -75,6 +77,9 @@ def test_same_plans_as_in_process_and_settings_reach_the_child(proc):
             np.testing.assert_array_equal(getattr(got, name), getattr(ref, name))
         assert got.t_end == ref.t_end
     assert proc._child.ready.result()[2]["torch_threads"] in (None, 1)   # one thread
+    # the log says when the planner can answer (a first start compiles for seconds)
+    assert [t for lv, t in proc.logs if lv == "info" and
+            t.startswith(f"planning process {proc.pid} ready after ")], proc.logs
     assert os.getpriority(os.PRIO_PROCESS, proc.pid) == os.getpriority(os.PRIO_PROCESS, 0) + 3
     xs, us = proc.nominal_states()
     assert xs.shape == (21, 4) and us.shape == (20, 2)

@@ -165,6 +165,7 @@ class PlanProcess(PlanningBase):
                 "nice": self.nice, "deadline": self.deadline,
                 "layout": None if self.layout is None else self.layout.to_dict()}
         self._child = ChildHandle(init, self._log, self._on_lost)
+        self._child.spawned_at = time.monotonic()
         self.counters["starts"] += 1
 
     def _on_lost(self, child: ChildHandle, reason: str) -> None:
@@ -203,6 +204,10 @@ class PlanProcess(PlanningBase):
             raise PlanProcessError(reason)
         if not child.model_checked:
             child.model_checked = True
+            # a first start compiles the LQR kernels (numba cache, ~10 s of CPU): say when
+            # the planner can answer, so a still arm is explained in the log
+            self._log("info", f"planning process {child.pid} ready after "
+                      f"{time.monotonic() - child.spawned_at:.1f} s")
             refused = msg[2].get("model_error") if isinstance(msg[2], dict) else None
             if refused:
                 self._model_refused(child, refused)
