@@ -306,6 +306,8 @@ class ModelFitter(Node):
             self.get_logger().error(msg)
             self.last_message = msg
             return False, msg
+        if self._stopping.is_set():     # stopped as the fit ended: judge and publish nothing
+            return False, "fit cancelled: the node is shutting down"
         previous = self.last_good
         if self.last_model is not None:
             try:    # compare both models on the same (new) held-out data
@@ -313,6 +315,8 @@ class ModelFitter(Node):
             except Exception as e:      # noqa: BLE001 -- fall back to the stored report
                 self.get_logger().warning(f"could not rescore the last good model on the new "
                                           f"validation data ({e}); comparing with its own")
+        if self._stopping.is_set():     # stopped while rescoring: judge and publish nothing
+            return False, "fit cancelled: the node is shutting down"
         ok, why = accept(result.report, previous, s.reject_factor)
         if not ok:
             self.fits["rejected"] += 1
@@ -320,8 +324,6 @@ class ModelFitter(Node):
             self.get_logger().warning(msg)
             self.last_message = msg
             return False, msg
-        if self._stopping.is_set():     # stopped while validating: publish nothing
-            return False, "fit cancelled: the node is shutting down"
         try:
             info = store.publish(result.model, s.store_dir, self.name, result.report)
         except (OSError, ModelError) as e:      # ModelError: a weight is NaN/inf
