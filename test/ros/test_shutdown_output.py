@@ -62,9 +62,15 @@ def test_ctrl_c_in_a_composed_run_lands_between_callbacks():
                 pass
             self.finished += 1
 
-    with InProcessSystem() as system:
-        node = system.add(Kicker)
-        with pytest.raises(KeyboardInterrupt):
-            system.spin_until(lambda: False, timeout=10.0)
-        assert node.finished == 1
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    # Python's own SIGINT handler, as in `mbrl-ros record` (an earlier test in this process
+    # may have left SIGINT ignored: run_node ignores it once its node finished)
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with InProcessSystem() as system:
+            node = system.add(Kicker)
+            with pytest.raises(KeyboardInterrupt):
+                system.spin_until(lambda: False, timeout=10.0)
+            assert node.finished == 1
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler   # restored
+    finally:
+        signal.signal(signal.SIGINT, before)
