@@ -99,8 +99,11 @@ def test_lost_planning_process_holds_then_recovers(start_node, probe, how):
     # Safe hold: the plan is dropped, the command ramps to an explicit zero (hold_mode
     # zero) within the rate limit, and the node keeps commanding.
     new = planning_pid(probe, diags, ctrl, other_than=pid)
-    assert any(c.data.tolist() == [0.0, 0.0] for c in cmds[n:])
-    assert int(diag(diags)["holds"]) > holds and ctrl.proc.poll() is None
+    # (waited for: a busy probe receives the node's commands late; the zero was sent)
+    probe.spin_until(lambda: any(c.data.tolist() == [0.0, 0.0] for c in cmds[n:]), 10,
+                     "the hold's zero effort")
+    probe.spin_until(lambda: int(diag(diags)["holds"]) > holds, 10, "the holds reported")
+    assert ctrl.proc.poll() is None
     u = np.array([c.data for c in cmds[max(0, n - 5):]])
     assert np.abs(np.diff(u, axis=0)).max() <= 500.0 * 0.01 + 1e-9
     # Recovery: the new process plans from the mirrored target and model.
