@@ -52,7 +52,9 @@ def test_sim_bringup_with_a_learned_model_explores_learns_and_reaches(bringup, p
     probe.spin_until(lambda: alive() and len(models) > 0, 150,
                      "the fitter's first model (exploring until then)")
     before = np.array([s.position[:2] for s in states])
-    assert len(before) > 100, p.output()
+    # The probe joins late on a busy machine (it saw 90 of the fitter's 219 transitions in a
+    # CI run): the motion over the range is what counts, not how much of it the probe saw.
+    assert len(before) > 30, p.output()
     assert np.all(np.ptp(before, axis=0) > 0.3), np.ptp(before, axis=0)
     assert max(np.abs(c.data).max() for c in commands) > 0.5     # N·m, not a zero hold
     info = json.loads(models[0].data)
