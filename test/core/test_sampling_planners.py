@@ -699,3 +699,36 @@ def test_lqr_feedback_gains_are_the_riccati_gains_of_the_plan(make):
     np.testing.assert_allclose(pol.K, K, rtol=1e-6, atol=1e-9)
     open_loop = make(feedback="none").optimize(x0, 0.0, model, cost)
     assert not np.any(open_loop.K)
+
+
+def test_an_error_inside_a_linearisation_fails_the_replan():
+    """Only a model without a linearisation skips the Newton step and the gains: an error
+    inside a real one is not taken for "no linearisation" (it fails the replan)."""
+    from mbrl_ros.core.models.base import offers_linearization
+
+    class Broken(DoubleIntegrator):
+        def linearize(self, xs, us):
+            raise TypeError("a bug inside the linearisation")
+
+    class TV(DoubleIntegrator):
+        time_varying = True
+
+        def predict(self, x, u, t=None):
+            return super().predict(x, u)
+
+    class NoLin:                       # a bare rollout model: predict only
+        time_varying = False
+
+        def __init__(self):
+            self.inner = DoubleIntegrator(DT)
+
+        def predict(self, x, u, t=None):
+            return self.inner.predict(x, u)
+
+    assert offers_linearization(DoubleIntegrator(DT)) and offers_linearization(Broken(DT))
+    assert not offers_linearization(TV(DT)) and not offers_linearization(NoLin())
+    with pytest.raises(TypeError, match="inside the linearisation"):
+        _mppi(horizon=4, samples=8).optimize(np.zeros(2), 0.0, Broken(DT), _di_cost())
+    planner = _mppi(horizon=4, samples=8)
+    planner.optimize(np.zeros(2), 0.0, NoLin(), _di_cost())
+    assert planner.stats["refine_alpha"] == 0.0 and planner.stats["feedback"] == "none"

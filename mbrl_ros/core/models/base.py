@@ -327,6 +327,24 @@ def check_one_step(model: "DynamicsModel", x: np.ndarray, where: str = "model",
                          f"x={np.round(x, 4).tolist()} is not finite")
 
 
+def offers_linearization(model: Any) -> bool:
+    """Whether ``model`` has a linearisation a planner may call: a ``linearize_mean`` or
+    ``linearize`` method, and -- for a time-varying :class:`DynamicsModel` -- one of its
+    own (the default differences the mean at one time and refuses time-varying models).
+
+    Planners that only use a linearisation when it exists (the sampling planners' Newton
+    step and feedback gains) ask this first, so that an error inside a real linearisation
+    fails the replan instead of passing for "no linearisation".
+    """
+    if callable(getattr(model, "linearize_mean", None)):
+        return True
+    if not callable(getattr(model, "linearize", None)):
+        return False
+    if getattr(model, "time_varying", False) and isinstance(model, DynamicsModel):
+        return type(model).linearize is not DynamicsModel.linearize
+    return True
+
+
 class DynamicsModel(ABC):
     """Learned or known discrete-time dynamics x_{t+1} = f(x_t, u_t) (+ noise).
 

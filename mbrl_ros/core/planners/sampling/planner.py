@@ -37,6 +37,7 @@ import numpy as np
 import torch
 
 from mbrl_ros.core.lqr import BackwardPass, BackwardResult, warm_up
+from mbrl_ros.core.models.base import offers_linearization
 from mbrl_ros.core.planners.base import Planner
 from mbrl_ros.core.planners.sampling.budget import SampleBudget
 from mbrl_ros.core.planners.sampling.noise import colored_noise
@@ -315,10 +316,9 @@ class SamplingPlanner(Planner):
         xs = self._engine.mean_rollout(model, x0, us)
         if not np.isfinite(xs).all():
             return us, 0.0, None
-        try:
-            sweep = self._sweep(model, cost, xs, us)
-        except (NotImplementedError, TypeError):     # a model without a linearisation
+        if not offers_linearization(model):
             return us, 0.0, xs
+        sweep = self._sweep(model, cost, xs, us)
         if sweep is None:
             return us, 0.0, xs
         res, lin = sweep
@@ -352,10 +352,9 @@ class SamplingPlanner(Planner):
         """TV-LQR gains (T, nu, nx) along the plan (xs (T+1, nx), us (T, nu)), or None if
         the model has no linearisation, it is not finite, or no regularisation up to 1e6
         makes the sweep positive definite."""
-        try:
-            sweep = self._sweep(model, cost, xs, us)
-        except (NotImplementedError, TypeError):     # a model without a linearisation
+        if not offers_linearization(model):
             return None
+        sweep = self._sweep(model, cost, xs, us)
         return None if sweep is None else sweep[0].K
 
     def _disagreement(self, model: Any, xs: np.ndarray, us: np.ndarray
