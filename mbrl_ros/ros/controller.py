@@ -213,20 +213,20 @@ class Controller(ControlStep, ControllerOutputs, ParameterCallbacks, LifecycleNo
             # Real-time replanning: a replan's budget is the replan period (planners
             # adapt their work to it); sync mode is deterministic, without one.
             deadline = 1.0 / s.plan_rate if s.plan_mode == "timer" else None
-            scale = self.safety_settings.effort_scale
+            scale, rate = self.safety_settings.effort_scale, self._planned_rate()
             if self._in_process():
                 self.mpc = PlanProcess(s.robot, self._model_period(), self.robot.joint_names,
                                        lambda: self._planner_settings, *args,
                                        continuous=self.robot.continuous, layout=layout,
                                        plan_timeout=s.plan_timeout, nice=s.plan_nice,
                                        deadline=deadline, effort_scale=scale,
-                                       log=self._log_planning, on_lost=self._on_plan_lost)
+                                       effort_rate=rate, log=self._log_planning, on_lost=self._on_plan_lost)
             else:
                 self.mpc = MPCController(self._make_planner, *args,
                                          continuous=self.robot.continuous, robot=layout,
                                          control_period=self._model_period(),
                                          deadline=deadline, effort_scale=scale,
-                                         mjcf=s.robot)
+                                         effort_rate=rate, mjcf=s.robot)
             if s.target_joint_positions:
                 self.mpc.set_target(np.asarray(s.target_joint_positions))
             if s.model:
@@ -385,6 +385,11 @@ class Controller(ControlStep, ControllerOutputs, ParameterCallbacks, LifecycleNo
         kind, settings = self._planner_settings[pid]
         return registry.lookup("planner", kind)(settings, nx, nu, u_min, u_max, dt)
 
+    def _planned_rate(self) -> float:
+        """The effort rate the planners plan within: the safety filter's max_effort_rate
+        (0 with plan_within_rate false: none)."""
+        return self.safety_settings.max_effort_rate if self.settings.plan_within_rate else 0.0
+
     def _in_process(self) -> bool:
         """Replans solved by a planning process (else: in this node)."""
         return self.settings.planning == "process" and self.settings.plan_mode == "timer"
@@ -526,7 +531,7 @@ class Controller(ControlStep, ControllerOutputs, ParameterCallbacks, LifecycleNo
         if x is None or self.mpc is None or not self.mpc.ready:
             return
         try:
-            policy = self.mpc.replan(x, t, self._lookahead())
+            policy = self.mpc.replan(x, t, self._lookahead(), self.actuator.last_command)
             st = dict(self.mpc.stats)
         except PlanProcessError as e:   # no process (lost, restarting, stopped): hold
             self.actuator.clear_policy()

@@ -108,6 +108,8 @@ class ControllerOutputs:
             "gil_switch_interval_ms": f"{sys.getswitchinterval() * 1e3:g}"})
         vals.update({
             "active_planner": self.mpc.active if self.mpc else "",
+            # the effort rate the planners plan within (0: none; plan_within_rate)
+            "planned_effort_rate": f"{self.mpc.effort_rate:g}" if self.mpc else "",
             "model_version": self.mpc.model_version if self.mpc else 0,
             "solve_ms_median": f"{np.median(solves):.3f}" if solves.size else "",
             "solve_ms_p99": f"{np.percentile(solves, 99):.3f}" if solves.size else "",

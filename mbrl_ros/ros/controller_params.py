@@ -78,6 +78,10 @@ class ControllerSettings:
         True, "timer mode: plan from the state predicted for when the new plan takes over (state "
         "time + median of the last 10 plan latencies), not the measured one; docs/CONTROLLER.md",
         dynamic=True)
+    plan_within_rate: bool = setting(
+        True, "planners plan their first actions within max_effort_rate's reach of the last "
+        "command (false: they plan as if efforts could jump; the rate limit then delays "
+        "their plan; docs/CONTROLLER.md)", dynamic=True)
     plan_timeout: float = setting(10.0, "planning process: a replan unanswered for this long "
                                   "means it hangs; it is killed and restarted (the controller "
                                   "holds safely meanwhile)", unit="s", low=0.05, high=3600.0)
@@ -133,6 +137,8 @@ class ParameterCallbacks:
             self.mpc.select(s.active_planner)
         self.mpc.fallback = s.fallback_planner
         self.mpc.uncertainty_threshold = s.uncertainty_threshold
+        if s.plan_within_rate != old.plan_within_rate:
+            self.mpc.set_effort_rate(self._planned_rate())
         if s.target_joint_positions != old.target_joint_positions and s.target_joint_positions:
             self.mpc.set_target(np.asarray(s.target_joint_positions))
 
@@ -148,6 +154,8 @@ class ParameterCallbacks:
             self.safety.settings = s            # the plausibility fields are static
             if s.effort_scale != old.effort_scale:   # planners plan within the new limits
                 self.mpc.set_effort_scale(s.effort_scale)
+            if s.max_effort_rate != old.max_effort_rate:
+                self.mpc.set_effort_rate(self._planned_rate())
 
     def _on_cost(self, s: CostSettings) -> None:
         self.cost_settings = s

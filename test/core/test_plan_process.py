@@ -98,6 +98,16 @@ def test_same_plans_as_in_process_and_settings_reach_the_child(proc):
         proc.select("nope")
     with pytest.raises(ValueError):
         proc.set_target(np.array([np.nan, 0.0]))
+    # The effort rate and the last command reach the child: the same rate-bounded plan.
+    last = (np.array([0.5, -0.5]), 0.05)
+    proc.set_effort_rate(100.0)
+    mpc.set_effort_rate(100.0)
+    ref, got = mpc.replan(X0, 0.06, 0.0, last), proc.replan(X0, 0.06, 0.0, last)
+    np.testing.assert_array_equal(got.k, ref.k)
+    step = np.abs(got.k[0] - last[0])
+    assert np.all(step <= 100.0 * 0.01 + 1e-9) and step.max() == pytest.approx(1.0), step
+    with pytest.raises(ValueError, match="effort rate"):
+        proc.set_effort_rate(-1.0)
 
 
 def test_latest_state_wins_while_the_child_is_busy(proc):

@@ -27,6 +27,8 @@ def set_param(probe, node, name, value):
     probe.spin_until(client.service_is_ready, 20, "parameter service")
     if isinstance(value, str):
         pv = ParameterValue(type=ParameterType.PARAMETER_STRING, string_value=value)
+    elif isinstance(value, bool):
+        pv = ParameterValue(type=ParameterType.PARAMETER_BOOL, bool_value=value)
     else:
         pv = ParameterValue(type=ParameterType.PARAMETER_DOUBLE, double_value=float(value))
     fut = client.call_async(SetParameters.Request(parameters=[Parameter(name=name, value=pv)]))
@@ -67,6 +69,15 @@ def test_reaches_target_and_switches_planner_bumplessly(start_node, probe):
     # outside 0.05 rad at the instant checked, 1 s after the switch): the new planner keeps
     # control, the arm is (back) at the target.
     probe.spin_until(lambda: near_target(states), 40, "the arm at the target after the switch")
+    # The planners plan within the filter's rate (plan_within_rate), following its changes.
+    def planned_rate(value):
+        return lambda: diagnostics_values(diags, "mbrl_ros/controller").get(
+            "planned_effort_rate") == value
+    probe.spin_until(planned_rate("200"), 10, "planned_effort_rate 200")
+    assert set_param(probe, "controller", "max_effort_rate", 300.0).successful
+    probe.spin_until(planned_rate("300"), 10, "planned_effort_rate 300")
+    assert set_param(probe, "controller", "plan_within_rate", False).successful
+    probe.spin_until(planned_rate("0"), 10, "planned_effort_rate 0 (planning as if unlimited)")
 
 
 # Each planner family closes the loop in the node against sim_node (iLQR above). Quality

@@ -1,7 +1,6 @@
 """The demo composes a shipped robot's nodes on top of config/<robot>.yaml, as its launch
-does: arm7's controller rate limit, focused excitation and live ensemble size reach the
-demo's nodes (without them iLQR's feedback diverges on arm7 in the demo as it did live,
-bench/results/arm7-live-2026-12-07-s7.md); a user's MJCF has no such file."""
+does: arm7's controller rate limit (a Panda's 1000 N·m/s), focused excitation and live
+ensemble size reach the demo's nodes; a user's MJCF has no such file."""
 from pathlib import Path
 
 import yaml

@@ -84,6 +84,10 @@ class Actuator:
         self._next_policy: Any = None
         self.counters = {"bad_states": 0, "nonfinite_blocked": 0, "holds": 0}
         self.holds = dict.fromkeys(HOLD_REASONS, 0)      # cumulative, by reason
+        # (u (n_cmd,), t [s]) of the newest command and the stamp of the state it was
+        # computed for (None: none since the start or a reset): planners plan their first
+        # actions within the rate limit's reach of it (MPCController.replan's ``last``).
+        self.last_command: tuple[np.ndarray, float] | None = None
 
     # ------------------------------------------------------------------ states
     def receive(self, q, qd, t: float, now: float) -> Verdict:
@@ -176,6 +180,7 @@ class Actuator:
             self.safety.reset()
             self.plausibility.reset()
             self.latest = (None, 0.0, -np.inf)
+            self.last_command = None
             self.state_dt = 0.0
             self.state_ok = False
             self._why_not_ok = NO_STATE
@@ -188,8 +193,14 @@ class Actuator:
 
     def step(self, now: float, dt: float) -> Step:
         """The command for this control step at ``now`` [s, monotonic]; ``dt`` [s] is the
-        time the rate limit may spread a change over."""
+        time the rate limit may spread a change over. Recorded in :attr:`last_command`
+        with the stamp of the newest state (None if there is none)."""
         x, t, _ = self.latest
+        out = self._step(x, t, now, dt)
+        self.last_command = None if x is None else (out.command.copy(), t)
+        return out
+
+    def _step(self, x: np.ndarray | None, t: float, now: float, dt: float) -> Step:
         if x is None:          # nothing received, or not confirmed (implausible) yet
             return self._hold(None, dt, self._why_not_ok)
         if self.stale(now):

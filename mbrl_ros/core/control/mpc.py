@@ -26,7 +26,8 @@ from typing import Any, Callable
 import numpy as np
 
 from mbrl_ros.core.control.planning import (PlanningBase, check_deadline,
-                                            check_planner_ids, check_target)
+                                            check_effort_rate, check_planner_ids,
+                                            check_target)
 from mbrl_ros.core.costs.quadratic import Cost, JointLimitBarrier
 from mbrl_ros.core.costs.task import CostSettings, task_cost
 from mbrl_ros.core.models.base import DynamicsModel, ModelError, ModelSpec
@@ -87,6 +88,11 @@ class MPCController(PlanningBase):
             replanning (the node's timer mode: 1/plan_rate). None: no limit, every replan
             does the same work (lockstep, tests).
         effort_scale: fraction of ``effort_limits`` the planners plan within.
+        effort_rate: the command path's largest effort change [N·m/s or N/s] (the safety
+            filter's ``max_effort_rate``): with the last applied command given to
+            :meth:`replan`, the planners plan their first actions within what it lets
+            the robot reach (:meth:`~mbrl_ros.core.planners.base.Planner.action_bounds`);
+            0: none.
         mjcf: the robot's MJCF (shipped name or path), for :meth:`load_model` (with
             ``control_period``: the known model's step).
 
@@ -100,7 +106,8 @@ class MPCController(PlanningBase):
                  fallback: str = "", uncertainty_threshold: float = 0.0,
                  continuous: np.ndarray | None = None, robot: RobotLayout | None = None,
                  control_period: float | None = None, deadline: float | None = None,
-                 effort_scale: float = 1.0, mjcf: str | None = None):
+                 effort_scale: float = 1.0, mjcf: str | None = None,
+                 effort_rate: float = 0.0):
         self._init_config(planner_ids, active, fallback, horizon, effort_limits,
                           position_limits, continuous, deadline)
         self._factory = planner_factory
@@ -110,6 +117,7 @@ class MPCController(PlanningBase):
         self.uncertainty_threshold = uncertainty_threshold
         self.cost_settings = cost_settings
         self.effort_scale = float(effort_scale)
+        self.effort_rate = check_effort_rate(effort_rate)
         self.model: DynamicsModel | None = None
         self.model_version = 0
         self.spec: ModelSpec | None = None
@@ -214,6 +222,15 @@ class MPCController(PlanningBase):
             self.effort_scale = float(scale)
             self.rebuild_planners()
 
+    def set_effort_rate(self, rate: float) -> None:
+        """Plan within this effort rate [per s] from the next replan on (0: none;
+        ValueError if negative or not finite)."""
+        rate = check_effort_rate(rate)
+        with self._lock:
+            self.effort_rate = rate
+            for p in self.planners.values():
+                p.set_effort_rate(rate or None)
+
     def reset_planners(self) -> None:
         """Every planner forgets its plan (a new episode)."""
         with self._lock:
@@ -243,6 +260,7 @@ class MPCController(PlanningBase):
         for p in self.planners.values():
             p.reset(self.horizon)
             p.set_deadline(self.deadline)
+            p.set_effort_rate(self.effort_rate or None)
             if hasattr(p, "set_position_limits"):    # planners with state constraints
                 p.set_position_limits(self.position_limits)
             if hasattr(p, "set_robot"):              # model-free planners: the joints
@@ -285,7 +303,8 @@ class MPCController(PlanningBase):
             return self.explorer() is not None
         return self.cost is not None
 
-    def replan(self, x: np.ndarray, t: float, lookahead: float = 0.0) -> Policy:
+    def replan(self, x: np.ndarray, t: float, lookahead: float = 0.0,
+               last: tuple[np.ndarray, float] | None = None) -> Policy:
         """Plan from state ``x`` at time ``t`` [s]; returns the new policy.
 
         Args:
@@ -297,14 +316,22 @@ class MPCController(PlanningBase):
                 current policy with the model's mean, and the plan starts there, so that
                 its first actions are not ones the robot has already passed (0, no current
                 policy, a time-varying model or a non-finite prediction: plan from x).
+            last: (u (nu,), t_u [s]): the command last applied and the time of the state
+                it was computed for; with :attr:`effort_rate` the planners plan their
+                first actions within its reach. None: unknown (no rate bounds).
         """
         with self._lock:
-            return self._replan(x, t, lookahead)
+            return self._replan(x, t, lookahead, last)
 
-    def _replan(self, x: np.ndarray, t: float, lookahead: float) -> Policy:
+    def _replan(self, x: np.ndarray, t: float, lookahead: float,
+                last: tuple[np.ndarray, float] | None = None) -> Policy:
         if not self.ready:
             raise ModelError("no model or no target yet")
         t_start = time.perf_counter()
+        if last is not None and not np.all(np.isfinite(np.asarray(last[0], dtype=float))):
+            last = None                   # a non-finite record bounds nothing
+        for p in self.planners.values():
+            p.set_last_action(*(last if last is not None else (None, None)))
         x, t, ahead = self._predict_ahead(np.asarray(x, dtype=np.float64), float(t),
                                           lookahead)
         switched = None

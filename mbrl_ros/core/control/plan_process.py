@@ -41,7 +41,7 @@ import numpy as np
 from mbrl_ros.core.control.model_source import load_model
 from mbrl_ros.core.control.plan_wire import (ChildHandle, PlanError, PlanProcessError,
                                              decode_policy, encode_policy, settings_dict)
-from mbrl_ros.core.control.planning import PlanningBase, check_target
+from mbrl_ros.core.control.planning import PlanningBase, check_effort_rate, check_target
 from mbrl_ros.core.costs.task import CostSettings
 from mbrl_ros.core.models.base import ModelError, ModelSpec
 from mbrl_ros.core.planners.base import Policy
@@ -77,6 +77,7 @@ class PlanProcess(PlanningBase):
             busy, the scheduler runs the parent's control loop before the solver.
         start_timeout: a child not ready within this long [s] failed to start.
         effort_scale: fraction of ``effort_limits`` the planners plan within.
+        effort_rate: the effort rate [per s] the planners plan within (as MPCController).
         log: ``log(level, text)`` for the child's errors ('error', 'warning', 'info').
         on_lost: ``on_lost(reason)``, called (from a helper thread) as soon as a child is
             found dead or hung, so the caller can stop using its last policy at once.
@@ -91,7 +92,8 @@ class PlanProcess(PlanningBase):
                  plan_timeout: float = 10.0, deadline: float | None = None,
                  start_timeout: float = START_TIMEOUT, nice: int = 0,
                  log: Callable[[str, str], None] | None = None,
-                 on_lost: Callable[[str], None] | None = None, effort_scale: float = 1.0):
+                 on_lost: Callable[[str], None] | None = None, effort_scale: float = 1.0,
+                 effort_rate: float = 0.0):
         self._init_config(planner_ids, active, fallback, horizon, effort_limits,
                           position_limits, continuous, deadline)
         self.robot, self.control_period = robot, float(control_period)
@@ -113,6 +115,7 @@ class PlanProcess(PlanningBase):
         self._fallback = fallback
         self._threshold = float(uncertainty_threshold)
         self._effort_scale = float(effort_scale)
+        self._effort_rate = check_effort_rate(effort_rate)
         self._source: dict[str, Any] | None = None
         self.target_q: np.ndarray | None = None
         # The child's answers.
@@ -161,6 +164,7 @@ class PlanProcess(PlanningBase):
                 "position_limits": self.position_limits, "continuous": self.continuous,
                 "cost": settings_dict(self.cost_settings), "fallback": self._fallback,
                 "threshold": self._threshold, "effort_scale": self._effort_scale,
+                "effort_rate": self._effort_rate,
                 "target": self.target_q, "model": self._source, "parent": os.getpid(),
                 "nice": self.nice, "deadline": self.deadline,
                 "layout": None if self.layout is None else self.layout.to_dict()}
@@ -247,9 +251,11 @@ class PlanProcess(PlanningBase):
                 return pid
         return None
 
-    def replan(self, x: np.ndarray, t: float, lookahead: float = 0.0) -> Policy:
+    def replan(self, x: np.ndarray, t: float, lookahead: float = 0.0,
+               last: tuple[np.ndarray, float] | None = None) -> Policy:
         """Plan from state ``x`` at time ``t`` [s] in the child (``lookahead``: latency
-        compensation, as MPCController.replan); returns the new policy.
+        compensation; ``last``: the last applied command and its time; as
+        MPCController.replan); returns the new policy.
 
         Raises:
             PlanProcessError: the child is gone, hung (killed after ``plan_timeout``), or
@@ -261,7 +267,9 @@ class PlanProcess(PlanningBase):
         x = np.asarray(x, dtype=float)
         self._last_state = x
         child = self._ready_child()
-        f = child.request("plan", x, float(t), float(lookahead))
+        if last is not None:
+            last = (np.asarray(last[0], dtype=float), float(last[1]))
+        f = child.request("plan", x, float(t), float(lookahead), last)
         try:
             msg = f.result(timeout=self.plan_timeout)
         except FutureTimeout:
@@ -387,6 +395,18 @@ class PlanProcess(PlanningBase):
         with self._lock:
             self._effort_scale = float(scale)
             self._command("effort_scale", float(scale))
+
+    @property
+    def effort_rate(self) -> float:
+        return self._effort_rate
+
+    def set_effort_rate(self, rate: float) -> None:
+        """Plan within this effort rate [per s] (0: none; the child from its next
+        message, a child started later from its init)."""
+        rate = check_effort_rate(rate)
+        with self._lock:
+            self._effort_rate = rate
+            self._command("effort_rate", rate)
 
     def _planner_dicts(self) -> dict[str, tuple[str, dict]]:
         return {pid: (kind, settings_dict(s))

@@ -8,14 +8,15 @@ and numpy arrays (nothing that needs a class of ours to unpickle):
 parent -> child                        child -> parent
 =====================================  ==================================================
 ``("init", config)`` (first)           ``("ready", 0, info)`` or ``("error", 0, text)``
-``("plan", id, x, t, lookahead)``      ``("policy", id, kind, fields, stats, nominal,
-                                       active)``, ``("error", id, text)`` or
+``("plan", id, x, t, lookahead,       ``("policy", id, kind, fields, stats, nominal,
+last)`` (last: (u, t_u) or None)       active)``, ``("error", id, text)`` or
                                        ``("skipped", id)`` (a newer plan came in)
 ``("load_model", id, source)``         ``("model", id, version, spec)`` / ``("error", ...)``
 ``("target", q)``, ``("select", id)``, ``("log", level, text)`` if one of these fails
 ``("cost", dict)``, ``("fallback",
 id)``, ``("threshold", v)``,
-``("effort_scale", v)``, ``("planners",
+``("effort_scale", v)``, ``("effort_rate",
+v)``, ``("planners",
 {id: (kind, dict)})``, ``("reset",)``
 ``("stop",)``                          (exits)
 =====================================  ==================================================

@@ -48,7 +48,8 @@ class Worker:
                                  else RobotLayout(**cfg["layout"]),
                                  control_period=cfg["control_period"],
                                  deadline=cfg.get("deadline"),
-                                 effort_scale=cfg["effort_scale"])
+                                 effort_scale=cfg["effort_scale"],
+                                 effort_rate=cfg.get("effort_rate", 0.0))
         if cfg["target"] is not None:
             self.mpc.set_target(cfg["target"])
         # The model the parent verified can still be refused here (the file changed since,
@@ -101,12 +102,14 @@ class Worker:
                 else:
                     self._handle(msg)
             if plan is not None:
-                self._plan(plan[1], plan[2], plan[3], plan[4])
+                # (a plan without the last command -- none known -- plans without it)
+                self._plan(*plan[1:5], plan[5] if len(plan) > 5 else None)
 
-    def _plan(self, i: int, x: np.ndarray, t: float, lookahead: float) -> None:
+    def _plan(self, i: int, x: np.ndarray, t: float, lookahead: float,
+              last: tuple[np.ndarray, float] | None) -> None:
         try:
             with self._mpc_lock:
-                policy = self.mpc.replan(x, t, lookahead)
+                policy = self.mpc.replan(x, t, lookahead, last)
                 stats = plain(dict(self.mpc.stats))
                 nominal = self.mpc.nominal_states()
                 active = self.mpc.active
@@ -132,6 +135,8 @@ class Worker:
                     self.mpc.uncertainty_threshold = msg[1]
                 elif kind == "effort_scale":
                     self.mpc.set_effort_scale(msg[1])
+                elif kind == "effort_rate":
+                    self.mpc.set_effort_rate(msg[1])
                 elif kind == "planners":
                     self.planners = dict(msg[1])
                     self.mpc.rebuild_planners()

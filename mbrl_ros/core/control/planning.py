@@ -28,7 +28,8 @@ from mbrl_ros.core.costs.task import CostSettings
 from mbrl_ros.core.models.base import ModelSpec
 from mbrl_ros.core.planners.base import Policy
 
-__all__ = ["Planning", "PlanningBase", "check_planner_ids", "check_target", "check_deadline"]
+__all__ = ["Planning", "PlanningBase", "check_planner_ids", "check_target", "check_deadline",
+           "check_effort_rate"]
 
 
 def check_planner_ids(planner_ids: list[str], active: str, fallback: str = "") -> None:
@@ -61,6 +62,14 @@ def check_deadline(seconds: float | None) -> float | None:
     return v
 
 
+def check_effort_rate(rate: float) -> float:
+    """An effort rate [per s] as float; ValueError if negative or not finite (0: none)."""
+    v = float(rate)
+    if not (v >= 0 and np.isfinite(v)):
+        raise ValueError(f"effort rate must be finite and >= 0 (0: none), got {rate}")
+    return v
+
+
 @runtime_checkable
 class Planning(Protocol):
     """Planners + model + cost -> policies, as the controller node drives them.
@@ -75,6 +84,8 @@ class Planning(Protocol):
             never); settable.
         effort_scale: fraction of the effort limits the planners plan within (change it
             with :meth:`set_effort_scale`).
+        effort_rate: the command path's largest effort change [N·m/s or N/s] the planners
+            plan within (0: none; change it with :meth:`set_effort_rate`).
         model_version: version of the model in use (0: none or the known model).
         spec: the model's :class:`ModelSpec`, None without a model.
         target_q: (n_joints,) target positions, None until set.
@@ -91,6 +102,7 @@ class Planning(Protocol):
     fallback: str
     uncertainty_threshold: float
     effort_scale: float
+    effort_rate: float
     model_version: int
     spec: ModelSpec | None
     target_q: np.ndarray | None
@@ -127,6 +139,11 @@ class Planning(Protocol):
         """Plan within ``scale`` x the effort limits (planners rebuilt, warm-started)."""
         ...
 
+    def set_effort_rate(self, rate: float) -> None:
+        """Plan within this effort rate [per s] from the last applied command (the one
+        :meth:`replan` is given); 0: no rate limit."""
+        ...
+
     def rebuild_planners(self) -> None: ...
 
     def reset_planners(self) -> None:
@@ -144,7 +161,12 @@ class Planning(Protocol):
         ...
 
     # -- planning
-    def replan(self, x: np.ndarray, t: float, lookahead: float = 0.0) -> Policy: ...
+    def replan(self, x: np.ndarray, t: float, lookahead: float = 0.0,
+               last: tuple[np.ndarray, float] | None = None) -> Policy:
+        """The new policy from state ``x`` at time ``t`` [s] (``lookahead``: latency
+        compensation [s]; ``last``: the command last applied and its state's time [s],
+        from which :attr:`effort_rate` bounds the plan's first actions)."""
+        ...
 
     def nominal_states(self) -> tuple[np.ndarray, np.ndarray] | None: ...
 

@@ -40,8 +40,10 @@ from mbrl_ros.core.settings import setting
 class SafetySettings(PlausibilitySettings):
     effort_scale: float = setting(1.0, "fraction of the robot's effort limits the controller "
                                   "may use", low=0.0, high=1.0, dynamic=True)
-    max_effort_rate: float = setting(500.0, "largest change of any effort command per second",
-                                     unit="N·m/s", low=1e-3, high=1e7, dynamic=True)
+    max_effort_rate: float = setting(500.0, "largest change of any effort command per second "
+                                     "(the controller's planners plan within it: "
+                                     "plan_within_rate)", unit="N·m/s", low=1e-3, high=1e7,
+                                     dynamic=True)
     joint_limit_margin: float = setting(0.05, "inside this distance of a joint limit, effort "
                                         "toward the limit is removed", unit="rad|m",
                                         low=0.0, high=1.0, dynamic=True)

@@ -29,10 +29,10 @@ def _apply_feedback(U, K, xs, xbar, feedback, lower, upper, r, t):
         if feedback:
             for j in range(nx):
                 v += K[t, i, j] * (xs[r, t, j] - xbar[t, j])
-        if v < lower[i]:
-            v = lower[i]
-        if v > upper[i]:
-            v = upper[i]
+        if v < lower[t, i]:
+            v = lower[t, i]
+        if v > upper[t, i]:
+            v = upper[t, i]
         U[r, t, i] = v
 
 
@@ -44,7 +44,7 @@ def affine_rollout_kernel(A, B, c, x0, U, xbar, K, feedback, lower, upper, xs):
     Args:
         A (nx, nx), B (nx, nu), c (nx,), x0 (nx,); U (n, T, nu) open-loop controls,
         overwritten with the applied (clipped) controls; xbar (T, nx), K (T, nu, nx);
-        lower, upper (nu,) limits (may be infinite); xs (n, T+1, nx) output states.
+        lower, upper (T, nu) limits per step (may be infinite); xs (n, T+1, nx) output states.
     """
     n, T, nu = U.shape
     nx = x0.shape[0]
@@ -95,8 +95,8 @@ def mlp_rollout_kernel(x_mean, u_mean, W0, b0, Wh, bh, WL, c, lin, act, x0, U, x
         x_mean (nx,), u_mean (nu,), W0 (E, nx + nu, H), b0 (E, H), Wh (E, L, H, H),
         bh (E, L, H), WL (E, H, nx), c (nx,), lin (nx + nu, nx); act int;
         x0 (nx,); U (n, T, nu) open-loop controls, overwritten with the applied (clipped)
-        controls; xbar (T, nx), K (T, nu, nx); lower, upper (nu,) limits (may be
-        infinite); xs (n, T+1, nx) output states.
+        controls; xbar (T, nx), K (T, nu, nx); lower, upper (T, nu) limits per step
+        (may be infinite); xs (n, T+1, nx) output states.
     """
     n, T, nu = U.shape
     nx = x0.shape[0]

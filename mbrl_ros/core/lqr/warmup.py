@@ -46,14 +46,14 @@ def _exercise() -> None:
     spd_inverse_kernel(np.ones((T, nu, nu)) + np.eye(nu), np.empty((T, nu, nu)))
     affine_rollout_kernel(np.eye(nx), np.ones((nx, nu)), np.zeros(nx), np.ones(nx),
                           np.zeros((3, T, nu)), np.zeros((T, nx)), np.zeros((T, nu, nx)),
-                          True, -du[0], du[0], np.empty((3, T + 1, nx)))
+                          True, -du, du, np.empty((3, T + 1, nx)))
     E, H = 2, 3
     for act in (0, 1, 2):
         mlp_rollout_kernel(np.zeros(nx), np.zeros(nu), np.ones((E, nx + nu, H)),
                            np.zeros((E, H)), np.ones((E, 1, H, H)), np.zeros((E, 1, H)),
                            np.ones((E, H, nx)), np.zeros(nx), np.zeros((nx + nu, nx)), act,
                            np.ones(nx), np.zeros((3, T, nu)), np.zeros((T, nx)),
-                           np.zeros((T, nu, nx)), True, -du[0], du[0],
+                           np.zeros((T, nu, nx)), True, -du, du,
                            np.empty((3, T + 1, nx)))
 
 

@@ -142,6 +142,8 @@ class Planner(ABC):
         self._us: np.ndarray | None = None        # (T, nu) nominal actions
         self._t_nominal: float | None = None      # time [s] of step 0 of the nominal
         self.deadline: float | None = None        # wall-clock budget of optimize [s]
+        self.effort_rate: np.ndarray | None = None   # (nu,) largest action change [1/s]
+        self._last_action: tuple[np.ndarray, float] | None = None
         self.reset(self.horizon)
 
     # -- time budget ------------------------------------------------------------------------
@@ -180,6 +182,56 @@ class Planner(ABC):
             return False
         spent = (time.perf_counter() if now is None else now) - started
         return spent + spent / rounds > self.deadline
+
+    # -- action rate ------------------------------------------------------------------------
+    def set_effort_rate(self, rate: float | np.ndarray | None) -> None:
+        """Plan within a limit on how fast the actions may change [action units per s]:
+        the robot's command path (the safety filter's ``max_effort_rate``) delays a larger
+        change, and a plan that assumes it can jump drives a delayed loop that can
+        oscillate (arm7 behind 500-1000 N·m/s). With a rate and the last applied action
+        (:meth:`set_last_action`), :meth:`action_bounds` narrows the box of the first plan
+        steps to the actions the rate lets the robot reach. None or 0: no rate limit.
+
+        Raises:
+            ValueError: negative or not finite.
+        """
+        if rate is None:
+            self.effort_rate = None
+            return
+        r = np.broadcast_to(np.asarray(rate, dtype=np.float64), (self.nu,)).copy()
+        if not np.all(np.isfinite(r)) or np.any(r < 0):
+            raise ValueError(f"effort rate must be finite and >= 0, got {r.tolist()}")
+        self.effort_rate = None if np.all(r == 0) else np.where(r == 0, np.inf, r)
+
+    def set_last_action(self, u: np.ndarray | None, t: float | None = None) -> None:
+        """The action (nu,) the robot last applied and the time [s] it was applied (on the
+        planner's clock, the one ``optimize`` gets), or None (unknown: no rate bounds)."""
+        if u is None or t is None:
+            self._last_action = None
+            return
+        u = np.asarray(u, dtype=np.float64).reshape(-1)
+        if u.shape != (self.nu,) or not np.all(np.isfinite(u)) or not math.isfinite(t):
+            raise ValueError(f"last action must be {self.nu} finite numbers at a finite time, "
+                             f"got {u.tolist()} at {t}")
+        self._last_action = (u, float(t))
+
+    def action_bounds(self, t0: float) -> tuple[np.ndarray, np.ndarray]:
+        """Lower and upper bounds (T, nu) of the plan's actions from time t0 [s]: the
+        action limits, and with an effort rate and a last action u_l applied at t_l, step
+        k (applied at t0 + k dt) within ``u_l ± rate * max(t0 + k dt - t_l, dt)`` -- the
+        actions the rate can reach by then (an outer bound: the steps' changes between
+        each other are not limited, so later steps stay free to use the full range)."""
+        T = self.horizon
+        lo = np.broadcast_to(self.u_min, (T, self.nu)).copy()
+        hi = np.broadcast_to(self.u_max, (T, self.nu)).copy()
+        if self.effort_rate is None or self._last_action is None:
+            return lo, hi
+        u, t_last = self._last_action
+        elapsed = np.maximum(float(t0) + self.dt * np.arange(T) - t_last, self.dt)
+        reach = elapsed[:, None] * self.effort_rate[None, :]
+        # Clipped into the limits (a last action outside them -- a lowered effort_scale --
+        # gives the limit it is beyond: lo <= hi always).
+        return np.clip(u - reach, lo, hi), np.clip(u + reach, lo, hi)
 
     # -- nominal trajectory ---------------------------------------------------------------
     def reset(self, horizon: int, initial_actions: np.ndarray | None = None) -> None:

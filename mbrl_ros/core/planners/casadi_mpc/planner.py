@@ -228,7 +228,7 @@ class CasadiMPCPlanner(Planner):
             if v is not None:
                 xlo[n:] = -v
                 xhi[n:] = v
-        return layout.bounds(x0, self.u_min, self.u_max, xlo, xhi)
+        return layout.bounds(x0, *self._ubounds, xlo, xhi)
 
     def _feasible(self, w: np.ndarray, bounds: tuple[np.ndarray, np.ndarray], lin,
                   layout: ProblemLayout) -> bool:
@@ -254,10 +254,11 @@ class CasadiMPCPlanner(Planner):
         lfx = qm.Hf @ xs[T] + qm.gf
         self._bp.prepare(lin.fx, lin.fu, gz[:, :nx], gz[:, nx:], qm.H[:, :nx, :nx],
                          qm.H[:, nx:, nx:], qm.H[:, nx:, :nx], lfx, qm.Hf)
-        box = bool(np.isfinite(self.u_min).any() or np.isfinite(self.u_max).any())
+        lo, hi = self._ubounds
+        box = bool(np.isfinite(lo).any() or np.isfinite(hi).any())
         # Controls within solver tolerance of a bound count as on it.
-        du_lo = np.minimum(self.u_min - us, 0.0) if box else None
-        du_hi = np.maximum(self.u_max - us, 0.0) if box else None
+        du_lo = np.minimum(lo - us, 0.0) if box else None
+        du_hi = np.maximum(hi - us, 0.0) if box else None
         for mu in _FEEDBACK_MU:
             res = self._bp.run(mu, du_lo, du_hi)
             if isinstance(res, BackwardResult):
@@ -288,6 +289,8 @@ class CasadiMPCPlanner(Planner):
         t_start = time.perf_counter()
         x0 = np.asarray(x0, dtype=np.float64).reshape(nx)
         layout, backend, build_time = self._backend(T)
+        # The action limits, narrowed where the effort rate cannot reach (action_bounds).
+        self._ubounds = self.action_bounds(t0)
         timings = {"time_linearize_s": 0.0, "time_cost_s": 0.0, "solver_time_s": 0.0,
                    "time_feedback_s": 0.0}
 
@@ -363,7 +366,7 @@ class CasadiMPCPlanner(Planner):
                 break
             xs_new, us_new = layout.unpack(res.w)
             # Interior-point solutions may sit a hair outside the box; the policy clips anyway.
-            us_new = self.clip(us_new)
+            us_new = np.clip(us_new, *self._ubounds)
             step = float(np.max(np.abs(us_new - us) / (np.abs(us) + 1.0)))
             xs, us = xs_new, us_new
             xs[0] = x0

@@ -99,6 +99,9 @@ class ILQRPlanner(Planner):
         self.warm_up_s = warm_up()
         self._no_xbar = np.zeros((0, self.nx))          # the open-loop rollout's feedback
         self._no_K = np.zeros((0, self.nu, self.nx))    # arguments (unused by the kernel)
+        # (T, nu) lower and upper action bounds of the solve under way (action_bounds);
+        # None outside optimize: the action limits.
+        self._bounds: tuple[np.ndarray, np.ndarray] | None = None
 
     def reset(self, horizon: int, initial_actions: np.ndarray | None = None) -> None:
         super().reset(horizon, initial_actions)
@@ -216,6 +219,11 @@ class ILQRPlanner(Planner):
         else:
             U = ubar[None] + alphas[:, None, None] * kff[None]
         A = U.shape[0]
+        if self._bounds is not None:
+            lo, hi = self._bounds
+        else:
+            lo = np.ascontiguousarray(np.broadcast_to(self.u_min, (T, self.nu)))
+            hi = np.ascontiguousarray(np.broadcast_to(self.u_max, (T, self.nu)))
         cached = getattr(self, "_fast", None)
         fast = cached[1] if cached is not None and cached[0] is model \
             else self._fast_dynamics(model)
@@ -225,12 +233,11 @@ class ILQRPlanner(Planner):
             U = as_f64(U)      # clipped in place by the kernel
             kernel = affine_rollout_kernel if fast[0] == "affine" else mlp_rollout_kernel
             kernel(*fast[1], as_f64(x0), U, as_f64(xbar) if fb else self._no_xbar,
-                   as_f64(K) if fb else self._no_K, fb, self.u_min, self.u_max, xs)
+                   as_f64(K) if fb else self._no_K, fb, lo, hi, xs)
             return xs, U
         xs = np.empty((A, T + 1, self.nx))
         xs[:, 0] = x0
         x = xs[:, 0]
-        lo, hi = self.u_min, self.u_max
         # np.clip's Python wrapper costs more than the two ufuncs on (A, nu) arrays.
         clip_lo, clip_hi = bool(np.isfinite(lo).any()), bool(np.isfinite(hi).any())
         maximum, minimum = np.maximum, np.minimum
@@ -246,9 +253,9 @@ class ILQRPlanner(Planner):
                 if K is not None:
                     u += (x - xbar[t]) @ K[t].T
                 if clip_lo:
-                    maximum(u, lo, out=u)
+                    maximum(u, lo[t], out=u)
                 if clip_hi:
-                    minimum(u, hi, out=u)
+                    minimum(u, hi[t], out=u)
                 if mean_only is not None:
                     x = mean_only(x, u)
                 else:
@@ -295,6 +302,8 @@ class ILQRPlanner(Planner):
 
         # The model's affine or MLP form (if any), read once per call for all rollouts.
         self._fast = (model, self._fast_dynamics(model))
+        # The action limits, narrowed where the effort rate cannot reach (action_bounds).
+        self._bounds = lo, hi = self.action_bounds(t0)
         # Jacobians without the model's covariance where it offers that (unused here).
         linearize = getattr(model, "linearize_mean", None) or model.linearize
         us, shift = self._initial_actions(t0)
@@ -316,6 +325,7 @@ class ILQRPlanner(Planner):
             J = float(self._cost(cost, xs_a, us_a)[0])
             K = cov = None
         if not np.isfinite(J):
+            self._fast = self._bounds = None
             raise ValueError(f"{self.name}: the model's rollout (or its cost) from x0 = "
                              f"{x0.tolist()} is not finite even open loop; the model is "
                              "unusable from this state")
@@ -325,8 +335,7 @@ class ILQRPlanner(Planner):
             self._bp = BackwardPass(T, nx, nu)
         bp = self._bp
         alphas = np.asarray(s.line_search_alphas, dtype=np.float64)
-        has_limits = s.box_qp and bool(np.isfinite(self.u_min).any()
-                                       or np.isfinite(self.u_max).any())
+        has_limits = s.box_qp and bool(np.isfinite(lo).any() or np.isfinite(hi).any())
         status = "max_iterations"
         iterations = accepted = 0
         alpha = 0.0
@@ -353,8 +362,8 @@ class ILQRPlanner(Planner):
             tac = time.perf_counter()
             timings["time_linearize_s"] += toc - tic
             timings["time_cost_derivatives_s"] += tac - toc
-            du_lo = self.u_min - us if has_limits else None
-            du_hi = self.u_max - us if has_limits else None
+            du_lo = lo - us if has_limits else None
+            du_hi = hi - us if has_limits else None
             res: BackwardResult | int = -1
             for _ in range(s.max_regularization_iterations):
                 res = bp.run(self._mu, du_lo, du_hi)
@@ -413,7 +422,7 @@ class ILQRPlanner(Planner):
             # No backward pass succeeded and nothing to reuse: open-loop policy.
             K = np.zeros((T, nu, nx))
             cov = None
-        self._fast = None
+        self._fast = self._bounds = None
         self._xs, self._us, self._K, self._cov = xs, us, K, cov
         self._t_nominal = float(t0)
         self.stats = dict(iterations=iterations, accepted=accepted, cost=J,
