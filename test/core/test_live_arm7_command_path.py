@@ -23,7 +23,7 @@ import pytest
 import yaml
 
 from mbrl_ros.core import registry
-from mbrl_ros.core.control.closed_loop import simulate_excitation
+from mbrl_ros.core.control.closed_loop import run_episode, simulate_excitation
 from mbrl_ros.core.control.mpc import MPCController
 from mbrl_ros.core.control.safety import SafetyFilter, SafetySettings
 from mbrl_ros.core.costs.task import CostSettings
@@ -82,23 +82,16 @@ def run_command_path(params: dict, explore: int, steps: int, record: list | None
     safety = SafetyFilter.for_robot(safety_settings, robot, dt, robot.min_effective_inertia())
     sim = MujocoSim("arm7", seed=0, initial_noise=0.05)
     sim.reset()
+    explored = run_episode(sim, mpc, explore, safety=safety)     # explorer: no model yet
+    mpc.set_model(MujocoModel.from_sim("arm7", control_period=dt))   # the first model comes
+    ep = run_episode(sim, mpc, steps, safety=safety)
+    if record is not None:
+        record.extend(zip(explored.xs[:-1], explored.us))
+        record.extend(zip(ep.xs[:-1], ep.us))
+    assert np.all(np.isfinite(ep.xs))
     ee_target = robot.ee_position(target)
-    n = robot.n_joints
-    x, t = sim.state(), sim.time
-    dist = []
-    last = None
-    for k in range(explore + steps):
-        if k == explore:                     # the fitter's first model arrives
-            mpc.set_model(MujocoModel.from_sim("arm7", control_period=dt))
-        u = safety(mpc.replan(x, t, 0.0, last).action(x, t), x, dt)
-        last = (u.copy(), t)                 # as the node's Actuator.last_command
-        if record is not None:
-            record.append((x, u))
-        sim.step(u)
-        x, t = sim.state(), sim.time
-        assert np.all(np.isfinite(x))
-        if k >= explore:
-            dist.append(float(np.linalg.norm(robot.ee_position(x[:n]) - ee_target)))
+    dist = [float(np.linalg.norm(robot.ee_position(x[:robot.n_joints]) - ee_target))
+            for x in ep.xs[1:]]
     return np.asarray(dist), dict(safety.counters)
 
 

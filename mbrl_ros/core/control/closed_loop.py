@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from mbrl_ros.core.control.mpc import MPCController
+from mbrl_ros.core.control.safety import SafetyFilter
 from mbrl_ros.core.policies.excitation import ExcitationPolicy, ExcitationSettings
 from mbrl_ros.core.types import TransitionBatch
 from mbrl_ros.sim.env import MujocoSim
@@ -29,7 +30,8 @@ class EpisodeResult:
 
 def run_episode(sim: MujocoSim, mpc: MPCController, steps: int, replan_every: int = 1,
                 switch_at: int | None = None, switch_to: str | None = None,
-                plan_delay: int = 0, compensate: bool = False) -> EpisodeResult:
+                plan_delay: int = 0, compensate: bool = False,
+                safety: SafetyFilter | None = None) -> EpisodeResult:
     """Run ``steps`` control periods of ``sim`` under ``mpc`` from the sim's current state.
 
     The sim's control period must equal the model's step. Optionally switch the planner
@@ -40,10 +42,16 @@ def run_episode(sim: MujocoSim, mpc: MPCController, steps: int, replan_every: in
     meanwhile; the first plan is used at once), and no new plan starts while one is
     pending. ``compensate`` passes that delay to :meth:`MPCController.replan` as its
     ``lookahead`` (what the node's ``latency_compensation`` does with measured latencies).
+
+    ``safety``: send every command through this filter (clamp, joint-limit guard, rate
+    limit), as the node's command path does, and give every replan the last command sent
+    (the node's ``Actuator.last_command``; the filter's previous output counts as sent one
+    period before the first step). None: the commands are only clipped to the limits.
     """
     x = sim.state()
     t = sim.time
     dt = sim.control_period
+    last = None if safety is None else (safety.last.copy(), t - dt)
     xs, us, replans, actions, planners = [x.copy()], [], [], [], []
     policy = None
     pending: tuple[int, object] | None = None
@@ -54,7 +62,7 @@ def run_episode(sim: MujocoSim, mpc: MPCController, steps: int, replan_every: in
             policy, pending = pending[1], None
         if pending is None and (k % replan_every == 0 or policy is None):
             t0 = time.perf_counter()
-            new = mpc.replan(x, t, plan_delay * dt if compensate else 0.0)
+            new = mpc.replan(x, t, plan_delay * dt if compensate else 0.0, last)
             replans.append(time.perf_counter() - t0)
             planners.append(mpc.stats["planner"])
             if policy is None or plan_delay <= 0:
@@ -64,7 +72,12 @@ def run_episode(sim: MujocoSim, mpc: MPCController, steps: int, replan_every: in
         t0 = time.perf_counter()
         u = policy.action(x, t)
         actions.append(time.perf_counter() - t0)
-        sim.step(np.clip(u, -sim.effort_limits, sim.effort_limits))
+        if safety is None:
+            u = np.clip(u, -sim.effort_limits, sim.effort_limits)
+        else:
+            u = safety(u, x, dt)
+            last = (u.copy(), t)
+        sim.step(u)
         x, t = sim.state(), sim.time
         xs.append(x.copy())
         us.append(u)
