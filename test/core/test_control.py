@@ -154,8 +154,40 @@ def test_latency_compensation_plans_from_the_predicted_state():
     mpc.replan(x0, 0.0, lookahead=10.0)
     assert mpc.stats["lookahead_steps"] == mpc.horizon
     model.predict = lambda x, u, t=None: (np.full((1, 4), np.nan), None)
-    xp, tp, steps = mpc._predict_ahead(x0, 0.0, 0.03)
-    assert steps == 0 and tp == 0.0 and xp is x0
+    xp, tp, steps, last = mpc._predict_ahead(x0, 0.0, 0.03)
+    assert steps == 0 and tp == 0.0 and xp is x0 and last is None
+
+
+def test_latency_compensation_bounds_the_plan_from_the_predicted_command():
+    """With an effort rate, the commands predicted for the lookahead are rate-limited
+    from the last one sent, and the new plan's first action is bounded from the last of
+    them -- the command the robot will have when the plan takes over."""
+    rate = 20.0                                      # 0.2 per 0.01 s step
+    mpc = make_mpc()
+    model = DoubleIntegrator()
+    mpc.set_model(model, 1)
+    mpc.set_effort_rate(rate)
+    mpc.set_target(np.array([0.5, -0.5]))
+    x0 = np.zeros(4)
+    last = (np.zeros(2), -0.01)
+    first = mpc.replan(x0, 0.0, 0.0, last)
+    assert np.all(np.abs(first.k[0]) <= rate * 0.01 + 1e-9)
+    # two steps ahead: the current policy's commands, rate-limited as the filter will
+    x, t, lp = x0.copy(), 0.0, last
+    for _ in range(2):
+        u = np.clip(first.action(x, t), lp[0] - rate * 0.01, lp[0] + rate * 0.01)
+        x, lp, t = model.predict(x, u)[0][0], (u, t), t + 0.01
+    second = mpc.replan(x0, 0.0, 0.02, last)
+    assert mpc.stats["lookahead_steps"] == 2
+    planner = mpc.planners[mpc.active]
+    np.testing.assert_allclose(planner._last_action[0], lp[0], atol=1e-12)
+    assert planner._last_action[1] == pytest.approx(0.01)
+    step = np.abs(second.k[0] - lp[0])
+    assert np.all(step <= rate * 0.01 + 1e-9) and step.max() == pytest.approx(rate * 0.01)
+    # without a rate the predicted commands are the policy's, unlimited
+    mpc.set_effort_rate(0.0)
+    xp, tp, steps, out = mpc._predict_ahead(x0, 0.0, 0.02, last)
+    assert steps == 2 and out[1] == pytest.approx(0.01)
 
 
 def test_model_for_other_joints_is_refused():

@@ -330,10 +330,10 @@ class MPCController(PlanningBase):
         t_start = time.perf_counter()
         if last is not None and not np.all(np.isfinite(np.asarray(last[0], dtype=float))):
             last = None                   # a non-finite record bounds nothing
+        x, t, ahead, last = self._predict_ahead(np.asarray(x, dtype=np.float64), float(t),
+                                                lookahead, last)
         for p in self.planners.values():
             p.set_last_action(*(last if last is not None else (None, None)))
-        x, t, ahead = self._predict_ahead(np.asarray(x, dtype=np.float64), float(t),
-                                          lookahead)
         switched = None
         if self._pending is not None:
             previous = self.planners[self.active]
@@ -381,22 +381,35 @@ class MPCController(PlanningBase):
                       "lookahead_steps": ahead, "model_version": self.model_version}
         return policy
 
-    def _predict_ahead(self, x: np.ndarray, t: float, lookahead: float
-                       ) -> tuple[np.ndarray, float, int]:
-        """(state, time, steps) ``lookahead`` seconds ahead under the current policy."""
+    def _predict_ahead(self, x: np.ndarray, t: float, lookahead: float,
+                       last: tuple[np.ndarray, float] | None = None
+                       ) -> tuple[np.ndarray, float, int, tuple[np.ndarray, float] | None]:
+        """(state, time, steps, last command) ``lookahead`` seconds ahead under the current
+        policy. The commands it predicts are rate-limited from ``last`` as the command
+        path limits them (with :attr:`effort_rate`), and the last of them is returned as
+        the last command before the new plan takes over: the plan's first actions are then
+        bounded from the command the robot will have, not from the one it had when the
+        state was measured (that one bounds them only loosely -- the commands between move
+        too -- and on arm7 behind 1000 N·m/s a one-step latency left iLQR oscillating
+        3-14 cm around the target: bench/results/rate-planning-2026-12-07-s8.md)."""
         steps = int(round(lookahead / self._dt)) if lookahead > 0 and self._dt else 0
         steps = min(steps, self.horizon)
         if (steps == 0 or self.policy is None or self.model is None
                 or getattr(self.model, "time_varying", False)):
-            return x, t, 0
-        xp, tp = x, t
+            return x, t, 0, last
+        xp, tp, lp = x, t, last
         with np.errstate(invalid="ignore", over="ignore"):
             for _ in range(steps):
-                xp = self.model.predict(xp, self.policy.action(xp, tp))[0][0]
+                u = np.asarray(self.policy.action(xp, tp), dtype=np.float64)
+                if lp is not None and self.effort_rate > 0:
+                    reach = self.effort_rate * max(tp - lp[1], self._dt)
+                    u = np.clip(u, lp[0] - reach, lp[0] + reach)
+                lp = (u, tp) if last is not None else None
+                xp = self.model.predict(xp, u)[0][0]
                 tp += self._dt
-        if not np.all(np.isfinite(xp)):
-            return x, t, 0
-        return xp, tp, steps
+        if not np.all(np.isfinite(xp)) or (lp is not None and not np.all(np.isfinite(lp[0]))):
+            return x, t, 0, last
+        return xp, tp, steps, lp
 
     def _uncertainty(self, x: np.ndarray, u: np.ndarray) -> float:
         if self.uncertainty_threshold <= 0:
