@@ -184,6 +184,13 @@ def test_latency_compensation_bounds_the_plan_from_the_predicted_command():
     assert planner._last_action[1] == pytest.approx(0.01)
     step = np.abs(second.k[0] - lp[0])
     assert np.all(step <= rate * 0.01 + 1e-9) and step.max() == pytest.approx(rate * 0.01)
+    # the command for the measured state itself may be sent already (the node's control
+    # thread runs between the state and the replan): it is the first predicted command
+    sent = (np.array([0.05, -0.05]), 0.0)
+    mpc.replan(x0, 0.0, 0.0, sent)
+    xp, tp, steps, out = mpc._predict_ahead(x0, 0.0, 0.01, sent)
+    assert steps == 1 and out[1] == 0.0 and np.array_equal(out[0], sent[0])
+    np.testing.assert_allclose(xp, model.predict(x0, sent[0])[0][0])
     # without a rate the predicted commands are the policy's, unlimited
     mpc.set_effort_rate(0.0)
     xp, tp, steps, out = mpc._predict_ahead(x0, 0.0, 0.02, last)

@@ -400,10 +400,13 @@ class MPCController(PlanningBase):
         xp, tp, lp = x, t, last
         with np.errstate(invalid="ignore", over="ignore"):
             for _ in range(steps):
-                u = np.asarray(self.policy.action(xp, tp), dtype=np.float64)
-                if lp is not None and self.effort_rate > 0:
-                    reach = self.effort_rate * max(tp - lp[1], self._dt)
-                    u = np.clip(u, lp[0] - reach, lp[0] + reach)
+                if lp is not None and lp[1] >= tp - 1e-9:
+                    u = lp[0]          # the command for this state is sent already
+                else:
+                    u = np.asarray(self.policy.action(xp, tp), dtype=np.float64)
+                    if lp is not None and self.effort_rate > 0:
+                        reach = self.effort_rate * max(tp - lp[1], self._dt)
+                        u = np.clip(u, lp[0] - reach, lp[0] + reach)
                 lp = (u, tp) if last is not None else None
                 xp = self.model.predict(xp, u)[0][0]
                 tp += self._dt
