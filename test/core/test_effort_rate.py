@@ -98,3 +98,17 @@ def test_sampling_plans_follow_the_rate_step_by_step(kind):
         assert steps.max() <= RATE * DT + 1e-6, steps
         assert steps.max() == pytest.approx(RATE * DT, abs=1e-6)    # it binds
         last = pol.k[0]
+
+
+def test_project_rate_follows_the_chain_and_keeps_feasible_sequences():
+    p = ILQRPlanner(ILQRSettings(horizon=6), 2, 2, -3.0, 3.0, 0.1)
+    U = np.random.default_rng(0).uniform(-5, 5, (4, 6, 2))
+    assert np.array_equal(p.project_rate(U, 0.0), np.clip(U, -3, 3))   # no rate: the box
+    p.set_effort_rate([10.0, 20.0])                  # 1 and 2 per step
+    p.set_last_action(np.array([0.5, -0.5]), -0.1)
+    P = p.project_rate(U, 0.0)
+    steps = np.abs(np.diff(np.concatenate([np.broadcast_to([0.5, -0.5], (4, 1, 2)), P],
+                                          axis=1), axis=1))
+    assert np.all(steps <= np.array([1.0, 2.0]) + 1e-12) and np.all(np.abs(P) <= 3.0)
+    assert np.array_equal(p.project_rate(P, 0.0), P)        # feasible: unchanged
+    assert np.array_equal(U, U.copy())                         # the input is not modified

@@ -233,6 +233,34 @@ class Planner(ABC):
         # gives the limit it is beyond: lo <= hi always).
         return np.clip(u - reach, lo, hi), np.clip(u + reach, lo, hi)
 
+    def rate_steps(self, t0: float) -> tuple[np.ndarray, np.ndarray] | None:
+        """The last action (nu,) and each plan step's largest change (T, nu) from the one
+        before (the first: from the last action, over the time since it, at least one
+        step), or None without an effort rate or a last action."""
+        if self.effort_rate is None or self._last_action is None:
+            return None
+        u, t_last = self._last_action
+        gaps = np.full(self.horizon, self.dt)
+        gaps[0] = max(float(t0) - t_last, self.dt)
+        return u, gaps[:, None] * self.effort_rate[None, :]
+
+    def project_rate(self, us: np.ndarray, t0: float) -> np.ndarray:
+        """Action sequences us (..., T, nu) within :meth:`action_bounds` and, with an
+        effort rate and a last action, each step within the rate's reach of the one before
+        (the first of the last action): projected step by step, so the sequence is one
+        the command path can follow without limiting it. The set of such sequences is
+        convex, so a weighted average of projected sequences stays in it."""
+        lo, hi = self.action_bounds(t0)
+        out = np.clip(us, lo, hi)
+        chain = self.rate_steps(t0)
+        if chain is None:
+            return out
+        prev, step = chain
+        for t in range(out.shape[-2]):
+            prev = np.minimum(np.maximum(out[..., t, :], prev - step[t]), prev + step[t])
+            out[..., t, :] = prev
+        return np.clip(out, lo, hi)
+
     # -- nominal trajectory ---------------------------------------------------------------
     def reset(self, horizon: int, initial_actions: np.ndarray | None = None) -> None:
         """Forget the previous solution.

@@ -85,9 +85,9 @@ class SamplingPlanner(Planner):
         self._bounds = self.action_bounds(0.0)      # (T, nu) each; set by every optimize
         self._lo = torch.as_tensor(self._bounds[0], dtype=self.dtype)
         self._hi = torch.as_tensor(self._bounds[1], dtype=self.dtype)
-        # (last action (nu,), largest change per step (T, nu)) while an effort rate and a
-        # last action are known: samples are projected onto the rate, step by step.
-        self._chain: tuple[torch.Tensor, torch.Tensor] | None = None
+        # an effort rate and a last action are known: samples are projected onto the
+        # rate step by step (project_rate from time _t0)
+        self._chained, self._t0 = False, 0.0
         warm_up()   # the compiled Riccati sweep (feedback: lqr, refine: newton), not in a loop
 
     def reset(self, horizon: int, initial_actions: np.ndarray | None = None) -> None:
@@ -138,35 +138,17 @@ class SamplingPlanner(Planner):
             u = hold_action(model, self._xs[-1], self._us[-1], self.u_min, self.u_max)
         return (None, "repeat") if u is None else (u, mode)
 
-    def _rate_chain(self, t0: float) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """The last action and each plan step's largest change (the first: since the last
-        action's time, at least one step) as tensors, or None without a rate or a last
-        action."""
-        if self.effort_rate is None or self._last_action is None:
-            return None
-        u, t_last = self._last_action
-        gaps = np.full(self.horizon, self.dt)
-        gaps[0] = max(float(t0) - t_last, self.dt)
-        return (torch.as_tensor(u, dtype=self.dtype),
-                torch.as_tensor(gaps[:, None] * self.effort_rate[None, :], dtype=self.dtype))
-
     def _clamp(self, U: torch.Tensor) -> torch.Tensor:
-        """Action sequences U (..., T, nu) within the bounds and, with an effort rate, each
-        step within the rate's reach of the one before (the first of the last action):
-        projected step by step, so a sample is a sequence the robot's command path can
-        follow -- a sample average of such sequences is one too (the set is convex). The
-        rate bounds are the exact chain, not only :meth:`action_bounds`' outer box: MPPI
+        """Action sequences U (..., T, nu) within the bounds and, with an effort rate and a
+        last action, projected onto the rate step by step (:meth:`project_rate`), so a
+        sample is a sequence the robot's command path can follow -- and so is their
+        weighted average. The exact chain, not only :meth:`action_bounds`' outer box: MPPI
         on arm7 behind 500 N·m/s did not reach with the box alone (it does with the
-        chain; iLQR reached with the box)."""
-        U = torch.clamp(U, self._lo, self._hi)
-        if self._chain is None:
-            return U
-        prev, step = self._chain
-        out = torch.empty_like(U)
-        for t in range(U.shape[-2]):
-            prev = torch.minimum(torch.maximum(U[..., t, :], prev - step[t]), prev + step[t])
-            out[..., t, :] = prev
-        return torch.clamp(out, self._lo, self._hi)
+        chain)."""
+        if not self._chained:
+            return torch.clamp(U, self._lo, self._hi)
+        out = self.project_rate(U.detach().numpy().astype(np.float64), self._t0)
+        return torch.from_numpy(out).to(U.dtype)
 
     def _noise(self, n: int, T: int) -> torch.Tensor:
         return colored_noise(n, T, self.nu, float(self.settings.noise_beta), self._generator,
@@ -221,7 +203,7 @@ class SamplingPlanner(Planner):
         self._bounds = lo, hi = self.action_bounds(t0)
         self._lo = torch.as_tensor(lo, dtype=self.dtype)
         self._hi = torch.as_tensor(hi, dtype=self.dtype)
-        self._chain = self._rate_chain(t0)
+        self._chained, self._t0 = self.rate_steps(t0) is not None, float(t0)
         us0, shift = self._initial_actions(t0)
         self._shift = shift
         self._fill, fill_mode = self._tail_fill(model, shift)
