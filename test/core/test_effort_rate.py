@@ -106,9 +106,10 @@ def test_project_rate_follows_the_chain_and_keeps_feasible_sequences():
     assert np.array_equal(p.project_rate(U, 0.0), np.clip(U, -3, 3))   # no rate: the box
     p.set_effort_rate([10.0, 20.0])                  # 1 and 2 per step
     p.set_last_action(np.array([0.5, -0.5]), -0.1)
+    U0 = U.copy()
     P = p.project_rate(U, 0.0)
+    assert np.array_equal(U, U0)                            # the input is not modified
     steps = np.abs(np.diff(np.concatenate([np.broadcast_to([0.5, -0.5], (4, 1, 2)), P],
                                           axis=1), axis=1))
     assert np.all(steps <= np.array([1.0, 2.0]) + 1e-12) and np.all(np.abs(P) <= 3.0)
     assert np.array_equal(p.project_rate(P, 0.0), P)        # feasible: unchanged
-    assert np.array_equal(U, U.copy())                         # the input is not modified
