@@ -119,8 +119,8 @@ def robot_parameters(robot: str, share: str | None = None) -> dict[str, dict]:
     robot without a shipped file (a user's MJCF).
 
     The demo composes its nodes on top of these, so a shipped robot runs with the values
-    its launch uses (e.g. arm7's controller ``max_effort_rate``: with the default rate
-    limit iLQR's feedback diverges on arm7, bench/results/arm7-live-2026-12-07-s7.md).
+    its launch uses (e.g. arm7's controller ``max_effort_rate``, a Panda's 1000 N·m/s, and
+    its focused excitation).
     """
     import yaml
 
