@@ -59,6 +59,10 @@ LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
                      durability=DurabilityPolicy.TRANSIENT_LOCAL)
 
 
+class _TooFewTransitions(ModelError):
+    """Fewer transitions than min_transitions: the fitter waits for data (not a failure)."""
+
+
 @dataclass(frozen=True)
 class FitterSettings:
     model: str = setting("linear", "model family to fit",
@@ -284,8 +288,8 @@ class ModelFitter(Node):
             batch = self.dataset()
             n = 0 if batch is None else len(batch)
             if n < s.min_transitions:
-                raise ModelError(f"{n} transitions available, min_transitions is "
-                                 f"{s.min_transitions}")
+                raise _TooFewTransitions(f"{n} transitions available, min_transitions is "
+                                         f"{s.min_transitions}")
             fs = FitSettings(model=s.model, val_fraction=s.val_fraction, horizon=s.horizon,
                              reject_factor=s.reject_factor, seed=s.seed,
                              min_excitation=s.min_excitation)
@@ -300,6 +304,15 @@ class ModelFitter(Node):
         except FitCancelled as e:   # the node is shutting down: nothing to keep or say
             self.last_message = str(e)
             return False, str(e)
+        except _TooFewTransitions as e:   # waiting for data is not an error
+            msg = f"no fit yet ({reason}): {e}; " + self._keeping()
+            # (two call sites: rclpy refuses one call site logging at two severities)
+            if reason == "requested":
+                self.get_logger().warning(msg)
+            else:
+                self.get_logger().info(msg)
+            self.last_message = msg
+            return False, msg
         except Exception as e:      # any failure keeps the last good model and says why
             self.fits["failed"] += 1
             msg = f"fit failed ({reason}): {e}; " + self._keeping()

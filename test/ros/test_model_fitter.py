@@ -186,3 +186,50 @@ def test_ctrl_c_cancels_a_running_fit_and_publishes_nothing(start_node, probe, b
     assert "published" not in out and "Traceback" not in out, out
     assert store.versions(tmp_path / "models", "ensemble") == []
     assert stopped < 20, f"took {stopped:.1f} s to stop"
+
+
+def test_waiting_for_min_transitions_is_not_an_error(start_node, probe, tmp_path):
+    """Too few transitions yet: the live fitter says so at INFO (a ~/fit request at WARN,
+    in its answer too), counts no failed fit and logs no ERROR (a run with
+    min_transitions 2000 logged seven ERRORs before its first model)."""
+    import time
+
+    from diagnostic_msgs.msg import DiagnosticArray
+    from sensor_msgs.msg import JointState
+    from std_msgs.msg import Float64MultiArray
+
+    from conftest import diagnostics_values
+    fitter = start_node("model_fitter", {"model": "linear", "live": True, "fit_every": 20,
+                                         "min_transitions": 100000, "episode_topic": "",
+                                         "diagnostics_rate": 5.0,
+                                         "store_dir": str(tmp_path / "models")})
+    diags = probe.collect(DiagnosticArray, "/diagnostics")
+    states = probe.node.create_publisher(JointState, "/joint_states", 100)
+    commands = probe.node.create_publisher(Float64MultiArray, "/effort_controller/commands",
+                                           100)
+    probe.spin_until(lambda: states.get_subscription_count() > 0
+                     and commands.get_subscription_count() > 0, 20, "fitter subscribed")
+    for k in range(200):
+        msg = JointState(name=["shoulder", "elbow"], position=[0.01 * k, -0.4],
+                         velocity=[0.1, 0.0])
+        msg.header.stamp = probe.node.get_clock().now().to_msg()
+        states.publish(msg)
+        commands.publish(Float64MultiArray(data=[0.3 * (k % 7), 0.1]))
+        probe.spin_for(0.01)
+    deadline = time.monotonic() + 30
+    while "no fit yet (new data)" not in fitter.output():
+        assert time.monotonic() < deadline, fitter.output()[-2000:]
+        probe.spin_for(0.2)
+    for _ in range(50):         # a "new data" fit may be running as the request comes
+        res = probe.call(Trigger, "/model_fitter/fit", timeout=60)
+        if "a fit is running already" not in res.message:
+            break
+        probe.spin_for(0.1)
+    assert not res.success and res.message.startswith("no fit yet (requested)"), res.message
+    assert "min_transitions is 100000" in res.message
+    out = fitter.output()
+    assert "[ERROR]" not in out and "fit failed" not in out, out[-2000:]
+    assert "[WARN]" in out.split("no fit yet (requested)")[0].rsplit("\n", 1)[-1]
+    probe.spin_until(lambda: "failed" in diagnostics_values(diags, "mbrl_ros/model_fitter"),
+                     10, "fitter diagnostics")
+    assert diagnostics_values(diags, "mbrl_ros/model_fitter")["failed"] == "0"
