@@ -238,3 +238,36 @@ def test_policies_cross_as_arrays():
     np.testing.assert_array_equal(back.action(x, 2.1), nn.action(x, 2.1))
     with pytest.raises(TypeError, match="cannot be sent"):
         encode_policy(object())
+
+
+def test_explores_in_this_process_while_the_child_starts():
+    """No model yet: while the child starts (seconds: a fresh interpreter), the explorer
+    plans in the parent, so the robot explores instead of holding; once the child is
+    ready it plans there."""
+    from mbrl_ros.core.planners.base import RobotLayout
+    from mbrl_ros.core.robot import RobotDescription
+    robot = RobotDescription.load("arm2")
+    layout = RobotLayout(robot.position_limits, robot.command_index, robot.effective_inertia())
+    ilqr, exc = registry.lookup("planner", "ilqr"), registry.lookup("planner", "excitation")
+    settings = {"a": ("ilqr", ilqr.Settings(max_iterations=1)),
+                "x": ("excitation", exc.Settings())}
+    p = PlanProcess("arm2", 0.01, ROBOT.joint_names, lambda: settings,
+                    planner_ids=["a", "x"], active="a", fallback="x", horizon=20,
+                    effort_limits=ROBOT.effort_limits, position_limits=ROBOT.position_limits,
+                    cost_settings=CostSettings(), continuous=ROBOT.continuous, layout=layout,
+                    effort_rate=200.0)
+    p.start()
+    try:
+        assert p._child is not None and not p._child.ready.done()    # still starting
+        tic = time.monotonic()
+        pol = p.replan(X0, 0.0, 0.0, (np.zeros(2), -0.01))
+        assert time.monotonic() - tic < 1.0 and p.stats.get("planned_here")
+        assert p.stats["exploring"] and p.stats["planner"] == "x"
+        u = pol.action(X0, 0.0)
+        assert np.all(np.isfinite(u)) and np.all(np.abs(u) <= ROBOT.effort_limits)
+        assert np.abs(u).max() > 0.1                      # it excites, not a zero hold
+        assert wait_until(lambda: p._child.ready.done(), 60)
+        p.replan(X0, 0.01)
+        assert "planned_here" not in p.stats and p.stats["exploring"]    # the child's plan
+    finally:
+        p.stop()

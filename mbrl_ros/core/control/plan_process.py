@@ -127,6 +127,8 @@ class PlanProcess(PlanningBase):
         # the newest state planned from: a model is checked to predict from it
         self._last_state: np.ndarray | None = None
         self.counters = {"starts": 0, "failures": 0}
+        # the explorer planned here while a child starts (None until first needed)
+        self._local: Any = None
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
@@ -266,6 +268,10 @@ class PlanProcess(PlanningBase):
             raise ModelError("no model or no target yet")
         x = np.asarray(x, dtype=float)
         self._last_state = x
+        if self.spec is None:        # no model yet: explore here until the child answers
+            policy = self._explore_while_starting(x, t, lookahead, last)
+            if policy is not None:
+                return policy
         child = self._ready_child()
         if last is not None:
             last = (np.asarray(last[0], dtype=float), float(last[1]))
@@ -284,6 +290,39 @@ class PlanProcess(PlanningBase):
         policy = decode_policy(kind, fields)
         self.stats, self._nominal, self.active = stats, nominal, active
         self._failures_in_row = 0
+        return policy
+
+    def _explore_while_starting(self, x: np.ndarray, t: float, lookahead: float,
+                                last: tuple[np.ndarray, float] | None) -> Policy | None:
+        """A plan of the model-free explorer, solved in this process, while the child is
+        starting (a fresh interpreter imports torch and MuJoCo and loads the compiled
+        kernels: 5-20 s on a busy 2-core machine, during which the robot held still
+        instead of exploring); None once the child is ready, or if it is not starting
+        (stopped, lost, restarting: :meth:`_ready_child` says so) or there is no explorer.
+        The explorer is cheap (sub-millisecond plans), so the caller's thread solves it."""
+        child = self._child
+        if child is None or child.lost is not None or child.ready.done():
+            return None
+        pid = self.explorer()
+        if pid is None:
+            return None
+        if self._local is None or self._local.planner_ids != [pid]:
+            from mbrl_ros.core import registry
+            from mbrl_ros.core.control.mpc import MPCController
+            kind, settings = self._planner_settings()[pid]
+            cls = registry.lookup("planner", kind)
+
+            def factory(_pid, nx, nu, u_min, u_max, dt):
+                return cls(settings, nx, nu, u_min, u_max, dt)
+            self._local = MPCController(factory, [pid], pid, self.horizon,
+                                        self.effort_limits, self.position_limits,
+                                        self.cost_settings, continuous=self.continuous,
+                                        robot=self.layout, control_period=self.control_period,
+                                        effort_scale=self._effort_scale,
+                                        effort_rate=self._effort_rate)
+        self._local.set_effort_rate(self._effort_rate)
+        policy = self._local.replan(x, t, lookahead, last)
+        self.stats = {**self._local.stats, "planned_here": True}
         return policy
 
     def nominal_states(self) -> tuple[np.ndarray, np.ndarray] | None:
