@@ -59,8 +59,8 @@ def test_plan_delay_emulates_a_solve_time(compensate):
     mpc.set_target(np.array([0.5, -0.5]))
     policies = []
     replan = mpc.replan
-    mpc.replan = lambda x, t, lookahead=0.0: policies.append(
-        (t, replan(x, t, lookahead))) or policies[-1][1]
+    mpc.replan = lambda x, t, lookahead=0.0, last=None: policies.append(
+        (t, replan(x, t, lookahead, last))) or policies[-1][1]
     res = run_episode(sim, mpc, 40, replan_every=5, plan_delay=4, compensate=compensate)
     assert len(res.replan_s) == 8                         # steps 0, 5, ..., 35
     assert mpc.stats["lookahead_steps"] == (4 if compensate else 0)
