@@ -74,13 +74,21 @@ class SampleRecorder:
         self.reader = JointStateReader(joint_names)
         self.states: list[np.ndarray] = []
         self.commands: list[np.ndarray] = []
+        self._last_stamp: tuple[int, int] | None = None     # of the last state recorded
         qos = QoSProfile(depth=1000, reliability=ReliabilityPolicy.RELIABLE)
         self.node.create_subscription(JointState, state_topic, self._on_state, qos)
         self.node.create_subscription(Float64MultiArray, command_topic, self._on_command, qos)
 
     def _on_state(self, msg: JointState) -> None:
+        stamp = (msg.header.stamp.sec, msg.header.stamp.nanosec)
+        # The simulator republishes its paused state on ~/resume: when the state it
+        # published at the pause arrives only after clear() (a busy machine), the run
+        # would start with it twice (a CI run: "14 states ... for 12 steps").
+        if self.states and stamp == self._last_stamp:
+            return
         q, qd = self.reader.read(msg)
         self.states.append(np.concatenate([q, qd]))
+        self._last_stamp = stamp
 
     def _on_command(self, msg: Float64MultiArray) -> None:
         self.commands.append(np.asarray(command_values(msg), dtype=np.float64).copy())
