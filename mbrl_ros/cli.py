@@ -441,9 +441,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="iterations including the excitation (default 6, --quick 3)")
     m.add_argument("--out", default="demo_out", help="output directory (default demo_out)")
     m.add_argument("--quick", action="store_true", help="short run (under two minutes)")
-    m.add_argument("--plan-rate", type=float, default=50.0,
+    m.add_argument("--plan-rate", type=float, default=None,
                    help="replans per simulated second, as the controller's plan_rate "
-                        "(default 50; 0: every control step)")
+                        "(default: the robot's, 50; arm7 0; 0: every control step)")
     m.add_argument("--model-settings", default="", help="model hyper-parameters as JSON")
     m.add_argument("--seed", type=int, default=0)
     m.add_argument("--no-progress", action="store_true")

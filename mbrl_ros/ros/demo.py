@@ -51,19 +51,24 @@ from mbrl_ros.ros.sim_node import SimNode
 # targets and rates): excitation seconds, episode seconds and planner settings.
 ROBOT_DEFAULTS = {
     "arm2": {"target": (0.5, -0.5), "rate": 100.0, "horizon": 30, "excite": 8.0,
-             "episode": 3.0, "planners": {}},
+             "episode": 3.0, "planners": {}, "plan_rate": 50.0},
     # arm7: config/arm7.yaml's horizon (0.5 s); 20 s of excitation (2,000 transitions: in
     # process the GP on as many focused ones reaches 0.45 cm, the ensemble is refitted
     # after every episode), bench/results/arm7-learned-2026-12-07.md
+    # A plan per control step: behind config/arm7.yaml's 1000 N·m/s rate limit a learned
+    # model's loop does not settle when a plan is held for two steps (the quick demo's MPPI
+    # phase ended 84 cm off at plan_rate 50, 3.7 cm with a plan per step; iLQR 0.44 cm in
+    # both), bench/results/rate-planning-2026-12-07-s8.md.
     "arm7": {"target": (0.3, -0.5, 0.0, -2.0, 0.0, 1.6, 0.8), "rate": 100.0, "horizon": 50,
-             "excite": 20.0, "episode": 3.0, "planners": {}},
+             "excite": 20.0, "episode": 3.0, "planners": {}, "plan_rate": 0.0},
     # swing-up: 4 s episodes (the swing takes ~3 s), a 2 s horizon, 3 iLQR iterations a replan
     "cartpole": {"target": (0.0, 0.0), "rate": 50.0, "horizon": 100, "excite": 4.0,
-                 "episode": 4.0, "planners": {"ilqr": {"max_iterations": 3}}},
+                 "episode": 4.0, "planners": {"ilqr": {"max_iterations": 3}},
+                 "plan_rate": 50.0},
 }
 # A user's MJCF: the arms' rates and loop timing; the target from default_target().
 GENERIC_DEFAULTS = {"rate": 100.0, "horizon": 30, "excite": 8.0, "episode": 3.0,
-                    "planners": {}}
+                    "planners": {}, "plan_rate": 50.0}
 
 
 def default_target(robot: RobotDescription, offset: float = 0.5) -> np.ndarray:
@@ -108,8 +113,9 @@ class DemoConfig:
     # Replans per simulated second, as the controller node's default `plan_rate` (50 Hz):
     # the lockstep loop replans every round(rate / plan_rate) states and the policy's
     # plan (with its gains) acts in between, as it does on a real arm, where a solve
-    # does not fit in one control period. 0: replan at every state.
-    plan_rate: float = 50.0
+    # does not fit in one control period. 0: replan at every state. None: the robot's
+    # default (ROBOT_DEFAULTS: 50, arm7 0).
+    plan_rate: float | None = None
 
 
 def robot_parameters(robot: str, share: str | None = None) -> dict[str, dict]:
@@ -250,7 +256,8 @@ def _run(cfg, robot, rate, target, defaults, out, rows, episodes, switching,
             "robot": cfg.robot, "model": "", "planner_plugins": plugins,
             "active_planner": cfg.planner, "control_mode": "on_state", "plan_mode": "sync",
             "control_rate": rate, "horizon": defaults["horizon"],
-            "replan_every": replan_every(rate, cfg.plan_rate),
+            "replan_every": replan_every(rate, defaults["plan_rate"] if cfg.plan_rate is None
+                                         else cfg.plan_rate),
             "target_joint_positions": tuple(float(v) for v in target),
             "diagnostics_rate": 0.0, "publish_plan": False,
             "state_timeout": 60.0,      # lockstep: time stands still while we fit
