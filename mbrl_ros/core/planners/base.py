@@ -244,13 +244,15 @@ class Planner(ABC):
         gaps[0] = max(float(t0) - t_last, self.dt)
         return u, gaps[:, None] * self.effort_rate[None, :]
 
-    def project_rate(self, us: np.ndarray, t0: float) -> np.ndarray:
+    def project_rate(self, us: np.ndarray, t0: float,
+                     bounds: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
         """Action sequences us (..., T, nu) within :meth:`action_bounds` and, with an
         effort rate and a last action, each step within the rate's reach of the one before
         (the first of the last action): projected step by step, so the sequence is one
         the command path can follow without limiting it. The set of such sequences is
-        convex, so a weighted average of projected sequences stays in it."""
-        lo, hi = self.action_bounds(t0)
+        convex, so a weighted average of projected sequences stays in it. ``bounds``:
+        :meth:`action_bounds` of t0, if the caller has them already."""
+        lo, hi = self.action_bounds(t0) if bounds is None else bounds
         out = np.clip(us, lo, hi)
         chain = self.rate_steps(t0)
         if chain is None:

@@ -147,7 +147,8 @@ class SamplingPlanner(Planner):
         chain)."""
         if not self._chained:
             return torch.clamp(U, self._lo, self._hi)
-        out = self.project_rate(U.detach().numpy().astype(np.float64), self._t0)
+        out = self.project_rate(U.detach().numpy().astype(np.float64), self._t0,
+                                self._bounds)
         return torch.from_numpy(out).to(U.dtype)
 
     def _noise(self, n: int, T: int) -> torch.Tensor:
