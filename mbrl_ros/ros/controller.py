@@ -220,7 +220,8 @@ class Controller(ControlStep, ControllerOutputs, ParameterCallbacks, LifecycleNo
                                        continuous=self.robot.continuous, layout=layout,
                                        plan_timeout=s.plan_timeout, nice=s.plan_nice,
                                        deadline=deadline, effort_scale=scale,
-                                       effort_rate=rate, log=self._log_planning, on_lost=self._on_plan_lost)
+                                       effort_rate=rate, log=self._log_planning,
+                                       on_lost=self._on_plan_lost)
             else:
                 self.mpc = MPCController(self._make_planner, *args,
                                          continuous=self.robot.continuous, robot=layout,

@@ -309,8 +309,8 @@ class ModelFitter(Node):
             # (two call sites: rclpy refuses one call site logging at two severities)
             if reason == "requested":
                 self.get_logger().warning(msg)
-            else:
-                self.get_logger().info(msg)
+            else:                    # a fit is tried every fit_every commands: throttled
+                self.get_logger().info(msg, throttle_duration_sec=10.0)
             self.last_message = msg
             return False, msg
         except Exception as e:      # any failure keeps the last good model and says why
