@@ -16,6 +16,7 @@ from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 from visualization_msgs.msg import Marker, MarkerArray
 
 from mbrl_ros.core.control.health import controller_health
+from mbrl_ros.ros.conversions import diagnostic_name
 
 __all__ = ["ControllerOutputs"]
 
@@ -80,7 +81,7 @@ class ControllerOutputs:
             replan_failure_limit=s.replan_failure_limit,
             worker_failure_limit=s.worker_failure_limit,
             worker_failure_window=s.worker_failure_window)
-        st = DiagnosticStatus(name="mbrl_ros/controller", level=bytes([level]),
+        st = DiagnosticStatus(name=diagnostic_name(self), level=bytes([level]),
                               message=message)
         periods = np.asarray(self._periods) * 1e3
         dev = np.abs(periods - 1e3 / self.settings.control_rate)

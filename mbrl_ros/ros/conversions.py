@@ -26,6 +26,13 @@ class NonFiniteState(MessageError):
     latches an error instead of ignoring it)."""
 
 
+def diagnostic_name(node) -> str:
+    """The name of a node's diagnostic status: ``mbrl_ros`` + the node's fully qualified
+    name (``mbrl_ros/controller``; ``mbrl_ros/arm_b/controller`` in namespace arm_b), so
+    two arms sharing one ``/diagnostics`` stay apart in rqt_robot_monitor."""
+    return "mbrl_ros" + node.get_fully_qualified_name()
+
+
 def time_msg(seconds: float) -> Time:
     """builtin_interfaces/Time from seconds (>= 0)."""
     ns = int(round(seconds * 1e9))

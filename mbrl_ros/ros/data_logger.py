@@ -39,6 +39,7 @@ from std_srvs.srv import Trigger
 
 from mbrl_ros.core.data.bag import BagWriter
 from mbrl_ros.core.settings import setting
+from mbrl_ros.ros.conversions import diagnostic_name
 from mbrl_ros.ros.node_main import run_node
 from mbrl_ros.ros.params import declare_settings
 
@@ -308,7 +309,7 @@ class DataLogger(Node):
     def _publish_diagnostics(self) -> None:
         arr = DiagnosticArray()
         arr.header.stamp = self.get_clock().now().to_msg()
-        st = DiagnosticStatus(name="mbrl_ros/data_logger", level=DiagnosticStatus.OK)
+        st = DiagnosticStatus(name=diagnostic_name(self), level=DiagnosticStatus.OK)
         st.message = (f"recording to {self.writer.bag_paths[-1]}" if self.writer is not None
                       else "idle")
         st.values = [KeyValue(key=f"received {t}", value=str(n))

@@ -24,13 +24,14 @@ Imported only by the launch files (needs ``launch`` and ``launch_ros``).
 """
 from __future__ import annotations
 
+import os
 import tempfile
 import threading
 import time
 
 from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, EmitEvent, OpaqueFunction, RegisterEventHandler
-from launch.event_handlers import OnProcessExit, OnProcessStart
+from launch.event_handlers import OnProcessExit, OnProcessStart, OnShutdown
 from launch.events import matches_action
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import LifecycleNode, Node
@@ -68,10 +69,14 @@ def _plan_actions(context, kind: str) -> list:
         the_plan = plan(kind, values, FindPackageShare(PACKAGE).perform(context))
     except (BringupError, FileNotFoundError) as e:
         raise NodeFailure(str(e)) from None
-    actions = []
+    actions, files = [], []
     for process in the_plan.processes:
-        actions += _process_actions(process)
-    return actions
+        files.append(_overrides_file(process))
+        actions += _process_actions(process, files[-1])
+    # The launch's values go to the nodes as files (as `mbrl-ros bringup` passes them);
+    # removed when the launch ends (a respawned node reads its file again until then).
+    return [RegisterEventHandler(OnShutdown(on_shutdown=lambda event, context:
+                                            _remove(files)))] + actions
 
 
 def _overrides_file(process: Process) -> str:
@@ -81,12 +86,20 @@ def _overrides_file(process: Process) -> str:
         return f.name
 
 
-def _process_actions(process: Process) -> list:
+def _remove(files: list[str]) -> None:
+    for name in files:
+        try:
+            os.unlink(name)
+        except FileNotFoundError:
+            pass
+
+
+def _process_actions(process: Process, overrides: str) -> list:
     node_class = LifecycleNode if process.transitions else Node
     node = node_class(
         package=PACKAGE, executable=process.executable, name=process.name,
         namespace=process.namespace, output="screen",
-        parameters=process.parameter_files(_overrides_file(process)),
+        parameters=process.parameter_files(overrides),
         remappings=list(process.remappings),
         ros_arguments=["--log-level", process.log_level],
         respawn=process.respawn, respawn_delay=RESPAWN_DELAY if process.respawn else None,

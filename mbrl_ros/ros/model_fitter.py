@@ -51,7 +51,7 @@ from mbrl_ros.core.fitting import (FitCancelled, FitSettings, accept, fit_model,
 from mbrl_ros.core.models.base import DynamicsModel, FitReport, ModelError, ModelSpec
 from mbrl_ros.core.settings import as_dict, setting
 from mbrl_ros.core.types import TransitionBatch
-from mbrl_ros.ros.conversions import command_values, time_to_ns
+from mbrl_ros.ros.conversions import command_values, diagnostic_name, time_to_ns
 from mbrl_ros.ros.node_main import run_node
 from mbrl_ros.ros.params import declare_settings
 
@@ -390,7 +390,7 @@ class ModelFitter(Node):
         arr = DiagnosticArray()
         arr.header.stamp = self.get_clock().now().to_msg()
         level = DiagnosticStatus.OK if self.fits["failed"] == 0 else DiagnosticStatus.WARN
-        st = DiagnosticStatus(name="mbrl_ros/model_fitter", level=level,
+        st = DiagnosticStatus(name=diagnostic_name(self), level=level,
                               message=self.last_message[:200])
         with self._lock:
             n_states, n_cmds = len(self._states), len(self._commands)

@@ -43,7 +43,8 @@ from std_srvs.srv import Trigger
 
 from mbrl_ros.core.settings import setting
 from mbrl_ros.ros.conversions import (JointStateReader, MessageError, clock_msg,
-                                      command_values, joint_state_msg, time_msg)
+                                      command_values, diagnostic_name, joint_state_msg,
+                                      time_msg)
 from mbrl_ros.ros.node_main import run_node
 from mbrl_ros.ros.params import declare_settings
 from mbrl_ros.sim.env import CommandError, MujocoSim, Randomization
@@ -372,7 +373,7 @@ class SimNode(Node):
     def _publish_diagnostics(self) -> None:
         arr = DiagnosticArray()
         arr.header.stamp = self.get_clock().now().to_msg()
-        st = DiagnosticStatus(name="mbrl_ros/sim", hardware_id=self.sim.model_path.name)
+        st = DiagnosticStatus(name=diagnostic_name(self), hardware_id=self.sim.model_path.name)
         bad = self.counters["rejected_length"] + self.counters["rejected_nonfinite"]
         st.level = DiagnosticStatus.WARN if bad or self.counters["overruns"] else DiagnosticStatus.OK
         st.message = "running" if not bad else f"{bad} command(s) rejected"

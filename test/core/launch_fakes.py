@@ -55,6 +55,11 @@ class OnProcessExit:
         self.target_action, self.on_exit = target_action, on_exit
 
 
+class OnShutdown:
+    def __init__(self, *, on_shutdown, **kwargs):
+        self.on_shutdown = on_shutdown
+
+
 class OnProcessStart:
     def __init__(self, *, target_action=None, on_start, handle_once=False):
         self.target_action, self.on_start = target_action, on_start
@@ -241,7 +246,7 @@ def modules() -> dict[str, types.ModuleType]:
                                  EmitEvent=EmitEvent, OpaqueFunction=OpaqueFunction,
                                  RegisterEventHandler=RegisterEventHandler),
         "launch.event_handlers": module("launch.event_handlers", OnProcessExit=OnProcessExit,
-                                        OnProcessStart=OnProcessStart),
+                                        OnProcessStart=OnProcessStart, OnShutdown=OnShutdown),
         "launch.events": module("launch.events", matches_action=matches_action),
         "launch.substitutions": module("launch.substitutions",
                                        LaunchConfiguration=LaunchConfiguration),

@@ -100,10 +100,18 @@ def test_the_launch_starts_the_plan(kind, given, run_launch, tmp_path):
         assert float(node.kwargs["sigterm_timeout"]) == STOP_TIMEOUT >= 10
     # Every handler of a node is registered before the node itself starts.
     for i, a in enumerate(actions):
-        if isinstance(a, fake.RegisterEventHandler):
+        if isinstance(a, fake.RegisterEventHandler) and \
+                not isinstance(a.event_handler, fake.OnShutdown):
             h = a.event_handler
             target = getattr(h, "target_action", None) or getattr(h, "target", None)
             assert target in nodes and i < actions.index(target)
+    # The values files live as long as the launch (a respawn reads them again): removed
+    # at shutdown, not left in /tmp by every `ros2 launch`.
+    files = [node.parameters[-2] for node in nodes]
+    (cleanup,) = _handlers(actions, fake.OnShutdown)
+    assert all(Path(f).exists() for f in files)
+    assert cleanup.on_shutdown(object(), fake.Context({})) is None
+    assert not any(Path(f).exists() for f in files)
 
 
 def test_a_node_that_exits_ends_the_launch_with_an_error_naming_it(run_launch):

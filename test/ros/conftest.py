@@ -112,13 +112,16 @@ class Probe:
         self.executor = SingleThreadedExecutor(context=self.context)
         self.executor.add_node(self.node)
 
-    def spin_until(self, cond, timeout: float, what: str = "condition") -> None:
+    def spin_until(self, cond, timeout: float, what: str = "condition", explain=None) -> None:
+        """Spin until ``cond()``; on timeout fail naming ``what`` plus ``explain()`` (e.g.
+        the processes' output and diagnostics: a timeout in CI must say why)."""
         end = time.monotonic() + timeout
         while time.monotonic() < end:
             self.executor.spin_once(timeout_sec=0.02)
             if cond():
                 return
-        raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        detail = f"\n{explain()}" if explain is not None else ""
+        raise AssertionError(f"timed out after {timeout} s waiting for {what}{detail}")
 
     def spin_until_progressing(self, cond, progress, stall: float, what: str = "condition",
                                limit: float = 3600.0) -> None:

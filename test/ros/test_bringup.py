@@ -9,13 +9,14 @@ import subprocess
 import time
 
 import pytest
+from diagnostic_msgs.msg import DiagnosticArray
 from lifecycle_msgs.srv import GetState
 from rcl_interfaces.srv import GetParameters
 from sensor_msgs.msg import JointState
 from std_msgs.msg import Float64MultiArray
 from std_srvs.srv import Trigger
 
-from conftest import BIN, NodeProcess
+from conftest import BIN, NodeProcess, diagnostics_values
 
 pytestmark = pytest.mark.timeout(150)
 UP = 90          # s: starting the nodes takes ~5 s on a quiet machine, far more on a busy one
@@ -92,6 +93,7 @@ def test_namespace_moves_every_node_and_topic_of_the_robot(bringup, probe, tmp_p
     commands = probe.collect(Float64MultiArray, "/arm_b/effort_controller/commands")
     outside = probe.collect(JointState, "/joint_states") + \
         probe.collect(Float64MultiArray, "/effort_controller/commands")
+    diags = probe.collect(DiagnosticArray, "/diagnostics", 50)
     probe.spin_until(lambda: len(states) > 20 and len(commands) > 20 or p.proc.poll() is not None,
                      UP, "the excitation driving the namespaced sim")
     assert p.proc.poll() is None, p.output()
@@ -100,6 +102,17 @@ def test_namespace_moves_every_node_and_topic_of_the_robot(bringup, probe, tmp_p
     res = probe.call(Trigger, "/arm_b/model_fitter/fit", timeout=UP)
     assert res.success or "transitions" in res.message \
         or "a fit is running already" in res.message, res.message
+    # The logger's subscriptions match on its own (discovery can take seconds under load):
+    # stop once its namespaced diagnostics say both topics reached the bag. The status name
+    # carries the namespace, so two arms' loggers stay apart on the shared /diagnostics.
+    ns_topics = ("/arm_b/joint_states", "/arm_b/effort_controller/commands")
+
+    def logged():
+        d = diagnostics_values(diags, "mbrl_ros/arm_b/data_logger")
+        return all(int(d.get(f"received {t}", 0)) > 0 for t in ns_topics)
+    probe.spin_until(lambda: logged() or p.proc.poll() is not None, UP,
+                     "the namespaced data logger recording both topics")
+    assert diagnostics_values(diags, "mbrl_ros/data_logger") == {}
     assert outside == []
     out = _stop_cleanly(p)
     (bag,) = [d for d in bags.iterdir() if d.is_dir()]

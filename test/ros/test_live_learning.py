@@ -48,9 +48,15 @@ def test_sim_bringup_with_a_learned_model_explores_learns_and_reaches(bringup, p
         assert p.proc.poll() is None, p.output()
         return True
 
+    def explain():      # what a timeout in CI needs to be understood
+        names = ("mbrl_ros/sim", "mbrl_ros/controller", "mbrl_ros/model_fitter")
+        return "\n".join([f"states {len(states)} commands {len(commands)} models {len(models)}"]
+                         + [f"{n}: {diagnostics_values(diags, n)}" for n in names]
+                         + ["bringup output (last 6000 characters):", p.output()[-6000:]])
+
     # 1. Exploration before any model: the arm moves over its range under non-zero efforts.
     probe.spin_until(lambda: alive() and len(models) > 0, 150,
-                     "the fitter's first model (exploring until then)")
+                     "the fitter's first model (exploring until then)", explain)
     before = np.array([s.position[:2] for s in states])
     # The probe joins late on a busy machine (it saw 90 of the fitter's 219 transitions in a
     # CI run): the motion over the range is what counts, not how much of it the probe saw.
@@ -67,7 +73,7 @@ def test_sim_bringup_with_a_learned_model_explores_learns_and_reaches(bringup, p
         ctrl.update(diagnostics_values(diags, "mbrl_ros/controller"))
         return alive() and int(ctrl.get("model_version") or 0) >= 1 and \
             ctrl.get("exploring") == "False"
-    probe.spin_until(loaded, 60, "the controller to plan with the model")
+    probe.spin_until(loaded, 60, "the controller to plan with the model", explain)
     assert ctrl["fault"] == "", ctrl
 
     # 3. ... and drives the end effector to the target: within 5 cm for 100 states in a row.
@@ -81,6 +87,6 @@ def test_sim_bringup_with_a_learned_model_explores_learns_and_reaches(bringup, p
             run[0] = run[0] + 1 if d < 0.05 else 0
         seen[0] = len(states)
         return run[0] >= 100
-    probe.spin_until(reached, 90, "the end effector within 5 cm of the target")
+    probe.spin_until(reached, 90, "the end effector within 5 cm of the target", explain)
     ctrl = diagnostics_values(diags, "mbrl_ros/controller")
     assert ctrl["fault"] == "" and ctrl["exploring"] == "False", ctrl
