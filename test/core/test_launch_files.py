@@ -14,6 +14,7 @@ import ast
 import importlib.metadata as md
 import runpy
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -28,9 +29,10 @@ LAUNCH = {p.name.removesuffix(".launch.py"): p for p in (ROOT / "launch").glob("
 
 
 @pytest.fixture
-def run_launch(monkeypatch):
+def run_launch(monkeypatch, tmp_path):
     """run_launch('sim', robot='arm7') -> (LaunchDescription, actions its plan starts)."""
     fake.install(monkeypatch)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))   # the values files (no shutdown)
     fake.FindPackageShare.share = str(ROOT)
 
     def _run(kind: str, **given: str):

@@ -8,6 +8,7 @@ ended `ros2 launch` with exit 1 ("node /gps_trainer (gps_trainer) exited with co
 """
 import runpy
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -29,6 +30,7 @@ class Shutdown:
 @pytest.fixture
 def gps_actions(monkeypatch, tmp_path):
     fake.install(monkeypatch)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))   # the values files (no shutdown)
     monkeypatch.setattr(sys.modules["launch.events"], "Shutdown", Shutdown, raising=False)
     fake.FindPackageShare.share = str(ROOT)
     ld = runpy.run_path(str(ROOT / "launch" / "gps.launch.py"))["generate_launch_description"]()
