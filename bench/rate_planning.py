@@ -19,11 +19,11 @@ import time
 from pathlib import Path
 
 import numpy as np
-import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import write_json  # noqa: E402
 
+from mbrl_ros.bringup import file_parameters  # noqa: E402
 from mbrl_ros.core import registry  # noqa: E402
 from mbrl_ros.core.control.closed_loop import run_episode  # noqa: E402
 from mbrl_ros.core.control.mpc import MPCController  # noqa: E402
@@ -40,13 +40,7 @@ CONFIG = Path(__file__).resolve().parents[1] / "config"
 
 def shipped_controller_parameters() -> dict:
     """config/controller.yaml then config/arm7.yaml (sections merged key by key)."""
-    out: dict = {}
-    for name in ("controller.yaml", "arm7.yaml"):
-        doc = yaml.safe_load((CONFIG / name).read_text())
-        for k, v in doc.get("/**/controller", {}).get("ros__parameters", {}).items():
-            out[k] = {**out[k], **v} if isinstance(v, dict) and isinstance(out.get(k), dict) \
-                else v
-    return out
+    return file_parameters([CONFIG / "controller.yaml", CONFIG / "arm7.yaml"], "controller")
 
 
 def run(planner: str, rate: float, within: bool, explore: int, steps: int) -> dict:

@@ -278,6 +278,21 @@ def arguments_help(kind: str) -> str:
     return "\n".join(lines)
 
 
+def file_parameters(paths, node: str) -> dict:
+    """The ``ros__parameters`` a parameter file gives ``node`` under its ``/**/<node>``
+    key, over several files in order: later files win, nested sections merged key by key
+    (as ROS applies ``--params-file`` in order). E.g. the controller's shipped values for
+    arm7: ``file_parameters([config / "controller.yaml", config / "arm7.yaml"],
+    "controller")``."""
+    out: dict = {}
+    for path in paths:
+        doc = yaml.safe_load(Path(path).read_text()) or {}
+        for k, v in ((doc.get(f"/**/{node}") or {}).get("ros__parameters") or {}).items():
+            out[k] = {**out[k], **v} if isinstance(v, dict) and isinstance(out.get(k), dict) \
+                else v
+    return out
+
+
 def share_dir() -> str:
     """share/mbrl_ros: from the ament index (colcon), the install prefix (pip), or the
     source checkout (editable install)."""

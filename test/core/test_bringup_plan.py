@@ -255,3 +255,17 @@ def test_dry_run_prints_the_command_lines(capsys):
     assert "'activate':" in capsys.readouterr().out
     assert main(["bringup", "sim", "planner:=bogus"]) == 2
     assert "planner:='bogus'" in capsys.readouterr().err
+
+
+def test_file_parameters_merge_files_in_order_sections_key_by_key(tmp_path):
+    from mbrl_ros.bringup import file_parameters
+    a, b = tmp_path / "a.yaml", tmp_path / "b.yaml"
+    a.write_text("/**/controller:\n  ros__parameters:\n    horizon: 30\n    plan_rate: 50.0\n"
+                 "    ilqr:\n      max_iterations: 3\n      box_qp: true\n"
+                 "/**/sim:\n  ros__parameters:\n    lockstep: true\n")
+    b.write_text("/**/controller:\n  ros__parameters:\n    plan_rate: 100.0\n"
+                 "    ilqr:\n      max_iterations: 1\n")
+    assert file_parameters([a, b], "controller") == {
+        "horizon": 30, "plan_rate": 100.0, "ilqr": {"max_iterations": 1, "box_qp": True}}
+    assert file_parameters([b], "sim") == {}
+    assert file_parameters([a, b], "sim") == {"lockstep": True}

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
 
+from mbrl_ros.bringup import file_parameters
 from mbrl_ros.core import registry
 from mbrl_ros.core.control.closed_loop import run_episode, simulate_excitation
 from mbrl_ros.core.control.mpc import MPCController
@@ -41,14 +41,7 @@ CONFIG = Path(__file__).resolve().parents[2] / "config"
 def controller_parameters(*files: str) -> dict:
     """The controller's ros__parameters from the shipped files, later files winning
     (nested sections merged key by key, as ROS applies --params-file in order)."""
-    out: dict = {}
-    for name in files:
-        doc = yaml.safe_load((CONFIG / name).read_text())
-        params = doc.get("/**/controller", {}).get("ros__parameters", {})
-        for k, v in params.items():
-            out[k] = {**out[k], **v} if isinstance(v, dict) and isinstance(out.get(k), dict) \
-                else v
-    return out
+    return file_parameters([CONFIG / name for name in files], "controller")
 
 
 def fields_of(cls, params: dict) -> dict:
