@@ -8,7 +8,14 @@ planner and rate limit, with the planners planning within the rate and planning 
 efforts could jump. Lockstep simulation: the distances do not depend on the machine or its
 load (the replan times do).
 
+``--model DIR`` plans over a stored learned model (a model store's version folder, e.g. one
+a live run's fitter wrote) instead of the known one; ``--replan-every N --plan-delay D``
+emulates real time deterministically: a plan every N states, each taking over D states
+after the state it was planned from, predicted that far ahead (the node's latency
+compensation); the previous plan runs meanwhile.
+
     python bench/rate_planning.py [--quick] [--planners ilqr,mppi] [--rates 500,1000,2000]
+                                  [--model DIR] [--replan-every N] [--plan-delay D]
                                   [--json PATH]
 """
 from __future__ import annotations
@@ -24,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import write_json  # noqa: E402
 
 from mbrl_ros.bringup import file_parameters  # noqa: E402
-from mbrl_ros.core import registry  # noqa: E402
+from mbrl_ros.core import registry, store  # noqa: E402
 from mbrl_ros.core.control.closed_loop import run_episode  # noqa: E402
 from mbrl_ros.core.control.mpc import MPCController  # noqa: E402
 from mbrl_ros.core.control.safety import SafetyFilter, SafetySettings  # noqa: E402
@@ -43,7 +50,8 @@ def shipped_controller_parameters() -> dict:
     return file_parameters([CONFIG / "controller.yaml", CONFIG / "arm7.yaml"], "controller")
 
 
-def run(planner: str, rate: float, within: bool, explore: int, steps: int) -> dict:
+def run(planner: str, rate: float, within: bool, explore: int, steps: int,
+        model_dir: str = "", replan_every: int = 1, plan_delay: int = 0) -> dict:
     params = shipped_controller_parameters()
     robot = RobotDescription.load("arm7")
     dt = 1.0 / params["control_rate"]
@@ -69,9 +77,11 @@ def run(planner: str, rate: float, within: bool, explore: int, steps: int) -> di
     sim.reset()
     run_episode(sim, mpc, explore, safety=safety)                   # the explorer
     explore_limited = safety.counters["rate_limited"]
-    mpc.set_model(MujocoModel.from_sim("arm7", control_period=dt))
+    mpc.set_model(store.load(model_dir) if model_dir
+                  else MujocoModel.from_sim("arm7", control_period=dt))
     tic = time.perf_counter()
-    ep = run_episode(sim, mpc, steps, safety=safety)
+    ep = run_episode(sim, mpc, steps, safety=safety, replan_every=replan_every,
+                     plan_delay=plan_delay, compensate=plan_delay > 0)
     wall = time.perf_counter() - tic
     ee = robot.ee_position(np.asarray(params["target_joint_positions"], dtype=float))
     xs = ep.xs[1:]
@@ -84,6 +94,8 @@ def run(planner: str, rate: float, within: bool, explore: int, steps: int) -> di
         held = int(len(d) - np.argmin(below[::-1])) if not below.all() else 0
     speed = np.abs(xs[:, robot.n_joints:])
     return {"planner": planner, "rate": rate, "plan_within_rate": within,
+            "model": model_dir or "mujoco (known)", "replan_every": replan_every,
+            "plan_delay": plan_delay,
             "start_cm": round(100 * float(d[0]), 2), "min_cm": round(100 * float(d.min()), 3),
             "final_cm": round(100 * float(d[-1]), 3), "held_below_1cm_from": held,
             "top_speed": round(float(speed.max()), 2),
@@ -100,6 +112,13 @@ def main() -> None:
     ap.add_argument("--rates", default="500,1000,2000", help="N·m/s")
     ap.add_argument("--explore", type=int, default=600, help="explorer steps first")
     ap.add_argument("--steps", type=int, default=200, help="planner steps")
+    ap.add_argument("--model", default="", help="a stored model version folder (default: "
+                    "the known MuJoCo model)")
+    ap.add_argument("--replan-every", type=int, default=1, help="states per plan")
+    ap.add_argument("--plan-delay", type=int, default=0,
+                    help="states from a plan's state to its taking over")
+    ap.add_argument("--within-only", action="store_true",
+                    help="only plan_within_rate true")
     ap.add_argument("--json")
     a = ap.parse_args()
     planners = ["ilqr"] if a.quick else a.planners.split(",")
@@ -107,8 +126,9 @@ def main() -> None:
     rows = []
     for planner in planners:
         for rate in rates:
-            for within in (True, False):
-                r = run(planner, rate, within, a.explore, a.steps)
+            for within in (True,) if a.within_only else (True, False):
+                r = run(planner, rate, within, a.explore, a.steps, a.model, a.replan_every,
+                        a.plan_delay)
                 rows.append(r)
                 print(f"{planner:5s} {rate:6.0f} N·m/s within={within!s:5s}: final "
                       f"{r['final_cm']:8.3f} cm, min {r['min_cm']:7.3f}, < 1 cm held from "
@@ -116,7 +136,8 @@ def main() -> None:
                       f"rate-limited {r['rate_limited']}, replan {r['replan_ms_median']} ms",
                       file=sys.stderr, flush=True)
     write_json(a.json, {"benchmark": "rate_planning", "explore": a.explore,
-                        "steps": a.steps, "runs": rows})
+                        "steps": a.steps, "model": a.model, "replan_every": a.replan_every,
+                        "plan_delay": a.plan_delay, "runs": rows})
 
 
 if __name__ == "__main__":
