@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import write_json  # noqa: E402
@@ -51,8 +52,15 @@ def shipped_controller_parameters() -> dict:
 
 
 def run(planner: str, rate: float, within: bool, explore: int, steps: int,
-        model_dir: str = "", replan_every: int = 1, plan_delay: int = 0) -> dict:
+        model_dir: str = "", replan_every: int = 1, plan_delay: int = 0,
+        overrides: dict | None = None) -> dict:
     params = shipped_controller_parameters()
+    for key, value in (overrides or {}).items():      # "ilqr.feedback_scale" -> nested
+        *sections, name = key.split(".")
+        d = params
+        for sec in sections:
+            d = d.setdefault(sec, {})
+        d[name] = value
     robot = RobotDescription.load("arm7")
     dt = 1.0 / params["control_rate"]
 
@@ -95,7 +103,7 @@ def run(planner: str, rate: float, within: bool, explore: int, steps: int,
     speed = np.abs(xs[:, robot.n_joints:])
     return {"planner": planner, "rate": rate, "plan_within_rate": within,
             "model": model_dir or "mujoco (known)", "replan_every": replan_every,
-            "plan_delay": plan_delay,
+            "plan_delay": plan_delay, "overrides": overrides or {},
             "start_cm": round(100 * float(d[0]), 2), "min_cm": round(100 * float(d.min()), 3),
             "final_cm": round(100 * float(d[-1]), 3), "held_below_1cm_from": held,
             "top_speed": round(float(speed.max()), 2),
@@ -119,8 +127,12 @@ def main() -> None:
                     help="states from a plan's state to its taking over")
     ap.add_argument("--within-only", action="store_true",
                     help="only plan_within_rate true")
+    ap.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                    help="a controller parameter over the shipped ones (YAML value), e.g. "
+                    "ilqr.feedback_scale=0.5; repeatable")
     ap.add_argument("--json")
     a = ap.parse_args()
+    overrides = {k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in a.set)}
     planners = ["ilqr"] if a.quick else a.planners.split(",")
     rates = [1000.0] if a.quick else [float(r) for r in a.rates.split(",")]
     rows = []
@@ -128,7 +140,7 @@ def main() -> None:
         for rate in rates:
             for within in (True,) if a.within_only else (True, False):
                 r = run(planner, rate, within, a.explore, a.steps, a.model, a.replan_every,
-                        a.plan_delay)
+                        a.plan_delay, overrides)
                 rows.append(r)
                 print(f"{planner:5s} {rate:6.0f} N·m/s within={within!s:5s}: final "
                       f"{r['final_cm']:8.3f} cm, min {r['min_cm']:7.3f}, < 1 cm held from "
@@ -137,7 +149,7 @@ def main() -> None:
                       file=sys.stderr, flush=True)
     write_json(a.json, {"benchmark": "rate_planning", "explore": a.explore,
                         "steps": a.steps, "model": a.model, "replan_every": a.replan_every,
-                        "plan_delay": a.plan_delay, "runs": rows})
+                        "plan_delay": a.plan_delay, "overrides": overrides, "runs": rows})
 
 
 if __name__ == "__main__":

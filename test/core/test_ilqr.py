@@ -385,3 +385,22 @@ def test_mpc_drives_mujoco_arm2_to_target():
         x = model.predict(x, u)[0][0]
     assert np.max(np.abs(x[:2] - target[:2])) < 0.05, x
     assert np.max(np.abs(x[2:])) < 0.5, x
+
+
+def test_feedback_scale_scales_only_the_executed_gains():
+    # mujoco_mpc's iLQG feedback_scaling: the same plan, its gains times the scale; the
+    # next solve (warm-started from the full gains) is the same as without the scale.
+    model, cost, x0 = _lq_problem(5, nx=4, nu=2, T=20)
+    full, half = _planner(4, 2), _planner(4, 2, feedback_scale=0.5)
+    for p in (full, half):
+        p.reset(20)
+    pf, ph = full.optimize(x0, 0.0, model, cost), half.optimize(x0, 0.0, model, cost)
+    np.testing.assert_allclose(ph.k, pf.k)
+    np.testing.assert_allclose(ph.xbar, pf.xbar)
+    np.testing.assert_allclose(ph.K, 0.5 * pf.K)
+    assert np.abs(pf.K).max() > 0.1
+    x1 = x0 + 0.1
+    np.testing.assert_allclose(half.optimize(x1, 0.05, model, cost).k,
+                               full.optimize(x1, 0.05, model, cost).k)
+    with pytest.raises(ValueError):
+        _planner(4, 2, feedback_scale=1.5)

@@ -430,8 +430,11 @@ class ILQRPlanner(Planner):
                           regularization=self._mu, grad_norm=grad_norm, status=status,
                           n_boxqp=n_boxqp, n_clamped=n_clamped, warm_start_shift=shift,
                           solve_time_s=time.perf_counter() - t_start, **timings)
-        return LinearGaussianPolicy(K=K, k=us, xbar=xs[:T], cov=cov, t0=t0, dt=self.dt,
-                                    u_min=self.u_min, u_max=self.u_max)
+        # The plan's own rollouts keep the full gains; only the executed feedback is scaled.
+        scale = s.feedback_scale
+        return LinearGaussianPolicy(K=K if scale == 1.0 else K * scale, k=us, xbar=xs[:T],
+                                    cov=cov, t0=t0, dt=self.dt, u_min=self.u_min,
+                                    u_max=self.u_max)
 
     def _accept(self, J: float, J_new: float, alpha: float, dV: np.ndarray) -> bool:
         """Actual vs expected reduction test (Tassa's iLQG.m): z = dJ / expected must

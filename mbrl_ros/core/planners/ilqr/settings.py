@@ -52,6 +52,10 @@ class ILQRSettings:
         "controls only in the forward pass")
     policy_covariance: bool = setting(
         True, "attach the iLQG controller covariance inv(Q_uu) to the returned policy")
+    feedback_scale: float = setting(
+        1.0, "scale of the executed feedback gains K (mujoco_mpc's iLQG feedback_scaling): "
+        "below 1 detunes them against model error; the plan is unchanged; docs/PLANNERS.md",
+        low=0.0, high=1.0, dynamic=True)
 
     def __post_init__(self):
         if not self.line_search_alphas:
