@@ -5,8 +5,10 @@ every planner in ``planner_plugins`` and loads the initial model; *activate* sta
 commanding; *deactivate* sends the safe hold and stops; ``autostart`` does configure +
 activate at start (launch files and ``mbrl-ros`` bring it to active).
 
-Plan / act split: the replan loop (``plan_rate`` Hz on a planning thread of its own, or
-every ``replan_every`` states in ``plan_mode: sync``) produces an immutable policy; the
+Plan / act split: the replan loop (``plan_rate`` Hz on a planning thread of its own; with
+``plan_mode: on_state`` that thread replans as soon as a new state is accepted, on the
+newest one, at most ``plan_rate`` times a second; or every ``replan_every`` states before
+acting in ``plan_mode: sync``) produces an immutable policy; the
 control step evaluates it on the newest state (on every joint state with
 ``control_mode: on_state``, or at ``control_rate`` with ``timer``) and publishes the effort
 command on ``<controller_name>/commands`` (std_msgs/Float64MultiArray; topic names are
@@ -24,7 +26,7 @@ an rclpy timer on the node's executor; with ``use_sim_time`` the executor timer 
 used, because only it follows /clock. Both call the same control step (safety filter,
 watchdog hold, NaN latch).
 
-Where the solver runs (``planning``, plan_mode timer): ``process`` (default) runs the
+Where the solver runs (``planning``, plan_mode timer or on_state): ``process`` (default) runs the
 MPCController in a worker process (:mod:`mbrl_ros.core.control.plan_process`); the node's
 planning thread only sends the newest state and waits, without the GIL, for the policy, so
 solves never delay the control timer; the worker runs at the node's priority (``plan_nice`` 0).
@@ -154,6 +156,7 @@ class Controller(ControlStep, ControllerOutputs, ParameterCallbacks, LifecycleNo
         # took 300 ms. Models load on another thread, so a slow load never delays states.
         self._plan_stop = threading.Event()
         self._plan_thread: threading.Thread | None = None
+        self._new_state = threading.Event()     # plan_mode on_state: a state was accepted
         self._loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model_load")
         # Timer mode with control_loop 'thread': the control step runs on a thread of its
         # own while active (an executor timer's period jitters by the executor's work and
@@ -212,7 +215,7 @@ class Controller(ControlStep, ControllerOutputs, ParameterCallbacks, LifecycleNo
                                  self.robot.effective_inertia())
             # Real-time replanning: a replan's budget is the replan period (planners
             # adapt their work to it); sync mode is deterministic, without one.
-            deadline = 1.0 / s.plan_rate if s.plan_mode == "timer" else None
+            deadline = 1.0 / s.plan_rate if s.plan_mode != "sync" else None
             scale, rate = self.safety_settings.effort_scale, self._planned_rate()
             if self._in_process():
                 self.mpc = PlanProcess(s.robot, self._model_period(), self.robot.joint_names,
@@ -289,7 +292,7 @@ class Controller(ControlStep, ControllerOutputs, ParameterCallbacks, LifecycleNo
         self._last_cmd_wall = None          # no period across an inactive stretch
         self.active = True
         self._start_control_thread()
-        if self.settings.plan_mode == "timer":
+        if self.settings.plan_mode != "sync":
             self.mpc.start()                # a worker: ready in the background; no
                                             # plan meanwhile: safe hold
             self._plan_stop.clear()
@@ -393,7 +396,7 @@ class Controller(ControlStep, ControllerOutputs, ParameterCallbacks, LifecycleNo
 
     def _in_process(self) -> bool:
         """Replans solved by a planning process (else: in this node)."""
-        return self.settings.planning == "process" and self.settings.plan_mode == "timer"
+        return self.settings.planning == "process" and self.settings.plan_mode != "sync"
 
     def _use_model(self, source: str, version: int | None = None,
                    checksum: str | None = None) -> int:
@@ -482,6 +485,8 @@ class Controller(ControlStep, ControllerOutputs, ParameterCallbacks, LifecycleNo
                 if self._states_since_plan % self.settings.replan_every == 0:
                     self._replan()
                 self._states_since_plan += 1
+            elif self.settings.plan_mode == "on_state":
+                self._new_state.set()           # the planning thread takes the newest
         if self.settings.control_mode == "on_state":
             self._control_tick()            # a rejected state is answered by the hold
 
@@ -502,16 +507,26 @@ class Controller(ControlStep, ControllerOutputs, ParameterCallbacks, LifecycleNo
 
     # ================================================================== plan / act
     def _plan_loop(self) -> None:
-        """Replan at plan_rate until deactivated (its own thread)."""
+        """Replan at plan_rate until deactivated (its own thread); with plan_mode on_state
+        each replan first waits for a state accepted since the previous one and plans from
+        the newest (states that arrive during a solve are not queued), its start at least
+        one plan period after the previous start."""
         period = 1.0 / self.settings.plan_rate
+        on_state = self.settings.plan_mode == "on_state"
         next_t = time.monotonic()
         while not self._plan_stop.is_set():
-            if self.active and self.actuator.latest[0] is not None and self.fault is None:
-                try:
-                    self._replan()
-                except Exception as e:   # the loop must survive anything a model does
-                    self.counters["replan_failures"] += 1
-                    self.get_logger().error(f"replan raised {e!r}", throttle_duration_sec=1.0)
+            if on_state:
+                # wake at least every period to see a stop; no new state: no replan
+                if not self._new_state.wait(period):
+                    continue
+                delay = next_t - time.monotonic()
+                if delay > 0 and self._plan_stop.wait(delay):
+                    break
+                self._new_state.clear()
+                next_t = time.monotonic() + period
+            self._replan_guarded()
+            if on_state:
+                continue
             next_t += period
             delay = next_t - time.monotonic()
             if delay < 0:                       # overran: start the next plan now
@@ -519,10 +534,18 @@ class Controller(ControlStep, ControllerOutputs, ParameterCallbacks, LifecycleNo
                 delay = 0.0
             self._plan_stop.wait(delay)
 
+    def _replan_guarded(self) -> None:
+        if self.active and self.actuator.latest[0] is not None and self.fault is None:
+            try:
+                self._replan()
+            except Exception as e:   # the loop must survive anything a model does
+                self.counters["replan_failures"] += 1
+                self.get_logger().error(f"replan raised {e!r}", throttle_duration_sec=1.0)
+
     def _lookahead(self) -> float:
         """Latency compensation [s]: the median of the last 10 plan latencies (from the
-        state's arrival to its policy taking over; timer mode)."""
-        if (not self.settings.latency_compensation or self.settings.plan_mode != "timer"
+        state's arrival to its policy taking over; timer and on_state modes)."""
+        if (not self.settings.latency_compensation or self.settings.plan_mode == "sync"
                 or not self._plan_latency):
             return 0.0
         return float(np.median(self._plan_latency))
@@ -556,7 +579,7 @@ class Controller(ControlStep, ControllerOutputs, ParameterCallbacks, LifecycleNo
             self.counters["switches"] += 1
             self.get_logger().info(f"planner switched {st['switched'][0]} -> "
                                    f"{st['switched'][1]}")
-        if self.settings.plan_mode == "timer" and \
+        if self.settings.plan_mode != "sync" and \
                 st["replan_seconds"] > 1.0 / self.settings.plan_rate:
             self.counters["deadline_misses"] += 1
         # A plan started ahead of its state (latency compensation) takes over at its t0.

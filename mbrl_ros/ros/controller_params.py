@@ -64,11 +64,12 @@ class ControllerSettings:
                                          "it gets the GIL soon after waking (0: Python's "
                                          "5 ms)", unit="s", low=0.0, high=0.1)
     plan_mode: str = setting("timer", "'timer': replan at plan_rate in the background; "
-                             "'sync': replan every replan_every states before acting "
-                             "(deterministic, for lockstep simulation)",
-                             choices=("timer", "sync"))
-    plan_rate: float = setting(50.0, "replanning rate in timer mode", unit="Hz", low=0.1,
-                               high=2000.0)
+                             "'on_state': in the background on each new state, at most "
+                             "plan_rate; 'sync': every replan_every states before acting "
+                             "(deterministic); docs/CONTROLLER.md",
+                             choices=("timer", "on_state", "sync"))
+    plan_rate: float = setting(50.0, "replanning rate in timer mode (on_state: the most)",
+                               unit="Hz", low=0.1, high=2000.0)
     replan_every: int = setting(1, "states between replans in sync mode", low=1, high=10000)
     planning: str = setting("process", "where timer-mode replans are solved: 'process' (a worker "
                             "process: solves cannot hold the node's GIL) or 'thread' (in the "

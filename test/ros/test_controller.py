@@ -80,6 +80,32 @@ def test_reaches_target_and_switches_planner_bumplessly(start_node, probe):
     probe.spin_until(planned_rate("0"), 10, "planned_effort_rate 0 (planning as if unlimited)")
 
 
+def test_plan_mode_on_state_replans_on_new_states_at_most_plan_rate(start_node, probe):
+    # The planning thread replans when a state arrives (the newest), no faster than
+    # plan_rate, and not at all without new states (timer mode would replan on the old one).
+    sim = start_node("sim_node", {"model": "arm2", "publish_rate": 100.0})
+    start_node("controller", {**BASE, "autostart": True, "plan_mode": "on_state",
+                              "plan_rate": 20.0})
+    states = probe.collect(JointState, "/joint_states")
+    diags = probe.collect(DiagnosticArray, "/diagnostics")
+
+    def replans():
+        return int(diagnostics_values(diags, "mbrl_ros/controller").get("replans") or 0)
+    probe.spin_until(lambda: near_target(states), 60, "arm at the target")
+    r0, t0 = replans(), time.monotonic()
+    probe.spin_for(3.0)
+    r1, t1 = replans(), time.monotonic()
+    # diagnostics are 5 Hz: the counts are up to 0.2 s old at either end
+    assert 0 < r1 - r0 <= 20.0 * (t1 - t0 + 0.4) + 1, (r0, r1)
+    d = diagnostics_values(diags, "mbrl_ros/controller")
+    assert d["planning"] == "process" and d["fault"] == ""
+    sim.stop()                                   # no more states: no more replans
+    probe.spin_for(1.0)
+    r2 = replans()
+    probe.spin_for(2.0)
+    assert replans() == r2
+
+
 # Each planner family closes the loop in the node against sim_node (iLQR above). Quality
 # is asserted in lockstep (the sim advances one period per command, the controller replans
 # on every state before acting): the figures do not depend on how busy the machine is.
