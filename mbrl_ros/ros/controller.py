@@ -174,6 +174,7 @@ class Controller(ControlStep, ControllerOutputs, ParameterCallbacks, LifecycleNo
         self._plan_latency: deque = deque(maxlen=10)    # s, state arrival -> policy in use
         self._lookahead_steps = 0
         self.counters = {"commands": 0, "stale": 0, "deadline_misses": 0, "replans": 0,
+                         "late_states_unplanned": 0,
                          "replan_failures": 0, "fallbacks": 0, "model_loads": 0,
                          "model_rejects": 0, "switches": 0, "control_overruns": 0}
         # Health: replans failed since the last success, planning-worker failures in a
@@ -455,7 +456,7 @@ class Controller(ControlStep, ControllerOutputs, ParameterCallbacks, LifecycleNo
         self.get_logger().info(f"using {info.kind} model v{info.version}")
 
     # ================================================================== inputs
-    def _on_state(self, msg: JointState) -> None:
+    def _on_state(self, msg: JointState, info) -> None:
         act = self.actuator
         had_fault = act.fault is not None
         try:
@@ -483,12 +484,22 @@ class Controller(ControlStep, ControllerOutputs, ParameterCallbacks, LifecycleNo
                 self.mpc.set_target(q)          # no target given: hold where we are
             if self.settings.plan_mode == "sync" and self.active:
                 if self._states_since_plan % self.settings.replan_every == 0:
-                    self._replan()
+                    if self._queued_too_long(info):     # queued behind a slow solve: act, catch up
+                        self.counters["late_states_unplanned"] += 1
+                    else:
+                        self._replan()
                 self._states_since_plan += 1
             elif self.settings.plan_mode == "on_state":
                 self._new_state.set()           # the planning thread takes the newest
         if self.settings.control_mode == "on_state":
             self._control_tick()            # a rejected state is answered by the hold
+
+    def _queued_too_long(self, info) -> bool:
+        """The state waited in the queue longer than ``sync_max_state_age`` (its reception
+        time by the middleware, system clock, against now)."""
+        limit = self.settings.sync_max_state_age
+        received = info.get("received_timestamp", 0) if limit > 0 else 0
+        return bool(received) and time.time_ns() - received > limit * 1e9
 
     def _on_target(self, msg: Float64MultiArray) -> None:
         if self.mpc is None:

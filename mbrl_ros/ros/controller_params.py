@@ -71,6 +71,10 @@ class ControllerSettings:
     plan_rate: float = setting(50.0, "replanning rate in timer mode (on_state: the most)",
                                unit="Hz", low=0.1, high=2000.0)
     replan_every: int = setting(1, "states between replans in sync mode", low=1, high=10000)
+    sync_max_state_age: float = setting(
+        0.0, "sync mode: a state that waited longer than this for its callback (queued behind "
+        "a slow solve) is acted on with the current plan, not planned from (0: no limit); "
+        "docs/CONTROLLER.md", unit="s", low=0.0, high=10.0, dynamic=True)
     planning: str = setting("process", "where timer-mode replans are solved: 'process' (a worker "
                             "process: solves cannot hold the node's GIL) or 'thread' (in the "
                             "node: each solve can delay the control timer)",

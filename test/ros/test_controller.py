@@ -106,6 +106,41 @@ def test_plan_mode_on_state_replans_on_new_states_at_most_plan_rate(start_node, 
     assert replans() == r2
 
 
+def test_sync_mode_acts_on_late_states_without_planning_from_them(start_node, probe):
+    # Real time with a solve longer than the period (iLQR, long horizon, 100 Hz states):
+    # states queue behind the solve. With sync_max_state_age the late ones are answered
+    # with the current plan (counted), so commands keep pace with states; 0 turns it off.
+    start_node("sim_node", {"model": "arm2", "publish_rate": 100.0})
+    start_node("controller", {**BASE, "autostart": True, "plan_mode": "sync",
+                              "horizon": 150, "ilqr.max_iterations": 10,
+                              "ilqr.tol_cost": 0.0, "ilqr.tol_grad": 0.0,
+                              "sync_max_state_age": 0.005, "state_timeout": 5.0})
+    states = probe.collect(JointState, "/joint_states")
+    cmds = probe.collect(Float64MultiArray, CMD)
+    diags = probe.collect(DiagnosticArray, "/diagnostics")
+
+    def diag():
+        return diagnostics_values(diags, "mbrl_ros/controller")
+    probe.spin_until(lambda: int(diag().get("replans") or 0) > 5, 60, "replans",
+                     lambda: str(diag()))
+    d = diag()
+    solve_ms = float(d["solve_ms_median"])
+    assert int(d["late_states_unplanned"]) > 0, d
+    assert solve_ms > 10.0, d          # the premise: a solve outlasts the 10 ms period
+    n_cmds = len(cmds)
+    probe.spin_for(2.0)
+    with_limit = len(cmds) - n_cmds
+    assert set_param(probe, "controller", "sync_max_state_age", 0.0).successful
+    probe.spin_for(1.0)
+    late, n_cmds = int(diag()["late_states_unplanned"]), len(cmds)
+    probe.spin_for(2.0)
+    without = len(cmds) - n_cmds
+    assert int(diag()["late_states_unplanned"]) == late
+    # Without the limit every queued state waits for a solve of its own: far fewer
+    # commands (a solve each) than with it (the queued states answered at once).
+    assert with_limit > 2 * without, (with_limit, without, solve_ms)
+
+
 # Each planner family closes the loop in the node against sim_node (iLQR above). Quality
 # is asserted in lockstep (the sim advances one period per command, the controller replans
 # on every state before acting): the figures do not depend on how busy the machine is.
@@ -423,7 +458,7 @@ def test_diagnostics_report_holds_and_an_unusable_model_in_process(domain_id):
                 m = JointState(name=["shoulder", "elbow"], position=list(q),
                                velocity=[0.0, 0.0])
                 m.header.stamp = time_msg(stamp[0])
-                node._on_state(m)
+                node._on_state(m, {})   # no reception time: never late
 
         assert report() == (DiagnosticStatus.WARN,
                             "no control step since the last report: no joint states")
