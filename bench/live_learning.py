@@ -133,7 +133,7 @@ def run(robot: str, model: str, max_steps: int, lockstep: bool, timeout: float,
                         "exploring", "active_planner", "model_version", "uncertainty",
                         "replan_failures", "fallbacks", "replans", "stale", "holds",
                         "solve_ms_median", "solve_ms_p99", "plan_latency_ms_median",
-                        "lookahead_steps")}))
+                        "lookahead_steps", "late_states_unplanned")}))
     probe.node.create_subscription(DiagnosticArray, "/diagnostics", on_diag, 10)
     t_wall = time.monotonic()
     load0 = os.getloadavg()
