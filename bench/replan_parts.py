@@ -13,7 +13,10 @@ falls on all of them alike and the ratios come from one run. Variants:
   the step sizes -- the planner's path before the fast paths;
 * ``fast``: the model itself with the planner's defaults (ensemble: compiled rollout of
   the MLP mean, one step size at a time, analytic Jacobian; GP: analytic Jacobian without
-  the variance, ``predict_mean`` rollouts, the full step first in the line search);
+  the variance, the compiled rollout of the posterior mean where it has at most
+  ``compiled_gp_max_centers`` kernel rows, else ``predict_mean``, the full step first);
+* ``fast_uncompiled_rollout`` (GP): ``fast`` with the GP rolled out by ``predict_mean``
+  instead of the compiled kernel rollout (``ilqr.compiled_gp_max_centers: 0``);
 * ``fast_batched_ls``: ``fast`` with every step size in one batched rollout
   (``parallel_line_search: always``, as the reference), which separates the gain of the
   line-search order from that of the rollout and Jacobian paths.
@@ -185,6 +188,10 @@ def run_model(kind: str, data, args, robot, ee_target) -> dict:
                 Variant("fast", model, base, args.horizon, args.seed),
                 Variant("fast_batched_ls", model, {**base, "parallel_line_search": "always"},
                         args.horizon, args.seed)]
+    if kind == "gp":        # the compiled mean rollout's own share: the same without it
+        variants.append(Variant("fast_uncompiled_rollout", model,
+                                {**base, "compiled_gp_max_centers": 0}, args.horizon,
+                                args.seed))
     load0 = loadavg()
     t0 = time.time()
     for _ in range(args.steps):

@@ -12,7 +12,8 @@ import numpy as np
 
 from mbrl_ros.core.lqr.jit import jit
 
-__all__ = ["MLP_ACTIVATIONS", "affine_rollout_kernel", "mlp_rollout_kernel"]
+__all__ = ["GP_KERNELS", "MLP_ACTIVATIONS", "affine_rollout_kernel", "kernel_rollout_kernel",
+           "mlp_rollout_kernel"]
 
 # activation name (the ensemble's setting) -> the code mlp_rollout_kernel takes
 MLP_ACTIVATIONS = {"silu": 0, "relu": 1, "tanh": 2}
@@ -145,3 +146,73 @@ def mlp_rollout_kernel(x_mean, u_mean, W0, b0, Wh, bh, WL, c, lin, act, x0, U, x
                         d[j] += hi * WL[e, i, j]
             for j in range(nx):
                 xs[r, t + 1, j] = xs[r, t, j] + d[j]
+
+
+# kernel name (the GP's setting) -> the code kernel_rollout_kernel takes
+GP_KERNELS = {"rbf": 0, "matern52": 1, "matern32": 2}
+
+
+@jit
+def kernel_rollout_kernel(in_mean, in_istd, prior_W, prior_c, centers, w, alpha, mix, kind,
+                          out_std, out_mean, x0, U, xbar, K, feedback, lower, upper, xs):
+    """Closed-loop rollouts of a GP's posterior mean
+    ``x' = x + out_mean + out_std * (z prior_W + prior_c + sum_q m_q(z) mix[q])``,
+    ``z = ([x, u] - in_mean) * in_istd``,
+    ``m_q(z) = sum_n alpha[q, n] k(sum_i w[q, i] (z_i - centers[g, n, i])^2)`` with g = 0
+    for centres shared by all latents (the exact GP) and g = q for their own (the sparse
+    GP's inducing points), the unit-variance kernel ``k`` of code ``kind``
+    (:data:`GP_KERNELS`; as :func:`mbrl_ros.core.models.gp.kernels.kfun`), with
+    ``u = clip(U[a, t] + K_t (x - xbar_t))`` (the feedback term only if ``feedback``), one
+    per row a of U. The arrays are the model's ``kernel_dynamics()``.
+
+    Args:
+        in_mean, in_istd (nx + nu,); prior_W (nx + nu, nx), prior_c (nx,);
+        centers (1 or Q, n, nx + nu), w (Q, nx + nu), alpha (Q, n) (outputscale folded in),
+        mix (Q, nx); kind int; out_std, out_mean (nx,); x0 (nx,); U (r, T, nu) open-loop
+        controls, overwritten with the applied (clipped) controls; xbar (T, nx),
+        K (T, nu, nx); lower, upper (T, nu); xs (r, T+1, nx) output states.
+    """
+    n_rows, T, nu = U.shape
+    nx = x0.shape[0]
+    n_in = nx + nu
+    Q, n = alpha.shape
+    shared = centers.shape[0] == 1
+    z = np.empty(n_in)
+    d = np.empty(nx)
+    for r in range(n_rows):
+        for i in range(nx):
+            xs[r, 0, i] = x0[i]
+        for t in range(T):
+            _apply_feedback(U, K, xs, xbar, feedback, lower, upper, r, t)
+            for i in range(nx):
+                z[i] = (xs[r, t, i] - in_mean[i]) * in_istd[i]
+            for i in range(nu):
+                z[nx + i] = (U[r, t, i] - in_mean[nx + i]) * in_istd[nx + i]
+            for j in range(nx):
+                d[j] = prior_c[j]
+            for i in range(n_in):
+                zi = z[i]
+                for j in range(nx):
+                    d[j] += zi * prior_W[i, j]
+            for q in range(Q):
+                g = 0 if shared else q
+                m = 0.0
+                for c in range(n):
+                    D = 0.0
+                    for i in range(n_in):
+                        e = z[i] - centers[g, c, i]
+                        D += w[q, i] * e * e
+                    if kind == 0:
+                        k = math.exp(-0.5 * min(D, 1400.0))
+                    else:
+                        rr = math.sqrt((5.0 if kind == 1 else 3.0) * D)
+                        rr = min(rr, 700.0)
+                        if kind == 1:
+                            k = (1.0 + rr + rr * rr / 3.0) * math.exp(-rr)
+                        else:
+                            k = (1.0 + rr) * math.exp(-rr)
+                    m += alpha[q, c] * k
+                for j in range(nx):
+                    d[j] += m * mix[q, j]
+            for j in range(nx):
+                xs[r, t + 1, j] = xs[r, t, j] + out_mean[j] + out_std[j] * d[j]

@@ -9,12 +9,13 @@ import numpy as np
 
 from mbrl_ros.core.lqr.kernels import (boxqp_kernel, prepare_kernel, riccati_kernel,
                                        spd_inverse_kernel)
-from mbrl_ros.core.lqr.rollout import affine_rollout_kernel, mlp_rollout_kernel
+from mbrl_ros.core.lqr.rollout import (affine_rollout_kernel, kernel_rollout_kernel,
+                                       mlp_rollout_kernel)
 
 __all__ = ["KERNELS", "warm_up", "warm_up_seconds"]
 
 KERNELS = (boxqp_kernel, prepare_kernel, riccati_kernel, affine_rollout_kernel,
-           spd_inverse_kernel, mlp_rollout_kernel)
+           spd_inverse_kernel, mlp_rollout_kernel, kernel_rollout_kernel)
 _warm_lock = threading.Lock()
 _warm_seconds: float | None = None
 
@@ -55,6 +56,14 @@ def _exercise() -> None:
                            np.ones(nx), np.zeros((3, T, nu)), np.zeros((T, nx)),
                            np.zeros((T, nu, nx)), True, -du, du,
                            np.empty((3, T + 1, nx)))
+    Q, n = 2, 3
+    for kind in (0, 1, 2):
+        kernel_rollout_kernel(np.zeros(nx + nu), np.ones(nx + nu), np.zeros((nx + nu, nx)),
+                              np.zeros(nx), np.zeros((1, n, nx + nu)), np.ones((Q, nx + nu)),
+                              np.ones((Q, n)), np.ones((Q, nx)), kind, np.ones(nx),
+                              np.zeros(nx), np.ones(nx), np.zeros((3, T, nu)),
+                              np.zeros((T, nx)), np.zeros((T, nu, nx)), True, -du, du,
+                              np.empty((3, T + 1, nx)))
 
 
 def warm_up() -> float:

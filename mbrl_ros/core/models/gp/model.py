@@ -16,6 +16,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import gpytorch
 import numpy as np
@@ -37,7 +38,25 @@ from mbrl_ros.core.models.pipeline import AffinePrior, DeltaPipeline
 from mbrl_ros.core.settings import setting
 from mbrl_ros.core.types import TransitionBatch
 
-__all__ = ["GPModel"]
+__all__ = ["GPModel", "KernelDynamics"]
+
+
+class KernelDynamics(NamedTuple):
+    """The GP's posterior mean as plain float64 arrays (numpy, C-contiguous), for compiled
+    rollouts (:func:`mbrl_ros.core.lqr.rollout.kernel_rollout_kernel`, whose docstring
+    has the formula): input normalisation, affine prior, kernel centres and weights, latent
+    mixing and output scaling. Q latents, n centres, n_in = nx + nu inputs."""
+    in_mean: np.ndarray     # (n_in,)
+    in_istd: np.ndarray     # (n_in,) 1 / std
+    prior_W: np.ndarray     # (n_in, nx)
+    prior_c: np.ndarray     # (nx,)
+    centers: np.ndarray     # (1, n, n_in) shared by the latents, or (Q, n, n_in)
+    w: np.ndarray           # (Q, n_in) 1 / lengthscale^2
+    alpha: np.ndarray       # (Q, n) weights, outputscale folded in
+    mix: np.ndarray         # (Q, nx) latents -> outputs (the identity without mixing)
+    kernel: str             # one of KERNELS
+    out_std: np.ndarray     # (nx,)
+    out_mean: np.ndarray    # (nx,)
 
 _FORMAT = 1
 # Ridge weight of the affine prior mean (relative to the Gram matrix of the standardised
@@ -319,6 +338,34 @@ class GPModel(DynamicsModel):
         x, u = check_xu(self.spec, x, u)
         mean, var = self._predict_norm(x, u)
         return self.pipeline.next_state(x, mean), self.pipeline.variance(var)
+
+    def kernel_dynamics(self) -> KernelDynamics | None:
+        """The posterior mean as arrays (:class:`KernelDynamics`) for compiled rollouts, or
+        None where they do not apply: sin/cos input features, the multitask (Kronecker)
+        posterior."""
+        self._require_fitted()
+        post = self._post
+        if self.pipeline.features.periodic.size or not isinstance(post, KernelPosterior):
+            return None
+        cached = getattr(self, "_kernel_dynamics", None)
+        if cached is not None and cached[0] is post:
+            return cached[1]
+
+        def a(v) -> np.ndarray:
+            v = v.detach().numpy() if isinstance(v, torch.Tensor) else v
+            return np.ascontiguousarray(v, dtype=np.float64)
+        nx = self.spec.nx
+        centers = post.centers[None] if post.shared else post.centers
+        w = post.w if post.shared else post.inv_ls[:, 0, :].pow(2)
+        mix = post.mix if post.mix is not None else torch.eye(nx, dtype=F64)
+        pipe = self.pipeline
+        kd = KernelDynamics(
+            in_mean=a(pipe.in_norm.mean), in_istd=a(1.0 / np.asarray(pipe.in_norm.std)),
+            prior_W=a(self.prior.W), prior_c=a(self.prior.c), centers=a(centers), w=a(w),
+            alpha=a(post.outputscale[:, None] * post.alpha[..., 0]), mix=a(mix),
+            kernel=post.kind, out_std=a(pipe.out_norm.std), out_mean=a(pipe.out_norm.mean))
+        self._kernel_dynamics = (post, kd)
+        return kd
 
     def predict_mean(self, x: np.ndarray, u: np.ndarray) -> np.ndarray:
         """Next-state mean only, (B, nx) float64: ``predict(x, u)[0]`` without computing the

@@ -47,8 +47,8 @@ from mbrl_ros.core import registry
 from mbrl_ros.core.lqr import BackwardPass, BackwardResult, warm_up
 from mbrl_ros.core.lqr.jit import as_f64
 from mbrl_ros.core.lqr.kernels import spd_inverse_kernel
-from mbrl_ros.core.lqr.rollout import (MLP_ACTIVATIONS, affine_rollout_kernel,
-                                       mlp_rollout_kernel)
+from mbrl_ros.core.lqr.rollout import (GP_KERNELS, MLP_ACTIVATIONS, affine_rollout_kernel,
+                                       kernel_rollout_kernel, mlp_rollout_kernel)
 from mbrl_ros.core.planners.base import Planner, shift_trajectory
 from mbrl_ros.core.planners.ilqr.settings import ILQRSettings
 from mbrl_ros.core.policies.linear_gaussian import LinearGaussianPolicy
@@ -176,14 +176,44 @@ class ILQRPlanner(Planner):
                              f"{m.activation!r} (one of {sorted(MLP_ACTIVATIONS)})")
         return (*(as_f64(getattr(m, k)) for k in arrays), MLP_ACTIVATIONS[m.activation])
 
+    def _kernel_dynamics(self, model: Any) -> tuple | None:
+        """The arguments of :func:`~mbrl_ros.core.lqr.rollout.kernel_rollout_kernel` if the
+        model offers its mean as a kernel expansion through an optional
+        ``kernel_dynamics()`` method (the GP) with at most ``compiled_gp_max_centers``
+        kernel rows per step, else None."""
+        f = None if getattr(model, "time_varying", False) else getattr(
+            model, "kernel_dynamics", None)
+        m = f() if f is not None else None
+        if m is None or m.alpha.size > self.settings.compiled_gp_max_centers:
+            return None
+        nx, nu = self.nx, self.nu
+        Q, n = np.shape(m.alpha)
+        n_in = nx + nu
+        arrays = dict(in_mean=(n_in,), in_istd=(n_in,), prior_W=(n_in, nx), prior_c=(nx,),
+                      w=(Q, n_in), mix=(Q, nx), out_std=(nx,), out_mean=(nx,))
+        bad = {k: np.shape(getattr(m, k)) for k, shape in arrays.items()
+               if np.shape(getattr(m, k)) != shape}
+        if np.shape(m.centers) not in ((1, n, n_in), (Q, n, n_in)):
+            bad["centers"] = np.shape(m.centers)
+        if bad or m.kernel not in GP_KERNELS:
+            raise ValueError(f"{self.name}: model.kernel_dynamics() returned arrays of "
+                             f"shapes {bad} (expected {arrays}, centers (1 or {Q}, {n}, "
+                             f"{n_in})) or kernel {m.kernel!r} (one of {sorted(GP_KERNELS)})")
+        return (as_f64(m.in_mean), as_f64(m.in_istd), as_f64(m.prior_W), as_f64(m.prior_c),
+                as_f64(m.centers), as_f64(m.w), as_f64(m.alpha), as_f64(m.mix),
+                GP_KERNELS[m.kernel], as_f64(m.out_std), as_f64(m.out_mean))
+
     def _fast_dynamics(self, model: Any) -> tuple[str, tuple] | None:
-        """("affine", (A, B, c)) or ("mlp", kernel arguments) for the compiled rollouts, or
-        None (rollouts through ``predict``)."""
+        """("affine", (A, B, c)), ("mlp", kernel arguments) or ("kernel", kernel
+        arguments) for the compiled rollouts, or None (rollouts through ``predict``)."""
         affine = self._affine_dynamics(model)
         if affine is not None:
             return "affine", affine
         mlp = self._mlp_dynamics(model)
-        return ("mlp", mlp) if mlp is not None else None
+        if mlp is not None:
+            return "mlp", mlp
+        kernel = self._kernel_dynamics(model)
+        return ("kernel", kernel) if kernel is not None else None
 
     def _line_search_groups(self, model: Any, n: int) -> list[slice]:
         """The step sizes' order as batches of one rollout each (the first accepted step
@@ -199,7 +229,7 @@ class ILQRPlanner(Planner):
         vectorized = bool(getattr(model, "vectorized", False))
         if mode == "always" or (mode == "auto" and vectorized and fast == "affine"):
             return [slice(0, n)]
-        if mode == "never" or fast == "mlp" or not vectorized:
+        if mode == "never" or fast in ("mlp", "kernel") or not vectorized:
             return [slice(i, i + 1) for i in range(n)]
         return [slice(0, 1), slice(1, n)] if n > 1 else [slice(0, 1)]
 
@@ -231,7 +261,8 @@ class ILQRPlanner(Planner):
             xs = np.empty((A, T + 1, self.nx))
             fb = K is not None
             U = as_f64(U)      # clipped in place by the kernel
-            kernel = affine_rollout_kernel if fast[0] == "affine" else mlp_rollout_kernel
+            kernel = {"affine": affine_rollout_kernel, "mlp": mlp_rollout_kernel,
+                      "kernel": kernel_rollout_kernel}[fast[0]]
             kernel(*fast[1], as_f64(x0), U, as_f64(xbar) if fb else self._no_xbar,
                    as_f64(K) if fb else self._no_K, fb, lo, hi, xs)
             return xs, U

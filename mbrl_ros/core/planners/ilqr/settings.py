@@ -52,6 +52,10 @@ class ILQRSettings:
         "controls only in the forward pass")
     policy_covariance: bool = setting(
         True, "attach the iLQG controller covariance inv(Q_uu) to the returned policy")
+    compiled_gp_max_centers: int = setting(
+        8192, "GP rollouts compiled (one call per rollout) when latents x centres is at most "
+        "this (the sparse GP: 14 x 256); above, batched predict_mean; docs/PLANNERS.md",
+        low=0, high=10**8)
     feedback_scale: float = setting(
         1.0, "scale of the executed feedback gains K (mujoco_mpc's iLQG feedback_scaling): "
         "below 1 detunes them against model error; the plan is unchanged; docs/PLANNERS.md",
