@@ -155,14 +155,30 @@ class Probe:
         self.node.create_subscription(msg_type, topic, got.append, qos)
         return got
 
-    def call(self, srv_type, name: str, request=None, timeout: float = 30.0):
+    def call(self, srv_type, name: str, request=None, timeout: float = 30.0,
+             resend: float | None = None):
         """Call a service; ``timeout`` covers discovery and the answer each (30 s: under two
-        CPU hogs beside the suite a node's first answer took over 10 s)."""
+        CPU hogs beside the suite a node's first answer took over 10 s).
+
+        ``resend`` [s]: send the request again while it is unanswered that long -- only for
+        idempotent requests (a parameter set). A server can answer before it has matched
+        the client's reply reader; rmw_fastrtps then drops the answer ("failed to send
+        response (timeout)" in the node's log: seen once, a model fitter's set_parameters
+        at start), and the call would wait for nothing."""
         client = self.node.create_client(srv_type, name)
         self.spin_until(client.service_is_ready, timeout, f"service {name}")
-        future = client.call_async(request or srv_type.Request())
-        self.spin_until(future.done, timeout, f"answer from {name}")
-        return future.result()
+        request = request or srv_type.Request()
+        end = time.monotonic() + timeout
+        while True:
+            future = client.call_async(request)
+            wait = min(resend, end - time.monotonic()) if resend else end - time.monotonic()
+            try:
+                self.spin_until(future.done, max(wait, 0.0), f"answer from {name}")
+                return future.result()
+            except AssertionError:
+                if not resend or time.monotonic() >= end:
+                    raise
+                client.remove_pending_request(future)
 
     def close(self) -> None:
         self.executor.shutdown(timeout_sec=1.0)

@@ -23,17 +23,14 @@ BASE = {"robot": "arm2", "model": "mujoco", "plan_rate": 20.0, "horizon": 25,
 
 
 def set_param(probe, node, name, value):
-    client = probe.node.create_client(SetParameters, f"/{node}/set_parameters")
-    probe.spin_until(client.service_is_ready, 20, "parameter service")
     if isinstance(value, str):
         pv = ParameterValue(type=ParameterType.PARAMETER_STRING, string_value=value)
     elif isinstance(value, bool):
         pv = ParameterValue(type=ParameterType.PARAMETER_BOOL, bool_value=value)
     else:
         pv = ParameterValue(type=ParameterType.PARAMETER_DOUBLE, double_value=float(value))
-    fut = client.call_async(SetParameters.Request(parameters=[Parameter(name=name, value=pv)]))
-    probe.spin_until(fut.done, 10, "set_parameters answer")
-    return fut.result().results[0]
+    req = SetParameters.Request(parameters=[Parameter(name=name, value=pv)])
+    return probe.call(SetParameters, f"/{node}/set_parameters", req, resend=3.0).results[0]
 
 
 def near_target(states, tol=0.05):

@@ -76,7 +76,8 @@ def test_the_simulator_pauses_itself_and_refuses_to_resume_before_the_last_answe
     req = SetParameters.Request(parameters=[ParameterMsg(
         name="pause_after", value=ParameterValue(type=ParameterType.PARAMETER_INTEGER,
                                                  integer_value=2))])
-    assert probe.call(SetParameters, "/sim/set_parameters", req).results[0].successful
+    assert probe.call(SetParameters, "/sim/set_parameters", req,
+                      resend=3.0).results[0].successful
 
 
 @pytest.mark.timeout(240)

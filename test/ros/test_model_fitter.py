@@ -39,13 +39,11 @@ def test_fit_on_request_publishes_and_announces(start_node, probe, bag, tmp_path
     assert info["metrics"]["rollout_rmse"] > 0
 
     # A failing fit (not enough data for the new minimum) keeps v1 and says so.
-    client = probe.node.create_client(SetParameters, "/model_fitter/set_parameters")
-    probe.spin_until(client.service_is_ready, 10, "parameter service")
-    fut = client.call_async(SetParameters.Request(parameters=[Parameter(
+    req = SetParameters.Request(parameters=[Parameter(
         name="min_transitions", value=ParameterValue(type=ParameterType.PARAMETER_INTEGER,
-                                                     integer_value=10**9))]))
-    probe.spin_until(fut.done, 10, "parameter set")
-    assert fut.result().results[0].successful
+                                                     integer_value=10**9))])
+    assert probe.call(SetParameters, "/model_fitter/set_parameters", req,
+                      resend=3.0).results[0].successful
     res = probe.call(Trigger, "/model_fitter/fit", timeout=60)
     assert not res.success and "keeping v1" in res.message
     assert store.versions(tmp_path / "models", "linear") == [1]
@@ -56,13 +54,10 @@ def test_fit_on_request_publishes_and_announces(start_node, probe, bag, tmp_path
 def test_invalid_dynamic_parameter_is_rejected(start_node, probe, bag, tmp_path):
     start_node("model_fitter", {"model": "linear", "bags": [str(bag)], "live": False,
                                 "store_dir": str(tmp_path / "models")})
-    client = probe.node.create_client(SetParameters, "/model_fitter/set_parameters")
-    probe.spin_until(client.service_is_ready, 20, "parameter service")
-    fut = client.call_async(SetParameters.Request(parameters=[Parameter(
+    req = SetParameters.Request(parameters=[Parameter(
         name="val_fraction", value=ParameterValue(type=ParameterType.PARAMETER_DOUBLE,
-                                                  double_value=5.0))]))
-    probe.spin_until(fut.done, 10, "parameter set")
-    r = fut.result().results[0]
+                                                  double_value=5.0))])
+    r = probe.call(SetParameters, "/model_fitter/set_parameters", req, resend=3.0).results[0]
     assert not r.successful and "val_fraction" in r.reason and "range" in r.reason
 
 

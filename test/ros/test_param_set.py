@@ -66,7 +66,7 @@ def _set(probe, node: str, name: str, text: str):
     """`ros2 param set <node> <name> <text>`: the request ros2param sends."""
     req = SetParameters.Request(parameters=[
         ParameterMsg(name=name, value=get_parameter_value(string_value=text))])
-    return probe.call(SetParameters, f"/{node}/set_parameters", req).results[0]
+    return probe.call(SetParameters, f"/{node}/set_parameters", req, resend=3.0).results[0]
 
 
 @pytest.mark.parametrize("name,text,expected", [
