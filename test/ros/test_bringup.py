@@ -208,3 +208,21 @@ def test_a_node_exits_0_when_ctrl_c_reaches_it_twice(start_node, probe, executab
         time.sleep(0.02)
         node.signal(signal.SIGINT)         # launch's, and any further Ctrl-C, while it exits
     assert node.proc.poll() == 0, node.output()
+
+
+def test_shipped_arm7_realtime_file_layers_over_the_launch_values(bringup, probe):
+    # config/arm7_ensemble_realtime.yaml as the README gives it: params_file over the
+    # launch's own values (plan_mode timer by default); the controller runs with its keys.
+    from pathlib import Path
+    shipped = Path(__file__).resolve().parents[2] / "config" / "arm7_ensemble_realtime.yaml"
+    p = bringup("sim", "robot:=arm7", "model:=mujoco", "record:=false",
+                f"params_file:={shipped}")
+    probe.spin_until(lambda: "/controller: activated" in p.output()
+                     or p.proc.poll() is not None, UP, "the controller activated")
+    assert p.proc.poll() is None, p.output()
+    names = ["plan_mode", "replan_every", "sync_max_state_age", "ilqr.max_iterations"]
+    res = probe.call(GetParameters, "/controller/get_parameters",
+                     GetParameters.Request(names=names))
+    assert [res.values[0].string_value, res.values[1].integer_value,
+            res.values[2].double_value, res.values[3].integer_value] == ["sync", 1, 0.01, 1]
+    _stop_cleanly(p)
