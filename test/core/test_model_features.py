@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from mbrl_ros.core import store
-from mbrl_ros.core.models.base import InputFeatures, ModelSpec, finite_difference_linearization
+from mbrl_ros.core.models.base import ModelSpec, finite_difference_linearization
+from mbrl_ros.core.models.pipeline import InputFeatures
 from mbrl_ros.core.models.ensemble import EnsembleModel
 from mbrl_ros.core.settings import from_mapping
 from mbrl_ros.core.types import TransitionBatch

@@ -3,7 +3,8 @@
 :data:`mbrl_ros.core.registry.PLUGINS`, and registers itself on import; modules are
 imported on first lookup (torch only when needed)."""
 from mbrl_ros.core.models.base import (DynamicsModel, FitReport, Linearization, ModelError,
-                                       ModelSpec, Normalizer)
+                                       ModelSpec)
+from mbrl_ros.core.models.pipeline import Normalizer
 
 __all__ = ["DynamicsModel", "FitReport", "Linearization", "ModelError", "ModelSpec",
            "Normalizer"]

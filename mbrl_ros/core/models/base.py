@@ -2,7 +2,8 @@
 
 A model maps a state x (nx,) = [joint positions, joint velocities] and an action u (nu,)
 (joint efforts, N·m or N) to the state one control period later. Models that learn predict
-the *delta* x_{t+1} - x_t in normalised coordinates (:class:`Normalizer`) and convert back.
+the *delta* x_{t+1} - x_t in normalised coordinates and convert back
+(:mod:`mbrl_ros.core.models.pipeline`).
 
 Artifacts hold no code: ``state_arrays()`` returns plain numpy arrays (saved as .npz with
 ``allow_pickle=False``) and the hyper-parameters live in JSON (see :mod:`mbrl_ros.core.store`).
@@ -16,7 +17,7 @@ from typing import Any, Callable, ClassVar, Mapping
 
 import numpy as np
 
-from mbrl_ros.core.types import TransitionBatch, is_torch
+from mbrl_ros.core.types import TransitionBatch
 
 
 class ModelError(ValueError):
@@ -33,7 +34,7 @@ class ModelSpec:
     dt: float                      # control period [s] the model steps over
     robot: str = ""                # e.g. 'arm2' or an MJCF file name
     # State indices that are angles of continuous joints (they wrap every 2 pi): learned
-    # models see their sine and cosine (:class:`InputFeatures`).
+    # models see their sine and cosine (:class:`~mbrl_ros.core.models.pipeline.InputFeatures`).
     periodic: tuple[int, ...] = ()
 
     @classmethod
@@ -128,84 +129,6 @@ class FitReport:
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
-
-
-class Normalizer:
-    """Affine standardisation z = (v - mean) / std fitted on data; std floored so constant
-    columns (e.g. an unactuated joint's zero effort) do not blow up."""
-
-    def __init__(self, mean: np.ndarray, std: np.ndarray):
-        self.mean = np.asarray(mean, dtype=np.float64)
-        self.std = np.asarray(std, dtype=np.float64)
-
-    @classmethod
-    def fit(cls, v: np.ndarray, floor: float = 1e-6) -> "Normalizer":
-        v = np.asarray(v, dtype=np.float64)
-        return cls(v.mean(axis=0), np.maximum(v.std(axis=0), floor))
-
-    def __call__(self, v):
-        return (v - self.mean) / self.std
-
-    def inverse(self, z):
-        return z * self.std + self.mean
-
-    def arrays(self, prefix: str) -> dict[str, np.ndarray]:
-        return {f"{prefix}_mean": self.mean, f"{prefix}_std": self.std}
-
-    @classmethod
-    def from_arrays(cls, arrays: dict[str, np.ndarray], prefix: str) -> "Normalizer":
-        return cls(arrays[f"{prefix}_mean"], arrays[f"{prefix}_std"])
-
-
-class InputFeatures:
-    """The inputs a learned model sees: ``z = [x', cos(x_P), u]`` where ``x'`` is x with the
-    periodic angles ``x_P`` (:attr:`ModelSpec.periodic`) replaced by their sines, so
-    z (..., nx + |P| + nu) is the same for angles a full turn apart and the effect of gravity
-    (sin, cos of the angle) is within reach of an affine map (the PILCO and PETS cart-pole
-    input encodings). Without periodic states ``z = [x, u]``. numpy or torch inputs.
-    """
-
-    def __init__(self, spec: ModelSpec):
-        self.nx, self.nu = spec.nx, spec.nu
-        self.periodic = np.asarray(spec.periodic, dtype=np.intp)
-        self.n_in = self.nx + self.periodic.size + self.nu
-        mask = np.zeros(self.nx)
-        mask[self.periodic] = 1.0
-        self._mask = mask
-        self._torch: dict = {}
-
-    def __call__(self, x, u):
-        if not self.periodic.size:
-            return (_torch_cat([x, u]) if is_torch(x) else np.concatenate([x, u], axis=-1))
-        p = self.periodic
-        if is_torch(x):
-            key = (x.dtype, x.device)
-            if key not in self._torch:
-                import torch
-                self._torch[key] = (torch.as_tensor(self._mask, dtype=x.dtype, device=x.device),
-                                    torch.as_tensor(p, device=x.device))
-            m, pt = self._torch[key]
-            xp = x.index_select(-1, pt)
-            return _torch_cat([x + m * (x.sin() - x), xp.cos(), u])
-        xs = x + self._mask * (np.sin(x) - x)
-        return np.concatenate([xs, np.cos(x[..., p]), u], axis=-1)
-
-    def chain(self, dfdz: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Jacobians w.r.t. x and u from one w.r.t. z: dfdz (T, m, n_in), x (T, nx) ->
-        (T, m, nx), (T, m, nu) (numpy)."""
-        nx, k = self.nx, self.periodic.size
-        dfdx = dfdz[..., :nx].copy()
-        if k:
-            p = self.periodic
-            # d sin/dx = cos x on the periodic columns, plus d cos/dx = -sin x
-            dfdx[..., p] = (dfdz[..., p] * np.cos(x[:, None, p])
-                            - dfdz[..., nx:nx + k] * np.sin(x[:, None, p]))
-        return dfdx, dfdz[..., nx + k:]
-
-
-def _torch_cat(parts):
-    import torch
-    return torch.cat(parts, dim=-1)
 
 
 def check_xu(spec: ModelSpec, x: np.ndarray, u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

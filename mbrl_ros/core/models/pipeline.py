@@ -2,13 +2,13 @@
 
 A learned model (linear, gp, ensemble) does not learn x_{t+1} = f(x_t, u_t) directly:
 
-1. **Input features** ``z = features(x, u)`` (:class:`~mbrl_ros.core.models.base.InputFeatures`):
+1. **Input features** ``z = features(x, u)`` (:class:`InputFeatures`):
    ``[x, u]``, with the angle of every continuous joint replaced by its sine and cosine
    (PILCO, Deisenroth & Rasmussen, ICML 2011; PETS, Chua et al., NeurIPS 2018).
 2. **Delta targets** ``d = x_{t+1} - x_t``: a model that predicts no change keeps the
    state, and the ridge/prior shrinks towards "keep the state", not towards zero.
 3. **Normalisation** of the inputs and of the targets
-   (:class:`~mbrl_ros.core.models.base.Normalizer`, fitted on the training rows), so one
+   (:class:`Normalizer`, fitted on the training rows), so one
    hyper-parameter (a ridge weight, a lengthscale, a learning rate) means the same for
    joints in rad and efforts in N·m.
 4. **Affine prior** ``d_n ~ z_n W + c`` (:class:`AffinePrior`), fitted by ridge
@@ -43,10 +43,88 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mbrl_ros.core.models.base import InputFeatures, ModelError, ModelSpec, Normalizer
+from mbrl_ros.core.models.base import ModelError, ModelSpec
 from mbrl_ros.core.types import is_torch
 
 __all__ = ["AffinePrior", "DeltaPipeline", "InputFeatures", "Normalizer"]
+
+
+class Normalizer:
+    """Affine standardisation z = (v - mean) / std fitted on data; std floored so constant
+    columns (e.g. an unactuated joint's zero effort) do not blow up."""
+
+    def __init__(self, mean: np.ndarray, std: np.ndarray):
+        self.mean = np.asarray(mean, dtype=np.float64)
+        self.std = np.asarray(std, dtype=np.float64)
+
+    @classmethod
+    def fit(cls, v: np.ndarray, floor: float = 1e-6) -> "Normalizer":
+        v = np.asarray(v, dtype=np.float64)
+        return cls(v.mean(axis=0), np.maximum(v.std(axis=0), floor))
+
+    def __call__(self, v):
+        return (v - self.mean) / self.std
+
+    def inverse(self, z):
+        return z * self.std + self.mean
+
+    def arrays(self, prefix: str) -> dict[str, np.ndarray]:
+        return {f"{prefix}_mean": self.mean, f"{prefix}_std": self.std}
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray], prefix: str) -> "Normalizer":
+        return cls(arrays[f"{prefix}_mean"], arrays[f"{prefix}_std"])
+
+
+class InputFeatures:
+    """The inputs a learned model sees: ``z = [x', cos(x_P), u]`` where ``x'`` is x with the
+    periodic angles ``x_P`` (:attr:`ModelSpec.periodic`) replaced by their sines, so
+    z (..., nx + |P| + nu) is the same for angles a full turn apart and the effect of gravity
+    (sin, cos of the angle) is within reach of an affine map (the PILCO and PETS cart-pole
+    input encodings). Without periodic states ``z = [x, u]``. numpy or torch inputs.
+    """
+
+    def __init__(self, spec: ModelSpec):
+        self.nx, self.nu = spec.nx, spec.nu
+        self.periodic = np.asarray(spec.periodic, dtype=np.intp)
+        self.n_in = self.nx + self.periodic.size + self.nu
+        mask = np.zeros(self.nx)
+        mask[self.periodic] = 1.0
+        self._mask = mask
+        self._torch: dict = {}
+
+    def __call__(self, x, u):
+        if not self.periodic.size:
+            return (_torch_cat([x, u]) if is_torch(x) else np.concatenate([x, u], axis=-1))
+        p = self.periodic
+        if is_torch(x):
+            key = (x.dtype, x.device)
+            if key not in self._torch:
+                import torch
+                self._torch[key] = (torch.as_tensor(self._mask, dtype=x.dtype, device=x.device),
+                                    torch.as_tensor(p, device=x.device))
+            m, pt = self._torch[key]
+            xp = x.index_select(-1, pt)
+            return _torch_cat([x + m * (x.sin() - x), xp.cos(), u])
+        xs = x + self._mask * (np.sin(x) - x)
+        return np.concatenate([xs, np.cos(x[..., p]), u], axis=-1)
+
+    def chain(self, dfdz: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Jacobians w.r.t. x and u from one w.r.t. z: dfdz (T, m, n_in), x (T, nx) ->
+        (T, m, nx), (T, m, nu) (numpy)."""
+        nx, k = self.nx, self.periodic.size
+        dfdx = dfdz[..., :nx].copy()
+        if k:
+            p = self.periodic
+            # d sin/dx = cos x on the periodic columns, plus d cos/dx = -sin x
+            dfdx[..., p] = (dfdz[..., p] * np.cos(x[:, None, p])
+                            - dfdz[..., nx:nx + k] * np.sin(x[:, None, p]))
+        return dfdx, dfdz[..., nx + k:]
+
+
+def _torch_cat(parts):
+    import torch
+    return torch.cat(parts, dim=-1)
 
 
 class _Consts:

@@ -11,13 +11,13 @@ import numpy as np
 import torch
 
 from mbrl_ros.core import registry
-from mbrl_ros.core.models.base import (DynamicsModel, InputFeatures, Linearization, ModelError,
-                                       ModelSpec, Normalizer, check_xu)
+from mbrl_ros.core.models.base import (DynamicsModel, Linearization, ModelError, ModelSpec,
+                                       check_xu)
 from mbrl_ros.core.models.ensemble.network import (ACTIVATION_GRADS, ACTIVATIONS, DTYPES,
                                                    MLPDynamics, Network)
 from mbrl_ros.core.models.ensemble.propagation import Propagation
 from mbrl_ros.core.models.ensemble.trainer import Trainer
-from mbrl_ros.core.models.pipeline import DeltaPipeline
+from mbrl_ros.core.models.pipeline import DeltaPipeline, InputFeatures, Normalizer
 from mbrl_ros.core.settings import setting
 
 

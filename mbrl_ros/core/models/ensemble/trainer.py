@@ -21,8 +21,8 @@ import numpy as np
 import torch
 
 from mbrl_ros.core.models import evaluate
-from mbrl_ros.core.models.base import DynamicsModel, FitReport, InputFeatures, ModelError
-from mbrl_ros.core.models.pipeline import AffinePrior, DeltaPipeline
+from mbrl_ros.core.models.base import DynamicsModel, FitReport, ModelError
+from mbrl_ros.core.models.pipeline import AffinePrior, DeltaPipeline, InputFeatures
 from mbrl_ros.core.types import TransitionBatch
 
 # Smallest automatic minibatch (see the batch_size setting): below it the per-step overhead

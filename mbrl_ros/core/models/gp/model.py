@@ -23,9 +23,8 @@ import numpy as np
 import torch
 
 from mbrl_ros.core import registry
-from mbrl_ros.core.models.base import (DynamicsModel, FitReport, InputFeatures,
-                                       Linearization, ModelError, ModelSpec, Normalizer,
-                                       check_xu)
+from mbrl_ros.core.models.base import (DynamicsModel, FitReport, Linearization, ModelError,
+                                       ModelSpec, check_xu)
 from mbrl_ros.core.models.gp import hyper
 from mbrl_ros.core.models.gp.exact import exact_independent, exact_multitask
 from mbrl_ros.core.models.gp.kernels import (CHUNK_ELEMENTS, DTYPES, F64, KERNELS,
@@ -34,7 +33,7 @@ from mbrl_ros.core.models.gp.modules import SVGP, BatchExactGP, MultitaskExactGP
 from mbrl_ros.core.models.gp.outliers import find_outliers, point_noise
 from mbrl_ros.core.models.gp.posterior import KernelPosterior, KroneckerPosterior
 from mbrl_ros.core.models.gp.sparse import fit_sparse
-from mbrl_ros.core.models.pipeline import AffinePrior, DeltaPipeline
+from mbrl_ros.core.models.pipeline import AffinePrior, DeltaPipeline, InputFeatures, Normalizer
 from mbrl_ros.core.settings import setting
 from mbrl_ros.core.types import TransitionBatch
 
