@@ -35,7 +35,7 @@ import numpy as np
 from rclpy.parameter import Parameter
 
 from mbrl_ros.bringup import gps_controller_params
-from mbrl_ros.core.algorithms.sampler import SamplerError
+from mbrl_ros.core.algorithms.sampler import SamplerError, TruncatedSample
 from mbrl_ros.ros.compose import InProcessSystem
 from mbrl_ros.ros.gps_sampling import NodeSamplerBase, SampleRecorder
 
@@ -168,21 +168,23 @@ class NodeSampler(NodeSamplerBase):
         steps = sim.counters["steps"] - start
         if steps != horizon or len(rec.states) != horizon + 1 or \
                 len(rec.commands) != horizon + 1:
-            raise RuntimeError(f"gps driver: sample stalled or mixed ({steps}/{horizon} steps, "
-                               f"{len(rec.states)} states, {len(rec.commands)} commands "
-                               f"received; controller holds: {self.controller.actuator.holds})")
+            raise TruncatedSample(f"gps driver: sample stalled or mixed ({steps}/{horizon} "
+                                  f"steps, {len(rec.states)} states, {len(rec.commands)} "
+                                  f"commands received; controller holds: "
+                                  f"{self.controller.actuator.holds})", steps)
         # A sample whose commands did not all come from the planner (a failed replan, a
         # safe hold) is not a sample of the controller: refuse it rather than learn from it.
         failed = ctrl.counters["replan_failures"] - failures0
         if failed or (holds_in_episode and holds_in_episode[0]):
-            raise RuntimeError(
+            raise TruncatedSample(
                 f"gps driver: the controller did not execute the sample ({failed} failed "
                 f"replans, last: {getattr(ctrl, '_last_replan_error', '')!r}; safe holds: "
-                f"{holds_in_episode[0] if holds_in_episode else {}})")
+                f"{holds_in_episode[0] if holds_in_episode else {}})", steps)
         X = np.array(rec.states[:horizon + 1])
         U = np.array(rec.commands[:horizon])
         if not np.array_equal(X[0], np.concatenate([q0, v0])):
-            raise RuntimeError("gps driver: the first state received is not the start state")
+            raise TruncatedSample("gps driver: the first state received is not the start "
+                                  "state", steps)
         return X, U
 
     def close(self) -> None:

@@ -32,7 +32,7 @@ from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import JointState
 
-from mbrl_ros.core.algorithms.sampler import SamplerError
+from mbrl_ros.core.algorithms.sampler import SamplerError, TruncatedSample
 from mbrl_ros.core.policies.linear_gaussian import LinearGaussianPolicy
 from mbrl_ros.ros.gps_sampling import NodeSamplerBase, SampleRecorder
 
@@ -223,11 +223,11 @@ class RemoteSampler(NodeSamplerBase):
             if len(free) != len(u):          # not one command per joint: compare all
                 free = np.ones(len(u), dtype=bool)
             if not np.allclose(U[t][free], u[free], rtol=1e-9, atol=1e-9):
-                raise RuntimeError(
+                raise TruncatedSample(
                     f"gps trainer: the controller did not execute the sample: its command at "
                     f"step {t} is {np.round(U[t], 6).tolist()}, the sample's controller gives "
                     f"{np.round(u, 6).tolist()} (a failed replan or a safe hold? see the "
-                    "controller's log)")
+                    "controller's log)", t)
 
     def _set(self, **params) -> None:
         if self.reset_mode == "move":
@@ -269,9 +269,9 @@ class RemoteSampler(NodeSamplerBase):
         self._last_run = time.monotonic()
         if len(rec.states) != steps + 1 or len(rec.commands) < steps + 1 or (
                 strict and len(rec.commands) != steps + 1):
-            raise RuntimeError(f"gps trainer: sample stalled or mixed ({len(rec.states)} "
-                               f"states and {len(rec.commands)} commands received for "
-                               f"{steps} steps)")
+            raise TruncatedSample(f"gps trainer: sample stalled or mixed ({len(rec.states)} "
+                                  f"states and {len(rec.commands)} commands received for "
+                                  f"{steps} steps)", min(len(rec.commands), steps))
 
     def _quiet(self, seconds: float = 0.3) -> None:
         """Spin until no command arrived for ``seconds`` (the controller's holds stopped and
@@ -371,7 +371,8 @@ class RemoteSampler(NodeSamplerBase):
         U = np.array(self.recorder.commands[:horizon])
         x0 = np.concatenate([q0, v0])
         if self.reset_mode == "sim" and not np.array_equal(X[0], x0):
-            raise RuntimeError("gps trainer: the first state received is not the start state")
+            raise TruncatedSample("gps trainer: the first state received is not the start "
+                                  "state", horizon)
         self._check_executed(X, U)
         return X, U
 

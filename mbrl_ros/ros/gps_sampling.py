@@ -20,7 +20,11 @@ For each sample of a condition, :meth:`NodeSamplerBase.sample`:
    order, commands as sent).
 
 A sample that left the valid region (``env.check``) is discarded after the fact and its
-unused noise given back, so the generator ends where the in-process sampler leaves it.
+unused noise given back, so the generator ends where the in-process sampler leaves it. A
+sample whose episode did not run whole (``_episode`` raises
+:class:`~mbrl_ros.core.algorithms.sampler.TruncatedSample`: the simulator stalled, a state
+or command went missing, the controller held instead of executing it) is dropped with a
+warning, counted with the discarded ones (reason ``truncated: ...``) and redrawn.
 Deterministic rollouts of the global policy (``MDGPS.evaluate``, right after each S-step)
 swap that policy into the running controller: it is published as a ``gps_policy``
 artifact, ``gps_policy.artifact`` points at it and ``active_planner: gps_policy``; the
@@ -39,6 +43,7 @@ sent are what the sample records in any case.
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any
@@ -48,8 +53,8 @@ from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import JointState
 from std_msgs.msg import Float64MultiArray
 
-from mbrl_ros.core.algorithms.sampler import (SampleBatch, SamplerError, consume_noise,
-                                              first_invalid, noise_for_sample)
+from mbrl_ros.core.algorithms.sampler import (SampleBatch, SamplerError, TruncatedSample,
+                                              consume_noise, first_invalid, noise_for_sample)
 from mbrl_ros.core.policies.linear_gaussian import LinearGaussianPolicy
 from mbrl_ros.core.policies.lg_artifact import publish_lg_controller
 from mbrl_ros.ros.compose import InProcessSystem
@@ -189,8 +194,14 @@ class NodeSamplerBase(ABC):
                 self._use_lg(controller, None, m)
             else:
                 self._use_policy(controller, m)
-            Xi, Ui = self._episode(m, T)
-            cut = first_invalid(check, Xi)
+            try:
+                Xi, Ui = self._episode(m, T)
+                cut = first_invalid(check, Xi)
+            except TruncatedSample as e:
+                # not a sample of the controller: dropped with a warning and redrawn
+                cut = (min(e.steps, T), f"truncated: {e}")
+                warnings.warn(f"gps: sample of condition {m} dropped: {e}", RuntimeWarning,
+                              stacklevel=2)
             if self._recording:
                 self.episodes.append({
                     "episode": self._episode_id, "condition": m, "noisy": bool(noisy),
@@ -199,16 +210,20 @@ class NodeSamplerBase(ABC):
                     **({} if self.label == "train" else {"set": self.label})})
             if cut is not None:
                 t, why = cut
-                consume_noise(rng, before, t, nu)
+                if before is not None:     # a noiseless rollout (an evaluation) draws none
+                    consume_noise(rng, before, t, nu)
                 why = f"condition {m}, step {t}: {why}"
                 out.lost += t * self.dt
                 out.discarded += 1
                 out.reasons.append(why)
                 bad += 1
                 if bad > self.max_discarded:
+                    hint = ("the episodes do not run whole -- see the simulator's and the "
+                            "controller's logs" if "truncated: " in why else
+                            "the controller leaves the valid region -- lower the exploration "
+                            "or the KL step")
                     raise SamplerError(f"{bad} invalid samples for condition {m} in one "
-                                       f"iteration (last: {why}); the controller leaves the "
-                                       "valid region -- lower the exploration or the KL step")
+                                       f"iteration (last: {why}); {hint}")
                 continue
             X[i], U[i] = Xi, Ui
             i += 1

@@ -124,5 +124,7 @@ def test_a_sample_the_controller_did_not_execute_is_refused(start_node, probe, t
         real(controller, noise, m)
         sampler._set(lg_controller__artifact=str(tmp_path / "missing"))
     sampler._use_lg = broken
-    with pytest.raises(Exception, match="did not execute the sample"):
+    sampler.max_discarded = 1
+    with pytest.warns(RuntimeWarning, match="dropped.*did not execute the sample"), \
+            pytest.raises(Exception, match="did not execute the sample"):
         gps.draw_samples()

@@ -147,7 +147,7 @@ def test_a_sample_the_controller_could_not_execute_is_refused(tmp_path, domain_i
 
     gps, task = _gps()
     with NodeSampler(task.env, task.targets, tmp_path, domain_id=domain_id,
-                     step_timeout=10.0) as nodes:
+                     step_timeout=10.0, max_discarded=1) as nodes:
         gps.sampler = nodes
         real = nodes._use_lg
 
@@ -155,5 +155,39 @@ def test_a_sample_the_controller_could_not_execute_is_refused(tmp_path, domain_i
             real(controller, noise, m)
             nodes._set(lg_controller__artifact=str(tmp_path / "missing"))
         nodes._use_lg = broken
-        with pytest.raises(RuntimeError, match="did not execute the sample.*failed replans"):
+        # each such sample is dropped with a warning and redrawn; past max_discarded the
+        # draw stops with the cause
+        with pytest.warns(RuntimeWarning, match="dropped.*did not execute the sample"), \
+                pytest.raises(RuntimeError, match="did not execute the sample.*failed replans"
+                              ".*do not run whole"):
             gps.draw_samples()
+        assert nodes.samples == 2
+
+
+@pytest.mark.timeout(300)
+def test_a_truncated_sample_is_dropped_with_a_warning_and_redrawn(tmp_path, domain_id):
+    """Issue 14, Deliver 5: one sample whose episode did not run as the controller's (here
+    its artifact could not be loaded, so the controller held) is dropped with a warning,
+    counted with the discarded ones, and redrawn; the iteration goes on with whole samples."""
+    from mbrl_ros.ros.gps_driver import NodeSampler
+
+    gps, task = _gps()
+    with NodeSampler(task.env, task.targets, tmp_path, domain_id=domain_id,
+                     step_timeout=10.0) as nodes:
+        gps.sampler = nodes
+        real, calls = nodes._use_lg, []
+
+        def broken_once(controller, noise, m):
+            real(controller, noise, m)
+            calls.append(m)
+            if len(calls) == 2:
+                nodes._set(lg_controller__artifact=str(tmp_path / "missing"))
+        nodes._use_lg = broken_once
+        with pytest.warns(RuntimeWarning, match="condition 0 dropped.*did not execute"):
+            X, U, _, (discarded, reasons, lost) = gps.draw_samples()
+    assert discarded == 1 and len(reasons) == 1 and "truncated: " in reasons[0]
+    assert lost > 0
+    assert nodes.samples == 2 * 3 + 1
+    assert X.shape == (2, 3, T + 1, 4) and np.all(np.isfinite(X))
+    # the kept samples are the controller's: the redrawn one too (not safe holds)
+    assert not np.array_equal(U[0, 1], np.zeros_like(U[0, 1]))

@@ -21,7 +21,10 @@ one (T, nu) block and gives back what a discarded sample did not use.
 
 A sample that leaves the valid region (``check(x)`` returns a reason) is discarded,
 counted and redrawn, at most ``max_discarded`` times per condition, then
-:class:`SamplerError`.
+:class:`SamplerError`. So is a sample whose episode was cut short or interrupted on the way
+(:class:`TruncatedSample`: the node samplers' simulator stalled, a command went missing, the
+controller held instead of executing the sample): dropped with a warning and redrawn, its
+noise consumed for the steps it ran.
 """
 from __future__ import annotations
 
@@ -30,12 +33,22 @@ from typing import Callable, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
-__all__ = ["Sampler", "SampleBatch", "SamplerError", "EnvSampler", "noise_for_sample",
-           "consume_noise", "first_invalid"]
+__all__ = ["Sampler", "SampleBatch", "SamplerError", "TruncatedSample", "EnvSampler",
+           "noise_for_sample", "consume_noise", "first_invalid"]
 
 
 class SamplerError(RuntimeError):
     """Samples cannot be drawn (e.g. every redraw of a sample was invalid)."""
+
+
+class TruncatedSample(RuntimeError):
+    """One sample's episode did not run whole (stalled, a state or command missing, commands
+    not the sample's controller's): not a sample of the controller. ``steps``: how many of
+    its steps ran (the noise they used is consumed)."""
+
+    def __init__(self, message: str, steps: int = 0):
+        super().__init__(message)
+        self.steps = max(0, int(steps))
 
 
 @dataclass
