@@ -1,10 +1,10 @@
 """Thread-pool limits for numerical libraries.
 
 The control loop, iLQR and the local-model fits work on small matrices (14x21, 50 steps),
-where a multi-threaded BLAS costs far more in synchronisation than it gains: measured on a
-2-core machine under load, a 100x50 by 50x1225 product took 45 ms with two OpenBLAS threads
-and about 1 ms with one. Nodes, the CLI and the benchmarks call :func:`limit_threads` once
-at start; torch's own pool is set by the models from their ``threads`` setting.
+where a multi-threaded BLAS costs far more in synchronisation than it gains, above all on a
+loaded machine (BENCHMARKS.md, "Figures moved out of docstrings (issue 13)").
+Nodes, the CLI and the benchmarks call :func:`limit_threads` once at start; torch's own
+pool is set by the models from their ``threads`` setting.
 """
 from __future__ import annotations
 

@@ -103,8 +103,9 @@ class InProcessSystem:
             self.context = rclpy.Context()
             rclpy.init(context=self.context, domain_id=self.domain_id)
         # One thread by default: lockstep simulation is sequential anyway, fits run on the
-        # fitter's own worker thread, and rclpy's multi-threaded executor costs ~1 ms per
-        # callback (measured: lockstep 315 -> 934 steps/s going single-threaded).
+        # fitter's own worker thread, and rclpy's multi-threaded executor's overhead per
+        # callback slows lockstep several times (BENCHMARKS.md, "Figures moved out of
+        # docstrings (issue 13)").
         self.executor = (SingleThreadedExecutor(context=self.context) if threads == 1 else
                          MultiThreadedExecutor(num_threads=threads, context=self.context))
         self.nodes: list[Any] = []

@@ -1,71 +1,19 @@
 """Real-time MPC controller (lifecycle node ``controller``).
 
-Lifecycle, as ros2_controllers' controllers: *configure* reads the robot (MJCF), builds
-every planner in ``planner_plugins`` and loads the initial model; *activate* starts
-commanding; *deactivate* sends the safe hold and stops; ``autostart`` does configure +
-activate at start (launch files and ``mbrl-ros`` bring it to active).
+Replans (planning thread, or a worker process: :mod:`mbrl_ros.core.control.plan_process`)
+produce an immutable policy; the control step (:mod:`~mbrl_ros.ros.control_step`) evaluates
+it on the newest joint state, passes the command through the safety layers
+(:mod:`mbrl_ros.core.control.safety`) and publishes it. The walk-through -- lifecycle,
+plan / act split, runtime changes, safety, diagnostics -- is docs/CONTROLLER.md.
 
-Plan / act split: the replan loop (``plan_rate`` Hz on a planning thread of its own; with
-``plan_mode: on_state`` that thread replans as soon as a new state is accepted, on the
-newest one, at most ``plan_rate`` times a second; or every ``replan_every`` states before
-acting in ``plan_mode: sync``) produces an immutable policy; the
-control step evaluates it on the newest state (on every joint state with
-``control_mode: on_state``, or at ``control_rate`` with ``timer``) and publishes the effort
-command on ``<controller_name>/commands`` (std_msgs/Float64MultiArray; topic names are
-relative, so a namespace moves the whole robot).
+Interface (topic names relative, so a namespace moves the whole robot):
 
-What runs the timer-mode control step (``control_loop``): ``thread`` (default) is a control
-thread of its own, running only while the node is active: it sleeps to absolute deadlines
-of the monotonic clock (the last 0.3 ms by yielding), asks for SCHED_FIFO
-(``control_priority``; without the permission it stays at normal priority, shown in
-/diagnostics as ``control_sched``) and shortens Python's GIL switch interval
-(``gil_switch_interval``) so the executor's callbacks cannot delay it by more than that.
-A step that overruns the next deadline makes that step start late; further missed
-deadlines are skipped, never made up in a burst (``control_overruns``). ``executor`` is
-an rclpy timer on the node's executor; with ``use_sim_time`` the executor timer is always
-used, because only it follows /clock. Both call the same control step (safety filter,
-watchdog hold, NaN latch).
-
-Where the solver runs (``planning``, plan_mode timer or on_state): ``process`` (default) runs the
-MPCController in a worker process (:mod:`mbrl_ros.core.control.plan_process`); the node's
-planning thread only sends the newest state and waits, without the GIL, for the policy, so
-solves never delay the control timer; the worker runs at the node's priority (``plan_nice`` 0).
-``thread`` solves in the node (a solve holds the GIL for milliseconds: the timer period
-jitters by as much). The worker runs while the node is active (stopped on deactivate,
-cleanup and SIGINT/SIGTERM); if it dies or does not answer a replan within
-``plan_timeout`` the node drops its plan at once (safe hold, as with no plan), counts it
-(``plan_process_failures``) and starts a new one at the next replan.
-``plan_mode: sync`` always plans in the node.
-
-Runtime changes: ``active_planner`` (dynamic parameter, or a std_msgs/String on
-``~/switch_planner``): an unknown id is rejected with the valid ones; the switch happens at
-the next replan, warm-started from the current plan, and the command rate limit keeps it
-continuous. Targets: ``target_joint_positions`` (dynamic) or ``~/target_joints``
-(Float64MultiArray). Models: ``model: mujoco`` (the known model of ``robot``), an artifact
-path, or announcements on ``model_topic`` (loaded in their own callback group while the
-controller keeps running on the previous model). Before the first model, a model-free
-planner in ``planner_plugins`` (``excitation``) that is the fallback or the active planner
-explores instead of the controller holding, through the same control step and safety
-layers (the launches set it up so for learned models: live learning).
-
-Safety (see :mod:`mbrl_ros.core.control.safety`): clamp and rate limit, joint-limit guard,
-watchdog (no fresh state for ``state_timeout`` -> safe hold), NaN/inf in the state or the
-policy -> safe hold with a latched error cleared by ``~/clear_error`` (std_srvs/Trigger),
-deadline-miss counter, uncertainty fallback. Joint states pass a plausibility check first
-(:mod:`mbrl_ros.core.control.plausibility`: range plus ``state_position_margin``, speed,
-reach from the last accepted state): a rejected state never reaches a planner or the
-policy, the control step holds until states are plausible again, and ``implausible_latch``
-rejections in a row (or within ``implausible_window``) latch the error. The decisions of a
-control step (holds, latch, plan hand-over) live in
-:class:`mbrl_ros.core.control.actuator.Actuator`; this node feeds it and publishes.
-
-Publishes ``/diagnostics`` (level: ERROR when latched, when the model is unusable --
-``replan_failure_limit`` replans failed in a row -- or when the planning worker failed more
-than ``worker_failure_limit`` times within ``worker_failure_window``; WARN when any control
-step since the last report held for a reason other than having no target; see
-:func:`mbrl_ros.core.control.health.controller_health`) and the plan
-(``~/planned_trajectory``, trajectory_msgs/JointTrajectory; ``~/planned_path``,
-visualization_msgs/MarkerArray of the end effector).
+* in: ``state_topic`` (sensor_msgs/JointState); ``~/target_joints`` (Float64MultiArray);
+  ``~/switch_planner`` (String); models on ``model_topic`` (String) or ``artifact_topic``
+  (UInt8MultiArray); service ``~/clear_error`` (std_srvs/Trigger) clears a latched error.
+* out: ``<controller_name>/commands`` (Float64MultiArray, efforts); ``~/planned_trajectory``
+  (trajectory_msgs/JointTrajectory); ``~/planned_path`` (visualization_msgs/MarkerArray of
+  the end effector); ``/diagnostics``.
 """
 from __future__ import annotations
 
@@ -115,7 +63,7 @@ LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
 
 
 class Controller(ControlStep, ControllerOutputs, ParameterCallbacks, LifecycleNode):
-    """The controller node (see the module docstring). Its parts: lifecycle, models,
+    """The controller node (module docstring; docs/CONTROLLER.md). Its parts: lifecycle, models,
     inputs and the plan loop here; the control step and what runs it in
     :mod:`~mbrl_ros.ros.control_step`; the plan and diagnostics publishing in
     :mod:`~mbrl_ros.ros.controller_outputs`; the parameter schema and callbacks in
@@ -152,8 +100,9 @@ class Controller(ControlStep, ControllerOutputs, ParameterCallbacks, LifecycleNo
         self.actuator: Actuator | None = None
         self.active = False
         # Replanning has a thread of its own (as mujoco_mpc's planning thread): in an
-        # executor callback a 10 ms solve competed with the executor loop for the GIL and
-        # took 300 ms. Models load on another thread, so a slow load never delays states.
+        # executor callback a solve competes with the executor loop for the GIL and takes
+        # many times longer (BENCHMARKS.md, "Figures moved out of docstrings (issue 13)").
+        # Models load on another thread, so a slow load never delays states.
         self._plan_stop = threading.Event()
         self._plan_thread: threading.Thread | None = None
         self._new_state = threading.Event()     # plan_mode on_state: a state was accepted
@@ -218,7 +167,7 @@ class Controller(ControlStep, ControllerOutputs, ParameterCallbacks, LifecycleNo
             # adapt their work to it); sync mode is deterministic, without one.
             deadline = 1.0 / s.plan_rate if s.plan_mode != "sync" else None
             scale, rate = self.safety_settings.effort_scale, self._planned_rate()
-            if self._in_process():
+            if self._planning_in_worker():
                 self.mpc = PlanProcess(s.robot, self._model_period(), self.robot.joint_names,
                                        lambda: self._planner_settings, *args,
                                        continuous=self.robot.continuous, layout=layout,
@@ -395,8 +344,8 @@ class Controller(ControlStep, ControllerOutputs, ParameterCallbacks, LifecycleNo
         (0 with plan_within_rate false: none)."""
         return self.safety_settings.max_effort_rate if self.settings.plan_within_rate else 0.0
 
-    def _in_process(self) -> bool:
-        """Replans solved by a planning process (else: in this node)."""
+    def _planning_in_worker(self) -> bool:
+        """True if replans are solved by a planning worker process (else: in this node)."""
         return self.settings.planning == "process" and self.settings.plan_mode != "sync"
 
     def _use_model(self, source: str, version: int | None = None,

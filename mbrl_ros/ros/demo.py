@@ -53,12 +53,11 @@ ROBOT_DEFAULTS = {
     "arm2": {"target": (0.5, -0.5), "rate": 100.0, "horizon": 30, "excite": 8.0,
              "episode": 3.0, "planners": {}, "plan_rate": 50.0},
     # arm7: config/arm7.yaml's horizon (0.5 s); 20 s of excitation (2,000 transitions: in
-    # process the GP on as many focused ones reaches 0.45 cm, the ensemble is refitted
-    # after every episode), bench/results/arm7-learned-2026-12-07.md
+    # process the GP on as many focused ones reaches the target, the ensemble is refitted
+    # after every episode).
     # A plan per control step: behind config/arm7.yaml's 1000 N·m/s rate limit a learned
-    # model's loop does not settle when a plan is held for two steps (the quick demo's MPPI
-    # phase ended 84 cm off at plan_rate 50, 3.7 cm with a plan per step; iLQR 0.44 cm in
-    # both), bench/results/rate-planning-2026-12-07-s8.md.
+    # model's loop does not settle when a plan is held for two steps.
+    # Figures for both: BENCHMARKS.md, "Figures moved out of docstrings (issue 13)".
     "arm7": {"target": (0.3, -0.5, 0.0, -2.0, 0.0, 1.6, 0.8), "rate": 100.0, "horizon": 50,
              "excite": 20.0, "episode": 3.0, "planners": {}, "plan_rate": 0.0},
     # swing-up: 4 s episodes (the swing takes ~3 s), a 2 s horizon, 3 iLQR iterations a replan

@@ -393,7 +393,8 @@ class SimNode(Node):
 
 def main(args=None) -> None:
     # One executor thread: the physics loop has its own, and rclpy's multi-threaded
-    # executor costs ~1 ms per callback, which would bound lockstep to a few hundred Hz.
+    # executor's overhead per callback would bound lockstep to a few hundred Hz
+    # (BENCHMARKS.md, "Issue 2", sim node).
     run_node(SimNode, args, threads=1)
 
 

@@ -391,7 +391,8 @@ class MPCController(PlanningBase):
         bounded from the command the robot will have, not from the one it had when the
         state was measured (that one bounds them only loosely -- the commands between move
         too -- and on arm7 behind 1000 N·m/s a one-step latency left iLQR oscillating
-        3-14 cm around the target: bench/results/rate-planning-2026-12-07-s8.md)."""
+        around the target: BENCHMARKS.md, Session 8, "Planning within the effort rate",
+        and "Figures moved out of docstrings (issue 13)")."""
         steps = int(round(lookahead / self._dt)) if lookahead > 0 and self._dt else 0
         steps = min(steps, self.horizon)
         if (steps == 0 or self.policy is None or self.model is None

@@ -33,7 +33,7 @@ rule and the normaliser arrays come from the shared
 residual spread floored and its ridge cross-validated here.
 
 Why the additions to the reference design (switchable; the measurements behind them are
-in bench/results/ensemble-live-2026-12-07.md):
+in BENCHMARKS.md, "Issue 3", "Ensemble design measurements"):
 
 * Linear prior (``linear_prior``): a ridge regression of the normalised state change is
   solved in closed form first and the members learn its residual, scaled by its spread.

@@ -351,7 +351,7 @@ _RIDGE_GRID = (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0)
 _CV_FOLDS = 5
 _CV_BLOCK = 20
 # Relative excess CV error accepted for a smaller ridge (chosen from the 20-step errors on
-# arm2/arm7/cartpole data: bench/results/ensemble-live-2026-12-07.md).
+# arm2/arm7/cartpole data: BENCHMARKS.md, "Issue 3", "Ensemble design measurements").
 _CV_TOLERANCE = 0.15
 
 

@@ -37,7 +37,8 @@ def sqdist(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 def exp_limit(dtype: torch.dtype) -> float:
     """Largest x with exp(-x) still a normal float: kernel values are clamped there.
     Subnormal results (far-apart points, short lengthscales) make every later arithmetic
-    operation on them ~100x slower on x86."""
+    operation on them far slower on x86 (BENCHMARKS.md, "Issue 3", GP design
+    measurements)."""
     return 80.0 if dtype == torch.float32 else 700.0
 
 
@@ -136,8 +137,8 @@ def compute_threads(n: int) -> Iterator[None]:
     subnormal floats flushed to zero (torch's default, off, is restored afterwards).
 
     Products of small kernel values (distant points, short lengthscales) underflow to
-    subnormal numbers, on which x86 arithmetic is ~100x slower (the posterior and every
-    query several times slower; BENCHMARKS.md, "Issue 3", GP design measurements).
+    subnormal numbers, on which x86 arithmetic is far slower: the posterior and every
+    query slow down with it (BENCHMARKS.md, "Issue 3", GP design measurements).
     """
     global _COMPUTE_DEPTH
     prev = torch.get_num_threads()

@@ -76,7 +76,8 @@ class SolverBackend(ABC):
 
     uses_duals = False
     # CasADi 3.8.2's HPIPM interface returns the first solution again on later evaluations
-    # of one Function.buffer (measured); a fresh buffer per solve costs ~0.1 ms.
+    # of one Function.buffer; a fresh buffer per solve is cheap (BENCHMARKS.md, 'CasADi
+    # LTV-MPC solvers').
     _rebind = False
     _LBG = _UBG = _LAM_G0 = _LAM_G = _OBJECTIVE = ""
 
@@ -219,7 +220,8 @@ class NlpBackend(SolverBackend):
             opts["ipopt"] = ip
         elif s.solver == "fatrop":
             # A small bound push keeps the warm start where it is; with FATROP's defaults
-            # it needed ~100 iterations on arm7, with these ~20 (measured).
+            # it needed several times the iterations on arm7 (BENCHMARKS.md, 'CasADi
+            # LTV-MPC solvers').
             opts.update(structure_detection="auto", equality=[True] * L.ng, expand=True,
                         fatrop={"print_level": 0, "tol": tol, "max_iter": it,
                                 "bound_push": 1e-8, "bound_frac": 1e-8})

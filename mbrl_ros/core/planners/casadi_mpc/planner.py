@@ -50,8 +50,7 @@ limit), and if that fails too the previous plan, shifted to the current time, is
 with ``stats['status'] == 'failed'``. Only configuration errors raise ``ValueError``.
 
 Solver comparison (solve times, iterations, failures on arm7) and the rejected
-alternatives: BENCHMARKS.md, 'CasADi LTV-MPC solvers' (bench/results/split-data-casadi-2026-12-07.md
-until merged).
+alternatives: BENCHMARKS.md, "Issue 4", 'CasADi LTV-MPC solvers'.
 """
 from __future__ import annotations
 

@@ -106,7 +106,8 @@ class CEMPlanner(SamplingPlanner):
     def _truncated_normal(self, shape: tuple[int, ...]) -> torch.Tensor:
         """Standard normal samples truncated to [-2, 2]: 6 % more normal draws than needed,
         the 4.6 % outside dropped (redrawn in the rare case too few remain). torch's
-        trunc_normal_ inverts the CDF with erfinv, ~10x slower."""
+        trunc_normal_ inverts the CDF with erfinv, which is slower (BENCHMARKS.md,
+        "Figures moved out of docstrings (issue 13)")."""
         n = math.prod(shape)
         parts, have = [], 0
         while have < n:

@@ -22,10 +22,9 @@ class CEMSettings(SamplingSettings):
 
     mbrl-lib's PETS configuration (population 256 (its default: 500), 5 iterations, 20
     particles, initial std of half the half-range, TS-inf) evaluates 25,600 model rows per
-    step of the horizon, 100 times the defaults': 2.5-4 s per plan over a 5 x 4x200
-    ensemble on one core (``bench/anchors.py`` P2, where mbrl-lib's own CEM takes the same),
-    against about 30-35 ms for the defaults (one rollout of 256 rows, ~5 ms of which is the
-    mean rollout of the returned plan).
+    step of the horizon, 100 times the defaults' 256, far too slow to replan in real time
+    (plan times against mbrl-lib's own CEM, ``bench/anchors.py`` P2:
+    BENCHMARKS.md, "Figures moved out of docstrings (issue 13)").
     """
     population: int = setting(256, "candidate action sequences per iteration", low=2,
                               high=1_000_000, dynamic=True)

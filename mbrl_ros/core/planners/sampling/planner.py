@@ -11,20 +11,20 @@ first (the same sweep), whose line search also yields the mean rollout of the re
 plan.
 
 Why ``newton`` is the default: near the goal the cost's slope is small against the cost
-spread the sampling noise causes, so the sample average stops short of the target (0.4-1.2
-cm on arm2 with learned models); the Newton step holds what iLQR holds on the same model
-(0.16-0.19 cm). And progress per replan no longer depends on the number of samples: with
-slow replans (a loaded machine: 100 ms per replan emulated in lockstep) MPPI with it still
-reaches after a target change, without it it does not
-(bench/results/contention-2026-12-07-s7.md). Under a deadline the sample budget shrinks
-the samples, never the Newton step.
+spread the sampling noise causes, so the sample average stops short of the target; the
+Newton step holds what iLQR holds on the same model. And progress per replan no longer
+depends on the number of samples: with slow replans (a loaded machine) MPPI with it still
+reaches after a target change, without it it does not. Under a deadline the sample budget
+shrinks the samples, never the Newton step.
 
 Why ``feedback: lqr`` is the default: in real time a plan takes over one solve time after
 its state and is played until the next one arrives; open loop (K = 0) the arm drifts off
-it meanwhile, and MPPI stopped 1-13 cm from the target over the arm2 ensemble where iLQR
-(which returns its gains) reached 0.02 cm; with the gains MPPI reached 0.03 cm, also beside
-two CPU hogs (same file). In lockstep replanning every step the gains change nothing
-(the plan starts at the measured state).
+it meanwhile and MPPI stopped short of the target where iLQR (which returns its gains)
+reached it; with the gains MPPI reaches it too, also beside CPU hogs. In lockstep
+replanning every step the gains change nothing (the plan starts at the measured state).
+
+Measurements: BENCHMARKS.md, Session 7, "Sampling MPC without offset, and under two CPU
+hogs", and "Figures moved out of docstrings (issue 13)".
 """
 from __future__ import annotations
 

@@ -45,8 +45,8 @@ def hold_action(model: Any, x: np.ndarray, u: np.ndarray, u_min: np.ndarray,
     systems), clipped into the limits. Exact for models affine in the action (rigid
     bodies: gravity and bias torques); a finite step rather than a derivative keeps
     float32 networks' rounding out of B_v. Cost: one predict call, or for torch models one
-    ``propagate(..., 'expectation')`` (a 5 x 4x200 ensemble, nx = 14: ~0.5 ms; its full
-    ``linearize`` ~2 ms).
+    ``propagate(..., 'expectation')``, a fraction of a full ``linearize`` (figures:
+    BENCHMARKS.md, "Figures moved out of docstrings (issue 13)").
 
     Args:
         model: a DynamicsModel (``predict``), not time-varying.
@@ -91,7 +91,8 @@ def _has_rollout(model: Any) -> bool:
 @functools.lru_cache(maxsize=64)
 def _takes(cls: type, method: str, parameter: str) -> bool:
     """True if ``cls.method`` has a parameter ``parameter`` (cached per class: signature
-    inspection costs ~0.2 ms, a noticeable share of a 30 ms replan)."""
+    inspection is a noticeable share of a sampling replan; BENCHMARKS.md, "Figures moved
+    out of docstrings (issue 13)")."""
     try:
         return parameter in inspect.signature(getattr(cls, method)).parameters
     except (TypeError, ValueError, AttributeError):
