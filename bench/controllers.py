@@ -173,13 +173,16 @@ def main() -> None:
     for robot in robots:
         data = simulate_excitation(robot, 20.0 if a.quick else 60.0, 4)
         models = {}
+        # A deliberate subset of the models (module docstring): the known model, a fitted
+        # linear one and, in full runs, the ensemble.
         for kind in ["mujoco", "linear"] + ([] if a.quick else ["ensemble"]):
             try:
                 models[kind] = make_model(kind, robot, data)
             except Exception as e:      # report, keep going
                 errors[f"{robot}/{kind}"] = f"{type(e).__name__}: {e}"
         for kind, model in models.items():
-            planners = ["ilqr", "mppi", "cem", "casadi_mpc"] if kind != "ensemble" \
+            # every MPC planner; on the ensemble only the sampling planners (a subset)
+            planners = list(registry.names("planner", "mpc")) if kind != "ensemble" \
                 else ["mppi", "cem"]
             for planner in planners:
                 key = f"{robot}/{kind}/{planner}"

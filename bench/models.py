@@ -23,6 +23,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(__file__))
 from _common import write_json  # noqa: E402
 
+from mbrl_ros.core import registry  # noqa: E402
 from mbrl_ros.core.fitting import FitSettings, fit_model  # noqa: E402
 from mbrl_ros.core.models.evaluate import validation_metrics  # noqa: E402
 from mbrl_ros.core.threads import limit_threads  # noqa: E402
@@ -121,7 +122,9 @@ def main() -> None:
     torch.set_num_threads(1)
     sizes = [500, 2000] if a.quick else [500, 2000, 10000]
     robots = ["arm2"] if a.quick else a.robots.split(",")
-    models = ["linear", "gp", "ensemble", "mujoco"]
+    # every time-invariant model (the time-varying tvlg: bench_tvlg)
+    models = [m for m in registry.names("model")
+              if not registry.lookup("model", m).time_varying]
     out = {"benchmark": "models", "sizes": sizes,
            "robots": [bench_robot(r, sizes, models) for r in robots]}
     try:

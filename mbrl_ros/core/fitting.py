@@ -43,8 +43,7 @@ class FitCancelled(ModelError):
 
 @dataclass(frozen=True)
 class FitSettings:
-    model: str = setting("linear", "model family", choices=("linear", "tvlg", "gp", "ensemble",
-                                                             "mujoco"))
+    model: str = setting("linear", "model family", choices=registry.names("model"))
     val_fraction: float = setting(0.2, "fraction of episodes held out for validation",
                                   low=0.0, high=0.9)
     horizon: int = setting(20, "open-loop validation rollout length", unit="steps", low=1,
@@ -57,9 +56,9 @@ class FitSettings:
         "(standard deviation, in the data's units: N·m or N; rad, m, rad/s, m/s): an arm at "
         "rest identifies no model", low=0.0, high=1e6)
     continuous_joints: tuple[str, ...] = setting(
-        (), "joints whose position is an angle that wraps (URDF 'continuous'; learned models "
+        (), "joints whose position is a wrapping angle (URDF 'continuous'; learned models "
         "see its sine and cosine); empty: the unlimited hinge joints of the robot's MJCF, "
-        "when the robot is a known model or MJCF file")
+        "if the robot is a known model or MJCF file")
 
 
 @dataclass

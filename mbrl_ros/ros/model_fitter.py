@@ -65,8 +65,7 @@ class _TooFewTransitions(ModelError):
 
 @dataclass(frozen=True)
 class FitterSettings:
-    model: str = setting("linear", "model family to fit",
-                         choices=("linear", "tvlg", "gp", "ensemble", "mujoco"))
+    model: str = setting("linear", "model family to fit", choices=registry.names("model"))
     robot: str = setting("", "robot label stored with the model; the MJCF for model 'mujoco'")
     store_dir: str = setting("models", "artifact store root (created)")
     artifact_name: str = setting("", "artifact name under store_dir (empty: the model family)")

@@ -113,6 +113,21 @@ class Linearization:
         if self.cov is not None and self.cov.shape != (T, nx, nx):
             raise ValueError(f"cov shape {self.cov.shape} != {(T, nx, nx)}")
 
+    @classmethod
+    def about(cls, fx: np.ndarray, fu: np.ndarray, xs: np.ndarray, us: np.ndarray,
+              mean_next: np.ndarray, var: np.ndarray | None = None) -> "Linearization":
+        """The linearisation with Jacobians fx (T, nx, nx), fu (T, nx, nu) at the knots xs
+        (T, nx), us (T, nu) that passes through the predicted next-state means there:
+        ``f0 = mean_next - fx xs - fu us`` (mean_next (T, nx)). ``var`` (T, nx): the
+        predicted variance, as ``cov = diag(var)``; None: no ``cov``."""
+        f0 = mean_next - np.einsum("tij,tj->ti", fx, xs) - np.einsum("tij,tj->ti", fu, us)
+        cov = None
+        if var is not None:
+            T, nx = f0.shape
+            cov = np.zeros((T, nx, nx))
+            cov[:, np.arange(nx), np.arange(nx)] = var
+        return cls(fx, fu, f0, cov)
+
     @property
     def horizon(self) -> int:
         return self.fx.shape[0]
@@ -171,9 +186,7 @@ def finite_difference_linearization(step: Callable[[np.ndarray, np.ndarray], np.
     f = step(zp[..., :nx].reshape(-1, nx), zp[..., nx:].reshape(-1, nu)).reshape(T, 2 * n, nx)
     J = (f[:, :n] - f[:, n:]).transpose(0, 2, 1) / (2 * eps)      # (T, nx, n)
     fx, fu = J[:, :, :nx], J[:, :, nx:]
-    f_nom = step(xs, us)
-    f0 = f_nom - np.einsum("tij,tj->ti", fx, xs) - np.einsum("tij,tj->ti", fu, us)
-    return Linearization(fx, fu, f0)
+    return Linearization.about(fx, fu, xs, us, step(xs, us))
 
 
 # Arrays whose name ends so hold interval bounds (GPyTorch constraints' lower_bound and

@@ -317,8 +317,7 @@ class MujocoModel(DynamicsModel):
             f_nom[t, spec.nx // 2:] = s1[self._xv]
             fx[t] = A_tot[np.ix_(sel, sel)]
             fu[t] = B_tot[np.ix_(sel, self._ctrl_idx)] * self._ctrl_per_effort
-        f0 = f_nom - np.einsum("tij,tj->ti", fx, xs) - np.einsum("tij,tj->ti", fu, us)
-        return Linearization(fx, fu, f0)
+        return Linearization.about(fx, fu, xs, us, f_nom)
 
     # ------------------------------------------------------------------ artifacts
     def _mjcf_digest(self) -> np.ndarray:

@@ -219,18 +219,15 @@ class EnsembleModel(Network, Trainer, Propagation, DynamicsModel):
         if self.features.periodic.size:
             lin = self.linearize_reference(xs, us)
             return lin if with_cov else Linearization(lin.fx, lin.fu, lin.f0)
-        T, nx = xs.shape
+        nx = xs.shape[1]
         mean, J = self._mean_jacobian(xs, us)
         fx = J[:, :, :nx] + np.eye(nx)[None]
         fu = J[:, :, nx:]
-        cov = None
+        var = None
         if with_cov:
             # f0 and cov from predict (the model's own dtype), as linearize_reference
             mean, var = self.predict(xs, us)
-            cov = np.zeros((T, nx, nx))
-            cov[:, np.arange(nx), np.arange(nx)] = var
-        f0 = mean - np.einsum("tij,tj->ti", fx, xs) - np.einsum("tij,tj->ti", fu, us)
-        return Linearization(fx, fu, f0, cov)
+        return Linearization.about(fx, fu, xs, us, mean, var)
 
     def linearize_reference(self, xs: np.ndarray, us: np.ndarray) -> Linearization:
         """:meth:`linearize` by autograd through the torch network (``torch_dtype``), for
@@ -252,11 +249,8 @@ class EnsembleModel(Network, Trainer, Propagation, DynamicsModel):
         # Chain rule through the normalisers and the sin/cos features, plus the identity
         # of the delta (the shared pipeline).
         fx, fu = self.pipeline.jacobian(J, xs)
-        mean_np, var = self.predict(xs, us)
-        f0 = mean_np - np.einsum("tij,tj->ti", fx, xs) - np.einsum("tij,tj->ti", fu, us)
-        cov = np.zeros((T, nx, nx))
-        cov[:, np.arange(nx), np.arange(nx)] = var
-        return Linearization(fx, fu, f0, cov)
+        mean_next, var = self.predict(xs, us)
+        return Linearization.about(fx, fu, xs, us, mean_next, var)
 
     def mlp_dynamics(self) -> MLPDynamics | None:
         """The elite members' mean as plain float64 arrays (the fold of

@@ -41,7 +41,8 @@ BENCHMARKS.md, "Issue 3 -- dynamics models", GP design measurements):
 
 Modules: :mod:`.kernels` (kernels, Cholesky, constraints, thread context), :mod:`.modules`
 (the GPyTorch models), :mod:`.hyper`, :mod:`.outliers`, :mod:`.exact`, :mod:`.sparse`,
-:mod:`.posterior`, :mod:`.model` (:class:`GPModel`).
+:mod:`.posterior`, :mod:`.artifact` (the artifact arrays: save, and rebuild without
+refitting), :mod:`.model` (:class:`GPModel`).
 """
 from mbrl_ros.core.models.gp.model import GPModel
 

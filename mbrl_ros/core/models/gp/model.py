@@ -7,7 +7,7 @@ from the prior. Then the hyper-parameters (:mod:`.hyper`), the outlier down-weig
 (:mod:`.outliers`), and the exact (:mod:`.exact`) or sparse (:mod:`.sparse`) posterior,
 which ends as a fast prediction cache (:mod:`.posterior`). Queries and Jacobians go
 through the cache, never through GPyTorch (:meth:`GPModel.predict_reference` does, to
-verify it).
+verify it). Artifacts: :mod:`.artifact`.
 """
 from __future__ import annotations
 
@@ -25,11 +25,10 @@ import torch
 from mbrl_ros.core import registry
 from mbrl_ros.core.models.base import (DynamicsModel, FitReport, Linearization, ModelError,
                                        ModelSpec, check_xu)
-from mbrl_ros.core.models.gp import hyper
+from mbrl_ros.core.models.gp import artifact, hyper
 from mbrl_ros.core.models.gp.exact import exact_independent, exact_multitask
 from mbrl_ros.core.models.gp.kernels import (CHUNK_ELEMENTS, DTYPES, F64, KERNELS,
-                                             compute_threads, noise_constraint)
-from mbrl_ros.core.models.gp.modules import SVGP, BatchExactGP, MultitaskExactGP
+                                             compute_threads)
 from mbrl_ros.core.models.gp.outliers import find_outliers, point_noise
 from mbrl_ros.core.models.gp.posterior import KernelPosterior, KroneckerPosterior
 from mbrl_ros.core.models.gp.sparse import fit_sparse
@@ -57,7 +56,6 @@ class KernelDynamics(NamedTuple):
     out_std: np.ndarray     # (nx,)
     out_mean: np.ndarray    # (nx,)
 
-_FORMAT = 1
 # Ridge weight of the affine prior mean (relative to the Gram matrix of the standardised
 # inputs): just enough to keep it defined with constant or collinear inputs.
 _PRIOR_RIDGE = 1e-6
@@ -404,7 +402,6 @@ class GPModel(DynamicsModel):
     def _linearize(self, xs, us, with_cov: bool) -> Linearization:
         self._require_fitted()
         xs, us = check_xu(self.spec, xs, us)
-        nx = self.spec.nx
         if not len(xs):
             return self._empty_linearization()
         z = self._normalise(xs, us)
@@ -419,17 +416,13 @@ class GPModel(DynamicsModel):
         J = torch.cat(jacs).numpy() + self.prior.W.T                      # (T, nx, d)
         # chain rule through both normalisers and the sin/cos features, plus I (delta)
         fx, fu = self.pipeline.jacobian(J, xs)
-        cov = None
+        var = None
         if with_cov:
             mean_next, var = self.predict(xs, us)
-            cov = np.zeros((len(xs), nx, nx))
-            idx = np.arange(nx)
-            cov[:, idx, idx] = var
         else:
             mean_next = self.pipeline.next_state(
                 xs, torch.cat(means).numpy() + self.prior(z.numpy()))
-        f0 = mean_next - np.einsum("tij,tj->ti", fx, xs) - np.einsum("tij,tj->ti", fu, us)
-        return Linearization(fx, fu, f0, cov)
+        return Linearization.about(fx, fu, xs, us, mean_next, var)
 
     def linearize_reference(self, xs: np.ndarray, us: np.ndarray) -> Linearization:
         """:meth:`linearize` by autograd through the posterior's latent means (the
@@ -442,7 +435,6 @@ class GPModel(DynamicsModel):
         """
         self._require_fitted()
         xs, us = check_xu(self.spec, xs, us)
-        nx = self.spec.nx
         if not len(xs):
             return self._empty_linearization()
         z = self._normalise(xs, us)
@@ -453,11 +445,7 @@ class GPModel(DynamicsModel):
         J = post.mix_jacobian(g).numpy() + self.prior.W.T                   # (T, nx, d)
         fx, fu = self.pipeline.jacobian(J, xs)
         mean_next, var = self.predict(xs, us)
-        f0 = mean_next - np.einsum("tij,tj->ti", fx, xs) - np.einsum("tij,tj->ti", fu, us)
-        cov = np.zeros((len(xs), nx, nx))
-        idx = np.arange(nx)
-        cov[:, idx, idx] = var
-        return Linearization(fx, fu, f0, cov)
+        return Linearization.about(fx, fu, xs, us, mean_next, var)
 
     def noise_variance(self) -> np.ndarray:
         """(nx,) observation-noise variance of the next state (state units squared): the
@@ -501,100 +489,15 @@ class GPModel(DynamicsModel):
 
     # ------------------------------------------------------------------ artifacts
     def state_arrays(self) -> dict[str, np.ndarray]:
-        """Normalisers, normalised training data, the affine prior (``mean_beta``, (d + 1,
-        nx) = [W; c]), every GPyTorch parameter and buffer by name (``gp.*``, ``lik.*``)
-        and the prediction caches (``post.*``)."""
+        """Normalisers, normalised training data, the affine prior, every GPyTorch
+        parameter and buffer and the prediction caches (:func:`.artifact.state_arrays`)."""
         self._require_fitted()
-        out = {"format": np.array(_FORMAT), "mode": np.array(self.mode),
-               "train_z": self.train_z.numpy(), "train_y": self.train_y.numpy(),
-               "mean_beta": self.prior.stacked()}
-        out.update(self.pipeline.arrays())
-        if self.mode == "sparse":
-            out["sparse_jitter"] = np.array(float(self.gp.base_strategy.jitter_val))
-        if self._outlier_noise is not None:
-            out["outlier_noise"] = self._outlier_noise.numpy()
-        for prefix, module in (("gp.", self.gp), ("lik.", self.likelihood)):
-            for name, tensor in module.state_dict().items():
-                out[prefix + name] = tensor.detach().numpy().copy()
-        for name, value in self._post.arrays().items():
-            out["post." + name] = value
-        return out
+        return artifact.state_arrays(self)
 
     def load_state_arrays(self, arrays: dict[str, np.ndarray]) -> None:
-        """Rebuild the GPyTorch modules and the prediction caches from ``state_arrays``."""
-        s = self.settings
-        try:
-            if int(arrays["format"]) != _FORMAT:
-                raise ModelError(f"gp: array format {int(arrays['format'])} is not {_FORMAT}")
-            mode = str(arrays["mode"])
-            in_norm = Normalizer.from_arrays(arrays, "in")
-            out_norm = Normalizer.from_arrays(arrays, "out")
-            Z = torch.from_numpy(np.array(arrays["train_z"])).to(self.torch_dtype)
-            Y = torch.from_numpy(np.array(arrays["train_y"])).to(self.torch_dtype)
-            self.prior = AffinePrior.from_stacked(arrays["mean_beta"])
-            extra = arrays.get("outlier_noise")
-            self._outlier_noise = (torch.from_numpy(np.array(extra)).to(F64)
-                                   if extra is not None else None)
-            self.n_outliers = (int((self._outlier_noise > 0).any(0).sum())
-                               if extra is not None else 0)
-            T = Y.shape[1]
-            features = DeltaPipeline.make_features(self.spec)
-            if (T != self.spec.nx or Z.shape[1] != features.n_in
-                    or self.prior.W.shape != (features.n_in, T)):
-                raise ModelError(f"gp: arrays are for {T} outputs / {Z.shape[1]} inputs, "
-                                 f"spec has nx={self.spec.nx}, nu={self.spec.nu} and "
-                                 f"{len(self.spec.periodic)} periodic states "
-                                 f"({features.n_in} inputs)")
-            self.pipeline = DeltaPipeline(features, in_norm, out_norm)
-            # the GPyTorch models hold the residual targets, as after fit
-            R = (Y.to(F64) - self.prior(Z.to(F64))).to(self.torch_dtype)
-            gp_state = {k[3:]: torch.from_numpy(np.array(v)) for k, v in arrays.items()
-                        if k.startswith("gp.")}
-            lik_state = {k[4:]: torch.from_numpy(np.array(v)) for k, v in arrays.items()
-                         if k.startswith("lik.")}
-            if mode == "sparse":
-                lmc = s.outputs == "multitask"
-                key = ("variational_strategy.base_variational_strategy.inducing_points"
-                       if lmc else "variational_strategy.inducing_points")
-                gp = SVGP(gp_state[key].clone(), s.kernel, float(arrays["sparse_jitter"]),
-                          lmc_tasks=T if lmc else 0)
-                if lmc:
-                    lik = gpytorch.likelihoods.MultitaskGaussianLikelihood(
-                        num_tasks=T, has_global_noise=False,
-                        noise_constraint=noise_constraint(s.noise_floor))
-                else:
-                    lik = gpytorch.likelihoods.GaussianLikelihood(
-                        batch_shape=torch.Size([T]),
-                        noise_constraint=noise_constraint(s.noise_floor))
-            elif mode == "exact" and s.outputs == "independent":
-                lik = gpytorch.likelihoods.GaussianLikelihood(
-                    batch_shape=torch.Size([T]), noise_constraint=noise_constraint(s.noise_floor))
-                gp = BatchExactGP(Z, R.T.contiguous(), s.kernel, T, lik)
-            elif mode == "exact":
-                lik = gpytorch.likelihoods.MultitaskGaussianLikelihood(
-                    num_tasks=T, has_global_noise=False,
-                    noise_constraint=noise_constraint(s.noise_floor))
-                gp = MultitaskExactGP(Z, R, s.kernel, T, min(s.rank, T), lik)
-            else:
-                raise ModelError(f"gp: unknown mode {mode!r} in arrays")
-            dtype = F64 if mode == "sparse" else self.torch_dtype
-            gp, lik = gp.to(dtype), lik.to(dtype)
-            gp.load_state_dict(gp_state, strict=True)
-            lik.load_state_dict(lik_state, strict=True)
-            post = {k[5:]: v for k, v in arrays.items() if k.startswith("post.")}
-            if mode == "exact" and s.outputs == "multitask":
-                self._post = KroneckerPosterior.from_arrays(s.kernel, post)
-            else:
-                self._post = KernelPosterior.from_arrays(s.kernel, post)
-        except KeyError as e:
-            raise ModelError(f"gp: artifact is missing array {e.args[0]!r} (settings "
-                             f"kernel={s.kernel}, outputs={s.outputs})") from e
-        except RuntimeError as e:      # state_dict shape/name mismatch
-            raise ModelError(f"gp: arrays do not match the settings: {e}") from e
-        gp.eval()
-        lik.eval()
-        self.gp, self.likelihood, self.mode = gp, lik, mode
-        self.train_z, self.train_y = Z, Y
+        """Rebuild the GPyTorch modules and the prediction caches from ``state_arrays``
+        (:func:`.artifact.load_state_arrays`)."""
+        artifact.load_state_arrays(self, arrays)
 
     def _split(self, data: TransitionBatch) -> tuple[np.ndarray, np.ndarray]:
         """Train/validation indices: the last ``val_fraction`` of every episode is held out
