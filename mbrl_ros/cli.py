@@ -121,7 +121,8 @@ def _cmd_fit(args: argparse.Namespace) -> int:
         return 2
     print(report.table())
     settings = FitSettings(model=args.model, val_fraction=args.val_fraction,
-                           horizon=args.horizon, seed=args.seed)
+                           horizon=args.horizon, seed=args.seed,
+                           continuous_joints=tuple(args.continuous_joints or ()))
     model_settings = json.loads(args.model_settings) if args.model_settings else {}
     if args.model == "mujoco":
         if not args.robot:
@@ -407,6 +408,9 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--out", required=True, help="output directory (artifact store + report)")
     f.add_argument("--name", default="", help="artifact name (default: the model family)")
     f.add_argument("--horizon", type=int, default=20, help="rollout steps (default 20)")
+    f.add_argument("--continuous-joints", nargs="+", metavar="JOINT",
+                   help="joints whose position wraps (URDF 'continuous'); default: the "
+                        "robot's MJCF (--robot) or the bags' metadata")
     f.add_argument("--val-fraction", type=float, default=0.2,
                    help="fraction of episodes held out (default 0.2)")
     f.add_argument("--robot", default="", help="robot label; the MJCF for --model mujoco")

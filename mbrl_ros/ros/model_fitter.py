@@ -80,6 +80,9 @@ class FitterSettings:
         "two states ('commands') or the effort state k+1 reports as applied ('state_effort'); "
         "docs/MODELS.md", choices=("commands", "state_effort"))
     joints: tuple[str, ...] = setting((), "state joint order (empty: the first message's)")
+    continuous_joints: tuple[str, ...] = setting(
+        (), "joints whose position is a wrapping angle (URDF 'continuous'): learned models "
+        "see its sin and cos; empty: the robot's MJCF says (robot)")
     fit_on_start: bool = setting(False, "fit once as soon as the node is up (offline replay)")
     # Live learning: the first model after ~2 s of exploration at 100 Hz, refits every
     # ~2 s of new data (a fit runs on its worker thread; new data meanwhile waits).
@@ -291,7 +294,8 @@ class ModelFitter(Node):
                                          f"{s.min_transitions}")
             fs = FitSettings(model=s.model, val_fraction=s.val_fraction, horizon=s.horizon,
                              reject_factor=s.reject_factor, seed=s.seed,
-                             min_excitation=s.min_excitation)
+                             min_excitation=s.min_excitation,
+                             continuous_joints=tuple(s.continuous_joints))
             model_settings = as_dict(self.model_settings)
             if s.model == "mujoco":      # the known model: the robot's MJCF at the data's rate
                 if s.robot:

@@ -175,3 +175,20 @@ def test_fit_reports_bag_damage(tmp_path):
     rep = json.loads((tmp_path / "fit" / "report.json").read_text())
     assert rep["bags_complete"] is False and rep["bag_damage"]
     assert rep["bag_damage"][0]["file"] == str(mcap) and rep["bag_damage"][0]["messages_lost"] > 0
+
+
+def test_fit_continuous_joints_option(tmp_path):
+    """`mbrl-ros fit --continuous-joints` marks a joint's position periodic in the model (a
+    robot without an MJCF here); a name with no position state is a one-line error."""
+    from mbrl_ros.core import store
+
+    bag = _write_bag(tmp_path / "bags", n=400)
+    r = run("fit", "--bag", bag, "--model", "linear", "--out", tmp_path / "fit",
+            "--no-progress", "--continuous-joints", "j2")
+    assert r.returncode == 0, r.stderr
+    rep = json.loads((tmp_path / "fit" / "report.json").read_text())
+    model = store.load(rep["artifact"])
+    assert [model.spec.state_names[i] for i in model.spec.periodic] == ["j2/position"]
+    r = run("fit", "--bag", bag, "--model", "linear", "--out", tmp_path / "fit2",
+            "--no-progress", "--continuous-joints", "wheel")
+    assert r.returncode == 2 and "wheel" in r.stderr and "Traceback" not in r.stderr

@@ -51,6 +51,18 @@ def test_fit_on_request_publishes_and_announces(start_node, probe, bag, tmp_path
     assert json.loads(got[-1].data)["version"] == 1
 
 
+def test_continuous_joints_parameter_reaches_the_model(start_node, probe, bag, tmp_path):
+    """A robot without an MJCF here: the fitter's continuous_joints parameter marks the
+    joint's position periodic in the fitted model (its learned models see sin/cos)."""
+    start_node("model_fitter", {"model": "linear", "bags": [str(bag)], "live": False,
+                                "store_dir": str(tmp_path / "models"),
+                                "continuous_joints": ["elbow"]})
+    res = probe.call(Trigger, "/model_fitter/fit", timeout=60)
+    assert res.success, res.message
+    model = store.load(tmp_path / "models" / "linear" / "latest")
+    assert [model.spec.state_names[i] for i in model.spec.periodic] == ["elbow/position"]
+
+
 def test_invalid_dynamic_parameter_is_rejected(start_node, probe, bag, tmp_path):
     start_node("model_fitter", {"model": "linear", "bags": [str(bag)], "live": False,
                                 "store_dir": str(tmp_path / "models")})
