@@ -156,6 +156,37 @@ class RobotDescription:
             mujoco.mj_kinematics(self._model, self._data)
             return self._data.site(self.ee_site).xpos.copy()
 
+    def ee_distance(self, q, target_q) -> float:
+        """End-effector distance [m] between joint positions q and target_q (n,); without an
+        ``ee`` site the largest joint error [rad|m].
+
+        Raises:
+            ValueError: (with an ``ee`` site) q or target_q of the wrong length or not
+                finite.
+        """
+        if not self.ee_site:
+            return float(np.max(np.abs(np.asarray(q, dtype=np.float64)
+                                       - np.asarray(target_q, dtype=np.float64))))
+        return float(np.linalg.norm(self.ee_position(q) - self.ee_position(target_q)))
+
+    def gravity_torque(self, q) -> np.ndarray:
+        """Efforts of the command joints (m,) that hold joint positions ``q`` (n,) at rest,
+        N·m or N: MuJoCo's bias forces with every velocity zero (gravity; no Coriolis
+        terms), not clamped to :attr:`effort_limits`. Joints that are not state joints stay
+        at the ``home`` keyframe, as in :meth:`ee_position`.
+
+        Raises:
+            ValueError: ``q`` of the wrong length or not finite.
+        """
+        q = self._positions(q)
+        m, d = self._model, self._data
+        with self._lock:
+            d.qpos[self._qpos_idx] = q
+            d.qvel[:] = 0.0
+            mujoco.mj_forward(m, d)
+            bias = d.qfrc_bias[self._dof_idx[self.command_index]].copy()
+        return bias
+
     def effective_inertia(self, q=None) -> np.ndarray:
         """Effective inertia of each command joint at ``q`` (default: home), 1/(M^-1)_jj,
         (m,) kg·m² (kg for slide joints): what the joint's actuator feels when all other

@@ -169,6 +169,21 @@ def open_store(root: str | Path, name: str) -> Path:
     return base
 
 
+def point_latest(base: str | Path, version: int) -> None:
+    """Repoint ``base/latest`` (``base``: a model's folder, ``<root>/<name>``) to version
+    ``vNNNN``: a fresh symlink renamed over the old one, so a reader sees either.
+
+    Raises:
+        OSError: the folder cannot be written.
+    """
+    base = Path(base)
+    link_tmp = base / f".latest-{os.getpid()}"
+    if link_tmp.is_symlink() or link_tmp.exists():
+        link_tmp.unlink()
+    os.symlink(f"v{version:04d}", link_tmp)
+    os.replace(link_tmp, base / "latest")
+
+
 def publish(model: DynamicsModel, root: str | Path, name: str,
             report: FitReport | None = None) -> ArtifactInfo:
     """Write ``model`` as the next version of ``name`` and repoint ``latest`` to it.
@@ -208,11 +223,7 @@ def publish(model: DynamicsModel, root: str | Path, name: str,
             except OSError:
                 if not target.exists():
                     raise
-        link_tmp = base / f".latest-{os.getpid()}"
-        if link_tmp.is_symlink() or link_tmp.exists():
-            link_tmp.unlink()
-        os.symlink(target.name, link_tmp)
-        os.replace(link_tmp, base / "latest")
+        point_latest(base, version)
         _fsync_dir(base)            # the renames survive a power cut once this returns
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -7,8 +7,9 @@ joint-space quadratic cost), and results are reported as the end-effector distan
 between the reached and the target configuration (site ``ee``; models without it: the
 largest joint error [rad|m]). Any robot: a shipped name (``arm2``, ``arm7`` have default
 conditions) or an MJCF path (conditions drawn around its ``home`` keyframe by
-:func:`default_conditions`). Gravity is handled by the initial controllers, which hold the
-start configuration with gravity compensation (``init_kp``) while they explore.
+:func:`~mbrl_ros.core.costs.task.default_conditions`). Gravity is handled by the initial
+controllers, which hold the start configuration with gravity compensation (``init_kp``)
+while they explore.
 
 States are [joint positions, joint velocities] of the simulator's state joints (rad, rad/s
 or m, m/s), named ``<joint>/position`` and ``<joint>/velocity`` as the dataset converter
@@ -22,40 +23,20 @@ from typing import Sequence
 
 import numpy as np
 
-from mbrl_ros.core.costs.task import CostSettings
 from mbrl_ros.core.costs.quadratic import QuadraticCost
+from mbrl_ros.core.costs.task import CostSettings, default_conditions, task_cost
 from mbrl_ros.core.models.base import ModelSpec
-from mbrl_ros.core.policies.linear_gaussian import LinearGaussianPolicy
+from mbrl_ros.core.policies.linear_gaussian import LinearGaussianPolicy, initial_controller
+from mbrl_ros.core.robot import RobotDescription
 
-__all__ = ["MujocoEnv", "ReachTask", "reach_task", "default_conditions", "DEFAULT_STARTS",
-           "DEFAULT_TARGETS", "ARM7_HOME"]
+__all__ = ["MujocoEnv", "ReachTask", "reach_task", "DEFAULT_STARTS", "DEFAULT_TARGETS",
+           "ARM7_HOME"]
 
 # Start positions [rad] of the reaching conditions and a target for each shipped arm;
 # arm2 moves in the horizontal plane, so any of these is an equilibrium at zero effort.
 DEFAULT_STARTS = {"arm2": ((0.0, 0.0), (1.2, -0.4), (-0.3, 1.3), (0.9, 1.2))}
 DEFAULT_TARGETS = {"arm2": (0.5, 0.6)}
 ARM7_HOME = (0.0, -0.785, 0.0, -2.356, 0.0, 1.571, 0.785)   # the Panda "ready" keyframe
-
-
-def default_conditions(robot_sim, n: int, spread: float = 0.3, seed: int = 0
-                       ) -> tuple[np.ndarray, np.ndarray]:
-    """n (start, target) pairs for a robot without tuned conditions: every start is the
-    ``home`` keyframe, every target home plus uniform offsets in [-spread, spread] (rad, a
-    tenth of that for slide joints), kept in the middle half of each limited range.
-
-    Returns:
-        starts (n, n_joints), targets (n, n_joints).
-    """
-    rng = np.random.default_rng(seed)
-    home = robot_sim.positions().copy()
-    lo, hi = robot_sim.position_limits[:, 0], robot_sim.position_limits[:, 1]
-    finite = np.isfinite(lo) & np.isfinite(hi)
-    slide = finite & ((hi - lo) < 1.0) & ~robot_sim.continuous
-    scale = np.where(slide, 0.1 * spread, spread)
-    targets = home + rng.uniform(-1.0, 1.0, (n, len(home))) * scale
-    quarter = 0.25 * np.where(finite, hi - lo, 0.0)
-    targets = np.where(finite, np.clip(targets, lo + quarter, hi - quarter), targets)
-    return np.tile(home, (n, 1)), targets
 
 
 class MujocoEnv:
@@ -75,6 +56,9 @@ class MujocoEnv:
     Efforts outside the limits are clamped (``MujocoSim.sanitize_command``) before they
     reach the simulation; GPS records the actions after its own clipping to
     ``u_min``/``u_max`` = -/+ the effort limits, which is the same thing.
+
+    Kinematics (end-effector distance, gravity torque) come from the robot's
+    :class:`~mbrl_ros.core.robot.RobotDescription` (:attr:`description`), not the simulator.
     """
 
     def __init__(self, robot: str, initial_positions: Sequence[Sequence[float]],
@@ -85,7 +69,7 @@ class MujocoEnv:
 
         self.robot = robot
         self.sim = MujocoSim(robot, control_period=control_period, seed=seed)
-        self._kin = MujocoSim(robot, control_period=control_period)   # kinematics only
+        self.description = RobotDescription.load(robot)
         self.limit_margin = None if limit_margin is None else float(limit_margin)
         self.max_velocity = float(max_velocity)
         n = self.sim.n_joints
@@ -158,35 +142,23 @@ class MujocoEnv:
         return None
 
     def ee_position(self, q: np.ndarray) -> np.ndarray | None:
-        """World position (3,) [m] of site ``ee`` at joint positions q (None: no site)."""
-        if not self._kin.has_ee:
+        """World position (3,) [m] of site ``ee`` at joint positions q, or the positions of
+        a state (None: no site)."""
+        if not self.description.has_ee:
             return None
-        self._kin.set_state(np.asarray(q, dtype=np.float64)[: self.nx // 2],
-                            np.zeros(self.nx // 2))
-        return self._kin.ee_position().copy()
+        return self.description.ee_position(np.asarray(q, dtype=np.float64)[: self.nx // 2])
 
     def ee_distance(self, q: np.ndarray, target_q: np.ndarray) -> float:
-        """End-effector distance [m] between configurations q and target_q (models without
-        an ``ee`` site: the largest joint error [rad|m])."""
+        """End-effector distance [m] between configurations q and target_q, or the positions
+        of states (models without an ``ee`` site: the largest joint error [rad|m])."""
         n = self.nx // 2
-        q = np.asarray(q, dtype=np.float64)[:n]
-        target_q = np.asarray(target_q, dtype=np.float64)[:n]
-        if not self._kin.has_ee:
-            return float(np.max(np.abs(q - target_q)))
-        return float(np.linalg.norm(self.ee_position(q) - self.ee_position(target_q)))
+        return self.description.ee_distance(np.asarray(q, dtype=np.float64)[:n],
+                                            np.asarray(target_q, dtype=np.float64)[:n])
 
     def gravity_torque(self, q: np.ndarray) -> np.ndarray:
-        """Efforts (nu,) that hold configuration q at rest (MuJoCo's bias forces:
-        gravity; zero velocity so no Coriolis terms), clamped to the limits."""
-        import mujoco
-
-        n = self.nx // 2
-        self._kin.set_state(np.asarray(q, dtype=np.float64)[:n], np.zeros(n))
-        m = self._kin.model
-        dofs = [int(m.jnt_dofadr[mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_JOINT, j)])
-                for j in self._kin.joint_names]
-        bias = np.asarray(self._kin.data.qfrc_bias)[dofs]
-        g = bias[np.asarray(self.sim.command_index)]
+        """Efforts (nu,) that hold configuration q at rest
+        (:meth:`RobotDescription.gravity_torque`), clamped to the limits."""
+        g = self.description.gravity_torque(np.asarray(q, dtype=np.float64)[: self.nx // 2])
         return np.clip(g, self.u_min, self.u_max)
 
 
@@ -273,8 +245,8 @@ def reach_task(robot: str = "arm2", conditions: int = 3, horizon: int = 40,
     """
     if starts is None and targets is None and robot not in DEFAULT_STARTS \
             and robot != "arm7" and target is None:
-        from mbrl_ros.sim.env import MujocoSim
-        starts, targets = default_conditions(MujocoSim(robot), conditions, seed=seed)
+        starts, targets = default_conditions(RobotDescription.load(robot), conditions,
+                                             seed=seed)
     if starts is None:
         if robot == "arm7":
             starts = [ARM7_HOME] * max(conditions, 1)
@@ -303,25 +275,20 @@ def reach_task(robot: str = "arm2", conditions: int = 3, horizon: int = 40,
         raise ValueError("targets must be finite")
     targets = targets[:M]
     c = cost or CostSettings()
-    q = np.r_[np.full(n, c.position_weight), np.full(n, c.velocity_weight)]
-    r = c.effort_weight / np.maximum(env.u_max, 1e-9) ** 2
     x_targets = np.concatenate([targets, np.zeros((M, n))], axis=1)
-    costs = [QuadraticCost.diagonal(q, r, c.terminal_factor * q, x_target=xt)
-             for xt in x_targets]
+    # The MPC's reaching cost; joint angles do not wrap here (continuous=None).
+    costs = [task_cost(c, t, env.u_max) for t in targets]
     idx = np.asarray(env.sim.command_index)
-    var = (init_std * env.u_max) ** 2
     ctrls = []
     for m in range(M):
         K = np.zeros((env.nu, env.nx))
         K[np.arange(env.nu), n + idx] = -init_damping
-        k = np.zeros(env.nu)
-        xbar = np.zeros(env.nx)
+        k = xbar = None
         if init_kp > 0:
             K[np.arange(env.nu), idx] = -init_kp * env.u_max
             xbar = np.r_[env.q0[m], np.zeros(n)]
             k = env.gravity_torque(env.q0[m])
-        ctrls.append(LinearGaussianPolicy(
-            K=np.tile(K, (horizon, 1, 1)), k=np.tile(k, (horizon, 1)),
-            xbar=np.tile(xbar, (horizon, 1)), cov=np.tile(np.diag(var), (horizon, 1, 1)),
-            t0=0.0, dt=env.dt, u_min=env.u_min, u_max=env.u_max))
+        ctrls.append(initial_controller(env.nx, env.nu, horizon, env.dt,
+                                        init_std * env.u_max, env.u_min, env.u_max, K=K, k=k,
+                                        xbar=xbar))
     return ReachTask(env, costs, x_targets, ctrls)

@@ -2,18 +2,23 @@
 
 :class:`CostSettings` are the controller's task weights (ROS parameters of the controller
 node, dynamic); :func:`task_cost` turns them into the :class:`QuadraticCost` every planner
-minimises (the controller adds the joint-limit barrier).
+minimises (the controller adds the joint-limit barrier). :func:`default_conditions` draws
+reaching tasks (start, target) for a robot that has no tuned ones.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from mbrl_ros.core.costs.quadratic import QuadraticCost
 from mbrl_ros.core.settings import setting
 
-__all__ = ["CostSettings", "task_cost"]
+if TYPE_CHECKING:
+    from mbrl_ros.core.robot import RobotDescription
+
+__all__ = ["CostSettings", "task_cost", "default_conditions"]
 
 
 @dataclass(frozen=True)
@@ -44,3 +49,25 @@ def task_cost(s: CostSettings, target_q: np.ndarray, effort_limits: np.ndarray,
     periodic = () if continuous is None else np.flatnonzero(continuous)
     return QuadraticCost.diagonal(q, r, s.terminal_factor * q,
                                   x_target=np.r_[target_q, np.zeros(n)], periodic=periodic)
+
+
+def default_conditions(robot: RobotDescription, n: int, spread: float = 0.3, seed: int = 0
+                       ) -> tuple[np.ndarray, np.ndarray]:
+    """n (start, target) pairs for a robot without tuned conditions: every start is the
+    ``home`` keyframe (zeros without one), every target home plus uniform offsets in
+    [-spread, spread] (rad, a tenth of that for slide joints), kept in the middle half of
+    each limited range.
+
+    Returns:
+        starts (n, n_joints), targets (n, n_joints).
+    """
+    rng = np.random.default_rng(seed)
+    home = robot.home_positions.copy()
+    lo, hi = robot.position_limits[:, 0], robot.position_limits[:, 1]
+    finite = np.isfinite(lo) & np.isfinite(hi)
+    slide = finite & ((hi - lo) < 1.0) & ~robot.continuous
+    scale = np.where(slide, 0.1 * spread, spread)
+    targets = home + rng.uniform(-1.0, 1.0, (n, len(home))) * scale
+    quarter = 0.25 * np.where(finite, hi - lo, 0.0)
+    targets = np.where(finite, np.clip(targets, lo + quarter, hi - quarter), targets)
+    return np.tile(home, (n, 1)), targets

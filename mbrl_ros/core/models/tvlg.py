@@ -50,7 +50,8 @@ from mbrl_ros.core.models.gmm_prior import GMMPrior, gauss_fit_joint_prior
 from mbrl_ros.core.settings import setting
 from mbrl_ros.core.types import TransitionBatch
 
-__all__ = ["TVLGModel", "TVLGSettings", "DynamicsPriorGMM", "gauss_fit_joint_prior"]
+__all__ = ["TVLGModel", "TVLGSettings", "DynamicsPriorGMM", "gauss_fit_joint_prior",
+           "initial_state_estimate"]
 
 
 @dataclass(frozen=True)
@@ -222,6 +223,13 @@ def _as_trajectory_lists(X, U) -> tuple[list[np.ndarray], list[np.ndarray]]:
     return Xs, Us
 
 
+def initial_state_estimate(x0: np.ndarray, floor: float) -> tuple[np.ndarray, np.ndarray]:
+    """Mean (nx,) and diagonal covariance (nx, nx) of sampled start states x0 (N, nx): the
+    sample moments, each variance at least ``floor`` (state units squared;
+    :attr:`TVLGSettings.initial_state_var`)."""
+    return x0.mean(axis=0), np.diag(np.maximum(x0.var(axis=0), floor))
+
+
 # ---------------------------------------------------------------------- model
 @registry.register("model", "tvlg")
 class TVLGModel(DynamicsModel):
@@ -391,9 +399,8 @@ class TVLGModel(DynamicsModel):
         self.cov = dyn
 
         # Initial state: sample moments, variance floored, with the prior's NIW term.
-        x0 = X[:, 0]
-        self.x0_mean = x0.mean(axis=0)
-        self.x0_cov = np.diag(np.maximum(x0.var(axis=0), self.settings.initial_state_var))
+        self.x0_mean, self.x0_cov = initial_state_estimate(X[:, 0],
+                                                           self.settings.initial_state_var)
         if use_prior:
             pm, pphi, pmm, _ = self.prior.initial_state()
             d = self.x0_mean - pm

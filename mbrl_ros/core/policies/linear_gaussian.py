@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["LinearGaussianPolicy"]
+__all__ = ["LinearGaussianPolicy", "initial_controller", "imitation_targets"]
 
 
 def _ro(a, shape, name) -> np.ndarray:
@@ -86,6 +86,17 @@ class LinearGaussianPolicy:
             s(self, "cov", cov)
             s(self, "_chol", _ro(np.linalg.cholesky(cov), (T, nu, nu), "cov"))
 
+    @classmethod
+    def from_gps(cls, K: np.ndarray, k_gps: np.ndarray, xbar: np.ndarray,
+                 cov: np.ndarray | None, t0: float, dt: float, u_min: np.ndarray,
+                 u_max: np.ndarray) -> "LinearGaussianPolicy":
+        """The policy u ~ N(K x + k_gps, cov) of the GPS convention, kept in deviation form
+        around the nominal states ``xbar`` (T, nx): k = k_gps + K xbar (the inverse of
+        :attr:`k_gps`)."""
+        K = np.asarray(K)
+        return cls(K=K, k=k_gps + np.einsum("tij,tj->ti", K, xbar), xbar=xbar, cov=cov,
+                   t0=t0, dt=dt, u_min=u_min, u_max=u_max)
+
     @property
     def horizon(self) -> int:
         """Number of steps T."""
@@ -137,3 +148,43 @@ class LinearGaussianPolicy:
         u = self.K[i] @ x + self.k_gps[i] + self._chol[i] @ rng.standard_normal(self.nu)
         np.maximum(u, self.u_min, out=u)
         return np.minimum(u, self.u_max, out=u)
+
+
+def initial_controller(nx: int, nu: int, horizon: int, dt: float, std: float | np.ndarray,
+                       u_min: np.ndarray, u_max: np.ndarray, K: np.ndarray | None = None,
+                       k: np.ndarray | None = None, xbar: np.ndarray | None = None
+                       ) -> LinearGaussianPolicy:
+    """u ~ N(k + K (x - xbar), diag(std^2)), the same at every step (default K = 0, k = 0,
+    xbar = 0: exploration around zero action) -- a GPS run's initial controller.
+
+    Args:
+        K: (nu, nx) gains; k: (nu,) nominal action (the offset in GPS form when xbar is 0);
+        xbar: (nx,) state the gains act around; std: scalar or (nu,).
+    """
+    K = np.zeros((nu, nx)) if K is None else np.asarray(K, dtype=np.float64)
+    k = np.zeros(nu) if k is None else np.asarray(k, dtype=np.float64)
+    xbar = np.zeros((horizon, nx)) if xbar is None else \
+        np.tile(np.asarray(xbar, dtype=np.float64), (horizon, 1))
+    var = np.broadcast_to(np.asarray(std, dtype=np.float64) ** 2, (nu,))
+    return LinearGaussianPolicy(K=np.tile(K, (horizon, 1, 1)), k=np.tile(k, (horizon, 1)),
+                                xbar=xbar, cov=np.tile(np.diag(var), (horizon, 1, 1)), t0=0.0,
+                                dt=dt, u_min=u_min, u_max=u_max)
+
+
+def imitation_targets(policy: LinearGaussianPolicy, X: np.ndarray, u_min: np.ndarray,
+                      u_max: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """What a global policy imitating ``policy`` is trained on at states X (N, T, nx) of
+    steps 0..T-1: the mean actions K[t] x + k_gps[t] clipped to [u_min, u_max], (N, T, nu),
+    and the weights, the precisions cov[t]^-1 of those steps, (N, T, nu, nu) (a read-only
+    broadcast view).
+
+    Raises:
+        ValueError: the policy has no covariance.
+    """
+    if policy.cov is None:
+        raise ValueError("this policy has no covariance (cov is None): no precisions")
+    T = X.shape[1]
+    mu = np.einsum("tij,ntj->nti", policy.K[:T], X) + policy.k_gps[:T]
+    prec = np.linalg.inv(policy.cov[:T])
+    return (np.clip(mu, u_min, u_max),
+            np.broadcast_to(prec, (X.shape[0],) + prec.shape))
