@@ -14,7 +14,9 @@ the held-out targets. The first iteration that meets each is reported.
 One torch thread and one BLAS thread. The wall times depend on the machine's load: the
 load average is recorded next to them.
 Usage: python bench/gps.py [--quick] [--json PATH] [--robots arm7,arm2] [--iterations N]
-       [--horizon T]
+       [--horizon T] [--gps KEY=VALUE ...]
+``--gps`` overrides a GPS setting of the configs (e.g. ``--gps kl_sample_correction=false``
+for the run without the sample-KL correction).
 """
 from __future__ import annotations
 
@@ -46,8 +48,11 @@ def _first(its, key, limit):
     return None
 
 
-def bench(robot: str, quick: bool, iterations: int, seed: int, horizon: int = 0) -> dict:
+def bench(robot: str, quick: bool, iterations: int, seed: int, horizon: int = 0,
+          gps: dict | None = None) -> dict:
     cfg = load_config(ROOT / "config" / f"gps_{robot}.yaml")
+    if gps:
+        cfg = dataclasses.replace(cfg, gps={**cfg.gps, **gps})
     if quick:
         cfg = dataclasses.replace(cfg, iterations=4 if robot == "arm7" else 3)
     if iterations:
@@ -72,6 +77,9 @@ def bench(robot: str, quick: bool, iterations: int, seed: int, horizon: int = 0)
         row.update(kl_bound=round(r["kl_bound"], 3),
                    kl_model_max=round(kl_max(r["kl_model"]), 3),
                    kl_samples_max=None if not r["kl_samples"] else round(kl_max(r["kl_samples"]), 3),
+                   kl_samples_over_bound=None if not r["kl_samples"] else
+                   round(kl_max(r["kl_samples"]) / r["kl_bound"], 3),
+                   kl_correction=r.get("kl_correction"),
                    step_mult=round(r["step_mult"], 4), discarded_samples=r["discarded_samples"],
                    warnings=r["warnings"],
                    seconds={p: round(r["timings"][p], 3) for p in PHASES})
@@ -79,7 +87,8 @@ def bench(robot: str, quick: bool, iterations: int, seed: int, horizon: int = 0)
         curve.append(row)
     best = min(its, key=lambda r: float(np.mean(r["policy_heldout_distance_m"])))
     return {
-        "robot": robot, "config": f"config/gps_{robot}.yaml", "iterations": cfg.iterations,
+        "robot": robot, "config": f"config/gps_{robot}.yaml", "gps_overrides": gps or {},
+        "iterations": cfg.iterations,
         "conditions": cfg.conditions, "heldout_conditions": len(cfg.heldout_targets),
         "samples_per_condition": cfg.samples, "horizon": cfg.horizon, "dt": cfg.control_period,
         "policy_hidden": list(cfg.policy.hidden), "policy_adam_steps": cfg.policy.iterations,
@@ -115,12 +124,21 @@ def main() -> None:
                     help="override the configs' steps per trajectory (arm7 60, arm2 40; the "
                          "reference budget has 100)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--gps", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a GPS setting (YAML value), e.g. kl_sample_correction=false")
     a = ap.parse_args()
+    import yaml
+    gps = {}
+    for kv in a.gps:
+        key, sep, val = kv.partition("=")
+        if not sep:
+            ap.error(f"--gps expects KEY=VALUE, got {kv!r}")
+        gps[key.strip()] = yaml.safe_load(val)
     limit_threads()
     out = {"benchmark": "gps", "quick": a.quick, "nproc": os.cpu_count(),
            "targets_m": {"local": LOCAL_TARGET, "heldout": HELDOUT_TARGET}, "runs": []}
     for robot in a.robots.split(","):
-        r = bench(robot.strip(), a.quick, a.iterations, a.seed, a.horizon)
+        r = bench(robot.strip(), a.quick, a.iterations, a.seed, a.horizon, gps)
         out["runs"].append(r)
         print(f"{robot}: local<1cm at it {r['first_iteration_local_below_1cm']}, held-out<2cm "
               f"at it {r['first_iteration_heldout_below_2cm']}, best held-out "

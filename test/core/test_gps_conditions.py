@@ -179,3 +179,62 @@ def test_a_failed_c_step_keeps_the_controller_and_halves_the_step():
     r2 = gps.iteration()
     assert any("or failed (conditions [0, 1])" in w for w in r2.warnings)
     assert any("halved" in w for w in r2.warnings)
+
+
+def test_shrink_step_halves_from_the_smaller_multiplier_before_or_after_the_adjustment():
+    """A C-step whose KL on the samples overshot its bound: the step is halved from the
+    multiplier it had, even if this iteration's improvement rule raised it (the raise
+    would undo the halving: seen on arm7, bound 30 -> 75 nats with sample KL 2.3 x)."""
+    from types import SimpleNamespace
+
+    from mbrl_ros.core.algorithms.gps_step import shrink_step
+
+    s = GPSSettings(min_step_mult=0.01, max_step_mult=10.0)
+    rec = SimpleNamespace(traj_opt_status=["ok"], epsilon=10.0)
+    m, notes = shrink_step(rec, [25.0], 3.0, s, before=1.0)      # 2.5 x the bound
+    assert m == pytest.approx(0.5) and any("halved" in w for w in notes)
+    m, _ = shrink_step(rec, [25.0], 0.4, s, before=1.0)          # already lowered: halved
+    assert m == pytest.approx(0.2)
+    m, notes = shrink_step(rec, [15.0], 3.0, s, before=1.0)      # within the limit: kept
+    assert m == 3.0 and notes == []
+
+
+def test_kl_corrections_are_the_sample_to_model_ratio_clipped():
+    from types import SimpleNamespace
+
+    from mbrl_ros.core.algorithms.gps_step import kl_corrections
+
+    s = GPSSettings(max_kl_correction=5.0, kl_sample_correction=True)
+    rec = SimpleNamespace(kl=[10.0, 10.0, float("nan"), 0.0, 10.0],
+                          kl_samples=[30.0, 5.0, 40.0, 3.0, 900.0])
+    np.testing.assert_allclose(kl_corrections(rec, 5, s), [3.0, 1.0, 1.0, 1.0, 5.0])
+    off = dataclasses.replace(s, kl_sample_correction=False)
+    np.testing.assert_allclose(kl_corrections(rec, 5, off), np.ones(5))
+    np.testing.assert_allclose(kl_corrections(None, 5, s), np.ones(5))
+
+
+@pytest.mark.parametrize("correct", [True, False])
+def test_the_c_step_aims_below_the_bound_by_the_ratio_seen_on_the_samples(monkeypatch,
+                                                                          correct):
+    """Issue 14: the KL measured on the samples exceeded the bound while the model KL met
+    it. With kl_sample_correction, when the samples showed r x the model KL, the next C-step
+    bounds the model KL by epsilon / r (here the samples' KL is made 4 x what it is)."""
+    import mbrl_ros.core.algorithms.gps as gps_mod
+
+    real = gps_mod.sample_kl
+    monkeypatch.setattr(gps_mod, "sample_kl", lambda *a: 4.0 * real(*a))
+    env = LinearEnv([[1, 0, 0, 0], [0, 1, 0, 0]])
+    cost = _costs([[0.0, 0.0]])[0]
+    gps = MDGPS(env, cost, GPSSettings(horizon=15, samples=4, seed=0, kl_step=0.05,
+                                       kl_sample_correction=correct, kl_sample_limit=100.0),
+                policy=PolicySettings(hidden=(8,), iterations=30))
+    recs = gps.run(3)
+    assert recs[0].kl_correction == [1.0, 1.0]            # nothing measured yet
+    for prev, rec in zip(recs[:-1], recs[1:]):
+        ratio = np.asarray(prev.kl_samples) / np.asarray(prev.kl)
+        assert np.all(ratio > 3.0)                        # what the patched samples show
+        want = np.clip(ratio, 1.0, 10.0) if correct else np.ones(2)
+        np.testing.assert_allclose(rec.kl_correction, want)
+        assert rec.traj_opt_status == ["converged", "converged"]   # the bound was active
+        for m in range(2):
+            assert rec.kl[m] == pytest.approx(rec.epsilon / want[m], rel=0.1)

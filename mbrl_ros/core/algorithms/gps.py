@@ -42,7 +42,10 @@ beyond the joint limits) is discarded, counted and redrawn (at most
 ``max_discarded_per_condition`` times, then :class:`GPSError`); a C-step whose KL bound
 cannot be met even at the largest eta, or whose KL measured on the next samples exceeds
 ``kl_sample_limit`` x epsilon, is reported in the record (``warnings``) and halves the step
-multiplier.
+multiplier; with ``kl_sample_correction`` (off by default: on arm7 it lowered the sample
+KL's excess but not the distances, BENCHMARKS.md session 10) each condition's C-step aims
+below epsilon by the ratio of sample KL to model KL its last C-step showed
+(:mod:`.gps_step`).
 
 **Checkpoints.** :mod:`.gps_checkpoint` writes an :class:`MDGPS`'s state as plain data
 (JSON, npz, torch state_dicts) after every iteration and, right after sampling, the pending
@@ -58,7 +61,8 @@ from typing import Callable, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
-from mbrl_ros.core.algorithms.gps_step import StepState, adjust_step, shrink_step
+from mbrl_ros.core.algorithms.gps_step import (StepState, adjust_step, kl_corrections,
+                                               shrink_step)
 from mbrl_ros.core.algorithms.sampler import EnvSampler, Sampler, SamplerError
 from mbrl_ros.core.costs.quadratic import Cost
 from mbrl_ros.core.lqr.kl_step import (
@@ -71,14 +75,14 @@ from mbrl_ros.core.lqr.kl_step import (
     sample_kl,
 )
 from mbrl_ros.core.models.base import Linearization
-from mbrl_ros.core.models.tvlg import TVLGModel, TVLGSettings
-from mbrl_ros.core.policies.linear_gaussian import LinearGaussianPolicy
+from mbrl_ros.core.models.tvlg import TVLGModel, TVLGSettings, initial_state_estimate
+from mbrl_ros.core.policies.linear_gaussian import (LinearGaussianPolicy, imitation_targets,
+                                                    initial_controller)
 from mbrl_ros.core.policies.linearization import PolicyPriorGMM, fit_policy_linearization
 from mbrl_ros.core.policies.neural import NeuralPolicy, PolicySettings, PolicyTrainer
 from mbrl_ros.core.settings import setting
 
-__all__ = ["Environment", "GPSError", "GPSSettings", "IterationRecord", "MDGPS",
-           "initial_controller"]
+__all__ = ["Environment", "GPSError", "GPSSettings", "IterationRecord", "MDGPS"]
 
 
 class GPSError(RuntimeError):
@@ -140,6 +144,10 @@ class GPSSettings:
     kl_sample_limit: float = setting(2.0, "a C-step whose KL, measured on the next "
                                      "samples, exceeds this times its bound halves the step "
                                      "multiplier", low=1.0)
+    kl_sample_correction: bool = setting(False, "aim each C-step at epsilon / r, r = the "
+                                         "last KL on the samples / KL under the model "
+                                         "(so the bound holds on the system)")
+    max_kl_correction: float = setting(10.0, "largest r of kl_sample_correction", low=1.0)
     max_discarded_per_condition: int = setting(20, "invalid samples redrawn per condition "
                                                "and iteration before giving up", low=0)
     seed: int = setting(0, "seed of the exploration noise and the GMM initialisations",
@@ -148,24 +156,6 @@ class GPSSettings:
     def __post_init__(self):
         if self.min_step_mult > self.max_step_mult:
             raise ValueError("min_step_mult must be <= max_step_mult")
-
-
-def initial_controller(nx: int, nu: int, horizon: int, dt: float, std: float | np.ndarray,
-                       u_min: np.ndarray, u_max: np.ndarray, K: np.ndarray | None = None,
-                       k: np.ndarray | None = None) -> LinearGaussianPolicy:
-    """u ~ N(K x + k, diag(std^2)) for every step (default K = 0, k = 0: exploration
-    around zero action).
-
-    Args:
-        K: (nu, nx) gains; k: (nu,) offset in GPS form; std: scalar or (nu,).
-    """
-    K = np.zeros((nu, nx)) if K is None else np.asarray(K, dtype=np.float64)
-    k = np.zeros(nu) if k is None else np.asarray(k, dtype=np.float64)
-    var = np.broadcast_to(np.asarray(std, dtype=np.float64) ** 2, (nu,))
-    return LinearGaussianPolicy(K=np.tile(K, (horizon, 1, 1)), k=np.tile(k, (horizon, 1)),
-                                xbar=np.zeros((horizon, nx)),
-                                cov=np.tile(np.diag(var), (horizon, 1, 1)), t0=0.0, dt=dt,
-                                u_min=u_min, u_max=u_max)
 
 
 @dataclass
@@ -196,6 +186,9 @@ class IterationRecord:
     # this C-step's KL measured on the states of the next iteration's samples (drawn from
     # its controllers); filled in when those arrive [nats], per condition
     kl_samples: list[float] | None = None
+    # r per condition: this C-step bounded the KL under the model by epsilon / r (r = the last
+    # C-step's KL on the samples / under the model; 1 without kl_sample_correction)
+    kl_correction: list[float] | None = None
     discarded_samples: int = 0         # invalid samples redrawn in this iteration
     discard_reasons: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
@@ -217,7 +210,8 @@ class MDGPS:
         traj_opt: :class:`~mbrl_ros.core.lqr.kl_step.TrajOptSettings`.
         policy: :class:`~mbrl_ros.core.policies.neural.PolicySettings`.
         initial_controllers: one LinearGaussianPolicy per condition (default:
-            :func:`initial_controller` with ``settings.init_std``).
+            :func:`~mbrl_ros.core.policies.linear_gaussian.initial_controller` with
+            ``settings.init_std``).
         distance: task metric of a final state (nx,) -> float reported per condition for
             the global policy (e.g. the joint-position error), or one such function per
             condition; None: not reported.
@@ -371,12 +365,10 @@ class MDGPS:
         xs, us, ps = [], [], []
         for m, c in enumerate(controllers):
             Xm = X[m, :, :T]                                           # (N, T, nx)
-            mu = np.einsum("tij,ntj->nti", c.K[:T], Xm) + c.k_gps[:T]
-            prec = np.linalg.inv(c.cov[:T])
+            mu, prec = imitation_targets(c, Xm, self.u_min, self.u_max)
             xs.append(self._inputs(Xm, m).reshape(-1, self.nx + self.n_task))
-            us.append(np.clip(mu, self.u_min, self.u_max).reshape(-1, self.nu))
-            ps.append(np.broadcast_to(prec, (Xm.shape[0],) + prec.shape)
-                      .reshape(-1, self.nu, self.nu))
+            us.append(mu.reshape(-1, self.nu))
+            ps.append(prec.reshape(-1, self.nu, self.nu))
         return self.trainer.train(np.concatenate(xs), np.concatenate(us), np.concatenate(ps))
 
     def _linearize_policy(self, X: np.ndarray) -> list[LinearGaussianPolicy]:
@@ -394,10 +386,9 @@ class MDGPS:
             pol_mu = self.policy_for(m, pol).mean(Xm.reshape(-1, self.nx)).reshape(
                 Xm.shape[0], T, self.nu)
             K, k, S = fit_policy_linearization(Xm, pol_mu, pol.std ** 2, self.policy_prior)
-            xbar = Xm.mean(axis=0)
-            out.append(LinearGaussianPolicy(K=K, k=k + np.einsum("tij,tj->ti", K, xbar),
-                                            xbar=xbar, cov=S, t0=0.0, dt=self.dt,
-                                            u_min=self.u_min, u_max=self.u_max))
+            out.append(LinearGaussianPolicy.from_gps(K, k, Xm.mean(axis=0), S, t0=0.0,
+                                                     dt=self.dt, u_min=self.u_min,
+                                                     u_max=self.u_max))
         return out
 
     # ------------------------------------------------------------------ iteration
@@ -449,8 +440,7 @@ class MDGPS:
             dyn_rmse.append(float(report.metrics["train_rmse"]))
             # The condition's own initial-state spread: the shared prior's x0 statistics
             # mix all conditions' start states.
-            x0s = X[m, :, 0]
-            x0.append((x0s.mean(axis=0), np.diag(np.maximum(x0s.var(axis=0), floor))))
+            x0.append(initial_state_estimate(X[m, :, 0], floor))
         timings["dynamics"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
@@ -466,17 +456,19 @@ class MDGPS:
         cur = StepState(dyn, x0, expansion, pol_lin, None,
                         np.array([c.sum(axis=1).mean() for c in costs]))
         predicted = actual = None
+        rec_last = self.history[-1] if self.history else None
         if self._prev is not None:
+            before = self.step_mult
             self.step_mult, predicted, actual = adjust_step(self._prev, cur, self.step_mult, s)
-            self.step_mult, notes = shrink_step(self.history[-1] if self.history else None,
-                                                kl_prev, self.step_mult, s)
+            self.step_mult, notes = shrink_step(rec_last, kl_prev, self.step_mult, s, before)
             warnings += notes
         epsilon = s.kl_step * self.step_mult * T
+        correction = kl_corrections(rec_last if kl_prev is not None else None, M, s)
         results, new_ctrl, kls, etas, statuses = [], [], [], [], []
         for m in range(M):
             try:
                 res = kl_constrained_update(dyn[m], x0[m][0], x0[m][1], expansion[m],
-                                            pol_lin[m], epsilon, self.eta[m],
+                                            pol_lin[m], epsilon / correction[m], self.eta[m],
                                             self.traj_opt_settings)
             except TrajOptError as e:
                 # e.g. no positive-definite Q_uu for any eta under badly conditioned fitted
@@ -514,7 +506,8 @@ class MDGPS:
         self._prev = cur
         for m, (st, kl) in enumerate(zip(statuses, kls)):
             if st == "max_eta":
-                warnings.append(f"condition {m}: KL bound {epsilon:.3g} not met even at the "
+                warnings.append(f"condition {m}: KL bound {epsilon / correction[m]:.3g} not "
+                                f"met even at the "
                                 f"largest eta (KL {kl:.3g}); the next step is halved")
         self.iteration_count += 1
         rec = IterationRecord(
@@ -523,6 +516,7 @@ class MDGPS:
             cost_lg=[float(c) for c in cur.sample_cost], cost_policy=cost_pol,
             policy_final_distance=dist, epsilon=float(epsilon),
             step_mult=float(self.step_mult), kl=kls, eta=etas,
+            kl_correction=[float(r) for r in correction],
             traj_opt_status=statuses, predicted_improvement=predicted,
             actual_improvement=actual, policy_rmse=float(fit["rmse"]),
             dynamics_rmse=dyn_rmse, timings={k: round(v, 6) for k, v in timings.items()},

@@ -33,16 +33,20 @@ from mbrl_ros.core.algorithms.gps import MDGPS, GPSSettings, IterationRecord
 from mbrl_ros.core.algorithms.gps_checkpoint import (CheckpointError, drop_pending,
                                                      load_latest, load_pending,
                                                      save_checkpoint, save_pending)
+from mbrl_ros.core.algorithms.sampler import EnvSampler
 from mbrl_ros.core.algorithms.sim_env import (ARM7_HOME, DEFAULT_STARTS, MujocoEnv, ReachTask,
-                                              default_conditions, reach_task)
-from mbrl_ros.core.control.mpc import CostSettings
+                                              reach_task)
+from mbrl_ros.core.costs.task import CostSettings, default_conditions
 from mbrl_ros.core.lqr.kl_step import TrajOptSettings, sample_costs
 from mbrl_ros.core.models.base import FitReport
+from mbrl_ros.core.plots import kl_max, plot_gps_learning_curve
+from mbrl_ros.core.robot import RobotDescription
 from mbrl_ros.core.settings import as_dict, from_mapping
+from mbrl_ros.core.store import point_latest
 
-__all__ = ["GPSRunConfig", "run_gps", "plot_learning_curve", "time_policy_action",
-           "load_config", "kl_max", "evaluate_conditions", "evaluate_through",
-           "DEFAULT_CONDITIONS"]
+# kl_max stays importable from here (cli_gps, bench/gps.py); it lives in core/plots.py.
+__all__ = ["GPSRunConfig", "run_gps", "time_policy_action", "load_config", "kl_max",
+           "evaluate_conditions", "evaluate_through", "DEFAULT_CONDITIONS"]
 
 _A7 = np.array(ARM7_HOME)
 
@@ -137,9 +141,8 @@ class GPSRunConfig:
                 starts = starts or [list(s) for s, _ in dc["train"]]
                 targets = [list(t) for _, t in dc["train"]]
             else:
-                from mbrl_ros.sim.env import MujocoSim
-                s0, targets = default_conditions(MujocoSim(self.robot), self.conditions or 4,
-                                                 seed=self.seed)
+                s0, targets = default_conditions(RobotDescription.load(self.robot),
+                                                 self.conditions or 4, seed=self.seed)
                 starts = starts or s0.tolist()
                 targets = targets.tolist()
         if starts is None:
@@ -148,8 +151,8 @@ class GPSRunConfig:
             if dc is not None:
                 hs, ht = [list(s) for s, _ in dc["heldout"]], [list(t) for _, t in dc["heldout"]]
             else:
-                from mbrl_ros.sim.env import MujocoSim
-                s0, t0 = default_conditions(MujocoSim(self.robot), 4, seed=self.seed + 1000)
+                s0, t0 = default_conditions(RobotDescription.load(self.robot), 4,
+                                            seed=self.seed + 1000)
                 hs, ht = s0.tolist(), t0.tolist()
         if (hs is None) != (ht is None) or (hs is not None and len(hs) != len(ht)):
             raise ValueError("heldout_starts and heldout_targets must be given together, "
@@ -241,89 +244,27 @@ def time_policy_action(policy, x: np.ndarray, n: int = 2000) -> float:
     return (time.perf_counter() - t0) / n
 
 
-def plot_learning_curve(iterations: list[dict], path: str | Path, title: str = "") -> Path:
-    """End-effector distance (local controllers, global policy on the training and the
-    held-out conditions; worst condition) and KL (bound, under the fitted dynamics,
-    measured on the samples) per iteration."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    path = Path(path)
-    it = [r["iteration"] for r in iterations]
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    ax = axes[0]
-    for key, label, style in (("final_distance_m", "local controllers (samples)", "o-"),
-                              ("policy_final_distance_m", "global policy, training", "s-"),
-                              ("policy_heldout_distance_m", "global policy, held-out", "^-")):
-        vals = [max(r[key]) if r.get(key) else np.nan for r in iterations]
-        if np.any(np.isfinite(vals)):
-            ax.plot(it, vals, style, label=label)
-    ax.set_yscale("log")
-    ax.set_xlabel("iteration")
-    ax.set_ylabel("end-effector distance, worst condition [m]")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
-    ax = axes[1]
-    ax.plot(it, [r["kl_bound"] for r in iterations], "k--", label="KL bound")
-    ax.plot(it, [kl_max(r["kl_model"]) for r in iterations], "o-",
-            label="KL under the fitted dynamics (max)")
-    ks = [kl_max(r.get("kl_samples")) for r in iterations]
-    if np.any(np.isfinite(ks)):
-        ax.plot(it, ks, "s-", label="KL on the next samples (max)")
-    ax.set_yscale("log")
-    ax.set_xlabel("iteration")
-    ax.set_ylabel("KL [nats]")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.suptitle(title or "MDGPS", fontsize=10)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
-
-
 def _atomic_text(text: str, path: Path) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     tmp.write_text(text)
     os.replace(tmp, path)
 
 
-def _point_latest(base: Path, version: int) -> None:
-    """Repoint ``base/latest`` to version (atomic symlink swap, as the store does)."""
-    link_tmp = base / f".latest-{os.getpid()}"
-    if link_tmp.is_symlink() or link_tmp.exists():
-        link_tmp.unlink()
-    os.symlink(f"v{version:04d}", link_tmp)
-    os.replace(link_tmp, base / "latest")
-
-
 def evaluate_conditions(env: MujocoEnv, policy, targets: np.ndarray, costs: Sequence,
                         horizon: int) -> tuple[list[float], list[float]]:
     """Deterministic rollouts of the target-conditioned ``policy`` from every condition
-    of ``env``: (end-effector distances [m], trajectory costs)."""
-    dist, cost = [], []
-    for m in range(env.n_conditions):
-        pol = policy.with_task(targets[m])
-        x = env.reset(m)
-        X, U = [x], []
-        for t in range(horizon):
-            u = np.clip(pol.action(x, t * env.dt), env.u_min, env.u_max)
-            x = env.step(u)
-            X.append(x)
-            U.append(u)
-        dist.append(env.ee_distance(X[-1], targets[m]))
-        cost.append(float(sample_costs(costs[m], np.array(X)[None], np.array(U)[None]).sum()))
-    return dist, cost
+    of ``env`` (in-process, :class:`~mbrl_ros.core.algorithms.sampler.EnvSampler`):
+    (end-effector distances [m], trajectory costs)."""
+    return evaluate_through(EnvSampler(env, env.u_min, env.u_max), policy, targets, costs,
+                            horizon, lambda x, m: env.ee_distance(x, targets[m]))
 
 
 def evaluate_through(sampler, policy, targets: np.ndarray, costs: Sequence, horizon: int,
                      distance) -> tuple[list[float], list[float]]:
-    """:func:`evaluate_conditions` through a sampler (the ROS nodes): one deterministic
-    rollout of the target-conditioned ``policy`` per condition of ``sampler``, executed
-    where the sampler executes its samples. ``distance(x, m)``: end-effector distance [m]
-    of the final state x of condition m."""
+    """One deterministic rollout of the target-conditioned ``policy`` per condition of
+    ``sampler``, executed where the sampler executes its samples (the ROS nodes; in-process:
+    :func:`evaluate_conditions`): (end-effector distances [m], trajectory costs).
+    ``distance(x, m)``: end-effector distance [m] of the final state x of condition m."""
     dist, cost = [], []
     unused = np.random.default_rng(0)        # noisy=False draws nothing
     for m in range(len(targets)):
@@ -336,12 +277,6 @@ def evaluate_through(sampler, policy, targets: np.ndarray, costs: Sequence, hori
 def _num(v: float) -> float | None:
     """NaN (a failed C-step's KL) as null: metrics.json stays strict JSON."""
     return None if v is None or not np.isfinite(v) else float(v)
-
-
-def kl_max(values) -> float:
-    """Largest finite entry of a KL list with nulls (NaN if none)."""
-    vals = [v for v in (values or []) if v is not None and np.isfinite(v)]
-    return max(vals) if vals else float("nan")
 
 
 def _entry(rec: IterationRecord, gps: MDGPS, heldout: list[float] | None,
@@ -358,6 +293,7 @@ def _entry(rec: IterationRecord, gps: MDGPS, heldout: list[float] | None,
         "policy_heldout_distance_m": heldout,
         "kl_bound": rec.epsilon, "kl_model": [_num(k) for k in rec.kl],
         "kl_samples": None if rec.kl_samples is None else [_num(k) for k in rec.kl_samples],
+        "kl_correction": rec.kl_correction,
         "step_mult": rec.step_mult, "eta": rec.eta, "traj_opt_status": rec.traj_opt_status,
         "policy_rmse": rec.policy_rmse, "discarded_samples": rec.discarded_samples,
         "discard_reasons": rec.discard_reasons, "warnings": rec.warnings,
@@ -503,7 +439,7 @@ def run_gps(cfg: GPSRunConfig, stop_after: int | None = None,
                     state["best"] = {"iteration": rec.iteration, "version": info.version,
                                      "score_m": score, "uri": info.uri}
                 else:
-                    _point_latest(Path(info.uri).parent, best["version"])
+                    point_latest(Path(info.uri).parent, best["version"])
             state["iterations"].append(entry)
             if cfg.write:
                 state["env_rng"] = task.env._rng.bit_generator.state
@@ -542,7 +478,7 @@ def _write_report(cfg: GPSRunConfig, out: Path, state: dict, task, gps: MDGPS, t
     report["wall_seconds"] = round(time.perf_counter() - t_wall, 3)
     if cfg.write and its:
         out.mkdir(parents=True, exist_ok=True)
-        report["plot"] = str(plot_learning_curve(
+        report["plot"] = str(plot_gps_learning_curve(
             its, out / "gps.png", title=f"MDGPS on {Path(cfg.robot).stem}: {cfg.conditions} "
             f"conditions x {cfg.samples} samples, {len(cfg.heldout_targets)} held-out"))
         if state["best"]:
