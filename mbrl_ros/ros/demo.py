@@ -347,7 +347,7 @@ def _run(cfg, robot, rate, target, defaults, out, rows, episodes, switching,
                 err[unlimited] = (err[unlimited] + np.pi) % (2 * np.pi) - np.pi  # revolutions
                 errors = err.tolist()
                 joint_error = float(np.max(np.abs(err)))
-                final_distance = ee_distance(robot, q_final, target)
+                final_distance = robot.ee_distance(q_final, target)
                 episodes.append((f"it{it} {planner}", ep))
             fit(f"iteration {it}")
             rows.append(IterationMetrics(
@@ -398,9 +398,3 @@ def final_model_version(out: Path, cfg: DemoConfig) -> int:
     return (store.versions(out / "models", cfg.model) or [0])[-1]
 
 
-def ee_distance(robot: RobotDescription, q: np.ndarray, target: np.ndarray) -> float:
-    """End-effector distance [m] between configurations q and target (joint error [rad]
-    if the model has no 'ee' site)."""
-    if not robot.has_ee:
-        return float(np.max(np.abs(q - target)))
-    return float(np.linalg.norm(robot.ee_position(q) - robot.ee_position(target)))

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from mbrl_ros.core.robot import RobotDescription
-from mbrl_ros.ros.demo import default_target, ee_distance
+from mbrl_ros.ros.demo import default_target
 from proc_util import ctrl_c_when
 
 EXE = str(Path(sys.executable).parent / "mbrl-ros")
@@ -25,7 +25,7 @@ def test_default_target_is_reachable_and_away_from_home():
     assert np.min(np.abs(target - robot.home_positions)) >= 0.4      # every joint moves
     away = robot.ee_position(target)
     assert np.linalg.norm(away - robot.ee_position(np.zeros(3))) > 0.1       # metres
-    assert ee_distance(robot, target, np.zeros(3)) == pytest.approx(
+    assert robot.ee_distance(target, np.zeros(3)) == pytest.approx(
         np.linalg.norm(away - robot.ee_position(np.zeros(3))))
 
 
