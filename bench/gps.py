@@ -87,7 +87,8 @@ def bench(robot: str, quick: bool, iterations: int, seed: int, horizon: int = 0,
         curve.append(row)
     best = min(its, key=lambda r: float(np.mean(r["policy_heldout_distance_m"])))
     return {
-        "robot": robot, "config": f"config/gps_{robot}.yaml", "gps_overrides": gps or {},
+        "robot": robot, "config": f"config/gps_{robot}.yaml", "seed": seed,
+        "gps_overrides": gps or {},
         "iterations": cfg.iterations,
         "conditions": cfg.conditions, "heldout_conditions": len(cfg.heldout_targets),
         "samples_per_condition": cfg.samples, "horizon": cfg.horizon, "dt": cfg.control_period,
