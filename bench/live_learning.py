@@ -70,7 +70,6 @@ def run(robot: str, model: str, max_steps: int, lockstep: bool, timeout: float,
     from std_msgs.msg import Float64MultiArray, String
 
     from mbrl_ros.core.robot import RobotDescription
-    from mbrl_ros.ros.demo import ee_distance
 
     sim = RobotDescription.load(robot)
     target = target_of(robot)
@@ -164,7 +163,7 @@ def run(robot: str, model: str, max_steps: int, lockstep: bool, timeout: float,
     idle_steps = int(np.count_nonzero(~live))
     t, qs = t[live], qs[live]
     steps = np.round((t - t[0]) / dt).astype(int)
-    dist = np.array([ee_distance(sim, q, target) for q in qs])
+    dist = np.array([sim.ee_distance(q, target) for q in qs])
     first = first_below(dist, tolerance)
     stay = first_below(dist, tolerance, hold)
     at_budget = dist[steps <= budget][-1]

@@ -20,7 +20,6 @@ from conftest import diagnostics_values
 from test_bringup import bringup  # noqa: F401  (the fixture: start `mbrl-ros bringup`)
 
 from mbrl_ros.core.robot import RobotDescription
-from mbrl_ros.ros.demo import ee_distance
 
 pytestmark = pytest.mark.timeout(300)
 TARGET = np.array([0.5, -0.5])          # config/arm2.yaml
@@ -83,7 +82,7 @@ def test_sim_bringup_with_a_learned_model_explores_learns_and_reaches(bringup, p
     def reached():
         alive()
         for s in states[seen[0]:]:
-            d = ee_distance(arm, np.asarray(s.position[:2]), TARGET)
+            d = arm.ee_distance(np.asarray(s.position[:2]), TARGET)
             run[0] = run[0] + 1 if d < 0.05 else 0
         seen[0] = len(states)
         return run[0] >= 100
