@@ -32,7 +32,8 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(__file__))
 from _common import write_json  # noqa: E402
 
-from mbrl_ros.core.algorithms.gps_run import kl_max, load_config, run_gps  # noqa: E402
+from mbrl_ros.core.algorithms.gps_run import load_config, run_gps  # noqa: E402
+from mbrl_ros.core.plots import kl_max  # noqa: E402
 from mbrl_ros.core.threads import limit_threads  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]

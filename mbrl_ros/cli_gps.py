@@ -104,7 +104,7 @@ def print_report(rep: dict, out, nodes: list) -> None:
     """The per-iteration table of a finished run (``run_gps``'s report ``rep``, output
     directory ``out``) and where its results are; ``nodes``: the node samplers used
     (``--through-nodes``), if any."""
-    from mbrl_ros.core.algorithms.gps_run import kl_max
+    from mbrl_ros.core.plots import kl_max
 
     def cm(v):
         return f"{max(v) * 100:9.2f}" if v else f"{'-':>9}"

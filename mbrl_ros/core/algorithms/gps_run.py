@@ -39,13 +39,11 @@ from mbrl_ros.core.algorithms.sim_env import (ARM7_HOME, DEFAULT_STARTS, MujocoE
 from mbrl_ros.core.costs.task import CostSettings, default_conditions
 from mbrl_ros.core.lqr.kl_step import TrajOptSettings, sample_costs
 from mbrl_ros.core.models.base import FitReport
-from mbrl_ros.core.plots import kl_max, plot_gps_learning_curve
 from mbrl_ros.core.robot import RobotDescription
 from mbrl_ros.core.settings import as_dict, from_mapping
 from mbrl_ros.core.store import point_latest
 
-# kl_max stays importable from here (cli_gps, bench/gps.py); it lives in core/plots.py.
-__all__ = ["GPSRunConfig", "run_gps", "time_policy_action", "load_config", "kl_max",
+__all__ = ["GPSRunConfig", "run_gps", "time_policy_action", "load_config",
            "evaluate_conditions", "evaluate_through", "DEFAULT_CONDITIONS"]
 
 _A7 = np.array(ARM7_HOME)
@@ -478,6 +476,7 @@ def _write_report(cfg: GPSRunConfig, out: Path, state: dict, task, gps: MDGPS, t
     report["wall_seconds"] = round(time.perf_counter() - t_wall, 3)
     if cfg.write and its:
         out.mkdir(parents=True, exist_ok=True)
+        from mbrl_ros.core.plots import plot_gps_learning_curve   # matplotlib when needed
         report["plot"] = str(plot_gps_learning_curve(
             its, out / "gps.png", title=f"MDGPS on {Path(cfg.robot).stem}: {cfg.conditions} "
             f"conditions x {cfg.samples} samples, {len(cfg.heldout_targets)} held-out"))
