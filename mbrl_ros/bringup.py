@@ -150,6 +150,9 @@ ARGUMENTS["gps"] = (
     _arg("resume", "false", "continue the run in out from its last checkpoint", BOOLEAN),
     _arg("reset", "sim", "how a sample reaches its start: sim = the simulator's set_state; "
          "move = the controller drives the arm there (as on a real arm)", ("sim", "move")),
+    _arg("timing", "lockstep", "lockstep = the simulator steps once per command and pauses "
+         "between samples; realtime = it runs on, as a physical arm, and samples are cut "
+         "from the state stream (needs reset:=move)", ("lockstep", "realtime")),
     _ROBOT_ARGS["record"],
     _arg("bag_dir", "", "directory the samples' bags are written under ('' = <out>/bags)"),
     *_COMMON)
@@ -456,13 +459,26 @@ GPS_CONTROL_PERIOD = 0.05
 GPS_MOVE_PLANNER = "ilqr"
 
 
-def gps_controller_params(robot: str, dt: float, target=None, move_planner: str = ""
-                          ) -> dict[str, Any]:
+def gps_controller_params(robot: str, dt: float, target=None, move_planner: str = "",
+                          realtime: bool = False) -> dict[str, Any]:
     """Controller node parameters for executing GPS samples in lockstep: the planners that
     run them (``lg_controller``: a condition's linear-Gaussian controller with the sample's
     noise; ``gps_policy``: the global policy), one replan per state, and safety layers that
     would change exploratory commands off or wide (the commands it sent are what a sample
-    records in any case). ``move_planner``: also build this planner (``reset:=move``)."""
+    records in any case). ``move_planner``: also build this planner (``reset:=move``).
+    ``realtime`` (an arm that runs on, as a physical one): the controller keeps its safety
+    layers and watchdog; a sample whose commands they changed is dropped and redrawn."""
+    if realtime:
+        return {
+            "robot": robot, "model": "mujoco",
+            "planner_plugins": ["lg_controller", "gps_policy"] + ([move_planner] if
+                                                                  move_planner else []),
+            "active_planner": move_planner or "lg_controller", "control_mode": "on_state",
+            "plan_mode": "sync", "replan_every": 1, "control_rate": 1.0 / dt,
+            "diagnostics_rate": 0.0, "publish_plan": False,
+            **({} if target is None else
+               {"target_joint_positions": [float(v) for v in target]}),
+            "gps_policy.rollout_nominal": False, "gps_policy.reload": False}
     return {
         "robot": robot, "model": "mujoco",
         "planner_plugins": ["lg_controller", "gps_policy"] + ([move_planner] if move_planner
@@ -512,11 +528,15 @@ def _gps_plan(a: dict[str, str], config: Path, process) -> Plan:
                else str(Path(out) / "bags"))
     record = a["record"] == "true"
     move = a["reset"] == "move"
+    realtime = a["timing"] == "realtime"
+    if realtime and not move:
+        raise BringupError("gps: timing:=realtime needs reset:=move (an arm that runs on "
+                           "reaches a sample's start with the controller)")
     cn = "effort_controller"
     clock = ((CLOCK, CLOCK.lstrip("/")),)
     procs = [process("sim", "sim_node", {
         "model": a["robot"], "controller_name": cn, "publish_rate": 1.0 / dt,
-        "lockstep": True, "start_paused": True, "publish_clock": True,
+        "lockstep": not realtime, "start_paused": not realtime, "publish_clock": True,
         "initial_noise": 0.0, "diagnostics_rate": 0.0}, clock)]
     if record:
         procs.append(process("data_logger", "data_logger", {
@@ -524,12 +544,14 @@ def _gps_plan(a: dict[str, str], config: Path, process) -> Plan:
             "topics": [_fq(ns, "joint_states"), _fq(ns, f"{cn}/commands")],
             "episode_topic": "", "diagnostics_rate": 0.0}, clock))
     procs.append(process("controller", "controller", {
-        **gps_controller_params(a["robot"], dt, move_planner=GPS_MOVE_PLANNER if move else ""),
+        **gps_controller_params(a["robot"], dt, move_planner=GPS_MOVE_PLANNER if move else "",
+                                realtime=realtime),
         "use_sim_time": False, "controller_name": cn, "state_topic": "joint_states"}, clock,
         ("configure", "activate")))
     procs.append(process("gps_trainer", "gps_trainer", {
         "robot": a["robot"], "config": str(run_file.resolve()), "out": out,
         "resume": a["resume"] == "true", **counts, "reset": a["reset"],
+        "timing": a["timing"],
         "controller_node": "controller", "sim_node": "sim",
         "logger_node": "data_logger" if record else "", "bag_dir": bag_dir if record else "",
         "command_topic": f"{cn}/commands", "state_topic": "joint_states",

@@ -66,6 +66,7 @@ class RemoteSampler(NodeSamplerBase):
         wake_after: idle wall seconds after which the controller is given a fresh state
             before the next sample (see :meth:`_wake_if_idle`); below its state_timeout.
     """
+    needs_simulator = True      # the lockstep simulator's pause_after / resume / set_state
 
     def __init__(self, env, targets, store_dir: str | Path, node, executor, *,
                  controller: str = "controller", sim: str = "sim", logger: str = "",
@@ -82,9 +83,10 @@ class RemoteSampler(NodeSamplerBase):
 
         if reset not in ("sim", "move"):
             raise ValueError(f"reset must be 'sim' or 'move', got {reset!r}")
-        if not sim:
+        if self.needs_simulator and not sim:
             raise ValueError("the remote sampler needs a lockstep simulator node (sim) for "
-                             "exact-length samples; a real-time arm is not supported yet")
+                             "exact-length samples; an arm that runs in real time: "
+                             "RealtimeSampler (mbrl_ros.ros.gps_realtime, timing: realtime)")
         self._setup(env, targets, store_dir, max_discarded, step_timeout)
         self.node, self.executor = node, executor
         self.reset_mode = reset
@@ -100,17 +102,18 @@ class RemoteSampler(NodeSamplerBase):
         self.recorder = SampleRecorder(None, env.sim.joint_names, command_topic, node=node,
                                        state_topic=state_topic)
         self._ctrl_params = node.create_client(SetParameters, f"{controller}/set_parameters")
-        self._sim_params = node.create_client(SetParameters, f"{sim}/set_parameters")
-        self._resume = node.create_client(Trigger, f"{sim}/resume")
         self._mark = node.create_client(Trigger, f"{logger}/mark_episode") if logger else None
-        self._set_state = node.create_publisher(JointState, f"{sim}/set_state",
-                                                QoSProfile(depth=10,
-                                                           reliability=ReliabilityPolicy.RELIABLE))
         self._sim_episode = None
-        node.create_subscription(
-            UInt32, f"{sim}/episode", self._on_sim_episode,
-            QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
-                       durability=DurabilityPolicy.TRANSIENT_LOCAL))
+        if self.needs_simulator:
+            self._sim_params = node.create_client(SetParameters, f"{sim}/set_parameters")
+            self._resume = node.create_client(Trigger, f"{sim}/resume")
+            self._set_state = node.create_publisher(
+                JointState, f"{sim}/set_state",
+                QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE))
+            node.create_subscription(
+                UInt32, f"{sim}/episode", self._on_sim_episode,
+                QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
+                           durability=DurabilityPolicy.TRANSIENT_LOCAL))
         self._pause_after = None
         self._marker = -1
         self._expect = None
@@ -174,10 +177,11 @@ class RemoteSampler(NodeSamplerBase):
             if label != "active":
                 self._spin_for(0.2)
         node.destroy_client(get_state)
-        self._spin_until(self._resume.service_is_ready, self.service_timeout,
-                         f"no {self._resume.srv_name} service")
-        self._spin_until(lambda: self._sim_episode is not None, self.service_timeout,
-                         "no episode announcement from the simulator")
+        if self.needs_simulator:
+            self._spin_until(self._resume.service_is_ready, self.service_timeout,
+                             f"no {self._resume.srv_name} service")
+            self._spin_until(lambda: self._sim_episode is not None, self.service_timeout,
+                             "no episode announcement from the simulator")
         if self._mark is not None:
             logger = self._names["logger"]
 

@@ -79,6 +79,10 @@ class SampleRecorder:
         self.reader = JointStateReader(joint_names)
         self.states: list[np.ndarray] = []
         self.commands: list[np.ndarray] = []
+        self.stamps: list[float] = []        # of the states [s]
+        # per command, the index of the last state received before it (-1: none): the
+        # state it answers when the controller answers every state (real-time samples)
+        self.answers: list[int] = []
         self._last_stamp: tuple[int, int] | None = None     # of the last state recorded
         qos = QoSProfile(depth=1000, reliability=ReliabilityPolicy.RELIABLE)
         self.node.create_subscription(JointState, state_topic, self._on_state, qos)
@@ -93,14 +97,18 @@ class SampleRecorder:
             return
         q, qd = self.reader.read(msg)
         self.states.append(np.concatenate([q, qd]))
+        self.stamps.append(stamp[0] + 1e-9 * stamp[1])
         self._last_stamp = stamp
 
     def _on_command(self, msg: Float64MultiArray) -> None:
         self.commands.append(np.asarray(command_values(msg), dtype=np.float64).copy())
+        self.answers.append(len(self.states) - 1)
 
     def clear(self) -> None:
         self.states.clear()
         self.commands.clear()
+        self.stamps.clear()
+        self.answers.clear()
 
 
 class NodeSamplerBase(ABC):

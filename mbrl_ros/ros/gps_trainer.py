@@ -54,8 +54,15 @@ class GPSTrainerSettings:
     reset: str = setting("sim", "how a sample reaches its start: sim (the simulator's "
                          "set_state) or move (the controller's move_planner drives the arm "
                          "there)", choices=("sim", "move"))
+    timing: str = setting("lockstep", "how samples are cut: lockstep (the simulator's "
+                          "pause_after and resume) or realtime (from the running arm's state "
+                          "stream: a physical arm; needs reset move)",
+                          choices=("lockstep", "realtime"))
+    settle_time: float = setting(0.5, "realtime: seconds the arm stays settled at a sample's "
+                                 "start", unit="s", low=0.0, high=60.0)
     controller_node: str = setting("controller", "the controller node (relative name)")
-    sim_node: str = setting("sim", "the lockstep simulator node (relative name)")
+    sim_node: str = setting("sim", "the lockstep simulator node (relative name; unused with "
+                            "timing realtime)")
     logger_node: str = setting("", "the data logger node recording the samples (empty: none)")
     bag_dir: str = setting("", "the data logger's output_dir: gps_episodes.json (which bag "
                            "episode is which sample) is written there")
@@ -95,6 +102,9 @@ class GPSTrainer(Node):
     def __init__(self, **kwargs):
         super().__init__("gps_trainer", **kwargs)
         self.settings = declare_settings(self, GPSTrainerSettings)
+        if self.settings.timing == "realtime" and self.settings.reset != "move":
+            raise ValueError("timing realtime needs reset move: a running arm reaches a "
+                             "sample's start with the controller (no set_state)")
         from mbrl_ros.core.algorithms.gps_run import load_config
         s = self.settings
         path = Path(s.config).expanduser() if s.config else _shipped_config(s.robot or "arm2")
@@ -107,19 +117,23 @@ class GPSTrainer(Node):
 
     def run(self, executor) -> dict:
         from mbrl_ros.core.algorithms.gps_run import run_gps
+        from mbrl_ros.ros.gps_realtime import RealtimeSampler
         from mbrl_ros.ros.gps_remote import RemoteSampler
 
         s, cfg = self.settings, self.cfg
         self.get_logger().info(
-            f"MDGPS on {cfg.robot} through the nodes ({s.reset} reset): {cfg.conditions} "
+            f"MDGPS on {cfg.robot} through the nodes ({s.timing}, {s.reset} reset): "
+            f"{cfg.conditions} "
             f"conditions x {cfg.samples} samples x {cfg.horizon} steps, "
             f"{len(cfg.heldout_targets)} held-out, {cfg.iterations} iterations "
             f"({self.config_path}) -> {cfg.out}" + (" (resuming)" if cfg.resume else ""))
         made: list[RemoteSampler] = []
 
         def factory(task):
-            made.append(RemoteSampler(
-                task.env, task.targets, Path(cfg.out) / "nodes", self, executor,
+            cls, extra = ((RealtimeSampler, {"settle_time": s.settle_time})
+                          if s.timing == "realtime" else (RemoteSampler, {}))
+            made.append(cls(
+                task.env, task.targets, Path(cfg.out) / "nodes", self, executor, **extra,
                 controller=s.controller_node, sim=s.sim_node, logger=s.logger_node,
                 command_topic=s.command_topic, state_topic=s.state_topic, reset=s.reset,
                 move_planner=s.move_planner, settle_tolerance=s.settle_tolerance,

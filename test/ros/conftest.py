@@ -12,7 +12,6 @@ import signal
 import subprocess
 import sys
 import time
-import zlib
 from pathlib import Path
 
 import pytest
@@ -25,15 +24,21 @@ from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 BIN = Path(sys.executable).parent
 
 
-def _domain_for(nodeid: str) -> int:
-    # 1..50: tests; in-process CLI runs use 51..80 and benchmarks 81..101 (all below 102,
-    # outside Linux's ephemeral ports), so none of them can answer another's calls.
-    return 1 + (zlib.crc32(f"{nodeid}:{os.getpid()}".encode()) % 50)
-
-
 @pytest.fixture
-def domain_id(request) -> int:
-    return _domain_for(request.node.nodeid)
+def domain_id():
+    """A ROS domain no other run uses while the test runs: 1..50 are the tests' (in-process
+    CLI runs use 51..80 and benchmarks 81..101, all below 102, outside Linux's ephemeral
+    ports), each claimed with an exclusive lock (:mod:`mbrl_ros.ros.domains`) held until
+    the test's nodes are gone. A hash of the test's id picked it before: two suites at once
+    on one machine (a developer's and CI's) could meet on a domain, and one test's arm2
+    simulator then drove another test's controller (seen: "arm moved 3.467 rad")."""
+    from mbrl_ros.ros.domains import claim_domain
+
+    lock = claim_domain(range(1, 51))
+    try:
+        yield lock.domain
+    finally:
+        lock.release()
 
 
 @pytest.fixture

@@ -34,7 +34,7 @@ from typing import Callable, Protocol, Sequence, runtime_checkable
 import numpy as np
 
 __all__ = ["Sampler", "SampleBatch", "SamplerError", "TruncatedSample", "EnvSampler",
-           "noise_for_sample", "consume_noise", "first_invalid"]
+           "noise_for_sample", "consume_noise", "first_invalid", "cut_timed_sample"]
 
 
 class SamplerError(RuntimeError):
@@ -172,3 +172,79 @@ def sample_all(sampler: Sampler, controllers: Sequence, n: int, horizon: int,
                rng: np.random.Generator, noisy: bool = True) -> list[SampleBatch]:
     """One :class:`SampleBatch` per condition, conditions in order."""
     return [sampler.sample(m, c, n, horizon, rng, noisy) for m, c in enumerate(controllers)]
+
+
+def cut_timed_sample(states: np.ndarray, stamps: np.ndarray, commands: np.ndarray,
+                     answers: Sequence[int], horizon: int, dt: float,
+                     expected: Callable[[int, np.ndarray], np.ndarray],
+                     atol: float = 1e-9, rtol: float = 1e-9, window: int = 25
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """One sample of ``horizon`` steps cut from a real-time stream (an arm that runs on:
+    no lockstep, no pause), in which the controller answered every joint state with one
+    command.
+
+    The sample's step t is a state stamped ``dt * t`` after step 0's and the t-th command
+    after step 0's, which must be the sample controller's command at that state
+    (``expected(t, x)``, compared with ``atol``/``rtol``). Each topic arrives in order, but
+    which state a command answers is only a hint (``answers``: a subscriber that fell
+    behind takes the queued messages of one topic before the other's), so the start is
+    the first command that is step 0 at some state from which the whole chain holds --
+    the states nearest the hint tried first (a move's command saturated at the limits can
+    equal step 0 by chance; the chain tells them apart). Commands before it are the move's or the
+    hold's. A stream in which no such chain exists -- a state dropped or late, a safe hold
+    or a limit that changed a command, a command missing -- is not a sample of the
+    controller: :class:`TruncatedSample`, with the longest chain's reason.
+
+    Args:
+        states: (N, nx) states in arrival order; stamps: (N,) their stamps [s].
+        commands: (M, nu) commands in arrival order.
+        answers: (M,) for each command, the index of the last state received before it.
+        window: states tried on either side of that hint.
+
+    Returns:
+        X (T+1, nx) states, U (T, nu) commands.
+    """
+    T = int(horizon)
+    states = np.asarray(states, dtype=np.float64)
+    stamps = np.asarray(stamps, dtype=np.float64)
+    commands = np.asarray(commands, dtype=np.float64)
+    n_s, n_c = len(states), len(commands)
+
+    def matches(t: int, j: int, i: int) -> bool:
+        return bool(np.allclose(commands[j], expected(t, states[i]), atol=atol, rtol=rtol))
+
+    def chain(i0: int, j0: int) -> tuple[int, str]:
+        """Steps the chain from (state i0, command j0) holds for, and why it stops."""
+        for t in range(T + 1):
+            if i0 + t >= n_s:
+                return t, f"the stream ended after {t} of {T} steps (states stopped arriving?)"
+            lag = stamps[i0 + t] - stamps[i0] - dt * t
+            if abs(lag) > 0.5 * dt:
+                return t, (f"state {t} of the sample is {lag:+.3g} s off its control period "
+                           f"(a state dropped or late; period {dt:g} s)")
+            if t == T:
+                break
+            if j0 + t >= n_c:
+                return t, f"{t} of {T} commands received"
+            if t and not matches(t, j0 + t, i0 + t):
+                return t, (f"the command at step {t} is not the sample's controller's "
+                           f"({np.round(commands[j0 + t], 6).tolist()}; a safe hold, a limit, "
+                           "or a command missing?)")
+        return T, ""
+
+    best = (-1, f"no command of the sample's controller among the {n_c} received (the "
+            "controller did not switch to it?)")
+    for j in range(n_c):
+        hint = min(max(int(answers[j]), 0), n_s - 1)
+        near = range(max(hint - window, 0), min(hint + window + 1, n_s))
+        starts = [i for i in sorted(near, key=lambda i: (abs(i - hint), i))
+                  if matches(0, j, i)]
+        for i in starts:
+            steps, why = chain(i, j)
+            if steps == T:
+                return states[i:i + T + 1].copy(), commands[j:j + T].copy()
+            if steps > best[0]:
+                best = (steps, why)
+        # no whole chain from this command: a command of the move that equals step 0 by
+        # chance (both saturated at the limits), or a broken sample; try the later ones
+    raise TruncatedSample(best[1], max(best[0], 0))

@@ -44,7 +44,7 @@ __all__ = ["ExecutedLG", "LGControllerPlanner"]
 @dataclass(frozen=True, eq=False)
 class ExecutedLG:
     """A linear-Gaussian controller executed with fixed noise: u_t = clip(K_t x + k_gps_t
-    + chol_t eps_t, u_min, u_max) at step t = floor((t - t0) / dt).
+    + chol_t eps_t, u_min, u_max) at step t = round((t - t0) / dt) (:meth:`step`).
 
     Attributes:
         controller: the controller (its ``t0`` is step 0's time [s]).
@@ -89,11 +89,17 @@ class ExecutedLG:
         return self.controller.t_end
 
     def step(self, t: float) -> int:
-        return self.controller.index(t)
+        """The controller step of a state stamped t: the nearest one, (t - t0) / dt rounded
+        and clamped to [0, T-1] -- one state per step; a real-time arm's stamps jitter
+        around the period (floor would put a state stamped a hair early on the step
+        before), lockstep stamps are exact."""
+        c = self.controller
+        i = int(round((t - c.t0) / c.dt))
+        return min(max(i, 0), c.horizon - 1)
 
     def action(self, x: np.ndarray, t: float) -> np.ndarray:
         c = self.controller
-        i = c.index(t)
+        i = self.step(t)
         if self.noise is None:
             u = c.K[i] @ x + c.k_gps[i]
         else:       # LinearGaussianPolicy.sample's arithmetic, with eps_t from the array
