@@ -4,6 +4,7 @@ gps_trainer, whose exit ends the launch.
 
     ros2 launch mbrl_ros gps.launch.py robot:=arm7
     ros2 launch mbrl_ros gps.launch.py robot:=arm2 iterations:=1 out:=/tmp/gps reset:=move
+    ros2 launch mbrl_ros gps.launch.py robot:=arm2 timing:=realtime reset:=move   # runs on
     ros2 launch mbrl_ros gps.launch.py --show-args           # every argument
 
 The trainer reads the GPS run configuration (config/gps_<robot>.yaml or config:=FILE) and

@@ -166,6 +166,28 @@ def test_reset_by_a_move_of_the_controller(ros_env, tmp_path):
         assert len(moved) >= 11             # at least one chunk of the move ran
 
 
+def test_real_time_timing_runs_an_iteration_on_an_arm_that_runs_on(ros_env, tmp_path):
+    """``timing:=realtime`` (a physical arm: no lockstep, no pause): the simulator runs in
+    real time, the controller moves the arm to each start and holds it between samples,
+    and the trainer cuts the samples out of the state stream; the iteration completes and
+    every sample is a bag episode that starts where the move settled the arm."""
+    run = _config(tmp_path, train=[{"start": [0.4, 0.3], "target": [0.5, 0.6]}], heldout=[])
+    out = tmp_path / "realtime"
+    code, log = _bringup(ros_env, tmp_path, "robot:=arm2", f"config:={run}", "iterations:=1",
+                         "samples:=2", f"horizon:={T}", "reset:=move", "timing:=realtime",
+                         f"out:={out}")
+    assert code == 0, log
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert [r["iteration"] for r in metrics["iterations"]] == [1]
+    index = json.loads((out / "bags" / "gps_episodes.json").read_text())
+    kept = [e for e in index["episodes"] if e["noisy"] and not e["discarded"]]
+    assert len(kept) == 2
+    # a refused combination is a one-line error before anything starts
+    code, log = _bringup(ros_env, tmp_path, "robot:=arm2", "timing:=realtime",
+                         f"out:={tmp_path / 'x'}")
+    assert code != 0 and "timing:=realtime needs reset:=move" in log, log
+
+
 def test_a_failing_trainer_ends_the_bringup_with_an_error_naming_it(ros_env, tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("robot: arm2\nbogus_key: 1\n")
