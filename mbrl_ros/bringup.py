@@ -478,7 +478,10 @@ def gps_controller_params(robot: str, dt: float, target=None, move_planner: str 
             "diagnostics_rate": 0.0, "publish_plan": False,
             **({} if target is None else
                {"target_joint_positions": [float(v) for v in target]}),
-            "gps_policy.rollout_nominal": False, "gps_policy.reload": False}
+            "gps_policy.rollout_nominal": False, "gps_policy.reload": False,
+            # the move's plans are solved in the state callback (sync): one iteration keeps
+            # them well inside a control period, or the watchdog holds the running arm
+            **({f"{move_planner}.max_iterations": 1} if move_planner == "ilqr" else {})}
     return {
         "robot": robot, "model": "mujoco",
         "planner_plugins": ["lg_controller", "gps_policy"] + ([move_planner] if move_planner

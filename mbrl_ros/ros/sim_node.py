@@ -225,8 +225,13 @@ class SimNode(Node):
                     next_t += period
                 else:
                     self.counters["overruns"] += 1
-                    # Fell behind: resynchronise instead of bursting to catch up.
-                    next_t = time.monotonic() + period if delay < -period else next_t + period
+                    # Fell behind: resynchronise (simulated time falls behind the wall
+                    # clock for a moment) instead of catching up in a burst -- back-to-back
+                    # ticks publish the next state before the controller's answer to the
+                    # last one arrived, and that answer then acts a period late (seen: an
+                    # iLQR move at 20 Hz thrown off on a busy machine). A physical arm's
+                    # time does not burst either.
+                    next_t = time.monotonic() + period
 
     def _tick(self, s: SimSettings) -> None:
         now = time.monotonic()

@@ -160,6 +160,24 @@ class Probe:
         self.node.create_subscription(msg_type, topic, got.append, qos)
         return got
 
+    def activate(self, node: str = "/controller") -> None:
+        """Configure and activate a lifecycle node, as ``mbrl-ros bringup`` does: get_state
+        until answered first (a request sent the moment the service shows up in the graph
+        may reach nobody), then the two transitions."""
+        from lifecycle_msgs.msg import Transition
+        from lifecycle_msgs.srv import ChangeState, GetState
+
+        for _ in range(12):
+            try:
+                self.call(GetState, f"{node}/get_state", timeout=10)
+                break
+            except AssertionError:
+                continue
+        for t in (Transition.TRANSITION_CONFIGURE, Transition.TRANSITION_ACTIVATE):
+            req = ChangeState.Request()
+            req.transition.id = t
+            assert self.call(ChangeState, f"{node}/change_state", req, timeout=60).success
+
     def call(self, srv_type, name: str, request=None, timeout: float = 30.0,
              resend: float | None = None):
         """Call a service; ``timeout`` covers discovery and the answer each (30 s: under two

@@ -86,9 +86,6 @@ def test_a_sample_the_controller_did_not_execute_is_refused(start_node, probe, t
     checks the commands instead: an lg_controller artifact the controller cannot load
     (its replans fail, it holds) gives commands that are not the sample's controller's,
     and the sample is refused with an error saying so."""
-    from lifecycle_msgs.msg import Transition
-    from lifecycle_msgs.srv import ChangeState, GetState
-
     from mbrl_ros.bringup import gps_controller_params
     from mbrl_ros.core.algorithms.gps import MDGPS, GPSSettings
     from mbrl_ros.core.algorithms.sim_env import reach_task
@@ -99,18 +96,7 @@ def test_a_sample_the_controller_did_not_execute_is_refused(start_node, probe, t
     start_node("sim_node", {"model": "arm2", "lockstep": True, "start_paused": True,
                             "publish_rate": 1.0 / dt, "diagnostics_rate": 0.0})
     start_node("controller", gps_controller_params("arm2", dt))
-    # get_state until answered first (as mbrl-ros bringup does): a request sent the moment
-    # the service shows up in the graph may reach nobody
-    for _ in range(12):
-        try:
-            probe.call(GetState, "/controller/get_state", timeout=10)
-            break
-        except AssertionError:
-            continue
-    for t in (Transition.TRANSITION_CONFIGURE, Transition.TRANSITION_ACTIVATE):
-        req = ChangeState.Request()
-        req.transition.id = t
-        assert probe.call(ChangeState, "/controller/change_state", req, timeout=60).success
+    probe.activate("/controller")
     sampler = RemoteSampler(task.env, task.targets, tmp_path, probe.node, probe.executor,
                             step_timeout=20.0)
     gps = MDGPS(task.env, task.costs, GPSSettings(horizon=8, samples=1, seed=0),

@@ -9,25 +9,20 @@ import pytest
 pytestmark = pytest.mark.timeout(300)
 
 
-def _active(probe):
-    from lifecycle_msgs.msg import Transition
-    from lifecycle_msgs.srv import ChangeState, GetState
+def _arm(start_node, probe, dt, state_rate):
+    """arm2 running in real time (states at ``state_rate`` Hz) and the controller GPS
+    samples with (safety layers on, iLQR for the moves), active."""
+    from mbrl_ros.bringup import gps_controller_params
 
-    for _ in range(12):
-        try:
-            probe.call(GetState, "/controller/get_state", timeout=10)
-            break
-        except AssertionError:
-            continue
-    for t in (Transition.TRANSITION_CONFIGURE, Transition.TRANSITION_ACTIVATE):
-        req = ChangeState.Request()
-        req.transition.id = t
-        assert probe.call(ChangeState, "/controller/change_state", req, timeout=60).success
+    start_node("sim_node", {"model": "arm2", "lockstep": False, "publish_rate": state_rate,
+                            "diagnostics_rate": 0.0})
+    start_node("controller", gps_controller_params("arm2", dt, move_planner="ilqr",
+                                                   realtime=True))
+    probe.activate("/controller")
 
 
 def test_samples_are_cut_from_the_running_arm_and_an_iteration_runs(start_node, probe,
                                                                     tmp_path):
-    from mbrl_ros.bringup import gps_controller_params
     from mbrl_ros.core.algorithms.gps import MDGPS, GPSSettings
     from mbrl_ros.core.algorithms.sim_env import reach_task
     from mbrl_ros.ros.gps_realtime import RealtimeSampler
@@ -35,11 +30,7 @@ def test_samples_are_cut_from_the_running_arm_and_an_iteration_runs(start_node, 
     T = 8
     task = reach_task("arm2", conditions=1, horizon=T, seed=0)
     dt = task.env.dt
-    start_node("sim_node", {"model": "arm2", "lockstep": False, "publish_rate": 1.0 / dt,
-                            "diagnostics_rate": 0.0})
-    start_node("controller", gps_controller_params("arm2", dt, move_planner="ilqr",
-                                                   realtime=True))
-    _active(probe)
+    _arm(start_node, probe, dt, 1.0 / dt)
     sampler = RealtimeSampler(task.env, task.targets, tmp_path, probe.node, probe.executor,
                               move_planner="ilqr", settle_tolerance=0.02,
                               settle_velocity=0.1, settle_time=0.2, step_timeout=20.0)
@@ -66,17 +57,12 @@ def test_samples_are_cut_from_the_running_arm_and_an_iteration_runs(start_node, 
 
 def test_real_time_samples_refuse_a_state_stream_off_the_control_period(start_node, probe,
                                                                         tmp_path):
-    from mbrl_ros.bringup import gps_controller_params
     from mbrl_ros.core.algorithms.sim_env import reach_task
     from mbrl_ros.ros.gps_realtime import RealtimeSampler
 
     task = reach_task("arm2", conditions=1, horizon=8, seed=0)
     dt = task.env.dt
-    start_node("sim_node", {"model": "arm2", "lockstep": False, "publish_rate": 0.5 / dt,
-                            "diagnostics_rate": 0.0})
-    start_node("controller", gps_controller_params("arm2", dt, move_planner="ilqr",
-                                                   realtime=True))
-    _active(probe)
+    _arm(start_node, probe, dt, 0.5 / dt)      # states every second period
     with pytest.raises(ValueError, match="one joint state per control period"):
         RealtimeSampler(task.env, task.targets, tmp_path, probe.node, probe.executor)
     with pytest.raises(ValueError, match="reset must be 'move'"):
