@@ -19,7 +19,8 @@ With ``reset: move`` (a real arm has no ``set_state``) the start of a sample is 
 the controller itself: its ``move_planner`` (iLQR on the known model) drives the arm to the
 condition's start until it settles within a tolerance, then the sample's controller takes
 over from the settled state. The lockstep simulator is required either way (exact-length
-samples need its ``pause_after`` and ``~/resume``).
+samples need its ``pause_after`` and ``~/resume``); an arm that runs in real time (a
+physical one) is sampled by :class:`~mbrl_ros.ros.gps_realtime.RealtimeSampler`.
 """
 from __future__ import annotations
 
