@@ -67,7 +67,6 @@ class RealtimeSampler(RemoteSampler):
         self.rate_tolerance = float(rate_tolerance)
         self.policy_atol = float(policy_atol)
         self._policy_expect = None
-        self._marker_count = 0
         super().__init__(env, targets, store_dir, node, executor, **kwargs)
         self._check_state_period()
 
@@ -150,13 +149,6 @@ class RealtimeSampler(RemoteSampler):
                 "target_joint_positions": [float(v) for v in rec.states[-1][:n]],
                 "active_planner": self.move_planner})
 
-    def _next_episode_id(self) -> int:
-        marker = self._mark_episode()
-        if marker is None:
-            self._marker_count += 1
-            return self._marker_count
-        return marker
-
     def _episode(self, m: int, horizon: int) -> tuple[np.ndarray, np.ndarray]:
         t_wall = time.perf_counter()
         q0, _ = self.env.start_state(m)
@@ -164,7 +156,9 @@ class RealtimeSampler(RemoteSampler):
         if marker is not None:
             self.other_episodes.append({"episode": marker, "kind": "move"})
         self._move_to(q0)
-        self._episode_id = self._next_episode_id()
+        marker = self._mark_episode()           # the sample's episode (with a data logger)
+        if marker is not None:
+            self._episode_id = marker
         expected = self._expected()
         rec = self.recorder
         # not cleared here: the controller may take the switch at a state the recorder has

@@ -34,6 +34,7 @@ from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import JointState
 
 from mbrl_ros.core.algorithms.sampler import SamplerError, TruncatedSample
+from mbrl_ros.core.planners.lg_controller.planner import ExecutedLG
 from mbrl_ros.core.policies.linear_gaussian import LinearGaussianPolicy
 from mbrl_ros.ros.gps_sampling import NodeSamplerBase, SampleRecorder
 
@@ -211,17 +212,16 @@ class RemoteSampler(NodeSamplerBase):
         """The commands recorded are the sample's controller's (its mean plus the sample's
         noise, clipped, at the recorded states): not a safe hold or the answer of a planner
         that failed to load the sample -- the controller node's counters are not visible
-        from here, its commands are. Same arithmetic as the lg_controller planner."""
+        from here, its commands are. The lg_controller planner's own arithmetic
+        (:class:`ExecutedLG`)."""
         if self._expect is None:
             return
         c, eps = self._expect
+        run = ExecutedLG(c, eps, self.u_min, self.u_max)
         lo, hi = np.asarray(self.env.sim.position_limits, dtype=np.float64).T
         n = len(lo)
         for t in range(len(U)):
-            u = c.K[t] @ X[t] + c.k_gps[t]
-            if eps is not None:
-                u = u + c._chol[t] @ eps[t]
-            u = np.minimum(np.maximum(u, self.u_min), self.u_max)
+            u = run.action(X[t], c.t0 + t * c.dt)
             # beyond a joint limit the controller's guard removes effort pushing further
             # (joint_limit_margin 0 still guards the limit itself): not compared there
             free = ~((X[t, :n] > hi) | (X[t, :n] < lo))
