@@ -468,35 +468,28 @@ def gps_controller_params(robot: str, dt: float, target=None, move_planner: str 
     records in any case). ``move_planner``: also build this planner (``reset:=move``).
     ``realtime`` (an arm that runs on, as a physical one): the controller keeps its safety
     layers and watchdog; a sample whose commands they changed is dropped and redrawn."""
-    if realtime:
-        return {
-            "robot": robot, "model": "mujoco",
-            "planner_plugins": ["lg_controller", "gps_policy"] + ([move_planner] if
-                                                                  move_planner else []),
-            "active_planner": move_planner or "lg_controller", "control_mode": "on_state",
-            "plan_mode": "sync", "replan_every": 1, "control_rate": 1.0 / dt,
-            "diagnostics_rate": 0.0, "publish_plan": False,
-            **({} if target is None else
-               {"target_joint_positions": [float(v) for v in target]}),
-            "gps_policy.rollout_nominal": False, "gps_policy.reload": False,
-            # the move's plans are solved in the state callback (sync): one iteration keeps
-            # them well inside a control period, or the watchdog holds the running arm
-            **({f"{move_planner}.max_iterations": 1} if move_planner == "ilqr" else {})}
-    return {
+    params: dict[str, Any] = {
         "robot": robot, "model": "mujoco",
         "planner_plugins": ["lg_controller", "gps_policy"] + ([move_planner] if move_planner
                                                               else []),
         "active_planner": "lg_controller", "control_mode": "on_state", "plan_mode": "sync",
         "replan_every": 1, "control_rate": 1.0 / dt, "diagnostics_rate": 0.0,
-        "publish_plan": False, "state_timeout": 60.0,
+        "publish_plan": False,
         **({} if target is None else
            {"target_joint_positions": [float(v) for v in target]}),
-        "gps_policy.rollout_nominal": False, "gps_policy.reload": False,
-        # safety layers that would change exploratory commands: off / wide
-        "max_effort_rate": 1e7, "joint_limit_margin": 0.0, "limit_damping": 0.0,
-        "state_confirm": 1, "implausible_latch": 0, "state_position_margin": 1e3,
-        "state_max_velocity": [1e6], "state_max_acceleration": [1e9],
-    }
+        "gps_policy.rollout_nominal": False, "gps_policy.reload": False}
+    if realtime:
+        params["active_planner"] = move_planner or "lg_controller"
+        if move_planner == "ilqr":
+            # the move's plans are solved in the state callback (sync): one iteration keeps
+            # them well inside a control period, or the watchdog holds the running arm
+            params["ilqr.max_iterations"] = 1
+        return params
+    return {**params, "state_timeout": 60.0,
+            # safety layers that would change exploratory commands: off / wide
+            "max_effort_rate": 1e7, "joint_limit_margin": 0.0, "limit_damping": 0.0,
+            "state_confirm": 1, "implausible_latch": 0, "state_position_margin": 1e3,
+            "state_max_velocity": [1e6], "state_max_acceleration": [1e9]}
 
 
 def _gps_plan(a: dict[str, str], config: Path, process) -> Plan:

@@ -35,7 +35,6 @@ from pathlib import Path
 import numpy as np
 
 from mbrl_ros.core.algorithms.sampler import cut_timed_sample
-from mbrl_ros.core.planners.lg_controller.planner import ExecutedLG
 from mbrl_ros.ros.gps_remote import RemoteSampler
 
 __all__ = ["RealtimeSampler"]
@@ -99,13 +98,12 @@ class RealtimeSampler(RemoteSampler):
         self._policy_expect = bound
 
     def _expected(self):
-        """The command the sample's controller gives at step t and state x."""
-        lo, hi = self.u_min, self.u_max
-        if self._expect is not None:
-            c, eps = self._expect
-            run = ExecutedLG(c, eps, lo, hi)
-            return lambda t, x: run.action(x, c.t0 + t * c.dt)
-        pol = self._policy_expect
+        """The command the sample's controller gives at step t and state x: the linear-
+        Gaussian one's as the lockstep path checks it, else the global policy's."""
+        expected = self._expected_command()
+        if expected is not None:
+            return expected
+        pol, lo, hi = self._policy_expect, self.u_min, self.u_max
         return lambda t, x: np.clip(pol.action(x, t * self.dt), lo, hi)
 
     def _move_to(self, q0: np.ndarray) -> None:

@@ -208,25 +208,36 @@ class RemoteSampler(NodeSamplerBase):
         self._expect = None
         super()._use_policy(policy, m)
 
-    def _check_executed(self, X: np.ndarray, U: np.ndarray) -> None:
-        """The commands recorded are the sample's controller's (its mean plus the sample's
-        noise, clipped, at the recorded states): not a safe hold or the answer of a planner
-        that failed to load the sample -- the controller node's counters are not visible
-        from here, its commands are. The lg_controller planner's own arithmetic
-        (:class:`ExecutedLG`)."""
+    def _expected_command(self):
+        """The sample controller's command at step t and state x, ``f(t, x) -> (nu,)`` --
+        the lg_controller planner's own arithmetic (:class:`ExecutedLG`: its mean plus the
+        sample's noise, clipped) -- NaN (not compared) on a joint beyond its position limit,
+        where the controller's guard removes effort pushing further (joint_limit_margin 0
+        still guards the limit itself). None: no linear-Gaussian sample is set."""
         if self._expect is None:
-            return
+            return None
         c, eps = self._expect
         run = ExecutedLG(c, eps, self.u_min, self.u_max)
         lo, hi = np.asarray(self.env.sim.position_limits, dtype=np.float64).T
         n = len(lo)
+
+        def expected(t: int, x: np.ndarray) -> np.ndarray:
+            u = run.action(x, c.t0 + t * c.dt).copy()
+            if len(u) == n:                  # one command per joint
+                u[(x[:n] > hi) | (x[:n] < lo)] = np.nan
+            return u
+        return expected
+
+    def _check_executed(self, X: np.ndarray, U: np.ndarray) -> None:
+        """The commands recorded are the sample's controller's (:meth:`_expected_command`):
+        not a safe hold or the answer of a planner that failed to load the sample -- the
+        controller node's counters are not visible from here, its commands are."""
+        expected = self._expected_command()
+        if expected is None:
+            return
         for t in range(len(U)):
-            u = run.action(X[t], c.t0 + t * c.dt)
-            # beyond a joint limit the controller's guard removes effort pushing further
-            # (joint_limit_margin 0 still guards the limit itself): not compared there
-            free = ~((X[t, :n] > hi) | (X[t, :n] < lo))
-            if len(free) != len(u):          # not one command per joint: compare all
-                free = np.ones(len(u), dtype=bool)
+            u = expected(t, X[t])
+            free = ~np.isnan(u)
             if not np.allclose(U[t][free], u[free], rtol=1e-9, atol=1e-9):
                 raise TruncatedSample(
                     f"gps trainer: the controller did not execute the sample: its command at "

@@ -97,3 +97,20 @@ def test_a_move_command_that_equals_step_0_by_chance_is_not_the_start():
     commands[2] = clipped(0, states[2])          # a move command that looks like step 0
     X, U = cut_timed_sample(states, stamps, commands, answers, T, DT, clipped)
     np.testing.assert_array_equal(X, states[pre:pre + T + 1])
+
+
+def test_entries_the_controller_gives_as_nan_are_not_compared():
+    """A joint beyond its position limit: the controller's guard changes its effort, the
+    expected command says NaN there (as the lockstep path masks it) and the rest is checked."""
+    states, stamps, commands, answers, pre = stream()
+    commands[pre + 2, 1] = 123.0                 # the guard acted on joint 1 at step 2
+
+    def masked(t, x):
+        u = expected(t, x)
+        if t == 2:
+            u[1] = np.nan
+        return u
+    X, U = cut_timed_sample(states, stamps, commands, answers, T, DT, masked)
+    np.testing.assert_array_equal(U, commands[pre:pre + T])
+    with pytest.raises(TruncatedSample, match="step 2"):
+        cut_timed_sample(states, stamps, commands, answers, T, DT, expected)

@@ -94,8 +94,7 @@ class ExecutedLG:
         around the period (floor would put a state stamped a hair early on the step
         before), lockstep stamps are exact."""
         c = self.controller
-        i = int(round((t - c.t0) / c.dt))
-        return min(max(i, 0), c.horizon - 1)
+        return c.index(t + 0.5 * c.dt)
 
     def action(self, x: np.ndarray, t: float) -> np.ndarray:
         c = self.controller
