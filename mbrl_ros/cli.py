@@ -167,7 +167,7 @@ def _cmd_fit(args: argparse.Namespace) -> int:
            "version": info.version, "checksum": info.checksum, "plot": str(png),
            "bags": [str(b) for b in args.bag], "dropped": report.dropped,
            "bags_complete": batch.meta["bags_complete"], "bag_damage": batch.meta["bag_damage"],
-           "metrics": m, "notes": result.report.notes}
+           "metrics": m, "notes": result.report.notes, "ranges": result.report.ranges}
     (out / "report.json").write_text(json.dumps(rep, indent=2))
     print(f"\n{args.model}: {rep['n_train']} training / {rep['n_val']} validation transitions,"
           f" fit in {rep['fit_seconds']:.2f} s\n  one-step RMSE {rep['one_step_rmse']:.4g}"

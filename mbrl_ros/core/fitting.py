@@ -110,6 +110,15 @@ def drop_repeats(data: TransitionBatch) -> tuple[TransitionBatch, int]:
     return data.subset(np.concatenate([[True], ~same])), n_rep
 
 
+def data_ranges(batch: TransitionBatch) -> dict[str, list[float]]:
+    """Each state and action name -> [min, max] over the batch (empty for no data)."""
+    if not len(batch):
+        return {}
+    columns = zip(tuple(batch.state_names) + tuple(batch.action_names),
+                  np.concatenate([batch.states, batch.actions], axis=1).T)
+    return {name: [float(c.min()), float(c.max())] for name, c in columns}
+
+
 def check_excitation(batch: TransitionBatch, min_std: float) -> list[str]:
     """Refuse data that cannot identify a dynamics model.
 
@@ -336,7 +345,8 @@ def fit_model(batch: TransitionBatch, settings: FitSettings = FitSettings(),
         raise ModelError(f"{settings.model} fit produced non-finite predictions")
     check_fitted(model, validation.states, robot)
     report = FitReport(n_train=len(train), n_val=len(val), fit_seconds=fit_seconds,
-                       metrics=metrics, notes=list(report.notes) + excitation_notes)
+                       metrics=metrics, notes=list(report.notes) + excitation_notes,
+                       ranges=data_ranges(batch))
     if n_bad:
         report.notes.append(f"{n_bad} transitions with NaN/inf dropped")
     if warm:

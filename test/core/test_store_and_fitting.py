@@ -126,6 +126,11 @@ def test_fit_reports_validation_metrics_and_recovers_linear_system():
     m = r.report.metrics
     assert r.report.n_train == 240 and r.report.n_val == 60
     assert m["one_step_rmse"] < 3e-3 and m["rollout_rmse"] < 0.05
+    data = linear_data()          # the region the model saw: every column's [min, max]
+    columns = np.concatenate([data.states, data.actions], axis=1)
+    expect = {n: [c.min(), c.max()] for n, c in zip(NAMES_X + NAMES_U, columns.T)}
+    assert r.report.ranges == expect
+    assert r.report.to_json()["ranges"] == expect      # stored with the published model
 
 
 def test_nonfinite_rows_dropped_and_counted():

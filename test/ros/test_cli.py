@@ -189,6 +189,7 @@ def test_fit_continuous_joints_option(tmp_path):
     rep = json.loads((tmp_path / "fit" / "report.json").read_text())
     model = store.load(rep["artifact"])
     assert [model.spec.state_names[i] for i in model.spec.periodic] == ["j2/position"]
+    assert set(rep["ranges"]) == set(model.spec.state_names + model.spec.action_names)
     r = run("fit", "--bag", bag, "--model", "linear", "--out", tmp_path / "fit2",
             "--no-progress", "--continuous-joints", "wheel")
     assert r.returncode == 2 and "wheel" in r.stderr and "Traceback" not in r.stderr

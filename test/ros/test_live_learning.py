@@ -20,6 +20,7 @@ from conftest import diagnostics_values
 from test_bringup import bringup  # noqa: F401  (the fixture: start `mbrl-ros bringup`)
 
 from mbrl_ros.core.robot import RobotDescription
+from mbrl_ros.core.store import read_meta
 
 pytestmark = pytest.mark.timeout(300)
 TARGET = np.array([0.5, -0.5])          # config/arm2.yaml
@@ -56,14 +57,16 @@ def test_sim_bringup_with_a_learned_model_explores_learns_and_reaches(bringup, p
     # 1. Exploration before any model: the arm moves over its range under non-zero efforts.
     probe.spin_until(lambda: alive() and len(models) > 0, 150,
                      "the fitter's first model (exploring until then)", explain)
-    before = np.array([s.position[:2] for s in states])
-    # The probe joins late on a busy machine (it saw 90 of the fitter's 219 transitions in a
-    # CI run): the motion over the range is what counts, not how much of it the probe saw.
-    assert len(before) > 30, p.output()
-    assert np.all(np.ptp(before, axis=0) > 0.3), np.ptp(before, axis=0)
-    assert max(np.abs(c.data).max() for c in commands) > 0.5     # N·m, not a zero hold
     info = json.loads(models[0].data)
     assert info["kind"] == model and info["version"] >= 1
+    # What the fitter learned from: the probe joins late on a busy machine (it saw 4 of the
+    # fitter's 207 transitions in one CI run), so the range is read from the fit's report.
+    ranges = read_meta(info["uri"])["report"]["ranges"]
+    for joint in ("shoulder", "elbow"):
+        lo, hi = ranges[f"{joint}/position"]
+        assert hi - lo > 0.3, ranges                  # rad: moved over its range
+        lo, hi = ranges[joint]
+        assert max(abs(lo), abs(hi)) > 0.5, ranges    # N·m: under efforts, not a zero hold
 
     # 2. The controller loads it and stops exploring.
     ctrl = {}

@@ -135,12 +135,16 @@ class Linearization:
 
 @dataclass
 class FitReport:
-    """What a fit did: sizes, time and validation metrics (JSON-able)."""
+    """What a fit did: sizes, time and validation metrics (JSON-able).
+
+    ``ranges``: each state and action name -> [min, max] over the data the model was fitted
+    on (training and validation), the region where its predictions were checked."""
     n_train: int
     n_val: int
     fit_seconds: float
     metrics: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    ranges: dict[str, list[float]] = field(default_factory=dict)
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
