@@ -47,8 +47,10 @@ from mbrl_ros.core.policies.linear_gaussian import LinearGaussianPolicy
 
 __all__ = ["REFINE_ALPHAS", "SamplingPlanner"]
 
-# Step sizes of the refinement's line search; 0 keeps the sampled plan.
-REFINE_ALPHAS = (1.0, 0.5, 0.25, 0.0)
+# Step sizes of the refinement's line search (one batched rollout); 0 keeps the plan. Down
+# to 1/64: over a learned arm7 ensemble the full step was rejected in most replans and
+# 1/8-1/64 accepted (BENCHMARKS.md, Session 11).
+REFINE_ALPHAS = (1.0, 0.5, 0.25, 0.125, 0.0625, 0.03125, 0.015625, 0.0)
 
 
 class SamplingPlanner(Planner):
@@ -63,8 +65,10 @@ class SamplingPlanner(Planner):
     ``stats`` after ``optimize`` (subclasses add their own): cost (of the returned plan
     under the mean rollout, or of the sample-average states without ``nominal_rollout``),
     warm_start_shift (steps), warm_start_fill (the mode used for the appended steps),
-    model_calls, rows_per_call, with ``feedback: lqr`` feedback ('lqr', or 'none' if the
-    linearisation was not finite or the sweep failed) and time_feedback_s,
+    model_calls, rows_per_call, with ``refine: newton`` refine_alpha (the first step's
+    size), refine_steps (steps that lowered the cost) and time_refine_s, with ``feedback:
+    lqr`` feedback ('lqr', or 'none' if the linearisation was not finite or the sweep
+    failed) and time_feedback_s,
     solve_time_s, time_rollout_s (sample rollouts), time_nominal_s (mean rollout and
     disagreement) [s], status, and when the model has ``uncertainty`` (numpy, e.g. the
     ensemble's normalised member variance) or ``member_means`` (torch; then the variance
@@ -194,6 +198,20 @@ class SamplingPlanner(Planner):
             ValueError: x0 is not finite, or every sampled rollout (or its cost) was
                 non-finite, so the model is unusable from this state.
         """
+        # Every torch call of the replan under the configured threads: one call outside
+        # them right after a switch back (the tail fill's) took 35 ms instead of 0.7 ms
+        # over the arm7 ensemble, the thread pool re-forming (BENCHMARKS.md, Session 11).
+        threads, want = torch.get_num_threads(), int(self.settings.threads)
+        if want > 0 and want != threads:
+            torch.set_num_threads(want)
+        try:
+            return self._optimize(x0, t0, model, cost)
+        finally:
+            if want > 0 and want != threads:
+                torch.set_num_threads(threads)
+
+    def _optimize(self, x0: np.ndarray, t0: float, model: Any, cost: Any
+                  ) -> LinearGaussianPolicy:
         s = self.settings
         t_start = time.perf_counter()
         x0 = np.asarray(x0, dtype=np.float64).reshape(self.nx)
@@ -205,58 +223,58 @@ class SamplingPlanner(Planner):
         self._lo = torch.as_tensor(lo, dtype=self.dtype)
         self._hi = torch.as_tensor(hi, dtype=self.dtype)
         self._chained, self._t0 = self.rate_steps(t0) is not None, float(t0)
+        engine = self._engine
+        engine.model_calls = 0
+        # The subclasses' _improve samples self._n sequences per iteration.
+        self._n = self._sample_count()
         us0, shift = self._initial_actions(t0)
         self._shift = shift
         self._fill, fill_mode = self._tail_fill(model, shift)
         if self._fill is not None:
             us0[us0.shape[0] - self._appended(shift):] = self._fill
         self.initial_actions = us0.copy()
-        threads = torch.get_num_threads()
-        if s.threads > 0 and s.threads != threads:
-            torch.set_num_threads(s.threads)
-        engine = self._engine
-        engine.model_calls = 0
-        # The subclasses' _improve samples self._n sequences per iteration.
-        self._n = self._sample_count()
-        try:
-            with torch.no_grad():
-                tic = time.perf_counter()
-                U, stats = self._improve(x0, torch.as_tensor(us0, dtype=self.dtype), model,
-                                         cost)
-                toc = time.perf_counter()
-                if not stats.pop("any_finite"):
-                    raise ValueError(
-                        f"{self.name}: every sampled rollout from x0 = {x0.tolist()} (or its "
-                        "cost) is non-finite; the model is unusable from this state")
-                us = self._clamp(U).to(torch.float64).numpy()
-                states = stats.pop("states", None)
-                xs, unc = None, None
-                nominal_from = time.perf_counter()
-                if s.refine == "newton":
+        with torch.no_grad():
+            tic = time.perf_counter()
+            U, stats = self._improve(x0, torch.as_tensor(us0, dtype=self.dtype), model,
+                                     cost)
+            toc = time.perf_counter()
+            if not stats.pop("any_finite"):
+                raise ValueError(
+                    f"{self.name}: every sampled rollout from x0 = {x0.tolist()} (or its "
+                    "cost) is non-finite; the model is unusable from this state")
+            us = self._clamp(U).to(torch.float64).numpy()
+            states = stats.pop("states", None)
+            xs, unc = None, None
+            nominal_from = time.perf_counter()
+            if s.refine == "newton":
+                steps = []
+                for _ in range(int(s.refine_iterations)):
                     us, alpha, xs = self._refine(model, cost, x0, us)
-                    if alpha != 0.0:
-                        states = None      # the sample average belongs to the old plan
-                    else:                  # xs: the mean rollout of the unchanged plan
-                        unc = engine.mean_disagreement
-                    nominal_from = time.perf_counter()
-                    stats.update(refine_alpha=alpha, time_refine_s=nominal_from - toc)
-                if xs is not None:
-                    pass    # the refinement rolled the returned plan out with the mean
-                elif s.nominal_rollout or states is None:
-                    xs = engine.mean_rollout(model, x0, us)
+                    steps.append(alpha)
+                    if alpha == 0.0:   # no lower cost along this step: the next is alike
+                        break
+                if any(steps):
+                    states = None      # the sample average belongs to the old plan
+                if alpha == 0.0:       # xs: the mean rollout of the plan returned
                     unc = engine.mean_disagreement
-                else:
-                    xs = states.to(torch.float64).numpy().copy()
-                    xs[0] = x0
-                    unc = None
-                if unc is not None and np.all(np.isfinite(xs[:self.horizon])):
-                    source = "uncertainty"     # model.uncertainty, from the mean rollout
-                else:
-                    unc, source = self._disagreement(model, xs, us)
-                tac = time.perf_counter()
-        finally:
-            if s.threads > 0 and s.threads != threads:
-                torch.set_num_threads(threads)
+                nominal_from = time.perf_counter()
+                stats.update(refine_alpha=steps[0],
+                             refine_steps=sum(a != 0.0 for a in steps),
+                             time_refine_s=nominal_from - toc)
+            if xs is not None:
+                pass    # the refinement rolled the returned plan out with the mean
+            elif s.nominal_rollout or states is None:
+                xs = engine.mean_rollout(model, x0, us)
+                unc = engine.mean_disagreement
+            else:
+                xs = states.to(torch.float64).numpy().copy()
+                xs[0] = x0
+                unc = None
+            if unc is not None and np.all(np.isfinite(xs[:self.horizon])):
+                source = "uncertainty"     # model.uncertainty, from the mean rollout
+            else:
+                unc, source = self._disagreement(model, xs, us)
+            tac = time.perf_counter()
         with np.errstate(invalid="ignore", over="ignore"):
             J = float(cost.total(xs, us))
         status = stats.pop("status", "ok")
@@ -361,10 +379,8 @@ class SamplingPlanner(Planner):
                                      self._generator)
         self._engine.rows = rows
         i = int(torch.argmin(J))
-        if not math.isfinite(float(J[i])):
-            return us, 0.0, xs
-        if alphas[i] == 0.0:
-            return us, 0.0, xs
+        if not math.isfinite(float(J[i])) or not float(J[i]) < float(J[-1]):
+            return us, 0.0, xs      # no step lowers the cost of the plan (alpha 0, last)
         # The line search's row i is the mean rollout of the plan it returns.
         return cand[i], float(alphas[i]), states[:, i].to(torch.float64).numpy().copy()
 

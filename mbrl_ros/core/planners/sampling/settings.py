@@ -58,6 +58,10 @@ class SamplingSettings:
         "newton", "local refinement of the sampled plan: 'newton' (one line-searched "
         "Gauss-Newton step: no steady-state offset, moving when replans are slow) or 'none' "
         "(the sampling update alone); docs/PLANNERS.md", choices=REFINE_MODES, dynamic=True)
+    refine_iterations: int = setting(
+        1, "refine 'newton': Gauss-Newton steps per replan, each a linearisation, a sweep and "
+        "one batched line search; stops at the first step that lowers no cost",
+        low=1, high=100, dynamic=True)
     adapt_samples: bool = setting(
         True, "with a deadline from the controller (timer mode: 1/plan_rate), sample fewer "
         "sequences per replan when solves run late (none: the configured count); "
