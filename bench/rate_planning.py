@@ -41,6 +41,7 @@ from mbrl_ros.core.models.mujoco_model import MujocoModel  # noqa: E402
 from mbrl_ros.core.planners.base import RobotLayout  # noqa: E402
 from mbrl_ros.core.robot import RobotDescription  # noqa: E402
 from mbrl_ros.core.settings import from_mapping  # noqa: E402
+from mbrl_ros.core.threads import limit_threads  # noqa: E402
 from mbrl_ros.sim.env import MujocoSim  # noqa: E402
 
 CONFIG = Path(__file__).resolve().parents[1] / "config"
@@ -132,6 +133,7 @@ def main() -> None:
                     "ilqr.feedback_scale=0.5; repeatable")
     ap.add_argument("--json")
     a = ap.parse_args()
+    limit_threads()         # as the nodes: one BLAS/OpenMP thread
     overrides = {k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in a.set)}
     planners = ["ilqr"] if a.quick else a.planners.split(",")
     rates = [1000.0] if a.quick else [float(r) for r in a.rates.split(",")]
