@@ -55,8 +55,9 @@ class SamplingSettings:
         choices=FEEDBACK_MODES,
         dynamic=True)
     refine: str = setting(
-        "newton", "local refinement of the sampled plan: 'newton' (one line-searched "
-        "Gauss-Newton step: no steady-state offset, moving when replans are slow) or 'none' "
+        "newton", "local refinement of the sampled plan: 'newton' (refine_iterations "
+        "line-searched Gauss-Newton steps: no steady-state offset, moving when replans are "
+        "slow) or 'none' "
         "(the sampling update alone); docs/PLANNERS.md", choices=REFINE_MODES, dynamic=True)
     refine_iterations: int = setting(
         1, "refine 'newton': Gauss-Newton steps per replan, each a linearisation, a sweep and "
