@@ -259,3 +259,31 @@ def test_default_sampling_planner_fits_a_slow_model_into_the_deadline_and_recove
     counts = [slow[-1][0]] + [n for n, _ in fast]
     assert counts[-1] == n_max
     assert all(b <= int(1.5 * a) for a, b in zip(counts, counts[1:])), counts
+
+
+def test_newton_steps_after_the_first_stop_at_the_deadline(monkeypatch):
+    """refine_iterations > 1: a step that would end past the controller's deadline is not
+    taken (the first always is, as iLQR's first iteration); without a deadline all are."""
+    import mbrl_ros.core.planners.sampling.planner as sampling
+    from analytic_models import Pendulum
+
+    clock = _WorkClock(per_row=1e-4)
+    monkeypatch.setattr(sampling.time, "perf_counter", clock)
+
+    class SlowPendulum(Pendulum):
+        def predict(self, x, u, t=None):
+            out = super().predict(x, u, t)
+            clock.t += clock.per_row * out[0].shape[0]
+            return out
+    cost = QuadraticCost.diagonal([10.0, 1.0], [0.01], [100.0, 10.0],
+                                  x_target=np.array([2.5, 0.0]))
+    for deadline, steps, stopped in ((None, 5, ""), (0.06, 1, "deadline")):
+        p = MPPIPlanner(MPPISettings(horizon=20, samples=16, refine_iterations=5,
+                                     adapt_samples=False), 2, 1, -20 * np.ones(1),
+                        20 * np.ones(1), 0.05)
+        p.reset(20)
+        p.set_deadline(deadline)
+        start = clock.t
+        p.optimize(np.zeros(2), 0.0, SlowPendulum(), cost)
+        assert (p.stats["refine_steps"], p.stats["refine_stopped"]) == (steps, stopped), \
+            (p.stats, clock.t - start)

@@ -66,7 +66,8 @@ class SamplingPlanner(Planner):
     under the mean rollout, or of the sample-average states without ``nominal_rollout``),
     warm_start_shift (steps), warm_start_fill (the mode used for the appended steps),
     model_calls, rows_per_call, with ``refine: newton`` refine_alpha (the first step's
-    size), refine_steps (steps that lowered the cost) and time_refine_s, with ``feedback:
+    size), refine_steps (steps that lowered the cost), refine_stopped ('deadline' if the
+    controller's deadline ended the steps early, else '') and time_refine_s, with ``feedback:
     lqr`` feedback ('lqr', or 'none' if the linearisation was not finite or the sweep
     failed) and time_feedback_s,
     solve_time_s, time_rollout_s (sample rollouts), time_nominal_s (mean rollout and
@@ -247,11 +248,18 @@ class SamplingPlanner(Planner):
             xs, unc = None, None
             nominal_from = time.perf_counter()
             if s.refine == "newton":
-                steps = []
+                steps, stopped = [], ""
                 for _ in range(int(s.refine_iterations)):
                     us, alpha, xs = self._refine(model, cost, x0, us)
                     steps.append(alpha)
                     if alpha == 0.0:   # no lower cost along this step: the next is alike
+                        break
+                    # with the controller's deadline, no step that would end past it (the
+                    # first always runs, as iLQR's first iteration)
+                    now = time.perf_counter()
+                    if self.deadline is not None and len(steps) < s.refine_iterations and \
+                            now - t_start + (now - toc) / len(steps) > self.deadline:
+                        stopped = "deadline"
                         break
                 if any(steps):
                     states = None      # the sample average belongs to the old plan
@@ -260,7 +268,7 @@ class SamplingPlanner(Planner):
                 nominal_from = time.perf_counter()
                 stats.update(refine_alpha=steps[0],
                              refine_steps=sum(a != 0.0 for a in steps),
-                             time_refine_s=nominal_from - toc)
+                             refine_stopped=stopped, time_refine_s=nominal_from - toc)
             if xs is not None:
                 pass    # the refinement rolled the returned plan out with the mean
             elif s.nominal_rollout or states is None:

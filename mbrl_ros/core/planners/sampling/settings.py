@@ -61,7 +61,8 @@ class SamplingSettings:
         "(the sampling update alone); docs/PLANNERS.md", choices=REFINE_MODES, dynamic=True)
     refine_iterations: int = setting(
         1, "refine 'newton': Gauss-Newton steps per replan, each a linearisation, a sweep and "
-        "one batched line search; stops at the first step that lowers no cost",
+        "one batched line search; stops at the first step that lowers no cost or, with a "
+        "deadline, would end past it",
         low=1, high=100, dynamic=True)
     adapt_samples: bool = setting(
         True, "with a deadline from the controller (timer mode: 1/plan_rate), sample fewer "
