@@ -55,10 +55,9 @@ class SamplingSettings:
         choices=FEEDBACK_MODES,
         dynamic=True)
     refine: str = setting(
-        "newton", "local refinement of the sampled plan: 'newton' (refine_iterations "
-        "line-searched Gauss-Newton steps: no steady-state offset, moving when replans are "
-        "slow) or 'none' "
-        "(the sampling update alone); docs/PLANNERS.md", choices=REFINE_MODES, dynamic=True)
+        "newton", "local refinement of the sampled plan: 'newton' (line-searched Gauss-Newton "
+        "steps: no steady-state offset, moving when replans are slow) or 'none' (the "
+        "sampling update alone); docs/PLANNERS.md", choices=REFINE_MODES, dynamic=True)
     refine_iterations: int = setting(
         1, "refine 'newton': Gauss-Newton steps per replan, each a linearisation, a sweep and "
         "one batched line search; stops at the first step that lowers no cost or, with a "
