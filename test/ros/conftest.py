@@ -22,6 +22,7 @@ import rclpy  # noqa: E402
 from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 
 BIN = Path(sys.executable).parent
+START = 90.0  # s: a freshly started process's first message or answer on a loaded machine
 
 
 @pytest.fixture

@@ -164,6 +164,7 @@ def test_a_node_that_dies_or_fails_to_configure_ends_bringup_non_zero(bringup, t
         assert "stopped /sim" in out       # the others are stopped, not left running
 
 
+@pytest.mark.timeout(4 * UP)    # UP each to configure, restart and answer; 30 s to stop
 def test_respawn_restarts_a_node_and_repeats_its_transitions(bringup, probe):
     # A real arm's launch (no simulator) with respawn:=true: the controller is killed,
     # restarted and configured again, and bringup keeps running.
@@ -177,14 +178,10 @@ def test_respawn_restarts_a_node_and_repeats_its_transitions(bringup, probe):
                      or p.proc.poll() is not None, UP, "the controller restarted and configured")
     assert p.proc.poll() is None, p.output()
     assert "/controller (controller) exited with code -9; restarting" in p.output()
-    # Until DDS notices the killed process, a request may go to its stale endpoint: re-ask.
-    for attempt in range(10):
-        try:
-            state = probe.call(GetState, "/controller/get_state", GetState.Request(), timeout=3)
-            break
-        except AssertionError:
-            if attempt == 9:
-                raise
+    # Until DDS notices the killed process, a request may go to its stale endpoint, and the
+    # new one matches the client when discovery gets to it: re-ask (get_state is idempotent).
+    state = probe.call(GetState, "/controller/get_state", GetState.Request(), timeout=UP,
+                       resend=3.0)
     assert state.current_state.label == "inactive"
     _stop_cleanly(p)
 

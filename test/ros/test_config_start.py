@@ -6,7 +6,9 @@ from sensor_msgs.msg import JointState
 from std_msgs.msg import Float64MultiArray
 from std_srvs.srv import Trigger
 
-pytestmark = pytest.mark.timeout(90)
+from conftest import START
+
+pytestmark = pytest.mark.timeout(120)
 CONFIG = Path(__file__).resolve().parents[2] / "config"
 
 
@@ -18,7 +20,7 @@ def test_sim_and_excitation_start_from_config(start_node, probe, robot_file):
                + ([CONFIG / robot_file] if robot_file else []))
     states = probe.collect(JointState, "/joint_states")
     commands = probe.collect(Float64MultiArray, "/effort_controller/commands")
-    probe.spin_until(lambda: len(states) > 5 and len(commands) > 5, 30,
+    probe.spin_until(lambda: len(states) > 5 and len(commands) > 5, START,
                      "sim publishing and excitation answering")
     expected = {None: 2, "arm7.yaml": 7, "cartpole.yaml": 2}[robot_file]
     assert len(states[-1].name) == expected

@@ -12,7 +12,7 @@ from lifecycle_msgs.srv import ChangeState
 from sensor_msgs.msg import JointState
 from std_msgs.msg import Float64MultiArray, String
 
-from conftest import diagnostics_values
+from conftest import START, diagnostics_values
 from proc_util import alive
 from test_controller import BASE, CMD, near_target
 
@@ -142,6 +142,7 @@ def test_deactivate_and_sigint_leave_no_planning_process(start_node, probe):
     assert "Traceback" not in ctrl.output()
 
 
+@pytest.mark.timeout(180)
 def test_model_hot_swap_reaches_planning_process(start_node, probe, tmp_path):
     from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 
@@ -153,7 +154,7 @@ def test_model_hot_swap_reaches_planning_process(start_node, probe, tmp_path):
     latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
                          durability=DurabilityPolicy.TRANSIENT_LOCAL)
     pub = probe.node.create_publisher(String, "/model_fitter/model", latched)
-    probe.spin_until(lambda: diag(diags).get("planned_model_version") == "0", 30,
+    probe.spin_until(lambda: diag(diags).get("planned_model_version") == "0", START,
                      "planning on the initial model")
     pid = planning_pid(probe, diags, ctrl)
     model = MujocoModel.from_sim("arm2", control_period=0.01)

@@ -9,9 +9,9 @@ from sensor_msgs.msg import JointState
 from std_msgs.msg import Float64MultiArray
 from std_srvs.srv import Trigger
 
-from conftest import diagnostics_values
+from conftest import START, diagnostics_values
 
-pytestmark = pytest.mark.timeout(90)
+pytestmark = pytest.mark.timeout(240)
 CMD = "/effort_controller/commands"
 
 
@@ -37,10 +37,11 @@ def _start_system(start_node, probe, tmp_path, **logger_params):
                                         "bag_name": "t", **logger_params})
     diags = probe.collect(DiagnosticArray, "/diagnostics")
     pub = probe.node.create_publisher(Float64MultiArray, CMD, 1000)
-    probe.spin_until(lambda: pub.get_subscription_count() >= 2, 20,
+    probe.spin_until(lambda: pub.get_subscription_count() >= 2, START,
                      "sim and logger subscribed to commands")
     probe.spin_until(lambda: int(diagnostics_values(diags, "mbrl_ros/data_logger")
-                                 .get("received /joint_states", 0)) > 0, 20, "logger recording")
+                                 .get("received /joint_states", 0)) > 0, START,
+                     "logger recording")
     return logger, diags, pub
 
 
@@ -99,7 +100,7 @@ def test_best_effort_publishers_are_recorded(start_node, probe, tmp_path):
                                         "topics": ["/joint_states"]})
     pub = probe.node.create_publisher(JointState, "/joint_states", QoSProfile(
         depth=10, reliability=ReliabilityPolicy.BEST_EFFORT))
-    probe.spin_until(lambda: pub.get_subscription_count() >= 1, 20, "logger subscribed")
+    probe.spin_until(lambda: pub.get_subscription_count() >= 1, START, "logger subscribed")
     for i in range(50):
         pub.publish(JointState(name=["a"], position=[float(i)], velocity=[0.0]))
         probe.spin_for(0.005)
@@ -146,7 +147,7 @@ def read_only_dir(tmp_path):
     _umount(mnt)
 
 
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(180)
 def test_disk_full_ends_cleanly(start_node, probe, small_disk):
     """Disk full while recording: throttled one-line errors, dropped messages counted, and at
     SIGINT the bag is closed with a metadata.yaml counting what is in it; exit 0."""
@@ -154,7 +155,7 @@ def test_disk_full_ends_cleanly(start_node, probe, small_disk):
                                         "topics": [CMD], "episode_topic": ""})
     diags = probe.collect(DiagnosticArray, "/diagnostics")
     pub = probe.node.create_publisher(Float64MultiArray, CMD, 100)
-    probe.spin_until(lambda: pub.get_subscription_count() >= 1, 20, "logger subscribed")
+    probe.spin_until(lambda: pub.get_subscription_count() >= 1, START, "logger subscribed")
     n, size = 40, 20_000                      # 40 x 160 kB = 6.4 MB into 2 MiB
     for i in range(n):
         pub.publish(Float64MultiArray(data=[float(i)] * size))
@@ -189,7 +190,7 @@ def test_read_only_output_dir_is_one_line_and_exit_2(start_node, read_only_dir):
     assert "output_dir" in lines[0] and "Read-only file system" in lines[0]
 
 
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(280)
 def test_reindex_after_kill_9(start_node, probe, tmp_path):
     """kill -9 leaves an MCAP without summary and no metadata.yaml; `mbrl-ros reindex` makes
     it a bag rosbags opens, holding everything received up to ~1 s before the kill."""

@@ -9,11 +9,11 @@ from lifecycle_msgs.srv import GetState
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from std_msgs.msg import Float64MultiArray, String
 
-from conftest import diagnostics_values
+from conftest import START, diagnostics_values
 from model_faults import arm2_linear, published, rewrite, with_nan
 from test_controller import BASE, CMD
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = pytest.mark.timeout(240)
 LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
                      durability=DurabilityPolicy.TRANSIENT_LOCAL)
 
@@ -40,7 +40,7 @@ def test_configure_with_a_refused_model_fails_with_the_reason(start_node, probe,
                                                               fault):
     uri, reason = fault(tmp_path)
     ctrl = start_node("controller", {**BASE, "model": uri, "autostart": True})
-    probe.spin_until(lambda: "configure failed" in ctrl.output(), 30, "configure to fail")
+    probe.spin_until(lambda: "configure failed" in ctrl.output(), START, "configure to fail")
     state = probe.call(GetState, "/controller/get_state", GetState.Request())
     assert state.current_state.label == "unconfigured"
     line = next(x for x in ctrl.output().splitlines() if "configure failed" in x)
@@ -57,7 +57,7 @@ def test_announced_refused_models_keep_the_model_in_use(start_node, probe, tmp_p
 
     def diag():
         return diagnostics_values(diags, "mbrl_ros/controller")
-    probe.spin_until(lambda: int(diag().get("replans", 0)) > 0, 30, "planning on v0")
+    probe.spin_until(lambda: int(diag().get("replans", 0)) > 0, START, "planning on v0")
     from mbrl_ros.core import store
     # a model of other actions than the one in use is refused for that reason first
     faults = ((nan_model, None), (three_action_model, "u=['shoulder', 'elbow', 'wrist']"),
@@ -91,7 +91,7 @@ def test_without_a_model_a_refused_announcement_is_not_used_and_a_good_one_is(
 
     def diag():
         return diagnostics_values(diags, "mbrl_ros/controller")
-    probe.spin_until(lambda: "model_rejects" in diag(), 30, "controller diagnostics")
+    probe.spin_until(lambda: "model_rejects" in diag(), START, "controller diagnostics")
     three = store.publish(arm2_linear(actions=("shoulder", "elbow", "wrist")), tmp_path, "m")
     pub.publish(String(data=three.to_json()))
     probe.spin_until(lambda: diag().get("model_rejects") == "1", 30, "3-action model refused")

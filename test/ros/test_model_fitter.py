@@ -12,7 +12,9 @@ from std_srvs.srv import Trigger
 from mbrl_ros.core import store
 from mbrl_ros.ros.compose import record
 
-pytestmark = pytest.mark.timeout(120)
+from conftest import START
+
+pytestmark = pytest.mark.timeout(240)
 LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
                      durability=DurabilityPolicy.TRANSIENT_LOCAL)
 
@@ -31,7 +33,7 @@ def test_fit_on_request_publishes_and_announces(start_node, probe, bag, tmp_path
     assert "published linear v1" in res.message
     # A subscriber that joins after the announcement still gets it (transient local).
     got = probe.collect(String, "/model_fitter/model", LATCHED)
-    probe.spin_until(lambda: got, 10, "latched announcement")
+    probe.spin_until(lambda: got, 60, "latched announcement")
     info = json.loads(got[-1].data)
     assert info["version"] == 1 and info["kind"] == "linear"
     model = store.load(info["uri"], checksum=info["checksum"])
@@ -79,7 +81,7 @@ def test_artifact_served_over_ros(start_node, probe, bag, tmp_path):
                                 "serve_artifact": True})
     blobs = probe.collect(UInt8MultiArray, "/model_fitter/artifact", LATCHED)
     assert probe.call(Trigger, "/model_fitter/fit", timeout=60).success
-    probe.spin_until(lambda: blobs, 10, "artifact")
+    probe.spin_until(lambda: blobs, 60, "artifact")
     header = json.loads(blobs[-1].layout.dim[0].label)
     path = store.unpack(bytes(blobs[-1].data), tmp_path / "controller_host", header["name"],
                         header["version"])
@@ -137,7 +139,7 @@ def test_fitter_refuses_data_without_excitation_and_cleans_its_store(start_node,
     commands = probe.node.create_publisher(Float64MultiArray, "/effort_controller/commands",
                                            100)
     probe.spin_until(lambda: states.get_subscription_count() > 0
-                     and commands.get_subscription_count() > 0, 20, "fitter subscribed")
+                     and commands.get_subscription_count() > 0, START, "fitter subscribed")
     assert not stale.exists()
     def rest(steps):                                      # the arm at rest, 100 Hz
         for _ in range(steps):
@@ -215,7 +217,7 @@ def test_waiting_for_min_transitions_is_not_an_error(start_node, probe, tmp_path
     commands = probe.node.create_publisher(Float64MultiArray, "/effort_controller/commands",
                                            100)
     probe.spin_until(lambda: states.get_subscription_count() > 0
-                     and commands.get_subscription_count() > 0, 20, "fitter subscribed")
+                     and commands.get_subscription_count() > 0, START, "fitter subscribed")
     for k in range(200):
         msg = JointState(name=["shoulder", "elbow"], position=[0.01 * k, -0.4],
                          velocity=[0.1, 0.0])
