@@ -49,6 +49,11 @@ from mbrl_ros.ros.node_main import run_node
 from mbrl_ros.ros.params import declare_settings
 from mbrl_ros.sim.env import CommandError, MujocoSim, Randomization
 
+# s without an answer after which a lockstep simulator re-publishes its first state even to
+# a controller that looked connected (a first answer comes within a control period or a
+# plan; a controller slower than this on its first state would be answered twice)
+LOCKSTEP_SILENCE = 3.0
+
 
 @dataclass(frozen=True)
 class SimSettings:
@@ -334,13 +339,21 @@ class SimNode(Node):
             stamp = self.get_clock().now().to_msg()
         if getattr(self, "_bootstrapping", True):   # graph queries: only until the first command
             self._last_publish_connected = self._controller_connected()
+            self._last_publish_time = time.monotonic()
         self.state_pub.publish(joint_state_msg(self.sim.joint_names, q, qd, tau, stamp))
 
     def _republish_if_idle(self) -> None:
         # A re-published state that a controller also got the first time is answered twice
         # and starts a second lockstep chain. So re-publish only before the episode's first
-        # command, and only if no controller was connected when the state last went out.
-        if self._bootstrapping and not self._paused and not self._last_publish_connected:
+        # command, and only if no controller was connected when the state last went out --
+        # or if one was but nothing answered it for LOCKSTEP_SILENCE s: the state reached a
+        # controller not yet active, or before its side of the match (seen in CI: a
+        # connected controller, activated 0.2 s after the state went out, never answered
+        # and the bring-up stood for 150 s).
+        if not self._bootstrapping or self._paused:
+            return
+        silent = time.monotonic() - getattr(self, "_last_publish_time", 0.0)
+        if not self._last_publish_connected or silent > LOCKSTEP_SILENCE:
             self.publish_state()   # same stamp: dataset conversion drops the duplicate
 
     # ----------------------------------------------------------------- episodes

@@ -91,6 +91,33 @@ def test_lockstep_steps_once_per_command_and_reset(start_node, probe):
     probe.spin_until(lambda: abs(states[-1].position[0]) < 1e-12, 5, "state back home")
 
 
+def test_lockstep_first_state_is_published_again_to_a_connected_controller_that_is_silent(
+        start_node, probe):
+    """A controller that looked connected when the first state went out but never answered
+    it (it arrived before the controller was active, or before its side of the match): the
+    lockstep simulator publishes the state again after LOCKSTEP_SILENCE s of silence, so
+    the bring-up starts (in CI it stood for 150 s). The probe is the controller: it
+    subscribes to the states and publishes commands, and ignores the first state."""
+    from mbrl_ros.ros.sim_node import LOCKSTEP_SILENCE
+    pub = probe.node.create_publisher(Float64MultiArray, CMD, 10)
+    states = probe.collect(JointState, "/joint_states")
+    start_node("sim_node", {"model": "arm2", "lockstep": True, "publish_rate": 50.0})
+    # connected as a controller is: both our endpoints seen by the sim before its state
+    probe.spin_until(lambda: pub.get_subscription_count() > 0 and states, START,
+                     "the sim's first state")
+    # The state that finds us connected is the last one until we answer -- or, now, until
+    # LOCKSTEP_SILENCE s pass without an answer; a silence of 3x that shows it.
+    n, end = len(states), time.monotonic() + 3 * LOCKSTEP_SILENCE + 2
+    probe.spin_until(lambda: len(states) > n + 1 or time.monotonic() > end, 60, "silence")
+    assert len(states) > n + 1, f"{len(states) - n} states in {3 * LOCKSTEP_SILENCE + 2} s"
+    t = {s.header.stamp.sec + 1e-9 * s.header.stamp.nanosec for s in states}
+    assert t == {0.0}                              # the same first state, physics stood still
+    m = len(states)
+    pub.publish(_cmd([0.5, -0.5]))                 # answered now: one step
+    probe.spin_until(lambda: any(s.header.stamp.nanosec for s in states[m:]), 10,
+                     "the state after the command")
+
+
 def test_invalid_parameter_exits_with_clear_error(start_node):
     p = start_node("sim_node", {"publish_rate": -5.0})
     assert p.wait(timeout=20) == 2
