@@ -131,6 +131,7 @@ class SimNode(Node):
                                                # an automatic pause (lockstep)
         self._bootstrapping = False
         self._last_publish_connected = False
+        self._last_publish_time = 0.0       # monotonic, of the last state until a command
         self._set_state_reader = JointStateReader(self.sim.joint_names)
 
         reliable = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
@@ -352,7 +353,7 @@ class SimNode(Node):
         # and the bring-up stood for 150 s).
         if not self._bootstrapping or self._paused:
             return
-        silent = time.monotonic() - getattr(self, "_last_publish_time", 0.0)
+        silent = time.monotonic() - self._last_publish_time
         if not self._last_publish_connected or silent > LOCKSTEP_SILENCE:
             self.publish_state()   # same stamp: dataset conversion drops the duplicate
 

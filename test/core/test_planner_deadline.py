@@ -150,6 +150,8 @@ def test_out_of_time_and_bad_deadlines():
     assert not p.out_of_time(0.0, 0, now=1.0)              # at least one round
     assert not p.out_of_time(0.0, 2, now=0.006)            # 6 + 3 ms <= 10 ms
     assert p.out_of_time(0.0, 2, now=0.008)                # 8 + 4 ms > 10 ms
+    # rounds after 6 ms of other work: 8 + (8 - 6) / 2 = 9 ms <= 10 ms
+    assert not p.out_of_time(0.0, 2, now=0.008, rounds_started=0.006)
     for bad in (0.0, -1.0, float("nan"), float("inf")):
         with pytest.raises(ValueError):
             p.set_deadline(bad)

@@ -167,7 +167,8 @@ class Planner(ABC):
                                  f"{seconds}")
         self.deadline = seconds
 
-    def out_of_time(self, started: float, rounds: int, now: float | None = None) -> bool:
+    def out_of_time(self, started: float, rounds: int, now: float | None = None,
+                    rounds_started: float | None = None) -> bool:
         """True if one more round of an iterative solver would end past the deadline: the
         time since ``started`` (``time.perf_counter()`` at the start of ``optimize``) plus
         the average of the ``rounds`` rounds done so far exceeds :attr:`deadline`. Always
@@ -177,11 +178,14 @@ class Planner(ABC):
             started: perf_counter time the optimisation started [s].
             rounds: rounds done since then (>= 0).
             now: the current perf_counter time (default: read it).
+            rounds_started: perf_counter time the rounds began, if other work came first
+                (the average is over the rounds only; default: ``started``).
         """
         if self.deadline is None or rounds <= 0:
             return False
-        spent = (time.perf_counter() if now is None else now) - started
-        return spent + spent / rounds > self.deadline
+        now = time.perf_counter() if now is None else now
+        first = started if rounds_started is None else rounds_started
+        return now - started + (now - first) / rounds > self.deadline
 
     # -- action rate ------------------------------------------------------------------------
     def set_effort_rate(self, rate: float | np.ndarray | None) -> None:

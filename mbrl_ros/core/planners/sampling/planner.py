@@ -256,9 +256,8 @@ class SamplingPlanner(Planner):
                         break
                     # with the controller's deadline, no step that would end past it (the
                     # first always runs, as iLQR's first iteration)
-                    now = time.perf_counter()
-                    if self.deadline is not None and len(steps) < s.refine_iterations and \
-                            now - t_start + (now - toc) / len(steps) > self.deadline:
+                    if len(steps) < s.refine_iterations and \
+                            self.out_of_time(t_start, len(steps), rounds_started=toc):
                         stopped = "deadline"
                         break
                 if any(steps):
